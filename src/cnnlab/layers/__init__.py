@@ -1,0 +1,42 @@
+"""Layers with Keras names, arguments and defaults."""
+
+from cnnlab.layers.base import Layer
+from cnnlab.layers.convolution import Conv2D
+from cnnlab.layers.core import Activation, Dense, Flatten, Input, LeakyReLU, ReLU, Softmax
+from cnnlab.layers.normalization import BatchNormalization
+from cnnlab.layers.pooling import AveragePooling2D, GlobalAveragePooling2D, MaxPooling2D
+from cnnlab.layers.regularization import Dropout
+
+__all__ = [
+    "Activation",
+    "AveragePooling2D",
+    "BatchNormalization",
+    "Conv2D",
+    "Dense",
+    "Dropout",
+    "Flatten",
+    "GlobalAveragePooling2D",
+    "Input",
+    "Layer",
+    "LeakyReLU",
+    "MaxPooling2D",
+    "ReLU",
+    "Softmax",
+]
+
+_CLASSES = {name: globals()[name] for name in __all__ if name not in ("Input", "Layer")}
+
+
+def serialize(layer: Layer) -> dict:
+    """``{"class_name": ..., "config": ...}``, enough to rebuild the layer."""
+    return {"class_name": type(layer).__name__, "config": layer.get_config()}
+
+
+def deserialize(spec: dict) -> Layer:
+    """Rebuild a layer from :func:`serialize`'s output."""
+    cls = _CLASSES.get(spec.get("class_name"))
+    if cls is None:
+        raise ValueError(
+            f"Unknown layer class {spec.get('class_name')!r}; expected one of {sorted(_CLASSES)}"
+        )
+    return cls(**spec["config"])

@@ -1,0 +1,141 @@
+"""The base class of every layer: naming, building, input checks, weights and gradients."""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+
+import numpy as np
+
+from cnnlab.config import resolve_dtype
+
+_name_counts: defaultdict[str, int] = defaultdict(int)
+
+_AXES = {2: "batch, features", 4: "batch, height, width, channels"}
+
+
+def auto_name(cls_name: str) -> str:
+    """Keras-style unique names: "conv2d", "conv2d_1", "conv2d_2", ..."""
+    base = re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", cls_name).lower()
+    base = base.replace("2_d", "2d")
+    count = _name_counts[base]
+    _name_counts[base] += 1
+    return base if count == 0 else f"{base}_{count}"
+
+
+class Layer:
+    """A layer maps ``x`` to ``y`` (``__call__``) and ``dy`` back to ``dx`` (``backward``).
+
+    Subclasses set ``input_rank`` (or ``min_rank``), create their weights in ``build`` with
+    ``add_weight`` (Keras order), compute shapes in ``compute_output_shape``, and implement
+    ``call`` and ``backward``. ``backward`` stores parameter gradients in ``self.grads``.
+    """
+
+    input_rank: int | None = None  # exact rank with the batch axis, e.g. 4 for images
+    min_rank: int = 1
+
+    def __init__(self, name: str | None = None, dtype: str | None = None):
+        self.name = name or auto_name(type(self).__name__)
+        self._dtype_arg = dtype
+        self.dtype: np.dtype | None = None
+        self.built = False
+        self.input_shape: tuple[int, ...] | None = None  # without the batch axis
+        self.output_shape: tuple[int, ...] | None = None
+        self.weights: dict[str, np.ndarray] = {}
+        self.trainable_names: list[str] = []
+        self.grads: dict[str, np.ndarray] = {}
+
+    # -- building ----------------------------------------------------------------------------
+    def build(self, input_shape: tuple[int, ...]) -> None:
+        """Create the weights for inputs of ``input_shape`` (without the batch axis)."""
+        input_shape = tuple(int(d) for d in input_shape)
+        self._check_rank(len(input_shape) + 1, (None, *input_shape))
+        self.dtype = resolve_dtype(self._dtype_arg)
+        self.output_shape = self.compute_output_shape(input_shape)
+        self.input_shape = input_shape
+        self.build_weights(input_shape)
+        self.built = True
+
+    def build_weights(self, input_shape: tuple[int, ...]) -> None:
+        """Create weights with :meth:`add_weight`; layers without weights do nothing."""
+
+    def compute_output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return input_shape
+
+    def add_weight(self, name: str, value: np.ndarray, trainable: bool = True) -> np.ndarray:
+        self.weights[name] = np.ascontiguousarray(value, dtype=self.dtype)
+        if trainable:
+            self.trainable_names.append(name)
+        return self.weights[name]
+
+    # -- running -----------------------------------------------------------------------------
+    def __call__(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        x = np.asarray(x)
+        if not self.built:
+            self._check_rank(x.ndim, x.shape)
+            self.build(x.shape[1:])
+        self._check_input(x)
+        return self.call(x.astype(self.dtype, copy=False), training=training)
+
+    def call(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        raise NotImplementedError
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        """Gradient of the loss with respect to the input of the last call."""
+        raise NotImplementedError
+
+    # -- checks ------------------------------------------------------------------------------
+    def _describe(self) -> str:
+        return f"{type(self).__name__} '{self.name}'"
+
+    def _check_rank(self, rank: int, shape) -> None:
+        if self.input_rank is not None and rank != self.input_rank:
+            axes = _AXES.get(self.input_rank, "")
+            raise ValueError(
+                f"{self._describe()} expects input of rank {self.input_rank} ({axes}), "
+                f"got shape {tuple(shape)}"
+            )
+        if rank < self.min_rank:
+            raise ValueError(
+                f"{self._describe()} expects input of rank at least {self.min_rank}, "
+                f"got shape {tuple(shape)}"
+            )
+
+    def _check_input(self, x: np.ndarray) -> None:
+        self._check_rank(x.ndim, x.shape)
+        if x.shape[1:] != self.input_shape:
+            raise ValueError(
+                f"{self._describe()} expects input of shape {(None, *self.input_shape)}, "
+                f"got shape {x.shape}"
+            )
+
+    # -- weights and config ------------------------------------------------------------------
+    def get_weights(self) -> list[np.ndarray]:
+        return [w.copy() for w in self.weights.values()]
+
+    def set_weights(self, weights: list[np.ndarray]) -> None:
+        if len(weights) != len(self.weights):
+            raise ValueError(
+                f"{self._describe()} expects {len(self.weights)} weights "
+                f"({', '.join(self.weights)}), got {len(weights)}"
+            )
+        for (name, current), new in zip(self.weights.items(), weights):
+            new = np.asarray(new)
+            if new.shape != current.shape:
+                raise ValueError(
+                    f"{self._describe()} expects weight '{name}' of shape {current.shape}, "
+                    f"got shape {new.shape}"
+                )
+            current[...] = new
+
+    def count_params(self) -> tuple[int, int]:
+        """``(trainable, non_trainable)`` parameter counts."""
+        trainable = sum(self.weights[n].size for n in self.trainable_names)
+        total = sum(w.size for w in self.weights.values())
+        return trainable, total - trainable
+
+    def get_config(self) -> dict:
+        config = {"name": self.name}
+        if self._dtype_arg is not None:
+            config["dtype"] = self._dtype_arg
+        return config

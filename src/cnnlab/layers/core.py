@@ -1,0 +1,174 @@
+"""Input, Dense, Flatten and the activation layers."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cnnlab import activations, initializers
+from cnnlab.layers.base import Layer
+from cnnlab.ops.dense import dense_backward, dense_forward
+from cnnlab.seeding import make_rng
+
+
+class Input:
+    """The shape of one example, without the batch axis: ``Input(shape=(32, 32, 3))``."""
+
+    def __init__(self, shape: tuple[int, ...], name: str | None = None):
+        shape = tuple(shape)
+        if not shape or not all(isinstance(d, (int, np.integer)) and d > 0 for d in shape):
+            raise ValueError(f"Input `shape` must be a tuple of positive ints, got {shape!r}")
+        self.shape = tuple(int(d) for d in shape)
+        self.name = name or "input_layer"
+
+
+class ActivationLayer(Layer):
+    """A layer whose output passes through an activation; ``logits`` is what went into it.
+
+    A model whose loss is cross-entropy and whose last activation is softmax computes the loss
+    from ``logits`` and calls ``backward_from_logits``, which is stable for large logits.
+    """
+
+    activation: activations.Activation
+
+    @property
+    def logits(self) -> np.ndarray:
+        return self.activation.x
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        return self.backward_from_logits(self.activation.backward(dy))
+
+    def backward_from_logits(self, dz: np.ndarray) -> np.ndarray:
+        """Backward pass from the gradient with respect to the activation's input."""
+        return dz
+
+
+class Dense(ActivationLayer):
+    """Fully connected layer: ``y = activation(x @ kernel + bias)``.
+
+    Args:
+        units: dimensionality of the output.
+        activation: "relu", "leaky_relu", "sigmoid", "tanh", "softmax", "linear" or None.
+        use_bias: whether to add a bias vector.
+        kernel_initializer: name of the kernel initializer (bias starts at zeros).
+
+    Input shape ``(batch, ..., D)``; output shape ``(batch, ..., units)``.
+    """
+
+    min_rank = 2
+
+    def __init__(
+        self,
+        units: int,
+        activation: str | None = None,
+        use_bias: bool = True,
+        kernel_initializer: str = "glorot_uniform",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if not isinstance(units, (int, np.integer)) or isinstance(units, bool) or units <= 0:
+            raise ValueError(f"{self._describe()}: `units` must be a positive int, got {units!r}")
+        self.units = int(units)
+        self.activation = activations.get(activation)
+        self.use_bias = use_bias
+        self.kernel_initializer = kernel_initializer
+        initializers.get(kernel_initializer)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.units)
+
+    def build_weights(self, input_shape):
+        rng = make_rng()
+        init = initializers.get(self.kernel_initializer)
+        self.add_weight("kernel", init((input_shape[-1], self.units), rng, self.dtype))
+        if self.use_bias:
+            self.add_weight("bias", np.zeros(self.units))
+
+    def call(self, x, training=False):
+        x2 = x.reshape(-1, x.shape[-1])
+        z, self._x2 = dense_forward(x2, self.weights["kernel"], self.weights.get("bias"))
+        self._x_shape = x.shape
+        return self.activation(z.reshape(*x.shape[:-1], self.units))
+
+    def backward_from_logits(self, dz):
+        dx, dkernel, dbias = dense_backward(
+            dz.reshape(-1, self.units), self._x2, self.weights["kernel"]
+        )
+        self.grads["kernel"] = dkernel
+        if self.use_bias:
+            self.grads["bias"] = dbias
+        return dx.reshape(self._x_shape)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "units": self.units,
+            "activation": self.activation.name,
+            "use_bias": self.use_bias,
+            "kernel_initializer": self.kernel_initializer,
+        }
+
+
+class Flatten(Layer):
+    """Flattens each example in row-major (C) order: NHWC ``(N, H, W, C) -> (N, H*W*C)``."""
+
+    min_rank = 2
+
+    def compute_output_shape(self, input_shape):
+        return (int(np.prod(input_shape)),)
+
+    def call(self, x, training=False):
+        self._x_shape = x.shape
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, dy):
+        return dy.reshape(self._x_shape)
+
+
+class Activation(ActivationLayer):
+    """Applies an activation function by name, e.g. ``Activation("relu")``."""
+
+    def __init__(self, activation: str, **kwargs):
+        super().__init__(**kwargs)
+        self.activation = activations.get(activation)
+
+    def call(self, x, training=False):
+        return self.activation(x)
+
+    def get_config(self):
+        return {**super().get_config(), "activation": self.activation.name}
+
+
+class ReLU(Activation):
+    """``y = max(x, 0)``."""
+
+    def __init__(self, **kwargs):
+        super().__init__("relu", **kwargs)
+
+    def get_config(self):
+        return Layer.get_config(self)
+
+
+class LeakyReLU(Activation):
+    """``y = x`` where ``x > 0``, else ``negative_slope * x`` (Keras's default slope 0.3)."""
+
+    def __init__(self, negative_slope: float = 0.3, **kwargs):
+        super().__init__("leaky_relu", **kwargs)
+        if not negative_slope >= 0:
+            raise ValueError(
+                f"{self._describe()}: `negative_slope` must be >= 0, got {negative_slope!r}"
+            )
+        self.negative_slope = float(negative_slope)
+        self.activation.negative_slope = self.negative_slope
+
+    def get_config(self):
+        return {**Layer.get_config(self), "negative_slope": self.negative_slope}
+
+
+class Softmax(Activation):
+    """Softmax over the last axis: ``y = exp(x) / sum(exp(x))``."""
+
+    def __init__(self, **kwargs):
+        super().__init__("softmax", **kwargs)
+
+    def get_config(self):
+        return Layer.get_config(self)

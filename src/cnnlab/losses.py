@@ -1,0 +1,82 @@
+"""Loss objects with Keras names: the mean of the per-example loss over the batch."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cnnlab.ops import losses as ops
+
+
+class Loss:
+    name = "loss"
+
+    def __init__(self, from_logits: bool = False):
+        self.from_logits = bool(from_logits)
+
+    def __call__(self, y_true: np.ndarray, y_pred: np.ndarray) -> float:
+        return self.value_and_grad(y_true, y_pred)[0]
+
+    def value_and_grad(self, y_true: np.ndarray, y_pred: np.ndarray) -> tuple[float, np.ndarray]:
+        """The loss and its gradient with respect to ``y_pred``."""
+        self.check_labels(y_true, y_pred)
+        if self.from_logits:
+            return ops.crossentropy_from_logits(y_pred, y_true)
+        return ops.crossentropy_from_probs(y_pred, y_true)
+
+    def from_logits_value_and_grad(self, y_true, logits) -> tuple[float, np.ndarray]:
+        """The same loss, computed from the logits before a softmax: stable for large inputs."""
+        self.check_labels(y_true, logits)
+        return ops.crossentropy_from_logits(logits, y_true)
+
+    def check_labels(self, y_true, y_pred) -> None:
+        raise NotImplementedError
+
+    def get_config(self) -> dict:
+        return {"name": self.name, "from_logits": self.from_logits}
+
+
+class CategoricalCrossentropy(Loss):
+    """Cross-entropy between one-hot labels ``(N, K)`` and predicted probabilities ``(N, K)``."""
+
+    name = "categorical_crossentropy"
+
+    def check_labels(self, y_true, y_pred):
+        if y_true.shape != y_pred.shape:
+            raise ValueError(
+                f"categorical_crossentropy expects one-hot labels of shape {y_pred.shape}, "
+                f"got shape {y_true.shape}; for integer labels use "
+                "sparse_categorical_crossentropy"
+            )
+
+
+class SparseCategoricalCrossentropy(Loss):
+    """Cross-entropy between integer labels ``(N,)`` and predicted probabilities ``(N, K)``."""
+
+    name = "sparse_categorical_crossentropy"
+
+    def check_labels(self, y_true, y_pred):
+        if y_true.shape != y_pred.shape[:1]:
+            raise ValueError(
+                f"sparse_categorical_crossentropy expects integer labels of shape "
+                f"{y_pred.shape[:1]}, got shape {y_true.shape}; for one-hot labels use "
+                "categorical_crossentropy"
+            )
+        if y_true.size and (y_true.min() < 0 or y_true.max() >= y_pred.shape[1]):
+            raise ValueError(
+                f"sparse_categorical_crossentropy expects labels in [0, {y_pred.shape[1]}), "
+                f"got values from {y_true.min()} to {y_true.max()}"
+            )
+
+
+_BY_NAME = {cls.name: cls for cls in (CategoricalCrossentropy, SparseCategoricalCrossentropy)}
+
+
+def get(loss: str | Loss | dict) -> Loss:
+    """A loss from its name, its config, or the object itself."""
+    if isinstance(loss, Loss):
+        return loss
+    if isinstance(loss, dict):
+        return get(loss["name"]).__class__(from_logits=loss.get("from_logits", False))
+    if loss not in _BY_NAME:
+        raise ValueError(f"Unknown loss {loss!r}; expected one of {sorted(_BY_NAME)}")
+    return _BY_NAME[loss]()

@@ -1,0 +1,1 @@
+"""Pure functions, forward/backward pairs, no state: the math of every layer lives here."""

@@ -1,0 +1,27 @@
+"""Fully connected (dense) layer.
+
+Shapes: ``x: (N, D)``, ``kernel: (D, units)``, ``bias: (units,)``, ``y: (N, units)``.
+
+Formula: ``y = x @ kernel + bias``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def dense_forward(
+    x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Returns ``y`` and the cache (the input)."""
+    y = x @ kernel
+    if bias is not None:
+        y += bias
+    return y, x
+
+
+def dense_backward(
+    dy: np.ndarray, x: np.ndarray, kernel: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``dx = dy @ kernel.T``, ``dkernel = x.T @ dy``, ``dbias = sum_n dy``."""
+    return dy @ kernel.T, x.T @ dy, dy.sum(axis=0)
