@@ -226,7 +226,9 @@ class Sequential:
         rule = "-" * sum(widths)
         lines = [f'Model: "{self.name}"', rule]
         for k, row in enumerate(rows):
-            lines.append("".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+            lines.append(
+                "".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+            )
             lines.append("=" * sum(widths) if k == 0 else "")
         lines[-1] = rule
         lines += [

@@ -45,7 +45,7 @@ class Optimizer:
             raise ValueError(f"expected one gradient per weight ({len(weights)}), got {len(grads)}")
         if not self.slots:
             self.slots = {name: [np.zeros_like(w) for w in weights] for name in self.slot_names}
-        for i, (g, w) in enumerate(zip(grads, weights)):
+        for i, (g, w) in enumerate(zip(grads, weights, strict=True)):
             self.update(i, self.clip(g).astype(w.dtype, copy=False), w)
         self.iterations += 1
 

@@ -52,7 +52,7 @@ def fit(
         if validation_data is not None:
             results = model.evaluate(*validation_data, batch_size=batch_size)
             results = results if isinstance(results, list) else [results]
-            logs.update({f"val_{key}": v for key, v in zip(totals, results)})
+            logs.update({f"val_{key}": v for key, v in zip(totals, results, strict=True)})
         history.append(epoch, logs)
         if verbose:
             shown = " - ".join(f"{k}: {v:.4f}" for k, v in logs.items())

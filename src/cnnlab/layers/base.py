@@ -119,7 +119,7 @@ class Layer:
                 f"{self._describe()} expects {len(self.weights)} weights "
                 f"({', '.join(self.weights)}), got {len(weights)}"
             )
-        for (name, current), new in zip(self.weights.items(), weights):
+        for (name, current), new in zip(self.weights.items(), weights, strict=True):
             new = np.asarray(new)
             if new.shape != current.shape:
                 raise ValueError(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from cnnlab.layers.base import Layer
 from cnnlab.ops.dropout import dropout_backward, dropout_forward
 from cnnlab.seeding import make_rng

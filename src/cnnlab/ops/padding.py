@@ -54,6 +54,8 @@ def window_geometry(
     hw: tuple[int, int], window: tuple[int, int], strides: tuple[int, int], padding: str
 ) -> tuple[tuple[int, int], tuple[tuple[int, int], tuple[int, int]]]:
     """Output ``(height, width)`` and ``((top, bottom), (left, right))`` padding."""
-    out = tuple(output_length(n, k, s, padding) for n, k, s in zip(hw, window, strides))
-    pads = tuple(pad_amounts(n, k, s, padding) for n, k, s in zip(hw, window, strides))
+    out = tuple(
+        output_length(n, k, s, padding) for n, k, s in zip(hw, window, strides, strict=True)
+    )
+    pads = tuple(pad_amounts(n, k, s, padding) for n, k, s in zip(hw, window, strides, strict=True))
     return out, pads
