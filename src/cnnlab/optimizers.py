@@ -64,10 +64,11 @@ class Optimizer:
         }
 
     def get_state(self) -> dict[str, np.ndarray]:
+        """A snapshot (copies) of the iteration count and every slot, e.g. ``"m/0"``."""
         state = {"iterations": np.array(self.iterations, dtype=np.int64)}
         for name, values in self.slots.items():
             for i, v in enumerate(values):
-                state[f"{name}/{i}"] = v
+                state[f"{name}/{i}"] = v.copy()
         return state
 
     def set_state(self, state: dict[str, np.ndarray]) -> None:

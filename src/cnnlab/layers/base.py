@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -87,6 +88,14 @@ class Layer:
     # -- checks ------------------------------------------------------------------------------
     def _describe(self) -> str:
         return f"{type(self).__name__} '{self.name}'"
+
+    @contextmanager
+    def _argument_errors(self):
+        """Name the layer in a ValueError raised while its constructor checks arguments."""
+        try:
+            yield
+        except ValueError as err:
+            raise ValueError(f"{self._describe()}: {err}") from None
 
     def _check_rank(self, rank: int, shape) -> None:
         if self.input_rank is not None and rank != self.input_rank:

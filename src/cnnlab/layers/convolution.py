@@ -49,13 +49,14 @@ class Conv2D(ActivationLayer):
                 f"{self._describe()}: `filters` must be a positive int, got {filters!r}"
             )
         self.filters = int(filters)
-        self.kernel_size = normalize_pair(kernel_size, "kernel_size")
-        self.strides = normalize_pair(strides, "strides")
-        self.padding = check_padding(padding)
-        self.activation = activations.get(activation)
+        with self._argument_errors():
+            self.kernel_size = normalize_pair(kernel_size, "kernel_size")
+            self.strides = normalize_pair(strides, "strides")
+            self.padding = check_padding(padding)
+            self.activation = activations.get(activation)
+            initializers.get(kernel_initializer)
         self.use_bias = use_bias
         self.kernel_initializer = kernel_initializer
-        initializers.get(kernel_initializer)
 
     def compute_output_shape(self, input_shape):
         h, w, _ = input_shape

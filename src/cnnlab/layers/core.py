@@ -68,10 +68,11 @@ class Dense(ActivationLayer):
         if not isinstance(units, (int, np.integer)) or isinstance(units, bool) or units <= 0:
             raise ValueError(f"{self._describe()}: `units` must be a positive int, got {units!r}")
         self.units = int(units)
-        self.activation = activations.get(activation)
+        with self._argument_errors():
+            self.activation = activations.get(activation)
+            initializers.get(kernel_initializer)
         self.use_bias = use_bias
         self.kernel_initializer = kernel_initializer
-        initializers.get(kernel_initializer)
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], self.units)
@@ -129,7 +130,8 @@ class Activation(ActivationLayer):
 
     def __init__(self, activation: str, **kwargs):
         super().__init__(**kwargs)
-        self.activation = activations.get(activation)
+        with self._argument_errors():
+            self.activation = activations.get(activation)
 
     def call(self, x, training=False):
         return self.activation(x)

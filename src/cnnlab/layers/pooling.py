@@ -18,9 +18,10 @@ class _Pooling2D(Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.pool_size = normalize_pair(pool_size, "pool_size")
-        self.strides = self.pool_size if strides is None else normalize_pair(strides, "strides")
-        self.padding = check_padding(padding)
+        with self._argument_errors():
+            self.pool_size = normalize_pair(pool_size, "pool_size")
+            self.strides = self.pool_size if strides is None else normalize_pair(strides, "strides")
+            self.padding = check_padding(padding)
 
     def compute_output_shape(self, input_shape):
         h, w, c = input_shape
