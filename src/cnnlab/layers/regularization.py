@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 from cnnlab.layers.base import Layer
 from cnnlab.ops.dropout import dropout_backward, dropout_forward
 from cnnlab.seeding import make_rng
@@ -19,7 +21,7 @@ class Dropout(Layer):
 
     def __init__(self, rate: float, seed: int | None = None, **kwargs):
         super().__init__(**kwargs)
-        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+        if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0 <= rate < 1:
             raise ValueError(f"{self._describe()}: `rate` must be in [0, 1), got {rate!r}")
         self.rate = float(rate)
         self.seed = seed
