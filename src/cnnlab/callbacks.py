@@ -1,0 +1,570 @@
+"""Callbacks: code the fit loop calls at the start and end of training, of each epoch and of
+each batch, with Keras's names and semantics.
+
+``fit`` calls, in order: ``on_train_begin``; per epoch ``on_epoch_begin``, per batch
+``on_train_batch_begin`` / ``on_train_batch_end``, then ``on_epoch_end``; finally
+``on_train_end``, or, when Ctrl-C stops training, ``on_train_interrupted`` (cnnlab only).
+A callback stops training by setting ``self.model.stop_training = True``.
+
+Besides the Keras ones (:class:`History`, :class:`ModelCheckpoint`, :class:`EarlyStopping`,
+:class:`TerminateOnNaN`), :class:`NaNGuard` stops a diverging run, puts back the last good
+weights and says which layer blew up and what to try; :class:`ProgressBar` draws the progress.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+
+class Callback:
+    """Base class. ``self.model`` is the model being trained, ``self.params`` holds
+    ``epochs``, ``steps`` (batches per epoch), ``samples``, ``batch_size`` and ``verbose``, and
+    ``self.loop`` is the running :class:`cnnlab.training.FitLoop` (its position and state).
+
+    A callback with state that must survive a resume returns it, JSON-able, from
+    :meth:`get_state`; checkpoints store it and :meth:`set_state` gets it back.
+    """
+
+    def __init__(self):
+        self.model = None
+        self.params: dict = {}
+        self.loop = None
+
+    def set_model(self, model) -> None:
+        self.model = model
+
+    def set_params(self, params: dict) -> None:
+        self.params = params
+
+    def set_loop(self, loop) -> None:
+        self.loop = loop
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        """Before the first epoch."""
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        """After the last epoch, or after a callback stopped training."""
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        """Before epoch ``epoch`` (0-based)."""
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        """After epoch ``epoch``; ``logs``: its loss and metrics, with ``val_`` ones."""
+
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        """Before batch ``batch`` (0-based, within the epoch)."""
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        """After the optimizer step of batch ``batch``; ``logs``: the running means."""
+
+    def on_train_interrupted(self, logs: dict | None = None) -> None:
+        """Ctrl-C (KeyboardInterrupt) stopped training; fit re-raises it afterwards."""
+
+    def get_state(self) -> dict | None:
+        """JSON-able state a resumed run needs, or None (the default: stateless)."""
+        return None
+
+    def set_state(self, state: dict) -> None:
+        """Take back what :meth:`get_state` returned."""
+
+
+class CallbackList:
+    """Calls every callback in turn."""
+
+    def __init__(self, callbacks: list[Callback]):
+        for callback in callbacks:
+            if not isinstance(callback, Callback):
+                raise ValueError(
+                    f"callbacks must be cnnlab.callbacks.Callback instances, got "
+                    f"{type(callback).__name__}: {callback!r}"
+                )
+        self.callbacks = list(callbacks)
+
+    def __iter__(self):
+        return iter(self.callbacks)
+
+    def configure(self, model, params: dict, loop) -> None:
+        for callback in self.callbacks:
+            callback.set_model(model)
+            callback.set_params(params)
+            callback.set_loop(loop)
+
+    def _call(self, method: str, *args) -> None:
+        for callback in self.callbacks:
+            getattr(callback, method)(*args)
+
+    def on_train_begin(self, logs=None):
+        self._call("on_train_begin", logs)
+
+    def on_train_end(self, logs=None):
+        self._call("on_train_end", logs)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._call("on_epoch_begin", epoch, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._call("on_epoch_end", epoch, logs)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._call("on_train_batch_begin", batch, logs)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._call("on_train_batch_end", batch, logs)
+
+    def on_train_interrupted(self, logs=None):
+        self._call("on_train_interrupted", logs)
+
+
+class History(Callback):
+    """What ``fit`` returns: ``history.history["loss"]`` etc., one value per epoch, and
+    ``history.epoch`` (0-based epoch numbers) and ``history.times`` (seconds per epoch).
+
+    The fit loop records each epoch here itself, before any callback's ``on_epoch_end``, so a
+    checkpoint written there already holds the epoch; a resumed run continues the same record.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.history: dict[str, list[float]] = {}
+        self.epoch: list[int] = []
+        self.times: list[float] = []
+
+    def append(self, epoch: int, logs: dict[str, float], seconds: float = float("nan")) -> None:
+        self.epoch.append(epoch)
+        self.times.append(seconds)
+        for key, value in logs.items():
+            self.history.setdefault(key, []).append(value)
+
+    def get_state(self) -> dict:
+        return {
+            "epoch": list(self.epoch),
+            "times": list(self.times),
+            "history": {k: list(v) for k, v in self.history.items()},
+        }
+
+    def set_state(self, state: dict) -> None:
+        self.epoch = list(state["epoch"])
+        self.times = list(state["times"])
+        self.history = {k: list(v) for k, v in state["history"].items()}
+
+
+def format_logs(logs: dict[str, float]) -> str:
+    """``"loss: 0.3121 - accuracy: 0.9010"``."""
+    return " - ".join(f"{key}: {value:.4f}" for key, value in logs.items())
+
+
+class ProgressBar(Callback):
+    """Keras's ProgbarLogger, drawn with tqdm.
+
+    ``verbose=1``: a bar per epoch (images done, images/s, ETA, running loss and accuracy)
+    on ``file`` (stderr), then a line per epoch on stdout::
+
+        Epoch 3/10 - 2.9s - 495 img/s - loss: 1.2001 - accuracy: 0.5612 - val_loss: ...
+
+    ``verbose=2``: only the lines. ``mininterval``: least seconds between redraws of the bar.
+    """
+
+    def __init__(self, verbose: int = 1, file=None, mininterval: float = 0.1):
+        super().__init__()
+        if verbose not in (1, 2):
+            raise ValueError(f"ProgressBar `verbose` must be 1 or 2, got {verbose!r}")
+        self.verbose = verbose
+        self.file = file
+        self.mininterval = mininterval
+        self._bar = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.verbose != 1:
+            return
+        samples = self.params["samples"]
+        self._bar = tqdm(
+            total=samples,
+            initial=min(self.loop.batch * self.params["batch_size"], samples),
+            desc=f"Epoch {epoch + 1}/{self.params['epochs']}",
+            unit="img",
+            leave=False,
+            dynamic_ncols=True,
+            mininterval=self.mininterval,
+            file=self.file if self.file is not None else sys.stderr,
+        )
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._bar is None:
+            return
+        done = min((batch + 1) * self.params["batch_size"], self.params["samples"])
+        self._bar.set_postfix({k: f"{v:.4f}" for k, v in (logs or {}).items()}, refresh=False)
+        self._bar.update(done - self._bar.n)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._close()
+        seconds = self.loop.history.times[-1]
+        rate = self.params["samples"] / seconds if seconds > 0 else float("inf")
+        print(
+            f"Epoch {epoch + 1}/{self.params['epochs']} - {seconds:.1f}s - {rate:.0f} img/s - "
+            f"{format_logs(logs or {})}",
+            flush=True,
+        )
+
+    def on_train_end(self, logs=None):
+        self._close()
+
+    def on_train_interrupted(self, logs=None):
+        self._close()
+
+    def _close(self):
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def resolve_mode(monitor: str, mode: str) -> str:
+    """The direction of improvement, "min" for losses and "max" for accuracies ("auto")."""
+    if mode not in ("auto", "min", "max"):
+        raise ValueError(f"`mode` must be 'auto', 'min' or 'max', got {mode!r}")
+    if mode == "auto":
+        mode = "max" if "acc" in monitor else "min"
+    return mode
+
+
+def is_improvement(mode: str, current: float, reference: float | None, min_delta: float) -> bool:
+    """``current`` beats ``reference`` by more than ``min_delta`` (None: nothing to beat)."""
+    if reference is None:
+        return True
+    if mode == "min":
+        return current < reference - min_delta
+    return current > reference + min_delta
+
+
+class ModelCheckpoint(Callback):
+    """Save the model (weights, optimizer, RNGs and the fit loop's position) during training.
+
+    ``filepath`` may hold ``{epoch}`` (1-based) and log names, e.g.
+    ``"ckpt-{epoch:02d}-{val_loss:.3f}.cnnlab"``. ``save_best_only``: only when ``monitor``
+    improved (``mode`` "min" for losses, "max" for accuracies, "auto" guesses by the name).
+    ``save_freq``: "epoch", or an int to save every that many batches (mid-epoch). Each file is
+    written atomically and can resume training (see :class:`cnnlab.runs.RunDirectory`).
+    """
+
+    def __init__(
+        self,
+        filepath: str | Path,
+        monitor: str = "val_loss",
+        verbose: int = 0,
+        save_best_only: bool = False,
+        mode: str = "auto",
+        save_freq: str | int = "epoch",
+        initial_value_threshold: float | None = None,
+    ):
+        super().__init__()
+        if save_freq != "epoch" and not (
+            isinstance(save_freq, int) and not isinstance(save_freq, bool) and save_freq > 0
+        ):
+            raise ValueError(f"`save_freq` must be 'epoch' or a positive int, got {save_freq!r}")
+        self.filepath = str(filepath)
+        self.monitor = monitor
+        self.verbose = verbose
+        self.save_best_only = save_best_only
+        self.mode = resolve_mode(monitor, mode)
+        self.save_freq = save_freq
+        self.best = initial_value_threshold
+        self._batches = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.save_freq == "epoch":
+            return
+        self._batches += 1
+        if self._batches % self.save_freq == 0:
+            self._save(self.loop.epoch, logs or {})
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.save_freq == "epoch":
+            self._save(epoch, logs or {})
+
+    def _save(self, epoch: int, logs: dict) -> None:
+        from cnnlab.saving import save_model
+
+        if self.save_best_only:
+            current = logs.get(self.monitor)
+            if current is None:
+                print(
+                    f"ModelCheckpoint: {self.monitor!r} is not among the logs "
+                    f"({', '.join(logs)}); not saving",
+                    file=sys.stderr,
+                )
+                return
+            if not is_improvement(self.mode, current, self.best, 0.0):
+                return
+            self.best = float(current)
+        path = self.filepath.format(epoch=epoch + 1, **logs)
+        save_model(self.model, path, extra={"training": self.loop.state()})
+        if self.verbose:
+            print(f"Epoch {epoch + 1}: saved the model to {path}")
+
+    def get_state(self):
+        return {"best": self.best, "batches": self._batches}
+
+    def set_state(self, state):
+        self.best, self._batches = state["best"], state["batches"]
+
+
+class EarlyStopping(Callback):
+    """Stop training when ``monitor`` (default ``"val_loss"``) has stopped improving.
+
+    An epoch improves on the best so far when it beats it by more than ``min_delta``
+    (lower for losses, higher for accuracies; ``mode`` as in :class:`ModelCheckpoint`).
+    After ``patience`` epochs without improvement training stops. ``baseline``: the value to
+    beat before waiting resets. ``restore_best_weights``: at the end, put back the weights of
+    the best epoch (kept in memory; after a resume, the best since the resume).
+    ``start_from_epoch``: epochs of warm-up not monitored.
+    """
+
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        min_delta: float = 0.0,
+        patience: int = 0,
+        verbose: int = 0,
+        mode: str = "auto",
+        baseline: float | None = None,
+        restore_best_weights: bool = False,
+        start_from_epoch: int = 0,
+    ):
+        super().__init__()
+        if not isinstance(patience, int) or isinstance(patience, bool) or patience < 0:
+            raise ValueError(f"`patience` must be an int >= 0, got {patience!r}")
+        self.monitor = monitor
+        self.min_delta = abs(float(min_delta))
+        self.patience = patience
+        self.verbose = verbose
+        self.mode = resolve_mode(monitor, mode)
+        self.baseline = baseline
+        self.restore_best_weights = restore_best_weights
+        self.start_from_epoch = start_from_epoch
+        self._reset()
+
+    def _reset(self) -> None:
+        self.wait = 0
+        self.stopped_epoch = 0
+        self.best: float | None = None
+        self.best_epoch = 0
+        self.best_weights: list[np.ndarray] | None = None
+
+    def on_train_begin(self, logs=None):
+        self._reset()
+
+    def on_epoch_end(self, epoch, logs=None):
+        current = (logs or {}).get(self.monitor)
+        if current is None:
+            print(
+                f"EarlyStopping: {self.monitor!r} is not among the logs "
+                f"({', '.join(logs or {})}); give validation data or monitor 'loss'",
+                file=sys.stderr,
+            )
+            return
+        if epoch < self.start_from_epoch:
+            return
+        if self.restore_best_weights and self.best_weights is None:
+            self.best_weights = self.model.get_weights()
+            self.best_epoch = epoch
+        self.wait += 1
+        if is_improvement(self.mode, current, self.best, self.min_delta):
+            self.best, self.best_epoch = float(current), epoch
+            if self.restore_best_weights:
+                self.best_weights = self.model.get_weights()
+            if self.baseline is None or is_improvement(self.mode, current, self.baseline, 0.0):
+                self.wait = 0
+            return
+        if self.wait >= self.patience and epoch > 0:
+            self.stopped_epoch = epoch
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        if self.stopped_epoch > 0 and self.verbose:
+            print(f"Epoch {self.stopped_epoch + 1}: early stopping")
+        if self.restore_best_weights and self.best_weights is not None:
+            if self.verbose:
+                print(f"Restoring the weights of the best epoch: {self.best_epoch + 1}")
+            self.model.set_weights(self.best_weights)
+
+    def get_state(self):
+        return {
+            "wait": self.wait,
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "stopped_epoch": self.stopped_epoch,
+        }
+
+    def set_state(self, state):
+        self.wait, self.best = state["wait"], state["best"]
+        self.best_epoch, self.stopped_epoch = state["best_epoch"], state["stopped_epoch"]
+
+
+# -- the NaN guard ---------------------------------------------------------------------------
+class ModelState:
+    """A copy of everything training changes in a model: weights (moving averages included),
+    optimizer state and each layer's random generator, plus the fit loop's position."""
+
+    def __init__(self, model, loop=None):
+        self.weights = model.get_weights()
+        self.optimizer = model.optimizer.get_state() if model.optimizer is not None else None
+        self.rngs = {
+            layer.name: layer.rng.bit_generator.state
+            for layer in model.layers
+            if hasattr(layer, "rng")
+        }
+        self.loop = loop.state() if loop is not None else None
+
+    def restore(self, model, loop=None) -> None:
+        model.set_weights(self.weights)
+        if self.optimizer is not None:
+            model.optimizer.set_state(self.optimizer)
+        for layer in model.layers:
+            if layer.name in self.rngs:
+                layer.rng.bit_generator.state = self.rngs[layer.name]
+        if loop is not None and self.loop is not None:
+            loop.restore(self.loop)
+
+
+def _magnitude(array: np.ndarray) -> float:
+    """``max |a|``, NaN if any element is NaN."""
+    return float(max(array.max(), -array.min())) if array.size else 0.0
+
+
+class NaNGuard(Callback):
+    """Stop training when the loss or a weight stops being finite, and explain why.
+
+    The lecture: a loss turning NaN means the weights grew too large. After each batch the
+    guard checks the loss and the size ``max |w|`` of every trainable weight. When something
+    is no longer finite it
+
+    - stops training (``model.stop_training``) and marks the run "diverged";
+    - puts back the last good state, the one at the start of the epoch (weights, optimizer,
+      RNGs, the loop's position), which is also the last checkpoint a run directory wrote;
+    - keeps in ``self.message`` (and prints unless ``verbose=0``) at which step (optimizer
+      update) it happened, which layer's weights grew the most before it and which layers'
+      gradients or weights are not finite, and what to try: a lower learning rate, batch
+      normalization, gradient clipping (``clipnorm``), scaled inputs.
+
+    ``self.report`` holds the same facts as a dict.
+    """
+
+    def __init__(self, verbose: int = 1, restore: bool = True):
+        super().__init__()
+        self.verbose = verbose
+        self.restore = restore
+        self.message: str | None = None
+        self.report: dict | None = None
+        self._good: ModelState | None = None
+        self._start: dict[str, float] = {}
+        self._last: dict[str, float] = {}
+        self._last_step = 0
+
+    def on_train_begin(self, logs=None):
+        self.message = self.report = None
+
+    def _magnitudes(self) -> dict[str, float]:
+        return {
+            f"{layer.name}/{name}": _magnitude(layer.weights[name])
+            for layer in self.model.layers
+            for name in layer.trainable_names
+        }
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._good = ModelState(self.model, self.loop) if self.restore else None
+        self._start = self._last = self._magnitudes()
+        self._last_step = self.model.optimizer.iterations
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss", 0.0)
+        sizes = self._magnitudes()
+        if math.isfinite(loss) and all(math.isfinite(v) for v in sizes.values()):
+            self._last, self._last_step = sizes, self.model.optimizer.iterations
+            return
+        self._diverged(batch, loss, sizes)
+
+    def _diverged(self, batch: int, loss: float, sizes: dict[str, float]) -> None:
+        model, loop = self.model, self.loop
+        bad_grads = [
+            f"{layer.name}/{name}"
+            for layer in model.layers
+            for name in layer.trainable_names
+            if name in layer.grads and not np.isfinite(layer.grads[name]).all()
+        ]
+        bad_weights = [key for key, value in sizes.items() if not math.isfinite(value)]
+        grew = max(self._last, key=self._last.get, default=None)
+        step, epoch, lr = model.optimizer.iterations, loop.epoch, model.optimizer.learning_rate
+        self.report = {
+            "step": step,
+            "epoch": epoch + 1,
+            "batch": batch + 1,
+            "loss": loss,
+            "nonfinite_gradients": bad_grads,
+            "nonfinite_weights": bad_weights,
+            "largest_weight": grew,
+            "max_abs_at_epoch_start": None if grew is None else self._start[grew],
+            "max_abs_last_finite": None if grew is None else self._last[grew],
+            "last_finite_step": self._last_step,
+            "learning_rate": lr,
+        }
+        lines = [
+            f"Training diverged at step {step} (epoch {epoch + 1}, batch {batch + 1}): "
+            f"the loss is {loss:.4g}."
+        ]
+        if grew is not None:
+            lines.append(
+                f"  The largest weights were in layer {grew.split('/')[0]!r}: {grew} went from "
+                f"max |w| = {self._start[grew]:.3g} at the start of the epoch to "
+                f"{self._last[grew]:.3g} at step {self._last_step}, the last finite one."
+            )
+        if bad_grads:
+            lines.append(f"  Gradients not finite in layer(s): {_layers_of(bad_grads)}.")
+        if bad_weights:
+            lines.append(f"  Weights not finite in layer(s): {_layers_of(bad_weights)}.")
+        if not bad_grads and not bad_weights:
+            lines.append("  Every weight and gradient is still finite: the activations overflowed.")
+        lines.append(
+            f"  The weights grew too large. Try a lower learning rate (now {lr:g}, e.g. "
+            f"{lr / 10:g}), batch normalization after the layers, or gradient clipping "
+            "(clipnorm=1.0); and check that the inputs are scaled (e.g. to [-1, 1])."
+        )
+        if self._good is not None:
+            self._good.restore(model, loop)
+            lines.append(
+                f"  The last good weights (start of epoch {epoch + 1}) were put back; no "
+                "checkpoint was written after them."
+            )
+        self.message = "\n".join(lines)
+        loop.status = "diverged"
+        loop.stop_reason = self.message
+        model.stop_training = True
+        if self.verbose:
+            print(self.message, file=sys.stderr, flush=True)
+
+
+def _layers_of(keys: list[str]) -> str:
+    """``["dense/kernel", "dense/bias", "dense_1/kernel"]`` -> ``"dense, dense_1"``."""
+    return ", ".join(dict.fromkeys(key.split("/")[0] for key in keys))
+
+
+class TerminateOnNaN(NaNGuard):
+    """Keras's name: stop when the loss is NaN or infinite. Here it is the full
+    :class:`NaNGuard` (weights checked too, last good state put back, a diagnosis)."""
+
+
+__all__ = [
+    "Callback",
+    "CallbackList",
+    "EarlyStopping",
+    "History",
+    "ModelCheckpoint",
+    "ModelState",
+    "NaNGuard",
+    "ProgressBar",
+    "TerminateOnNaN",
+    "format_logs",
+]

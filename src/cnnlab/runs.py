@@ -1,0 +1,395 @@
+"""Run directories: everything one training run leaves behind, written so that nothing is lost.
+
+::
+
+    RUN_DIR/
+      config.json                 what is needed to repeat the run (model, data, optimizer,
+                                  seed, versions of cnnlab, NumPy and Python)
+      metrics.csv                 one row per epoch: epoch (1-based), loss, accuracy,
+                                  val_loss, val_accuracy, time (seconds)
+      checkpoints/latest.cnnlab   the end of the last epoch, or where Ctrl-C stopped the run
+      checkpoints/best.cnnlab     the epoch with the best monitored value (val_loss)
+      model.cnnlab                the final model, with its class names
+      summary.json                status, epochs, time, test accuracy, per-class accuracy,
+                                  confusion matrix
+
+Every file is written to a temporary file first and renamed over the old one, so a crash or
+Ctrl-C never leaves a half-written file. Checkpoints hold the model, its optimizer state, its
+Dropout generators and the fit loop's position: ``RunDirectory(path, resume=True)`` continues
+a run exactly where its last checkpoint left it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import platform
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from cnnlab.callbacks import Callback, is_improvement, resolve_mode
+from cnnlab.saving import load as load_checkpoint
+from cnnlab.saving import save_model
+from cnnlab.training import evaluate
+
+CONFIG = "config.json"
+METRICS = "metrics.csv"
+LATEST = "checkpoints/latest.cnnlab"
+BEST = "checkpoints/best.cnnlab"
+MODEL = "model.cnnlab"
+SUMMARY = "summary.json"
+
+
+class RunDirectory(Callback):
+    """A callback that keeps a run directory (see the module docstring) up to date.
+
+    Args:
+        path: the folder; created if missing. A folder that already holds a run is refused
+            unless ``resume=True``.
+        config: what the caller knows about the run (dataset, seed, preprocessing...), saved
+            in config.json beside the model, optimizer and fit settings gathered here.
+        resume: continue from ``checkpoints/latest.cnnlab``: the model's weights, optimizer
+            state and generators, and the loop's position, are put back at ``on_train_begin``.
+            Call ``fit`` with the same data and batch size as the first time.
+        monitor, mode: what "best" means for ``checkpoints/best.cnnlab`` ("val_loss", lower is
+            better); without validation data the training ``loss`` is used.
+        test_data, train_data: ``(x, y)`` evaluated at the end for summary.json.
+        class_names: names of the classes, stored in the model files and the summary.
+        model_extra: more JSON-able facts stored in every model file (e.g. the input scaling).
+        restore_best: at the end, put the best checkpoint's weights back before writing the
+            final model (what early stopping wants).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        config: dict | None = None,
+        resume: bool = False,
+        monitor: str = "val_loss",
+        mode: str = "auto",
+        test_data: tuple[np.ndarray, np.ndarray] | None = None,
+        train_data: tuple[np.ndarray, np.ndarray] | None = None,
+        class_names: list[str] | None = None,
+        model_extra: dict | None = None,
+        restore_best: bool = False,
+    ):
+        super().__init__()
+        self.path = Path(path)
+        self.config = dict(config or {})
+        self.resume = resume
+        self.monitor = monitor
+        self.mode = resolve_mode(monitor, mode)
+        self.test_data = test_data
+        self.train_data = train_data
+        self.class_names = None if class_names is None else [str(c) for c in class_names]
+        self.model_extra = dict(model_extra or {})
+        self.restore_best = restore_best
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+        self.summary: dict | None = None
+        self.interrupted_at: tuple[int, int] | None = None
+        self.resumed_from: tuple[int, int] | None = None
+
+    # -- paths -------------------------------------------------------------------------------
+    @property
+    def latest_path(self) -> Path:
+        return self.path / LATEST
+
+    @property
+    def best_path(self) -> Path:
+        return self.path / BEST
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / MODEL
+
+    # -- callback ----------------------------------------------------------------------------
+    def on_train_begin(self, logs=None):
+        if self.resume:
+            self._resume()
+        else:
+            self._start()
+
+    def _start(self) -> None:
+        existing = [n for n in (CONFIG, METRICS, MODEL, "checkpoints") if (self.path / n).exists()]
+        if existing:
+            raise FileExistsError(
+                f"{self.path} already holds a run ({', '.join(existing)}): resume it "
+                "(--resume / RunDirectory(resume=True)) or choose another folder"
+            )
+        (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)
+        config = {"created": _now(), **self.config}
+        config.update(
+            model_config=self.model.get_config(),
+            compile=_compile_config(self.model),
+            fit={k: self.params[k] for k in ("epochs", "batch_size", "samples", "shuffle")}
+            | {"validation_samples": self.params["validation_samples"]},
+            versions=versions(),
+        )
+        write_json(self.path / CONFIG, config)
+
+    def _resume(self) -> None:
+        if not self.latest_path.is_file():
+            raise FileNotFoundError(
+                f"Nothing to resume in {self.path}: no {LATEST} (a run writes it at the end of "
+                "each epoch and when Ctrl-C stops it)"
+            )
+        extra = restore_model(self.model, self.latest_path)
+        if "training" not in extra:
+            raise ValueError(f"{self.latest_path} has no training state to resume from")
+        self.loop.restore(extra["training"])
+        run = extra.get("run", {})
+        self.best, self.best_epoch = run.get("best"), run.get("best_epoch")
+        self.resumed_from = (self.loop.epoch, self.loop.batch)
+        self._write_metrics()
+        config_path = self.path / CONFIG
+        if config_path.is_file():
+            config = json.loads(config_path.read_text())
+            config.update(self.config)
+            config.setdefault("resumed", []).append(
+                {"at": _now(), "epoch": self.loop.epoch, "batch": self.loop.batch}
+            )
+            config.setdefault("fit", {})["epochs"] = self.params["epochs"]
+            write_json(config_path, config)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        key = self.monitor if self.monitor in logs else self.monitor.removeprefix("val_")
+        value = logs.get(key)
+        improved = (
+            value is not None
+            and math.isfinite(value)
+            and is_improvement(self.mode, value, self.best, 0.0)
+        )
+        if improved:
+            self.best, self.best_epoch = float(value), epoch
+        self._checkpoint(self.latest_path)
+        if improved:
+            self._checkpoint(self.best_path)
+        self._write_metrics()
+
+    def on_train_interrupted(self, logs=None):
+        if self.loop.resumable and self.path.is_dir():
+            self._checkpoint(self.latest_path)
+            self._write_metrics()
+            self.interrupted_at = (self.loop.epoch, self.loop.batch)
+
+    def on_train_end(self, logs=None):
+        status = self.loop.status
+        if status in ("completed", "stopped"):
+            if self.restore_best and self.best_path.is_file():
+                best = load_checkpoint(self.best_path)[0]
+                self.model.set_weights(best.get_weights())
+            save_model(self.model, self.model_path, extra=self._model_extra())
+        history = self.loop.history
+        summary = {
+            "status": status,
+            "reason": self.loop.stop_reason,
+            "epochs": len(history.epoch),
+            "time": float(np.nansum(history.times)),
+            "final": {k: v[-1] for k, v in history.history.items()} if history.epoch else {},
+            "best": {
+                "monitor": self.monitor,
+                "value": self.best,
+                "epoch": None if self.best_epoch is None else self.best_epoch + 1,
+            },
+            "model_file": str(self.model_path) if self.model_path.is_file() else None,
+        }
+        batch_size = self.params["batch_size"]
+        if self.train_data is not None:
+            summary["train"] = evaluate(self.model, *self.train_data, batch_size=batch_size)
+        if self.test_data is not None:
+            summary["test"] = classification_report(
+                self.model, *self.test_data, class_names=self.class_names, batch_size=batch_size
+            )
+        write_json(self.path / SUMMARY, summary)
+        self.summary = summary
+
+    # -- writing -----------------------------------------------------------------------------
+    def _model_extra(self) -> dict:
+        extra = dict(self.model_extra)
+        if self.class_names is not None:
+            extra["class_names"] = self.class_names
+        return extra
+
+    def _checkpoint(self, path: Path) -> None:
+        extra = self._model_extra()
+        extra["training"] = self.loop.state()
+        extra["run"] = {"monitor": self.monitor, "best": self.best, "best_epoch": self.best_epoch}
+        save_model(self.model, path, extra=extra)
+
+    def _write_metrics(self) -> None:
+        write_text(self.path / METRICS, metrics_csv(self.loop.history))
+
+
+def metrics_csv(history) -> str:
+    """One row per epoch: ``epoch`` (1-based), every logged value, ``time`` (seconds).
+
+    Values are written with ``repr`` so they read back as the very same floats.
+    """
+    keys = list(history.history)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["epoch", *keys, "time"])
+    for i, epoch in enumerate(history.epoch):
+        values = [repr(float(history.history[k][i])) for k in keys]
+        writer.writerow([epoch + 1, *values, f"{history.times[i]:.3f}"])
+    return out.getvalue()
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict[str, float]]:
+    """The rows of a metrics.csv, as dicts of floats (``epoch`` as an int)."""
+    with open(Path(path), newline="") as f:
+        return [
+            {k: int(v) if k == "epoch" else float(v) for k, v in row.items()}
+            for row in csv.DictReader(f)
+        ]
+
+
+def classification_report(
+    model,
+    x: np.ndarray,
+    y: np.ndarray,
+    class_names: list[str] | None = None,
+    batch_size: int = 32,
+) -> dict:
+    """Accuracy, per-class accuracy and the confusion matrix of a classifier on ``(x, y)``.
+
+    ``y``: integer labels ``(N,)`` or one-hot ``(N, K)``. ``confusion_matrix[i][j]`` counts
+    the images of true class ``i`` predicted as class ``j``; the accuracy of class ``i`` is
+    ``confusion[i][i] / sum(confusion[i])`` (None for a class without images).
+    """
+    probs = model.predict(x, batch_size=batch_size)
+    num_classes = probs.shape[-1]
+    labels = np.asarray(y)
+    labels = labels.argmax(axis=-1) if labels.ndim == 2 else labels.astype(np.int64)
+    predicted = probs.argmax(axis=-1)
+    names = class_names or [str(k) for k in range(num_classes)]
+    if len(names) != num_classes:
+        raise ValueError(
+            f"The model predicts {num_classes} classes but {len(names)} class names were given"
+        )
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(confusion, (labels, predicted), 1)
+    per_class = {
+        name: (float(confusion[k, k] / confusion[k].sum()) if confusion[k].sum() else None)
+        for k, name in enumerate(names)
+    }
+    return {
+        "examples": int(len(labels)),
+        "accuracy": float(np.mean(predicted == labels)),
+        "per_class_accuracy": per_class,
+        "class_names": list(names),
+        "confusion_matrix": confusion.tolist(),
+    }
+
+
+def restore_model(model, path: str | os.PathLike) -> dict:
+    """Copy a checkpoint's weights, optimizer state and Dropout generators into ``model``
+    (which must have the same architecture); returns the checkpoint's ``extra``."""
+    saved, extra = load_checkpoint(path)
+    theirs = [w.shape for w in saved.get_weights()]
+    ours = [w.shape for w in model.get_weights()]
+    if theirs != ours:
+        raise ValueError(
+            f"{path} holds a different model: weight shapes {theirs}, this model has {ours}"
+        )
+    model.set_weights(saved.get_weights())
+    if model.optimizer is not None and saved.optimizer is not None:
+        if model.optimizer.get_config() != saved.optimizer.get_config():
+            raise ValueError(
+                f"{path} was trained with optimizer {saved.optimizer.get_config()}, "
+                f"this model is compiled with {model.optimizer.get_config()}"
+            )
+        model.optimizer.set_state(saved.optimizer.get_state())
+    ours_rng = [layer for layer in model.layers if hasattr(layer, "rng")]
+    theirs_rng = [layer for layer in saved.layers if hasattr(layer, "rng")]
+    for mine, saved_layer in zip(ours_rng, theirs_rng, strict=True):
+        mine.rng.bit_generator.state = saved_layer.rng.bit_generator.state
+    return extra
+
+
+def find_model_file(path: str | os.PathLike) -> Path:
+    """A model file, or the run directory holding one (its final model, else its latest
+    checkpoint)."""
+    path = Path(path)
+    if path.is_dir():
+        for name in (MODEL, LATEST):
+            if (path / name).is_file():
+                return path / name
+        raise FileNotFoundError(f"{path} holds no {MODEL} nor {LATEST}")
+    if not path.is_file():
+        raise FileNotFoundError(f"No model file or run directory at {path}")
+    return path
+
+
+def versions() -> dict[str, str]:
+    from cnnlab import __version__
+
+    return {
+        "cnnlab": __version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: str | os.PathLike, data) -> None:
+    write_text(path, json.dumps(data, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _compile_config(model) -> dict:
+    return {
+        "optimizer": model.optimizer.get_config(),
+        "loss": model.loss.get_config(),
+        "metrics": list(model.metrics),
+    }
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+__all__ = [
+    "RunDirectory",
+    "classification_report",
+    "find_model_file",
+    "metrics_csv",
+    "read_metrics",
+    "restore_model",
+    "versions",
+    "write_json",
+    "write_text",
+]
