@@ -57,6 +57,7 @@ class Conv2D(ActivationLayer):
             initializers.get(kernel_initializer)
         self.use_bias = use_bias
         self.kernel_initializer = kernel_initializer
+        self._workspace: dict = {}  # im2col buffers, reused from one step to the next
 
     def compute_output_shape(self, input_shape):
         h, w, _ = input_shape
@@ -77,12 +78,17 @@ class Conv2D(ActivationLayer):
 
     def call(self, x, training=False):
         z, self._cache = conv2d_forward(
-            x, self.weights["kernel"], self.weights.get("bias"), self.strides, self.padding
+            x,
+            self.weights["kernel"],
+            self.weights.get("bias"),
+            self.strides,
+            self.padding,
+            workspace=self._workspace,
         )
         return self.activation(z)
 
     def backward_from_logits(self, dz):
-        dx, dkernel, dbias = conv2d_backward(dz, self._cache)
+        dx, dkernel, dbias = conv2d_backward(dz, self._cache, workspace=self._workspace)
         self.grads["kernel"] = dkernel
         if self.use_bias:
             self.grads["bias"] = dbias

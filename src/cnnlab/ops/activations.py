@@ -14,27 +14,62 @@ tanh           ``tanh(x)``                     ``dy * (1 - y**2)``
 softmax        ``exp(x) / sum(exp(x))``        ``y * (dy - sum(dy * y))``
 linear         ``x``                           ``dy``
 =============  ==============================  ===============================
+
+ReLU and leaky ReLU, which sit after every conv layer, run on every core: each core takes its
+own slice of the batch (:mod:`cnnlab.ops.parallel`), in place, with no temporaries.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from cnnlab.ops.parallel import map_batch
+
+
+def _sliced(kernel, *arrays: np.ndarray) -> np.ndarray:
+    """``out = kernel(out, *arrays)`` slice by slice of the batch axis, on every core."""
+    out = np.empty_like(arrays[0])
+    if out.ndim == 0:
+        kernel(out, *arrays)
+        return out
+    map_batch(lambda s: kernel(out[s], *(a[s] for a in arrays)), len(out), out.size)
+    return out
+
 
 def relu(x: np.ndarray) -> np.ndarray:
-    return np.maximum(x, 0)
+    return _sliced(lambda out, x: np.maximum(x, 0, out=out), x)
 
 
 def relu_backward(dy: np.ndarray, x: np.ndarray) -> np.ndarray:
-    return dy * (x > 0)
+    def kernel(out, dy, x):
+        np.greater(x, 0, out=out)
+        out *= dy
+
+    return _sliced(kernel, dy, x)
 
 
 def leaky_relu(x: np.ndarray, negative_slope: float) -> np.ndarray:
-    return np.where(x > 0, x, x * x.dtype.type(negative_slope))
+    slope = x.dtype.type(negative_slope)
+    if not 0 <= negative_slope <= 1:
+        return np.where(x > 0, x, x * slope)
+
+    def kernel(out, x):  # max(x, slope * x) is x where x > 0, slope * x elsewhere
+        np.multiply(x, slope, out=out)
+        np.maximum(x, out, out=out)
+
+    return _sliced(kernel, x)
 
 
 def leaky_relu_backward(dy: np.ndarray, x: np.ndarray, negative_slope: float) -> np.ndarray:
-    return np.where(x > 0, dy, dy * dy.dtype.type(negative_slope))
+    slope = dy.dtype.type(negative_slope)
+
+    def kernel(out, dy, x):  # dy * (1 if x > 0 else slope) = dy * (slope + (1 - slope) * (x > 0))
+        np.greater(x, 0, out=out)
+        out *= 1 - slope
+        out += slope
+        out *= dy
+
+    return _sliced(kernel, dy, x)
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:

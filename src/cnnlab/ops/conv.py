@@ -13,6 +13,12 @@ Formula, for output pixel ``(i, j)`` of filter ``f``::
 
 where ``xp`` is ``x`` padded as :mod:`cnnlab.ops.padding` says. Each output pixel is the
 lecture's "multiply the patch pixel-wise with the filter and sum" (:func:`convolve_patch`).
+
+Two implementations of the same math: ``conv2d_*_reference`` is the plain one, written to be
+read; ``conv2d_forward`` / ``conv2d_backward`` are the fast ones the layers use. They do the
+same im2col and matrix products, but reuse their buffers from step to step (``workspace``)
+and run each slice of the batch on its own core (:mod:`cnnlab.ops.parallel`). A test checks
+that both give the same numbers.
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ from __future__ import annotations
 import numpy as np
 
 from cnnlab.ops.padding import window_geometry
-from cnnlab.ops.windows import add_windows, pad_hw, windows
+from cnnlab.ops.parallel import map_batch
+from cnnlab.ops.windows import add_offset_windows, add_windows, pad_hw, windows
 
 
 def convolve_patch(patch: np.ndarray, filter: np.ndarray) -> float:
@@ -36,7 +43,7 @@ def convolve_patch(patch: np.ndarray, filter: np.ndarray) -> float:
     return float(np.sum(patch * filter))
 
 
-def conv2d_forward(
+def conv2d_forward_reference(
     x: np.ndarray,
     kernel: np.ndarray,
     bias: np.ndarray | None,
@@ -56,7 +63,9 @@ def conv2d_forward(
     return y.reshape(n, oh, ow, f), (cols, kernel, x.shape, xp.shape, pads, strides)
 
 
-def conv2d_backward(dy: np.ndarray, cache: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def conv2d_backward_reference(
+    dy: np.ndarray, cache: tuple
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Backward pass. ``dy: (N, out_h, out_w, F)`` -> ``(dx, dkernel, dbias)``.
 
     ``dkernel = cols.T @ dy`` and ``dcols = dy @ kernel.T``; col2im adds ``dcols`` back
@@ -73,3 +82,87 @@ def conv2d_backward(dy: np.ndarray, cache: tuple) -> tuple[np.ndarray, np.ndarra
     (top, _), (left, _) = pads
     _, h, w, _ = x_shape
     return dxp[:, top : top + h, left : left + w], dkernel, dbias
+
+
+def _buffer(workspace: dict | None, key: str, shape: tuple, dtype, zeros: bool = False):
+    """A scratch array kept in ``workspace`` from one call to the next (fresh without one)."""
+    if workspace is None:
+        return np.zeros(shape, dtype) if zeros else np.empty(shape, dtype)
+    buf = workspace.get(key)
+    if buf is None or buf.shape != shape or buf.dtype != dtype:
+        buf = workspace[key] = np.zeros(shape, dtype) if zeros else np.empty(shape, dtype)
+    return buf
+
+
+def conv2d_forward(
+    x: np.ndarray,
+    kernel: np.ndarray,
+    bias: np.ndarray | None,
+    strides: tuple[int, int] = (1, 1),
+    padding: str = "valid",
+    workspace: dict | None = None,
+) -> tuple[np.ndarray, tuple]:
+    """Forward pass, fast: :func:`conv2d_forward_reference` with reused buffers and threads.
+
+    ``workspace`` is a dict the caller keeps between calls (a layer keeps one); the padded
+    input and the im2col matrix live there, so a training step allocates them only once. The
+    cache holds the im2col matrix, so it is valid until the next call with the same workspace.
+    """
+    n, h, w, c = x.shape
+    kh, kw, _, f = kernel.shape
+    (oh, ow), pads = window_geometry((h, w), (kh, kw), strides, padding)
+    (top, bottom), (left, right) = pads
+    padded = top or bottom or left or right
+    xp_shape = (n, h + top + bottom, w + left + right, c)
+    # The border of the padded buffer is zeroed once; each call writes only its inside.
+    xp = _buffer(workspace, "xp", xp_shape, x.dtype, zeros=True) if padded else x
+    cols = _buffer(workspace, "cols", (n, oh, ow, kh, kw, c), x.dtype)
+    kmat = kernel.reshape(kh * kw * c, f)
+    y = np.empty((n, oh, ow, f), dtype=np.result_type(x, kernel))
+
+    def run(s: slice) -> None:
+        if padded:
+            xp[s, top : top + h, left : left + w] = x[s]
+        np.copyto(cols[s], windows(xp[s], (kh, kw), strides, (oh, ow)))  # im2col
+        ys = y[s].reshape(-1, f)
+        np.matmul(cols[s].reshape(-1, kh * kw * c), kmat, out=ys)
+        if bias is not None:
+            ys += bias
+
+    map_batch(run, n, cols.size)
+    return y, (cols, kernel, x.shape, pads, strides)
+
+
+def conv2d_backward(
+    dy: np.ndarray, cache: tuple, workspace: dict | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Backward pass, fast: :func:`conv2d_backward_reference` with reused buffers and threads.
+
+    Each slice of the batch gets ``cols.T @ dy`` (its share of ``dkernel``, summed after) and,
+    one kernel offset ``(a, b)`` at a time, ``dy @ kernel[a, b].T``: the gradient of that pixel
+    of every window, which col2im adds straight into the unpadded ``dx``
+    (:func:`~cnnlab.ops.windows.add_offset_windows`).
+    """
+    cols, kernel, x_shape, pads, strides = cache
+    n, oh, ow, f = dy.shape
+    kh, kw, c, _ = kernel.shape
+    k = kh * kw * c
+    dtype = np.result_type(dy, kernel)
+    dx = np.zeros(x_shape, dtype=dtype)
+    doff = _buffer(workspace, "doff", (kh, kw, n, oh, ow, c), dtype)
+    kernel_t = kernel.transpose(0, 1, 3, 2)  # (kh, kw, F, C)
+
+    def run(s: slice) -> tuple[np.ndarray, np.ndarray]:
+        dys = dy[s].reshape(-1, f)
+        dkernel = cols[s].reshape(-1, k).T @ dys
+        dbias = np.einsum("ij->j", dys)
+        for a in range(kh):
+            for b in range(kw):
+                np.matmul(dys, kernel_t[a, b], out=doff[a, b, s].reshape(-1, c))
+        add_offset_windows(dx[s], doff[:, :, s], strides, pads)  # col2im
+        return dkernel, dbias
+
+    parts = map_batch(run, n, cols.size)
+    dkernel = sum(p[0] for p in parts).reshape(kernel.shape)
+    dbias = sum(p[1] for p in parts)
+    return dx, dkernel, dbias

@@ -47,3 +47,48 @@ def add_windows(dxp: np.ndarray, dwin: np.ndarray, strides: tuple[int, int]) -> 
                 :, :, :, a, b
             ]
     return dxp
+
+
+def _overlap(offset: int, stride: int, out_len: int, in_len: int) -> tuple[int, int, int]:
+    """Outputs ``i`` in ``[i0, i1)`` whose input ``i * stride + offset`` lies in
+    ``[0, in_len)``; returns ``(i0, i1, first input index)``."""
+    i0 = max(0, -(offset // stride))  # ceil(-offset / stride)
+    i1 = min(out_len, (in_len - 1 - offset) // stride + 1)
+    return i0, i1, i0 * stride + offset
+
+
+def add_offset_windows(
+    dx: np.ndarray,
+    doff: np.ndarray,
+    strides: tuple[int, int],
+    pads: tuple[tuple[int, int], tuple[int, int]],
+) -> np.ndarray:
+    """col2im, fast: :func:`add_windows` into the padded image, then crop, in one go.
+
+    ``doff: (kh, kw, N, oh, ow, C)`` holds, for each kernel offset ``(a, b)``, one contiguous
+    block: the gradient of pixel ``(a, b)`` of every window. It is added into the *unpadded*
+    ``dx: (N, H, W, C)``; what would land on the padding is dropped. Contiguous blocks make
+    each of the ``kh * kw`` slice additions one long run per image row instead of one short
+    run per pixel. With a column stride ``sw > 1`` the target columns are strided, so the sums
+    go to a buffer split by column phase (``w % sw``) first and are interleaved at the end.
+    """
+    n, h, w, c = dx.shape
+    kh, kw, _, oh, ow, _ = doff.shape
+    (sh, sw), ((top, _), (left, _)) = strides, pads
+    if sw == 1:
+        target = dx[:, :, None]  # (N, H, 1, W, C): a single column phase, dx itself
+    else:
+        target = np.zeros((n, h, sw, -(-w // sw), c), dtype=dx.dtype)
+    for a in range(kh):
+        i0, i1, r0 = _overlap(a - top, sh, oh, h)
+        rows = slice(r0, r0 + sh * (i1 - i0 - 1) + 1, sh)
+        for b in range(kw):
+            j0, j1, c0 = _overlap(b - left, sw, ow, w)
+            if i1 > i0 and j1 > j0:
+                q0 = c0 // sw  # column c0 is entry q0 of phase c0 % sw
+                target[:, rows, c0 % sw, q0 : q0 + j1 - j0] += doff[a, b, :, i0:i1, j0:j1]
+    if sw > 1:
+        for p in range(min(sw, w)):
+            columns = dx[:, :, p::sw]
+            columns += target[:, :, p, : columns.shape[2]]
+    return dx

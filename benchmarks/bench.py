@@ -1,0 +1,271 @@
+"""cnnlab against PyTorch on the CPU: the book's CNN and MLP, training and inference.
+
+    python benchmarks/bench.py             # batch 32 and 128, 5 repeats (a few minutes)
+    python benchmarks/bench.py --quick     # one repeat, fewer steps: under a minute
+    python benchmarks/bench.py --scaling   # image sizes 32/64/128 x batch sizes 1/32/128/512
+
+Each measurement runs in a fresh subprocess, so that each framework's peak memory (RSS) is its
+own; both get the same number of threads (``--threads``, default: every core). The frameworks
+run one after the other, and each figure is the median of the repeats. Throughput is images/s
+of training steps (forward, loss, backward, optimizer update: Adam, as the book trains) and of
+inference. GFLOP/s counts the useful work of the matrix products of each layer
+(2 * M * N * K each; a training step does three per layer: forward, weight gradient, input
+gradient), next to the float32 matrix-product peak that NumPy reaches on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve()
+
+
+# -- the models --------------------------------------------------------------------------------
+def cnnlab_model(name: str, size: int):
+    import cnnlab
+
+    model = cnnlab.zoo.get(name, input_shape=(size, size, 3), num_classes=10)
+    model.compile(
+        optimizer=cnnlab.optimizers.Adam(learning_rate=5e-4), loss="sparse_categorical_crossentropy"
+    )
+    return model
+
+
+def torch_model(name: str, size: int):
+    """The same architectures written as a PyTorch user would (NCHW, padding=1)."""
+    from torch import nn
+
+    if name == "mlp":
+        return nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(size * size * 3, 200),
+            nn.ReLU(),
+            nn.Linear(200, 150),
+            nn.ReLU(),
+            nn.Linear(150, 10),
+        )
+    blocks, channels, side = [], 3, size
+    for filters, stride in ((32, 1), (32, 2), (64, 1), (64, 2)):
+        blocks += [
+            nn.Conv2d(channels, filters, 3, stride, padding=1),
+            nn.BatchNorm2d(filters, eps=1e-3, momentum=0.01),
+            nn.LeakyReLU(0.3),
+        ]
+        channels, side = filters, -(-side // stride)
+    return nn.Sequential(
+        *blocks,
+        nn.Flatten(),
+        nn.Linear(channels * side * side, 128),
+        nn.BatchNorm1d(128, eps=1e-3, momentum=0.01),
+        nn.LeakyReLU(0.3),
+        nn.Dropout(0.5),
+        nn.Linear(128, 10),
+    )
+
+
+def flops_per_image(name: str, size: int) -> float:
+    """Multiply-adds x 2 of one image's forward pass through the conv and dense layers."""
+    model = cnnlab_model(name, size)
+    total, shape = 0.0, (size, size, 3)
+    for layer in model.layers:
+        out = layer.output_shape
+        if "kernel" in layer.weights:
+            k = layer.weights["kernel"]
+            pixels = out[0] * out[1] if len(out) == 3 else 1
+            total += 2.0 * pixels * k.size
+        shape = out
+    del shape
+    return total
+
+
+# -- one measurement, in its own process --------------------------------------------------------
+def _time_steps(step, steps: int, repeats: int) -> float:
+    """Median seconds per step over ``repeats`` runs of ``steps`` steps, after a warm-up."""
+    step()
+    step()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        times.append((time.perf_counter() - start) / steps)
+    return statistics.median(times)
+
+
+def worker(framework: str, name: str, batch: int, size: int, steps: int, repeats: int) -> dict:
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, size=(batch, size, size, 3)).astype(np.float32)
+    y = rng.integers(0, 10, size=batch)
+    if framework == "cnnlab":
+        import cnnlab
+
+        cnnlab.set_random_seed(0)
+        model = cnnlab_model(name, size)
+        train = _time_steps(lambda: model.train_on_batch(x, y), steps, repeats)
+        infer = _time_steps(lambda: model(x), steps, repeats)
+    else:
+        import torch
+
+        torch.manual_seed(0)
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+        model = torch_model(name, size)
+        optimizer = torch.optim.Adam(model.parameters(), lr=5e-4, eps=1e-7)
+        xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+        yt = torch.from_numpy(y)
+        loss_fn = torch.nn.CrossEntropyLoss()
+
+        def train_step():
+            optimizer.zero_grad()
+            loss_fn(model(xt), yt).backward()
+            optimizer.step()
+
+        def infer_step():
+            with torch.no_grad():
+                model(xt)
+
+        model.train()
+        train = _time_steps(train_step, steps, repeats)
+        model.eval()
+        infer = _time_steps(infer_step, steps, repeats)
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"train": batch / train, "infer": batch / infer, "peak_mib": peak_kib / 1024}
+
+
+def measure(framework, name, batch, size, steps, repeats, threads) -> dict:
+    env = dict(os.environ)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = str(threads)
+    env["CNNLAB_NUM_THREADS"] = str(threads)
+    args = [sys.executable, str(HERE), "--worker", framework, name, str(batch), str(size)]
+    args += ["--steps", str(steps), "--repeats", str(repeats)]
+    done = subprocess.run(args, env=env, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def sgemm_peak(n: int = 2048, repeats: int = 5) -> float:
+    """GFLOP/s of NumPy's float32 matrix product of two n x n matrices (the median)."""
+    a = np.random.default_rng(0).random((n, n), dtype=np.float32)
+    b = np.random.default_rng(1).random((n, n), dtype=np.float32)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = [f"Python {platform.python_version()}", f"NumPy {np.__version__}"]
+    try:
+        import torch
+
+        versions.append(f"torch {torch.__version__}")
+    except ImportError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores; " + ", ".join(versions)
+
+
+# -- the tables ---------------------------------------------------------------------------------
+def main_table(args) -> list[dict]:
+    rows = []
+    peak = sgemm_peak(1024 if args.quick else 2048)
+    print(f"Machine: {machine()}")
+    print(f"Threads: {args.threads}; float32 matrix-product peak (NumPy): {peak:.0f} GFLOP/s\n")
+    header = (
+        "| model | batch | cnnlab train img/s | torch train img/s | ratio | cnnlab infer img/s "
+        "| torch infer img/s | ratio | cnnlab GFLOP/s (train) | cnnlab peak MiB | "
+        "torch peak MiB | memory ratio |"
+    )
+    print(header)
+    print("|" + "---|" * 12)
+    for name in args.models:
+        flops = flops_per_image(name, 32)
+        for batch in args.batch_sizes:
+            steps = max(2, (args.images // batch))
+            ours = measure("cnnlab", name, batch, 32, steps, args.repeats, args.threads)
+            theirs = measure("torch", name, batch, 32, steps, args.repeats, args.threads)
+            row = {"model": name, "batch": batch, "cnnlab": ours, "torch": theirs}
+            row["gflops"] = 3 * flops * ours["train"] / 1e9
+            rows.append(row)
+            print(
+                f"| {name} | {batch} | {ours['train']:.0f} | {theirs['train']:.0f} | "
+                f"**{ours['train'] / theirs['train']:.2f}x** | {ours['infer']:.0f} | "
+                f"{theirs['infer']:.0f} | **{ours['infer'] / theirs['infer']:.2f}x** | "
+                f"{row['gflops']:.0f} ({100 * row['gflops'] / peak:.0f}% of peak) | "
+                f"{ours['peak_mib']:.0f} | {theirs['peak_mib']:.0f} | "
+                f"{ours['peak_mib'] / theirs['peak_mib']:.2f}x |",
+                flush=True,
+            )
+    return rows
+
+
+def scaling_table(args) -> list[dict]:
+    rows = []
+    print(f"Machine: {machine()}; threads: {args.threads}; the book's CNN, training\n")
+    print("| image size | batch | cnnlab img/s | torch img/s | ratio | cnnlab MFLOP/image |")
+    print("|---|---|---|---|---|---|")
+    for size in (32, 64, 128):
+        flops = flops_per_image("cnn", size)
+        for batch in (1, 32, 128, 512):
+            images = args.images * (32 // size) ** 2 if size <= 32 else args.images // 4
+            steps = max(2, images // (batch * (size // 32) ** 2))
+            ours = measure("cnnlab", "cnn", batch, size, steps, args.repeats, args.threads)
+            theirs = measure("torch", "cnn", batch, size, steps, args.repeats, args.threads)
+            rows.append({"size": size, "batch": batch, "cnnlab": ours, "torch": theirs})
+            print(
+                f"| {size} | {batch} | {ours['train']:.0f} | {theirs['train']:.0f} | "
+                f"{ours['train'] / theirs['train']:.2f}x | {3 * flops / 1e6:.0f} |",
+                flush=True,
+            )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--worker", nargs=4, metavar=("FRAMEWORK", "MODEL", "BATCH", "SIZE"))
+    parser.add_argument("--quick", action="store_true", help="one repeat, fewer steps (< 1 min)")
+    parser.add_argument("--scaling", action="store_true", help="image and batch size sweep")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    args = parser.parse_args()
+    if args.worker:
+        framework, name, batch, size = args.worker
+        result = worker(framework, name, int(batch), int(size), args.steps, args.repeats or 1)
+        print(json.dumps(result))
+        return
+    if args.repeats is None:
+        args.repeats = 1 if args.quick else 5
+    args.models = ["cnn", "mlp"]
+    args.batch_sizes = [32, 128]
+    args.images = 256 if args.quick else 1024  # images per timed run
+    rows = scaling_table(args) if args.scaling else main_table(args)
+    if args.json:
+        tmp = args.json.with_suffix(args.json.suffix + ".tmp")
+        tmp.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=1))
+        os.replace(tmp, args.json)
+
+
+if __name__ == "__main__":
+    main()

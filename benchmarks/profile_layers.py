@@ -1,0 +1,139 @@
+"""Where does a training step's time go? Times every layer's forward and backward pass.
+
+Runs the training step of a zoo model (``Sequential.train_step``, unrolled so each layer can
+be timed on its own) on random data, and prints one row per layer: forward ms, backward ms,
+their sum, and the share of the whole step. The loss and the optimizer update get their own
+rows. Medians over the timed steps.
+
+    python benchmarks/profile_layers.py                      # the book's CNN, batch 128
+    python benchmarks/profile_layers.py --model mlp --batch-size 32
+    python benchmarks/profile_layers.py --inference          # forward pass only, training=False
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+from cnnlab import zoo
+from cnnlab.seeding import set_random_seed
+
+
+def _timed(fn, *args):
+    start = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - start
+
+
+def profile_step(model, x: np.ndarray, y: np.ndarray, training: bool = True) -> dict:
+    """One step, timed per layer: ``{"forward": [...], "backward": [...], "loss", "update"}``."""
+    fwd = []
+    out = x
+    for layer in model.layers:
+        out, dt = _timed(layer, out, training)
+        fwd.append(dt)
+    if not training:
+        return {"forward": fwd, "backward": [0.0] * len(fwd), "loss": 0.0, "update": 0.0}
+    start = time.perf_counter()
+    _, dy = model._loss(y, out)
+    loss_time = time.perf_counter() - start
+    last = model.layers[-1]
+    if model._uses_logits():
+        dy, dt = _timed(last.backward_from_logits, dy)
+    else:
+        dy, dt = _timed(last.backward, dy)
+    bwd_rev = [dt]
+    for layer in reversed(model.layers[:-1]):
+        dy, dt = _timed(layer.backward, dy)
+        bwd_rev.append(dt)
+    start = time.perf_counter()
+    weights, grads = model.trainable_weights_and_grads()
+    model.optimizer.apply(grads, weights)
+    update = time.perf_counter() - start
+    return {"forward": fwd, "backward": bwd_rev[::-1], "loss": loss_time, "update": update}
+
+
+def profile(model_name: str, batch_size: int, image_size: int, steps: int, training: bool):
+    """Median per-layer times (seconds) over ``steps`` steps, after two warm-up steps."""
+    set_random_seed(0)
+    model = zoo.get(model_name, input_shape=(image_size, image_size, 3))
+    model.compile("adam", "sparse_categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (batch_size, image_size, image_size, 3)).astype(np.float32)
+    y = rng.integers(0, 10, batch_size)
+    runs = [profile_step(model, x, y, training) for _ in range(steps + 2)][2:]
+    med = {key: np.median([r[key] for r in runs], axis=0) for key in ("forward", "backward")}
+    med["loss"] = float(np.median([r["loss"] for r in runs]))
+    med["update"] = float(np.median([r["update"] for r in runs]))
+    return model, med
+
+
+def format_table(model, med: dict, batch_size: int) -> str:
+    fwd, bwd = med["forward"], med["backward"]
+    total = float(np.sum(fwd) + np.sum(bwd) + med["loss"] + med["update"])
+    rows = [("layer", "output shape", "fwd ms", "bwd ms", "sum ms", "% step")]
+    for layer, f, b in zip(model.layers, fwd, bwd, strict=True):
+        shape = "x".join(str(d) for d in layer.output_shape)
+        rows.append(
+            (
+                f"{layer.name} ({type(layer).__name__})",
+                shape,
+                f"{f * 1e3:.2f}",
+                f"{b * 1e3:.2f}",
+                f"{(f + b) * 1e3:.2f}",
+                f"{100 * (f + b) / total:.1f}",
+            )
+        )
+    for name, t in (
+        ("loss (softmax cross-entropy)", med["loss"]),
+        ("optimizer update", med["update"]),
+    ):
+        rows.append((name, "", "", "", f"{t * 1e3:.2f}", f"{100 * t / total:.1f}"))
+    rows.append(
+        (
+            "total step",
+            "",
+            f"{np.sum(fwd) * 1e3:.2f}",
+            f"{np.sum(bwd) * 1e3:.2f}",
+            f"{total * 1e3:.2f}",
+            f"{batch_size / total:.0f} img/s",
+        )
+    )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for k, row in enumerate(rows):
+        cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1])]
+        cells += [cell.rjust(w) for cell, w in zip(row[2:], widths[2:], strict=True)]
+        lines.append("  ".join(cells))
+        if k == 0 or k == len(rows) - 2:
+            lines.append("-" * len(lines[-1]))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="cnn", choices=sorted(zoo.MODELS))
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
+    parser.add_argument("--inference", action="store_true", help="forward only, training=False")
+    args = parser.parse_args(argv)
+    model, med = profile(
+        args.model, args.batch_size, args.image_size, args.steps, not args.inference
+    )
+    threads = os.environ.get("OMP_NUM_THREADS", "default")
+    mode = "inference" if args.inference else "training step"
+    print(
+        f"{args.model}, {mode}, batch {args.batch_size}, {args.image_size}x{args.image_size} "
+        f"images, median of {args.steps} steps, threads={threads}"
+    )
+    print(format_table(model, med, args.batch_size))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""The fast ops give the numbers of their plain reference forms.
+
+The fast forms reuse buffers between calls and split the batch over threads, so the cases
+cover strides, padding, odd sizes, batches that split unevenly, both dtypes, and a workspace
+reused across calls of different shapes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cnnlab.ops import activations, batchnorm, conv, parallel
+
+
+@pytest.fixture(params=[1, 2, 3], ids=lambda n: f"{n}-threads")
+def threads(request, monkeypatch):
+    monkeypatch.setenv("CNNLAB_NUM_THREADS", str(request.param))
+    monkeypatch.setattr(parallel, "MIN_PARALLEL_SIZE", 0)  # thread even the small cases
+    return request.param
+
+
+def _close(a, b, dtype):
+    tolerance = 1e-12 if dtype == np.float64 else 2e-5
+    scale = max(float(np.max(np.abs(b))), 1.0)
+    assert a.dtype == b.dtype
+    assert a.shape == b.shape
+    assert float(np.max(np.abs(a - b))) <= tolerance * scale
+
+
+CONV_CASES = [
+    # (batch, h, w, c, filters, kernel, strides, padding)
+    (5, 7, 6, 3, 4, (3, 3), (1, 1), "same"),
+    (3, 8, 8, 2, 5, (3, 3), (2, 2), "same"),
+    (7, 9, 5, 1, 2, (2, 4), (2, 1), "valid"),
+    (1, 6, 6, 4, 3, (5, 5), (1, 1), "same"),
+    (4, 5, 7, 3, 2, (1, 1), (2, 2), "valid"),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n,h,w,c,f,kernel,strides,padding", CONV_CASES)
+def test_fast_conv_matches_reference(threads, dtype, n, h, w, c, f, kernel, strides, padding):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, h, w, c)).astype(dtype)
+    k = rng.normal(size=(*kernel, c, f)).astype(dtype)
+    b = rng.normal(size=f).astype(dtype)
+    workspace: dict = {}
+    y, cache = conv.conv2d_forward(x, k, b, strides, padding, workspace=workspace)
+    y_ref, cache_ref = conv.conv2d_forward_reference(x, k, b, strides, padding)
+    _close(y, y_ref, dtype)
+    dy = rng.normal(size=y.shape).astype(dtype)
+    for fast, ref in zip(
+        conv.conv2d_backward(dy, cache, workspace=workspace),
+        conv.conv2d_backward_reference(dy, cache_ref),
+        strict=True,
+    ):
+        _close(fast, ref, dtype)
+
+
+def test_workspace_is_reused_across_calls_of_different_shapes(threads):
+    rng = np.random.default_rng(1)
+    k = rng.normal(size=(3, 3, 2, 3))
+    workspace: dict = {}
+    for n, h in [(4, 6), (3, 9), (4, 6), (1, 5)]:
+        x = rng.normal(size=(n, h, h, 2))
+        y, cache = conv.conv2d_forward(x, k, None, (2, 2), "same", workspace=workspace)
+        y_ref, cache_ref = conv.conv2d_forward_reference(x, k, None, (2, 2), "same")
+        _close(y, y_ref, np.float64)
+        dy = rng.normal(size=y.shape)
+        dx, _, _ = conv.conv2d_backward(dy, cache, workspace=workspace)
+        _close(dx, conv.conv2d_backward_reference(dy, cache_ref)[0], np.float64)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(7, 5), (5, 3, 4, 6), (1, 2, 2, 3)])
+def test_fast_batchnorm_matches_reference(threads, dtype, shape):
+    rng = np.random.default_rng(3)
+    x = (rng.normal(size=shape) * 3 + 2).astype(dtype)
+    gamma, beta = rng.normal(size=(2, shape[-1])).astype(dtype)
+    fast = batchnorm.batchnorm_train_forward(x, gamma, beta, 1e-3)
+    ref = batchnorm.batchnorm_train_forward_reference(x, gamma, beta, 1e-3)
+    for a, b in zip(fast[:3], ref[:3], strict=True):
+        _close(a, b, dtype)
+    dy = rng.normal(size=shape).astype(dtype)
+    for a, b in zip(
+        batchnorm.batchnorm_train_backward(dy, fast[3]),
+        batchnorm.batchnorm_train_backward_reference(dy, ref[3]),
+        strict=True,
+    ):
+        _close(a, b, dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_inference_batchnorm_is_the_formula(threads, dtype):
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(5, 3, 2, 4)).astype(dtype)
+    gamma, beta, mean = rng.normal(size=(3, 4)).astype(dtype)
+    var = rng.uniform(0.5, 2.0, size=4).astype(dtype)
+    y, _ = batchnorm.batchnorm_inference_forward(x, gamma, beta, mean, var, 1e-3)
+    _close(y, (gamma * (x - mean) / np.sqrt(var + dtype(1e-3)) + beta).astype(dtype), dtype)
+
+
+@pytest.mark.parametrize("slope", [0.0, 0.3, 1.0, 2.5])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_leaky_relu_is_the_formula(threads, dtype, slope):
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(5, 3, 3, 2)).astype(dtype)
+    dy = rng.normal(size=x.shape).astype(dtype)
+    s = dtype(slope)
+    np.testing.assert_array_equal(activations.leaky_relu(x, slope), np.where(x > 0, x, x * s))
+    np.testing.assert_array_equal(
+        activations.leaky_relu_backward(dy, x, slope), np.where(x > 0, dy, dy * s)
+    )
+
+
+def test_relu_is_the_formula(threads):
+    rng = np.random.default_rng(6)
+    x, dy = rng.normal(size=(2, 7, 3, 5, 4))
+    np.testing.assert_array_equal(activations.relu(x), np.where(x > 0, x, 0.0))
+    np.testing.assert_array_equal(activations.relu_backward(dy, x), np.where(x > 0, dy, 0.0))
+
+
+def test_batch_slices_cover_the_batch_once():
+    for n in range(1, 12):
+        for parts in range(1, 5):
+            slices = parallel.batch_slices(n, parts)
+            covered = np.concatenate([np.arange(n)[s] for s in slices])
+            np.testing.assert_array_equal(covered, np.arange(n))
+            sizes = [s.stop - s.start for s in slices]
+            assert max(sizes) - min(sizes) <= 1
