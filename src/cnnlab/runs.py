@@ -27,13 +27,13 @@ import json
 import math
 import os
 import platform
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 from cnnlab.callbacks import Callback, is_improvement, resolve_mode
+from cnnlab.files import atomic_open
 from cnnlab.saving import load as load_checkpoint
 from cnnlab.saving import save_model
 from cnnlab.training import evaluate
@@ -342,18 +342,8 @@ def versions() -> dict[str, str]:
 
 def write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path, "w") as f:
+        f.write(text)
 
 
 def write_json(path: str | os.PathLike, data) -> None:

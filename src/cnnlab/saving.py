@@ -14,12 +14,12 @@ never leaves a half-written model behind.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
+
+from cnnlab.files import atomic_open
 
 FORMAT = "cnnlab.model"
 VERSION = 1
@@ -61,18 +61,8 @@ def save_model(model, path, include_optimizer: bool = True, extra: dict | None =
 
 def write_npz_atomic(path, arrays: dict[str, np.ndarray]) -> None:
     """``np.savez`` into a temporary file in the target's folder, then rename it over."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path) as f:
+        np.savez(f, **arrays)
 
 
 def load(path) -> tuple:
