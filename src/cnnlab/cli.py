@@ -874,5 +874,13 @@ def demo(epochs: int, limit: int | None, out: str | None, quiet: bool) -> None:
     )
 
 
+# The pictures: cnnlab explain ..., cnnlab show MODEL, cnnlab report RUN_DIR.
+from cnnlab.viz.commands import explain, report, show  # noqa: E402
+
+main.add_command(explain)
+main.add_command(show)
+main.add_command(report)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

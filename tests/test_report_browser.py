@@ -1,0 +1,64 @@
+"""The HTML report of a real run, opened in a real browser: headless Chromium."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from cnnlab.cli import main
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="needs Chromium (Debian: apt-get install chromium; .ci/run installs it)",
+)
+SECTIONS = [
+    "Config", "Summary", "Learning curves", "Confusion matrix", "Predictions", "Filters",
+    "Feature maps", "Architecture",
+]  # fmt: skip
+
+
+def chromium(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    profile = tmp_path / "profile"  # a fresh profile for every run
+    command = [
+        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={profile}",
+        "--virtual-time-budget=5000", *args,
+    ]  # fmt: skip
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "run"
+    result = CliRunner().invoke(
+        main,
+        ["train", "--model", "diagram", "--dataset", "digits", "--epochs", "1", "--limit", "200"]
+        + ["--quiet", "--out", str(out)],
+    )
+    assert result.exit_code == 0, result.output
+    path = out / "report.html"
+    assert f"Report: {path}" in result.output  # train writes the report itself
+    return path
+
+
+def test_every_section_and_every_image_loads_in_chromium(report, tmp_path):
+    dom = chromium(tmp_path, "--dump-dom", report.as_uri()).stdout
+    for title in SECTIONS:
+        assert f"<h2>{title}</h2>" in dom
+    assert 'data-images="loaded"' in dom, "some <img> did not decode"
+    assert 'data-image-count="6"' in dom
+
+
+def test_screenshot_of_the_report_is_not_blank(report, tmp_path):
+    shot = tmp_path / "report.png"
+    chromium(tmp_path, f"--screenshot={shot}", "--window-size=1200,2400", report.as_uri())
+    with Image.open(shot) as im:
+        assert im.size == (1200, 2400)
+        pixels = np.asarray(im.convert("L"), dtype=np.float64)
+    assert pixels.std() > 20, "the screenshot is (nearly) blank"
+    assert (pixels < 128).mean() > 0.01, "no dark text or drawing on the page"
