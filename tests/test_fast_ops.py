@@ -1,8 +1,7 @@
 """The fast ops give the numbers of their plain reference forms.
 
-The fast forms reuse buffers between calls and split the batch over threads, so the cases
-cover strides, padding, odd sizes, batches that split unevenly, both dtypes, and a workspace
-reused across calls of different shapes.
+The fast forms reuse buffers between calls and work in place, so the cases cover strides,
+padding, odd sizes, both dtypes, and a workspace reused across calls of different shapes.
 """
 
 from __future__ import annotations
@@ -10,14 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cnnlab.ops import activations, batchnorm, conv, parallel
-
-
-@pytest.fixture(params=[1, 2, 3], ids=lambda n: f"{n}-threads")
-def threads(request, monkeypatch):
-    monkeypatch.setenv("CNNLAB_NUM_THREADS", str(request.param))
-    monkeypatch.setattr(parallel, "MIN_PARALLEL_SIZE", 0)  # thread even the small cases
-    return request.param
+from cnnlab.ops import activations, batchnorm, conv
 
 
 def _close(a, b, dtype):
@@ -40,7 +32,7 @@ CONV_CASES = [
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n,h,w,c,f,kernel,strides,padding", CONV_CASES)
-def test_fast_conv_matches_reference(threads, dtype, n, h, w, c, f, kernel, strides, padding):
+def test_fast_conv_matches_reference(dtype, n, h, w, c, f, kernel, strides, padding):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(n, h, w, c)).astype(dtype)
     k = rng.normal(size=(*kernel, c, f)).astype(dtype)
@@ -58,7 +50,7 @@ def test_fast_conv_matches_reference(threads, dtype, n, h, w, c, f, kernel, stri
         _close(fast, ref, dtype)
 
 
-def test_workspace_is_reused_across_calls_of_different_shapes(threads):
+def test_workspace_is_reused_across_calls_of_different_shapes():
     rng = np.random.default_rng(1)
     k = rng.normal(size=(3, 3, 2, 3))
     workspace: dict = {}
@@ -74,7 +66,7 @@ def test_workspace_is_reused_across_calls_of_different_shapes(threads):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", [(7, 5), (5, 3, 4, 6), (1, 2, 2, 3)])
-def test_fast_batchnorm_matches_reference(threads, dtype, shape):
+def test_fast_batchnorm_matches_reference(dtype, shape):
     rng = np.random.default_rng(3)
     x = (rng.normal(size=shape) * 3 + 2).astype(dtype)
     gamma, beta = rng.normal(size=(2, shape[-1])).astype(dtype)
@@ -92,7 +84,7 @@ def test_fast_batchnorm_matches_reference(threads, dtype, shape):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_inference_batchnorm_is_the_formula(threads, dtype):
+def test_inference_batchnorm_is_the_formula(dtype):
     rng = np.random.default_rng(4)
     x = rng.normal(size=(5, 3, 2, 4)).astype(dtype)
     gamma, beta, mean = rng.normal(size=(3, 4)).astype(dtype)
@@ -103,7 +95,7 @@ def test_inference_batchnorm_is_the_formula(threads, dtype):
 
 @pytest.mark.parametrize("slope", [0.0, 0.3, 1.0, 2.5])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_leaky_relu_is_the_formula(threads, dtype, slope):
+def test_leaky_relu_is_the_formula(dtype, slope):
     rng = np.random.default_rng(5)
     x = rng.normal(size=(5, 3, 3, 2)).astype(dtype)
     dy = rng.normal(size=x.shape).astype(dtype)
@@ -114,18 +106,8 @@ def test_leaky_relu_is_the_formula(threads, dtype, slope):
     )
 
 
-def test_relu_is_the_formula(threads):
+def test_relu_is_the_formula():
     rng = np.random.default_rng(6)
     x, dy = rng.normal(size=(2, 7, 3, 5, 4))
     np.testing.assert_array_equal(activations.relu(x), np.where(x > 0, x, 0.0))
     np.testing.assert_array_equal(activations.relu_backward(dy, x), np.where(x > 0, dy, 0.0))
-
-
-def test_batch_slices_cover_the_batch_once():
-    for n in range(1, 12):
-        for parts in range(1, 5):
-            slices = parallel.batch_slices(n, parts)
-            covered = np.concatenate([np.arange(n)[s] for s in slices])
-            np.testing.assert_array_equal(covered, np.arange(n))
-            sizes = [s.stop - s.start for s in slices]
-            assert max(sizes) - min(sizes) <= 1

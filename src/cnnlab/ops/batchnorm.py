@@ -15,15 +15,13 @@ Inference: the same, with ``moving_mean`` and ``moving_variance`` in place of ``
 
 ``batchnorm_train_forward_reference`` and ``batchnorm_train_backward_reference`` are the plain
 forms of the formulas above; ``batchnorm_train_forward`` and ``batchnorm_train_backward``, used
-by the layer, compute the same numbers in fewer passes over memory, on every core (one slice
-of the rows per core, :mod:`cnnlab.ops.parallel`). A test checks that both agree.
+by the layer, compute the same numbers in fewer passes over memory, in place, without
+temporaries. A test checks that both agree.
 """
 
 from __future__ import annotations
 
 import numpy as np
-
-from cnnlab.ops.parallel import map_batch
 
 
 def batchnorm_train_forward_reference(
@@ -55,14 +53,8 @@ def batchnorm_inference_forward(
     """
     inv_std = 1.0 / np.sqrt(moving_variance + epsilon)
     k = gamma * inv_std
-    c = beta - moving_mean * k
-    y = np.empty_like(x)
-
-    def kernel(s: slice) -> None:
-        np.multiply(x[s], k, out=y[s])
-        y[s] += c
-
-    map_batch(kernel, len(x), x.size)
+    y = x * k
+    y += beta - moving_mean * k
     return y, (x, moving_mean, inv_std, gamma)
 
 
@@ -85,11 +77,6 @@ def batchnorm_train_backward_reference(
     return dx, dgamma, dbeta
 
 
-def _channel_sums(kernel, rows: int, size: int) -> np.ndarray:
-    """Sum over the rows of the per-channel partial sums ``kernel(slice)`` of each core."""
-    return np.sum(map_batch(kernel, rows, size), axis=0)
-
-
 def batchnorm_train_forward(
     x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, epsilon: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple]:
@@ -101,25 +88,14 @@ def batchnorm_train_forward(
     c = x.shape[-1]
     x2 = np.ascontiguousarray(x).reshape(-1, c)
     m = len(x2)
-    mu = _channel_sums(lambda s: x2[s].sum(axis=0), m, x2.size) / m
-    x_hat = np.empty_like(x2)
-
-    def centre(s: slice) -> np.ndarray:
-        np.subtract(x2[s], mu, out=x_hat[s])
-        return np.einsum("ij,ij->j", x_hat[s], x_hat[s])
-
-    var = _channel_sums(centre, m, x2.size) / m
+    mu = x2.sum(axis=0) / m
+    x_hat = np.subtract(x2, mu)
+    var = np.einsum("ij,ij->j", x_hat, x_hat) / m
     inv_std = 1.0 / np.sqrt(var + epsilon)
-    y = np.empty_like(x2)
-
-    def scale_shift(s: slice) -> None:
-        x_hat[s] *= inv_std
-        np.multiply(x_hat[s], gamma, out=y[s])
-        y[s] += beta
-
-    map_batch(scale_shift, m, x2.size)
-    shape = x.shape
-    return y.reshape(shape), mu, var, (x_hat.reshape(shape), inv_std, gamma)
+    x_hat *= inv_std
+    y = x_hat * gamma
+    y += beta
+    return y.reshape(x.shape), mu, var, (x_hat.reshape(x.shape), inv_std, gamma)
 
 
 def batchnorm_train_backward(
@@ -128,7 +104,7 @@ def batchnorm_train_backward(
     """Fast :func:`batchnorm_train_backward_reference`: the same gradients.
 
     Since ``sum(g) = gamma * dbeta`` and ``sum(g * x_hat) = gamma * dgamma``, the formula is
-    ``dx = gamma * inv_std * (dy - dbeta / m - x_hat * dgamma / m)``: one pass for both sums,
+    ``dx = gamma * inv_std * (dy - dbeta / m - x_hat * dgamma / m)``: one pass for each sum,
     one for ``dx``.
     """
     x_hat, inv_std, gamma = cache
@@ -136,21 +112,12 @@ def batchnorm_train_backward(
     dy2 = np.ascontiguousarray(dy).reshape(-1, c)
     xh2 = x_hat.reshape(-1, c)
     m = len(dy2)
-
-    def sums(s: slice) -> np.ndarray:
-        return np.stack([dy2[s].sum(axis=0), np.einsum("ij,ij->j", dy2[s], xh2[s])])
-
-    dbeta, dgamma = _channel_sums(sums, m, dy2.size)
-    k, a, b = gamma * inv_std, dbeta / m, dgamma / m
-    dx = np.empty_like(dy2)
-
-    def input_gradient(s: slice) -> None:
-        np.multiply(xh2[s], b, out=dx[s])
-        np.subtract(dy2[s], dx[s], out=dx[s])
-        dx[s] -= a
-        dx[s] *= k
-
-    map_batch(input_gradient, m, dy2.size)
+    dbeta = dy2.sum(axis=0)
+    dgamma = np.einsum("ij,ij->j", dy2, xh2)
+    dx = xh2 * (dgamma / m)
+    np.subtract(dy2, dx, out=dx)
+    dx -= dbeta / m
+    dx *= gamma * inv_std
     return dx.reshape(dy.shape), dgamma, dbeta
 
 

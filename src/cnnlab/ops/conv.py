@@ -17,8 +17,8 @@ lecture's "multiply the patch pixel-wise with the filter and sum" (:func:`convol
 Two implementations of the same math: ``conv2d_*_reference`` is the plain one, written to be
 read; ``conv2d_forward`` / ``conv2d_backward`` are the fast ones the layers use. They do the
 same im2col and matrix products, but reuse their buffers from step to step (``workspace``)
-and run each slice of the batch on its own core (:mod:`cnnlab.ops.parallel`). A test checks
-that both give the same numbers.
+and do col2im by kernel offset straight into the unpadded input gradient. OpenBLAS spreads
+each large matrix product over the cores. A test checks that both give the same numbers.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from __future__ import annotations
 import numpy as np
 
 from cnnlab.ops.padding import window_geometry
-from cnnlab.ops.parallel import map_batch
 from cnnlab.ops.windows import add_offset_windows, add_windows, pad_hw, windows
 
 
@@ -102,7 +101,7 @@ def conv2d_forward(
     padding: str = "valid",
     workspace: dict | None = None,
 ) -> tuple[np.ndarray, tuple]:
-    """Forward pass, fast: :func:`conv2d_forward_reference` with reused buffers and threads.
+    """Forward pass, fast: :func:`conv2d_forward_reference` with reused buffers.
 
     ``workspace`` is a dict the caller keeps between calls (a layer keeps one); the padded
     input and the im2col matrix live there, so a training step allocates them only once. The
@@ -118,29 +117,23 @@ def conv2d_forward(
     xp = _buffer(workspace, "xp", xp_shape, x.dtype, zeros=True) if padded else x
     cols = _buffer(workspace, "cols", (n, oh, ow, kh, kw, c), x.dtype)
     kmat = kernel.reshape(kh * kw * c, f)
-    y = np.empty((n, oh, ow, f), dtype=np.result_type(x, kernel))
-
-    def run(s: slice) -> None:
-        if padded:
-            xp[s, top : top + h, left : left + w] = x[s]
-        np.copyto(cols[s], windows(xp[s], (kh, kw), strides, (oh, ow)))  # im2col
-        ys = y[s].reshape(-1, f)
-        np.matmul(cols[s].reshape(-1, kh * kw * c), kmat, out=ys)
-        if bias is not None:
-            ys += bias
-
-    map_batch(run, n, cols.size)
+    if padded:
+        xp[:, top : top + h, left : left + w] = x
+    np.copyto(cols, windows(xp, (kh, kw), strides, (oh, ow)))  # im2col
+    y = np.matmul(cols.reshape(-1, kh * kw * c), kmat).reshape(n, oh, ow, f)
+    if bias is not None:
+        y += bias
     return y, (cols, kernel, x.shape, pads, strides)
 
 
 def conv2d_backward(
     dy: np.ndarray, cache: tuple, workspace: dict | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Backward pass, fast: :func:`conv2d_backward_reference` with reused buffers and threads.
+    """Backward pass, fast: :func:`conv2d_backward_reference` with reused buffers.
 
-    Each slice of the batch gets ``cols.T @ dy`` (its share of ``dkernel``, summed after) and,
-    one kernel offset ``(a, b)`` at a time, ``dy @ kernel[a, b].T``: the gradient of that pixel
-    of every window, which col2im adds straight into the unpadded ``dx``
+    ``dkernel = cols.T @ dy``; then, one kernel offset ``(a, b)`` at a time,
+    ``dy @ kernel[a, b].T``: the gradient of that pixel of every window, which col2im adds
+    straight into the unpadded ``dx``
     (:func:`~cnnlab.ops.windows.add_offset_windows`).
     """
     cols, kernel, x_shape, pads, strides = cache
@@ -151,18 +144,11 @@ def conv2d_backward(
     dx = np.zeros(x_shape, dtype=dtype)
     doff = _buffer(workspace, "doff", (kh, kw, n, oh, ow, c), dtype)
     kernel_t = kernel.transpose(0, 1, 3, 2)  # (kh, kw, F, C)
-
-    def run(s: slice) -> tuple[np.ndarray, np.ndarray]:
-        dys = dy[s].reshape(-1, f)
-        dkernel = cols[s].reshape(-1, k).T @ dys
-        dbias = np.einsum("ij->j", dys)
-        for a in range(kh):
-            for b in range(kw):
-                np.matmul(dys, kernel_t[a, b], out=doff[a, b, s].reshape(-1, c))
-        add_offset_windows(dx[s], doff[:, :, s], strides, pads)  # col2im
-        return dkernel, dbias
-
-    parts = map_batch(run, n, cols.size)
-    dkernel = sum(p[0] for p in parts).reshape(kernel.shape)
-    dbias = sum(p[1] for p in parts)
+    dy2 = dy.reshape(-1, f)
+    dkernel = (cols.reshape(-1, k).T @ dy2).reshape(kernel.shape)
+    dbias = dy2.sum(axis=0)
+    for a in range(kh):
+        for b in range(kw):
+            np.matmul(dy2, kernel_t[a, b], out=doff[a, b].reshape(-1, c))
+    add_offset_windows(dx, doff, strides, pads)  # col2im
     return dx, dkernel, dbias
