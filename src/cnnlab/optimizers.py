@@ -150,9 +150,18 @@ class Adam(Optimizer):
         dtype = weight.dtype.type
         alpha = self.learning_rate * np.sqrt(1 - self.beta_2**t) / (1 - self.beta_1**t)
         m, v = self.slots["m"][i], self.slots["v"][i]
-        m += (grad - m) * dtype(1 - self.beta_1)
-        v += (grad * grad - v) * dtype(1 - self.beta_2)
-        weight -= dtype(alpha) * m / (np.sqrt(v) + dtype(self.epsilon))
+        step = np.subtract(grad, m)  # one scratch array, updated in place: no temporaries
+        step *= dtype(1 - self.beta_1)
+        m += step  # m += (g - m) * (1 - beta_1)
+        np.multiply(grad, grad, out=step)
+        step -= v
+        step *= dtype(1 - self.beta_2)
+        v += step  # v += (g**2 - v) * (1 - beta_2)
+        np.sqrt(v, out=step)
+        step += dtype(self.epsilon)
+        np.divide(m, step, out=step)
+        step *= dtype(alpha)
+        weight -= step  # w -= alpha * m / (sqrt(v) + epsilon)
 
     def get_config(self):
         return {
