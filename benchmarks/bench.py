@@ -135,11 +135,16 @@ def worker(framework: str, name: str, batch: int, size: int, steps: int, repeats
                 model(xt)
 
         model.train()
-        train = _time_steps(train_step, steps, repeats)
+        # torch's BatchNorm1d cannot train on a batch of one (cnnlab's gives x_hat = 0).
+        train = _time_steps(train_step, steps, repeats) if batch > 1 else None
         model.eval()
         infer = _time_steps(infer_step, steps, repeats)
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"train": batch / train, "infer": batch / infer, "peak_mib": peak_kib / 1024}
+    return {
+        "train": batch / train if train else None,
+        "infer": batch / infer,
+        "peak_mib": peak_kib / 1024,
+    }
 
 
 def measure(framework, name, batch, size, steps, repeats, threads) -> dict:
@@ -149,7 +154,10 @@ def measure(framework, name, batch, size, steps, repeats, threads) -> dict:
     env["CNNLAB_NUM_THREADS"] = str(threads)
     args = [sys.executable, str(HERE), "--worker", framework, name, str(batch), str(size)]
     args += ["--steps", str(steps), "--repeats", str(repeats)]
-    done = subprocess.run(args, env=env, capture_output=True, text=True, check=True)
+    done = subprocess.run(args, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        why = done.stderr.strip() or f"killed by signal {-done.returncode} (out of memory?)"
+        raise SystemExit(f"{' '.join(args)} failed:\n{why}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -227,14 +235,20 @@ def scaling_table(args) -> list[dict]:
     for size in (32, 64, 128):
         flops = flops_per_image("cnn", size)
         for batch in (1, 32, 128, 512):
-            images = args.images * (32 // size) ** 2 if size <= 32 else args.images // 4
-            steps = max(2, images // (batch * (size // 32) ** 2))
-            ours = measure("cnnlab", "cnn", batch, size, steps, args.repeats, args.threads)
-            theirs = measure("torch", "cnn", batch, size, steps, args.repeats, args.threads)
+            # The same amount of work (pixels) per timed run at every size, at least 2 steps.
+            steps = max(2, args.images // (batch * (size // 32) ** 2))
+            try:
+                ours = measure("cnnlab", "cnn", batch, size, steps, args.repeats, args.threads)
+                theirs = measure("torch", "cnn", batch, size, steps, args.repeats, args.threads)
+            except SystemExit as failure:  # e.g. killed for lack of memory
+                print(f"| {size} | {batch} | failed: {str(failure).splitlines()[-1]} | | | |")
+                continue
             rows.append({"size": size, "batch": batch, "cnnlab": ours, "torch": theirs})
+            torch_train = f"{theirs['train']:.0f}" if theirs["train"] else "n/a"
+            ratio = f"{ours['train'] / theirs['train']:.2f}x" if theirs["train"] else "n/a"
             print(
-                f"| {size} | {batch} | {ours['train']:.0f} | {theirs['train']:.0f} | "
-                f"{ours['train'] / theirs['train']:.2f}x | {3 * flops / 1e6:.0f} |",
+                f"| {size} | {batch} | {ours['train']:.0f} | {torch_train} | {ratio} | "
+                f"{3 * flops / 1e6:.0f} |",
                 flush=True,
             )
     return rows
