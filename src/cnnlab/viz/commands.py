@@ -26,6 +26,13 @@ def _save(fig, out: str, name: str) -> Path:
     return path
 
 
+def _emit(explained: tuple, out: str, name: str) -> None:
+    """Print an explanation's text and save its picture: ``explained = (text, figure)``."""
+    text, fig = explained
+    click.echo(text)
+    _save(fig, out, name)
+
+
 @click.group()
 def explain() -> None:
     """The lecture's ideas on small examples, printed and drawn: conv, filters, padding,
@@ -38,9 +45,7 @@ def conv(out: str) -> None:
     """The slide's worked example: a 3x3 patch times a filter, summed: 2.3 (and -2.3)."""
     from cnnlab.viz.explain import explain_conv
 
-    text, fig = explain_conv()
-    click.echo(text)
-    _save(fig, out, "conv.png")
+    _emit(explain_conv(), out, "conv.png")
 
 
 @explain.command()
@@ -69,9 +74,7 @@ def filters(image: str | None, filter_text: str | None, out: str) -> None:
             chosen = {"your filter": parse_filter(filter_text)}
         except ValueError as err:
             raise click.BadParameter(str(err), param_hint="'--filter'") from err
-    text, fig = explain_filters(photo, chosen)
-    click.echo(text)
-    _save(fig, out, "filters.png")
+    _emit(explain_filters(photo, chosen), out, "filters.png")
 
 
 @explain.command()
@@ -93,9 +96,11 @@ def padding(size: int, kernel: int, stride: int, padding: str, out: str) -> None
         raise click.BadParameter(
             f"at most 12, to keep the picture readable; got {size}", param_hint="'--size'"
         )
-    text, fig = explain_padding(size, kernel, stride, padding)
-    click.echo(text)
-    _save(fig, out, f"padding-{size}-{kernel}-{stride}-{padding}.png")
+    _emit(
+        explain_padding(size, kernel, stride, padding),
+        out,
+        f"padding-{size}-{kernel}-{stride}-{padding}.png",
+    )
 
 
 @explain.command()
@@ -104,9 +109,7 @@ def pooling(out: str) -> None:
     """Max and average pooling on the lecture's 4x4 example, and translation invariance."""
     from cnnlab.viz.explain import explain_pooling
 
-    text, fig = explain_pooling()
-    click.echo(text)
-    _save(fig, out, "pooling.png")
+    _emit(explain_pooling(), out, "pooling.png")
 
 
 @explain.command()
@@ -115,9 +118,7 @@ def batchnorm(out: str) -> None:
     """Activations before and after batch normalization; training versus inference."""
     from cnnlab.viz.explain import explain_batchnorm
 
-    text, fig = explain_batchnorm()
-    click.echo(text)
-    _save(fig, out, "batchnorm.png")
+    _emit(explain_batchnorm(), out, "batchnorm.png")
 
 
 @explain.command()
@@ -127,9 +128,7 @@ def dropout(rate: float, out: str) -> None:
     """The units dropout zeroes in training, and none at inference."""
     from cnnlab.viz.explain import explain_dropout
 
-    text, fig = explain_dropout(rate)
-    click.echo(text)
-    _save(fig, out, "dropout.png")
+    _emit(explain_dropout(rate), out, "dropout.png")
 
 
 @click.command()
