@@ -111,3 +111,16 @@ def test_relu_is_the_formula():
     x, dy = rng.normal(size=(2, 7, 3, 5, 4))
     np.testing.assert_array_equal(activations.relu(x), np.where(x > 0, x, 0.0))
     np.testing.assert_array_equal(activations.relu_backward(dy, x), np.where(x > 0, dy, 0.0))
+
+
+def test_first_layer_can_skip_the_input_gradient():
+    rng = np.random.default_rng(2)
+    x, k = rng.normal(size=(2, 5, 5, 1)), rng.normal(size=(3, 3, 1, 2))
+    y, cache = conv.conv2d_forward(x, k, None, (1, 1), "same")
+    dy = rng.normal(size=y.shape)
+    dx, dk, db = conv.conv2d_backward(dy, cache, input_gradient=False)
+    assert dx is None
+    _, cache_ref = conv.conv2d_forward_reference(x, k, None, (1, 1), "same")
+    _, dk_ref, db_ref = conv.conv2d_backward_reference(dy, cache_ref)
+    _close(dk, dk_ref, np.float64)
+    _close(db, db_ref, np.float64)

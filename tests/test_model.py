@@ -400,3 +400,32 @@ def test_loss_objects_by_config_and_from_logits():
     sparse = losses.get("sparse_categorical_crossentropy")
     # From probabilities: -log 0.25
     assert sparse(np.array([1]), np.array([[0.75, 0.25]])) == pytest.approx(np.log(4.0))
+
+
+def test_train_step_gives_the_first_layer_the_same_gradients_without_its_input_gradient():
+    """train_step skips the input gradient of the first layer with weights (nothing uses it);
+    the weight gradients must equal those of a full backward pass."""
+    from cnnlab import layers
+
+    cnnlab.set_floatx("float64")
+    try:
+        for first in (layers.Conv2D(3, 3, padding="same"), layers.Dense(4, activation="relu")):
+            model = cnnlab.Sequential(
+                [layers.Input((5, 5, 2)), layers.Dropout(0.0), first, layers.Flatten()]
+                + [layers.Dense(3, activation="softmax")]
+            )
+            model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+            rng = np.random.default_rng(0)
+            x, y = rng.normal(size=(4, 5, 5, 2)), np.array([0, 1, 2, 1])
+            before = [w.copy() for w in model.get_weights()]
+            model.train_on_batch(x, y)
+            skipped = {name: g.copy() for name, g in first.grads.items()}
+            model.set_weights(before)  # the same point, now through a full backward pass
+            p = model(x, training=True)
+            dp = np.zeros_like(p)
+            dp[np.arange(4), y] = -1.0 / (4 * p[np.arange(4), y])  # d(mean -log p_y) / dp
+            model.backward(dp)
+            for name, g in first.grads.items():
+                np.testing.assert_allclose(skipped[name], g, rtol=1e-10, atol=1e-14)
+    finally:
+        cnnlab.set_floatx("float32")

@@ -142,8 +142,15 @@ class Sequential:
         loss, dy = self._loss(y, y_pred)
         last = self.layers[-1]
         dy = last.backward_from_logits(dy) if self._uses_logits() else last.backward(dy)
-        for layer in reversed(self.layers[:-1]):
-            dy = layer.backward(dy)
+        # Below the first layer with weights no gradient is needed, and that layer needs only
+        # its weights' gradients (an ActivationLayer can skip its input gradient).
+        first = next((i for i, layer in enumerate(self.layers) if layer.trainable_names), 0)
+        for i in range(len(self.layers) - 2, first - 1, -1):
+            layer = self.layers[i]
+            if i == first and isinstance(layer, ActivationLayer):
+                layer.backward(dy, input_gradient=False)
+            else:
+                dy = layer.backward(dy)
         weights, grads = self.trainable_weights_and_grads()
         self.optimizer.apply(grads, weights)
         return self._results(loss, y, y_pred)

@@ -87,8 +87,10 @@ class Conv2D(ActivationLayer):
         )
         return self.activation(z)
 
-    def backward_from_logits(self, dz):
-        dx, dkernel, dbias = conv2d_backward(dz, self._cache, workspace=self._workspace)
+    def backward_from_logits(self, dz, input_gradient=True):
+        dx, dkernel, dbias = conv2d_backward(
+            dz, self._cache, workspace=self._workspace, input_gradient=input_gradient
+        )
         self.grads["kernel"] = dkernel
         if self.use_bias:
             self.grads["bias"] = dbias

@@ -34,11 +34,15 @@ class ActivationLayer(Layer):
     def logits(self) -> np.ndarray:
         return self.activation.x
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
-        return self.backward_from_logits(self.activation.backward(dy))
+    def backward(self, dy: np.ndarray, input_gradient: bool = True) -> np.ndarray | None:
+        return self.backward_from_logits(self.activation.backward(dy), input_gradient)
 
-    def backward_from_logits(self, dz: np.ndarray) -> np.ndarray:
-        """Backward pass from the gradient with respect to the activation's input."""
+    def backward_from_logits(self, dz: np.ndarray, input_gradient: bool = True):
+        """Backward pass from the gradient with respect to the activation's input.
+
+        ``input_gradient=False``: only the weights' gradients are needed (the model's first
+        layer with weights); a layer may then skip its input gradient and return None.
+        """
         return dz
 
 
@@ -90,14 +94,14 @@ class Dense(ActivationLayer):
         self._x_shape = x.shape
         return self.activation(z.reshape(*x.shape[:-1], self.units))
 
-    def backward_from_logits(self, dz):
+    def backward_from_logits(self, dz, input_gradient=True):
         dx, dkernel, dbias = dense_backward(
-            dz.reshape(-1, self.units), self._x2, self.weights["kernel"]
+            dz.reshape(-1, self.units), self._x2, self.weights["kernel"], input_gradient
         )
         self.grads["kernel"] = dkernel
         if self.use_bias:
             self.grads["bias"] = dbias
-        return dx.reshape(self._x_shape)
+        return None if dx is None else dx.reshape(self._x_shape)
 
     def get_config(self):
         return {

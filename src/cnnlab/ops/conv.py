@@ -127,26 +127,29 @@ def conv2d_forward(
 
 
 def conv2d_backward(
-    dy: np.ndarray, cache: tuple, workspace: dict | None = None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    dy: np.ndarray, cache: tuple, workspace: dict | None = None, input_gradient: bool = True
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """Backward pass, fast: :func:`conv2d_backward_reference` with reused buffers.
 
     ``dkernel = cols.T @ dy``; then, one kernel offset ``(a, b)`` at a time,
     ``dy @ kernel[a, b].T``: the gradient of that pixel of every window, which col2im adds
     straight into the unpadded ``dx``
-    (:func:`~cnnlab.ops.windows.add_offset_windows`).
+    (:func:`~cnnlab.ops.windows.add_offset_windows`). ``input_gradient=False`` skips ``dx``
+    (returned as None): the first layer of a model needs only its weight gradients.
     """
     cols, kernel, x_shape, pads, strides = cache
     n, oh, ow, f = dy.shape
     kh, kw, c, _ = kernel.shape
     k = kh * kw * c
     dtype = np.result_type(dy, kernel)
-    dx = np.zeros(x_shape, dtype=dtype)
-    doff = _buffer(workspace, "doff", (kh, kw, n, oh, ow, c), dtype)
-    kernel_t = kernel.transpose(0, 1, 3, 2)  # (kh, kw, F, C)
     dy2 = dy.reshape(-1, f)
     dkernel = (cols.reshape(-1, k).T @ dy2).reshape(kernel.shape)
     dbias = dy2.sum(axis=0)
+    if not input_gradient:
+        return None, dkernel, dbias
+    dx = np.zeros(x_shape, dtype=dtype)
+    doff = _buffer(workspace, "doff", (kh, kw, n, oh, ow, c), dtype)
+    kernel_t = kernel.transpose(0, 1, 3, 2)  # (kh, kw, F, C)
     for a in range(kh):
         for b in range(kw):
             np.matmul(dy2, kernel_t[a, b], out=doff[a, b].reshape(-1, c))

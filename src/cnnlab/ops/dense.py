@@ -21,7 +21,12 @@ def dense_forward(
 
 
 def dense_backward(
-    dy: np.ndarray, x: np.ndarray, kernel: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``dx = dy @ kernel.T``, ``dkernel = x.T @ dy``, ``dbias = sum_n dy``."""
-    return dy @ kernel.T, x.T @ dy, dy.sum(axis=0)
+    dy: np.ndarray, x: np.ndarray, kernel: np.ndarray, input_gradient: bool = True
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """``dx = dy @ kernel.T``, ``dkernel = x.T @ dy``, ``dbias = sum_n dy``.
+
+    ``input_gradient=False`` skips ``dx`` (returned as None): the first layer of a model needs
+    only the gradients of its weights.
+    """
+    dx = dy @ kernel.T if input_gradient else None
+    return dx, x.T @ dy, dy.sum(axis=0)
