@@ -71,6 +71,37 @@ def test_exported_model_matches_in_training_mode_and_updates_the_same_statistics
     )
 
 
+def test_exported_model_pads_other_image_sizes_as_keras_does():
+    """A model ending in global average pooling takes any image size; the exported module
+    works out Keras's "same" padding for each input, as a cnnlab model built for that size does.
+    """
+    cnnlab.set_floatx("float64")
+    try:
+
+        def build(shape):
+            return cnnlab.Sequential(
+                [
+                    L.Input(shape),
+                    L.Conv2D(3, 3, strides=2, padding="same"),
+                    L.MaxPooling2D(3, strides=2, padding="same"),
+                    L.AveragePooling2D(2, padding="same"),
+                    L.GlobalAveragePooling2D(),
+                    L.Dense(2),
+                ]
+            )
+
+        model = build((8, 8, 2))
+        module = to_torch(model).eval()
+        other = build((11, 9, 2))  # uneven "same" padding at every layer
+        other.set_weights(model.get_weights())
+        x = np.random.default_rng(1).normal(size=(3, 11, 9, 2))
+        with torch.no_grad():
+            out = module(torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(out, other.predict(x), rtol=1e-10, atol=0)
+    finally:
+        cnnlab.set_floatx("float32")
+
+
 def test_weights_trained_in_torch_come_back():
     model = cnnlab.zoo.cnn(input_shape=(8, 8, 3), num_classes=4)
     module = to_torch(model).train()

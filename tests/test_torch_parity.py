@@ -81,11 +81,11 @@ CONV_CASES = [
     (1, 5, 5, 1, 2, 3, 1, "same"),
     (2, 6, 7, 3, 4, (2, 3), 2, "same"),
     (3, 7, 6, 2, 5, 1, 1, "valid"),
-    (4, 8, 8, 8, 3, 4, 2, "same"),  # even kernel, stride 2: the padding is uneven
+    (4, 8, 8, 8, 3, 4, 2, "same"),  # even kernel, stride 2
     (5, 9, 9, 4, 2, 5, 2, "valid"),
     (2, 10, 7, 5, 8, (5, 2), 1, "same"),
     (1, 4, 4, 6, 1, (1, 3), 2, "valid"),
-    (3, 11, 11, 1, 3, 3, 2, "same"),  # odd size, stride 2
+    (3, 11, 10, 1, 3, 3, 2, "same"),  # stride 2: 1 + 1 rows, 0 + 1 columns (uneven)
     (2, 6, 6, 7, 6, (3, 4), (2, 1), "same"),
     (1, 5, 8, 2, 2, 2, 1, "valid"),
 ]
@@ -327,15 +327,73 @@ def _index(model, layer_name: str) -> int:
     return [layer.name for layer in model.layers].index(layer_name)
 
 
-def test_same_padding_with_stride_2_puts_the_odd_row_and_column_at_the_bottom_right():
-    """Independent of the bridge: 8x8 input, 3x3 kernel, stride 2, "same" gives 4x4 and needs
-    (4 - 1) * 2 + 3 - 8 = 1 row and 1 column of padding, which Keras puts at the bottom and at
-    the right. Written here by hand as torch's F.pad(x, (left, right, top, bottom))."""
-    layer = L.Conv2D(2, 3, strides=2, padding="same", use_bias=False)
-    x = images(2, 8, 8, 3)
+def keras_pads(n: int, k: int, s: int, padding: str) -> tuple[int, int]:
+    """Keras's padding of one axis, from its rule (not from cnnlab): the output has
+    ``ceil(n / s)`` values, the total padding is ``max(0, (out - 1) * s + k - n)``, and the odd
+    one goes after (bottom/right)."""
+    if padding == "valid":
+        return 0, 0
+    out = -(-n // s)
+    total = max(0, (out - 1) * s + k - n)
+    return total // 2, total - total // 2
+
+
+def keras_windows(x: np.ndarray, window, strides, padding: str, fill: float):
+    """The windows of NHWC ``x`` after Keras's padding (filled with ``fill``), by torch's unfold:
+    shape ``(N, C, out_h, out_w, kh, kw)``. Independent of cnnlab and of its bridge."""
+    (kh, kw), (sh, sw) = window, strides
+    top, bottom = keras_pads(x.shape[1], kh, sh, padding)
+    left, right = keras_pads(x.shape[2], kw, sw, padding)
+    xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+    xt = torch.nn.functional.pad(xt, (left, right, top, bottom), value=fill)
+    return xt.unfold(2, kh, sh).unfold(3, kw, sw)
+
+
+def pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+@pytest.mark.parametrize("n,h,w,c,filters,kernel_size,strides,padding", CONV_CASES)
+def test_conv2d_matches_a_convolution_written_from_keras_padding_rule(
+    n, h, w, c, filters, kernel_size, strides, padding
+):
+    """Conv2D against a convolution written here from the padding rule: pad, take every window,
+    multiply by the kernel and sum (the bridge and cnnlab share the padding code; this does not).
+    """
+    layer = L.Conv2D(filters, kernel_size, strides=strides, padding=padding, use_bias=False)
+    x = images(n, h, w, c)
     y = layer(x)
-    kernel = torch.from_numpy(layer.weights["kernel"].transpose(3, 2, 0, 1).copy())
-    xt = torch.nn.functional.pad(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()), (0, 1, 0, 1))
-    yt = torch.nn.functional.conv2d(xt, kernel, stride=2).numpy().transpose(0, 2, 3, 1)
-    assert y.shape == (2, 4, 4, 2)
-    assert relative_error(y, yt) < FORWARD_TOL
+    windows = keras_windows(x, pair(kernel_size), pair(strides), padding, fill=0.0).numpy()
+    expected = np.einsum("ncyxij,ijcf->nyxf", windows, layer.weights["kernel"])
+    assert y.shape == expected.shape
+    assert relative_error(y, expected) < FORWARD_TOL
+
+
+def test_same_padding_with_stride_2_is_uneven():
+    """8x8 input, 3x3 kernel, stride 2, "same": 4x4 output and (4 - 1) * 2 + 3 - 8 = 1 row and
+    1 column of padding, which Keras puts at the bottom and at the right."""
+    assert keras_pads(8, 3, 2, "same") == (0, 1)
+    layer = L.Conv2D(1, 3, strides=2, padding="same", use_bias=False)
+    layer.build((8, 8, 1))
+    layer.weights["kernel"][...] = 0.0
+    layer.weights["kernel"][0, 0, 0, 0] = 1.0  # picks the top-left value of each window
+    x = images(1, 8, 8, 1)
+    # No padding on top/left: the windows start at rows and columns 0, 2, 4, 6.
+    np.testing.assert_array_equal(layer(x)[0, :, :, 0], x[0, ::2, ::2, 0])
+
+
+@pytest.mark.parametrize("n,h,w,c,pool_size,strides,padding", POOL_CASES)
+def test_pooling_padding_and_counts_follow_keras(n, h, w, c, pool_size, strides, padding):
+    """Max pooling ignores the padding (-inf); average pooling divides by the number of real
+    values under each window (the padding is NaN here, left out by nanmean)."""
+    pool_size = pair(pool_size)
+    strides = pool_size if strides is None else pair(strides)
+    x = images(n, h, w, c)
+    y_max = L.MaxPooling2D(pool_size, strides=strides, padding=padding)(x)
+    y_avg = L.AveragePooling2D(pool_size, strides=strides, padding=padding)(x)
+    windows = keras_windows(x, pool_size, strides, padding, fill=-np.inf)
+    expected_max = windows.amax(dim=(-2, -1)).numpy().transpose(0, 2, 3, 1)
+    windows = keras_windows(x, pool_size, strides, padding, fill=np.nan)
+    expected_avg = windows.nanmean(dim=(-2, -1)).numpy().transpose(0, 2, 3, 1)
+    assert relative_error(y_max, expected_max) < FORWARD_TOL
+    assert relative_error(y_avg, expected_avg) < FORWARD_TOL

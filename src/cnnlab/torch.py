@@ -42,9 +42,13 @@ from cnnlab.ops.padding import window_geometry
 __all__ = ["load_torch_weights", "to_torch"]
 
 
-def _pads(layer, size: tuple[int, int], window: tuple[int, int]) -> tuple[int, int, int, int]:
-    """Keras's padding of ``layer`` for an input of ``size``, in F.pad's order (l, r, t, b)."""
-    _, ((top, bottom), (left, right)) = window_geometry(size, window, layer.strides, layer.padding)
+def _pads(x, window: tuple[int, int], strides: tuple[int, int], padding: str) -> tuple[int, ...]:
+    """Keras's padding for the NHWC input ``x``, in F.pad's order (left, right, top, bottom).
+
+    Computed from the size of each input, so the module follows Keras's rule for any image size.
+    """
+    size = (int(x.shape[1]), int(x.shape[2]))
+    _, ((top, bottom), (left, right)) = window_geometry(size, window, strides, padding)
     return left, right, top, bottom
 
 
@@ -55,11 +59,12 @@ class _Conv2d(nn.Module):
         super().__init__()
         kh, kw, c, f = layer.weights["kernel"].shape
         self.conv = nn.Conv2d(c, f, (kh, kw), layer.strides, bias=layer.use_bias, dtype=dtype)
-        self.pads = _pads(layer, layer.input_shape[:2], (kh, kw))
+        self.window, self.strides, self.padding = (kh, kw), layer.strides, layer.padding
         self.activation = _activation(layer.activation.name, layer.activation.negative_slope)
 
     def forward(self, x):
-        x = F.pad(x.permute(0, 3, 1, 2), self.pads)
+        pads = _pads(x, self.window, self.strides, self.padding)
+        x = F.pad(x.permute(0, 3, 1, 2), pads)
         return self.activation(self.conv(x).permute(0, 2, 3, 1))
 
 
@@ -69,16 +74,17 @@ class _Pool2d(nn.Module):
     def __init__(self, layer, kind: str):
         super().__init__()
         self.kind, self.pool_size, self.strides = kind, layer.pool_size, layer.strides
-        self.pads = _pads(layer, layer.input_shape[:2], layer.pool_size)
+        self.padding = layer.padding
 
     def forward(self, x):
+        pads = _pads(x, self.pool_size, self.strides, self.padding)
         x = x.permute(0, 3, 1, 2)
         if self.kind == "max":
-            y = F.max_pool2d(F.pad(x, self.pads, value=-torch.inf), self.pool_size, self.strides)
+            y = F.max_pool2d(F.pad(x, pads, value=-torch.inf), self.pool_size, self.strides)
         else:
             # Sum over the window, divided by how many real (unpadded) values it covers.
-            total = F.avg_pool2d(F.pad(x, self.pads), self.pool_size, self.strides)
-            ones = F.pad(torch.ones_like(x[:1, :1]), self.pads)
+            total = F.avg_pool2d(F.pad(x, pads), self.pool_size, self.strides)
+            ones = F.pad(torch.ones_like(x[:1, :1]), pads)
             real = F.avg_pool2d(ones, self.pool_size, self.strides)
             y = total / real
         return y.permute(0, 2, 3, 1)
@@ -203,7 +209,9 @@ def to_torch(model) -> nn.Sequential:
 
     Returns:
         A module in training mode (call ``.eval()`` for inference), in the dtype of the model's
-        weights, holding copies of them. Input ``(N, H, W, C)``, output as ``model``'s.
+        weights, holding copies of them. Input ``(N, H, W, C)``, output as ``model``'s. The
+        "same" padding is worked out from each input's size, so a model without Flatten (one
+        that ends in GlobalAveragePooling2D) also takes other image sizes, padded as Keras would.
     """
     _check_built(model)
     weights = model.get_weights()
