@@ -11,6 +11,12 @@ of training steps (forward, loss, backward, optimizer update: Adam, as the book 
 inference. GFLOP/s counts the useful work of the matrix products of each layer
 (2 * M * N * K each; a training step does three per layer: forward, weight gradient, input
 gradient), next to the float32 matrix-product peak that NumPy reaches on this machine.
+
+The header names NumPy's BLAS and the kernel it runs. OpenBLAS picks the kernel for the CPU at
+start, unless ``OPENBLAS_CORETYPE`` forces one; some machines set it (and ``OPENBLAS_L2_SIZE``)
+to work around old OpenBLAS builds, and an older kernel can halve the matrix products' speed.
+To measure what a user's NumPy does, unset both for the run:
+``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench.py``.
 """
 
 from __future__ import annotations
@@ -190,7 +196,25 @@ def machine() -> str:
         versions.append(f"torch {torch.__version__}")
     except ImportError:
         pass
-    return f"{cpu}, {os.cpu_count()} cores; " + ", ".join(versions)
+    return f"{cpu}, {os.cpu_count()} cores; " + ", ".join(versions) + f"; {numpy_blas()}"
+
+
+def numpy_blas() -> str:
+    """NumPy's BLAS library and the kernel it chose for this CPU (OpenBLAS picks one at start,
+    unless ``OPENBLAS_CORETYPE`` forces one: some machines set it to work around old builds)."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return "NumPy's BLAS: unknown (threadpoolctl not installed)"
+    for lib in threadpool_info():
+        if lib["user_api"] == "blas" and "numpy" in lib["filepath"]:
+            said = f"NumPy's BLAS: {lib['internal_api']} {lib['version']}"
+            kernel = lib.get("architecture")
+            forced = os.environ.get("OPENBLAS_CORETYPE")
+            if kernel:
+                said += f", kernel {kernel}" + (" (forced by OPENBLAS_CORETYPE)" if forced else "")
+            return said
+    return "NumPy's BLAS: not found"
 
 
 # -- the tables ---------------------------------------------------------------------------------
