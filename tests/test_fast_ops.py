@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cnnlab.ops import activations, batchnorm, conv
+from cnnlab.ops import activations, batchnorm, conv, sums
 
 
 def _close(a, b, dtype):
@@ -124,3 +124,14 @@ def test_first_layer_can_skip_the_input_gradient():
     _, dk_ref, db_ref = conv.conv2d_backward_reference(dy, cache_ref)
     _close(dk, dk_ref, np.float64)
     _close(db, db_ref, np.float64)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_column_sums_are_the_sums_over_rows(dtype):
+    x = np.random.default_rng(3).normal(size=(50_000, 7)).astype(dtype)
+    s = sums.column_sums(x)
+    exact = x.astype(np.float64).sum(axis=0)
+    assert s.dtype == dtype and s.shape == (7,)
+    # Within twice the error of NumPy's own sum (row after row) against the float64 sum.
+    numpy_error = np.max(np.abs(x.sum(axis=0) - exact))
+    assert np.max(np.abs(s - exact)) <= max(2 * numpy_error, 1e-9)

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from cnnlab.ops.sums import column_sums
+
 
 def batchnorm_train_forward_reference(
     x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, epsilon: float
@@ -88,7 +90,7 @@ def batchnorm_train_forward(
     c = x.shape[-1]
     x2 = np.ascontiguousarray(x).reshape(-1, c)
     m = len(x2)
-    mu = x2.sum(axis=0) / m
+    mu = column_sums(x2) / m
     x_hat = np.subtract(x2, mu)
     var = np.einsum("ij,ij->j", x_hat, x_hat) / m
     inv_std = 1.0 / np.sqrt(var + epsilon)
@@ -112,7 +114,7 @@ def batchnorm_train_backward(
     dy2 = np.ascontiguousarray(dy).reshape(-1, c)
     xh2 = x_hat.reshape(-1, c)
     m = len(dy2)
-    dbeta = dy2.sum(axis=0)
+    dbeta = column_sums(dy2)
     dgamma = np.einsum("ij,ij->j", dy2, xh2)
     dx = xh2 * (dgamma / m)
     np.subtract(dy2, dx, out=dx)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from cnnlab.ops.padding import window_geometry
+from cnnlab.ops.sums import column_sums
 from cnnlab.ops.windows import add_offset_windows, add_windows, pad_hw, windows
 
 
@@ -144,7 +145,7 @@ def conv2d_backward(
     dtype = np.result_type(dy, kernel)
     dy2 = dy.reshape(-1, f)
     dkernel = (cols.reshape(-1, k).T @ dy2).reshape(kernel.shape)
-    dbias = dy2.sum(axis=0)
+    dbias = column_sums(dy2)
     if not input_gradient:
         return None, dkernel, dbias
     dx = np.zeros(x_shape, dtype=dtype)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from cnnlab.ops.sums import column_sums
+
 
 def dense_forward(
     x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None
@@ -29,4 +31,4 @@ def dense_backward(
     only the gradients of its weights.
     """
     dx = dy @ kernel.T if input_gradient else None
-    return dx, x.T @ dy, dy.sum(axis=0)
+    return dx, x.T @ dy, column_sums(dy)
