@@ -47,9 +47,15 @@ def profile_step(model, x: np.ndarray, y: np.ndarray, training: bool = True) -> 
     else:
         dy, dt = _timed(last.backward, dy)
     bwd_rev = [dt]
-    for layer in reversed(model.layers[:-1]):
-        dy, dt = _timed(layer.backward, dy)
+    # As train_step does: no backward pass below the first layer with weights, and only that
+    # layer's weight gradients.
+    for layer, input_gradient in model._backward_plan():
+        if input_gradient:
+            dy, dt = _timed(layer.backward, dy)
+        else:
+            _, dt = _timed(layer.backward, dy, False)
         bwd_rev.append(dt)
+    bwd_rev += [0.0] * (len(model.layers) - len(bwd_rev))
     start = time.perf_counter()
     weights, grads = model.trainable_weights_and_grads()
     model.optimizer.apply(grads, weights)

@@ -134,6 +134,18 @@ class Sequential:
             results[name] = metrics_lib.get(name)(y_true, y_pred)
         return results
 
+    def _backward_plan(self) -> list[tuple[Layer, bool]]:
+        """The layers below the last one that a training step backpropagates through, last
+        first, each with whether its input gradient is needed. Below the first layer with
+        weights no gradient is needed, and that layer needs only its weights' gradients (an
+        ActivationLayer can skip its input gradient)."""
+        first = next((i for i, layer in enumerate(self.layers) if layer.trainable_names), 0)
+        return [
+            (layer, not (i == first and isinstance(layer, ActivationLayer)))
+            for i, layer in reversed(list(enumerate(self.layers[:-1])))
+            if i >= first
+        ]
+
     def train_step(self, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
         """Forward, loss, backward and one optimizer step on a batch; returns the metrics."""
         self._check_compiled()
@@ -142,15 +154,11 @@ class Sequential:
         loss, dy = self._loss(y, y_pred)
         last = self.layers[-1]
         dy = last.backward_from_logits(dy) if self._uses_logits() else last.backward(dy)
-        # Below the first layer with weights no gradient is needed, and that layer needs only
-        # its weights' gradients (an ActivationLayer can skip its input gradient).
-        first = next((i for i, layer in enumerate(self.layers) if layer.trainable_names), 0)
-        for i in range(len(self.layers) - 2, first - 1, -1):
-            layer = self.layers[i]
-            if i == first and isinstance(layer, ActivationLayer):
-                layer.backward(dy, input_gradient=False)
-            else:
+        for layer, input_gradient in self._backward_plan():
+            if input_gradient:
                 dy = layer.backward(dy)
+            else:
+                layer.backward(dy, input_gradient=False)
         weights, grads = self.trainable_weights_and_grads()
         self.optimizer.apply(grads, weights)
         return self._results(loss, y, y_pred)

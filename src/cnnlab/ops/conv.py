@@ -148,11 +148,12 @@ def conv2d_backward(
     dbias = column_sums(dy2)
     if not input_gradient:
         return None, dkernel, dbias
-    dx = np.zeros(x_shape, dtype=dtype)
     doff = _buffer(workspace, "doff", (kh, kw, n, oh, ow, c), dtype)
     kernel_t = kernel.transpose(0, 1, 3, 2)  # (kh, kw, F, C)
     for a in range(kh):
         for b in range(kw):
             np.matmul(dy2, kernel_t[a, b], out=doff[a, b].reshape(-1, c))
-    add_offset_windows(dx, doff, strides, pads)  # col2im
+    sw, w = strides[1], x_shape[2]
+    phases = _buffer(workspace, "phases", (n, x_shape[1], sw, -(-w // sw), c), dtype)
+    dx = add_offset_windows(doff, x_shape, strides, pads, phases if sw > 1 else None)  # col2im
     return dx, dkernel, dbias

@@ -58,27 +58,32 @@ def _overlap(offset: int, stride: int, out_len: int, in_len: int) -> tuple[int, 
 
 
 def add_offset_windows(
-    dx: np.ndarray,
     doff: np.ndarray,
+    x_shape: tuple[int, int, int, int],
     strides: tuple[int, int],
     pads: tuple[tuple[int, int], tuple[int, int]],
+    phases: np.ndarray | None = None,
 ) -> np.ndarray:
     """col2im, fast: :func:`add_windows` into the padded image, then crop, in one go.
 
     ``doff: (kh, kw, N, oh, ow, C)`` holds, for each kernel offset ``(a, b)``, one contiguous
-    block: the gradient of pixel ``(a, b)`` of every window. It is added into the *unpadded*
-    ``dx: (N, H, W, C)``; what would land on the padding is dropped. Contiguous blocks make
-    each of the ``kh * kw`` slice additions one long run per image row instead of one short
-    run per pixel. With a column stride ``sw > 1`` the target columns are strided, so the sums
-    go to a buffer split by column phase (``w % sw``) first and are interleaved at the end.
+    block: the gradient of pixel ``(a, b)`` of every window. The blocks are added into a new
+    *unpadded* ``dx`` of shape ``x_shape = (N, H, W, C)``, which is returned; what would land on
+    the padding is dropped. Contiguous blocks make each of the ``kh * kw`` slice additions one
+    long run per image row instead of one short run per pixel. With a column stride ``sw > 1``
+    the target columns of one offset are ``sw`` apart, so the sums go to ``phases``, a scratch
+    buffer ``(N, H, sw, ceil(W / sw), C)`` split by column phase (``w % sw``; any contents, it
+    is zeroed here), and one copy interleaves the phases into ``dx`` at the end.
     """
-    n, h, w, c = dx.shape
+    n, h, w, c = x_shape
     kh, kw, _, oh, ow, _ = doff.shape
     (sh, sw), ((top, _), (left, _)) = strides, pads
+    per_phase = -(-w // sw)
     if sw == 1:
-        target = dx[:, :, None]  # (N, H, 1, W, C): a single column phase, dx itself
+        target = np.zeros((n, h, 1, w, c), dtype=doff.dtype)  # one column phase: dx itself
     else:
-        target = np.zeros((n, h, sw, -(-w // sw), c), dtype=dx.dtype)
+        target = np.zeros((n, h, sw, per_phase, c), doff.dtype) if phases is None else phases
+        target.fill(0)
     for a in range(kh):
         i0, i1, r0 = _overlap(a - top, sh, oh, h)
         rows = slice(r0, r0 + sh * (i1 - i0 - 1) + 1, sh)
@@ -87,8 +92,8 @@ def add_offset_windows(
             if i1 > i0 and j1 > j0:
                 q0 = c0 // sw  # column c0 is entry q0 of phase c0 % sw
                 target[:, rows, c0 % sw, q0 : q0 + j1 - j0] += doff[a, b, :, i0:i1, j0:j1]
-    if sw > 1:
-        for p in range(min(sw, w)):
-            columns = dx[:, :, p::sw]
-            columns += target[:, :, p, : columns.shape[2]]
-    return dx
+    if sw == 1:
+        return target.reshape(x_shape)
+    dx = np.empty((n, h, per_phase, sw, c), dtype=doff.dtype)
+    np.copyto(dx, target.transpose(0, 1, 3, 2, 4))  # column q * sw + p is phase p's entry q
+    return dx.reshape(n, h, per_phase * sw, c)[:, :, :w]
