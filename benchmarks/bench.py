@@ -110,6 +110,9 @@ def _time_steps(step, steps: int, repeats: int) -> float:
 
 
 def worker(framework: str, name: str, batch: int, size: int, steps: int, repeats: int) -> dict:
+    from cnnlab.memory import keep_freed_memory
+
+    keep_freed_memory()  # as cnnlab's fit does; torch's CPU allocator is malloc too, so both
     rng = np.random.default_rng(0)
     x = rng.uniform(-1, 1, size=(batch, size, size, 3)).astype(np.float32)
     y = rng.integers(0, 10, size=batch)

@@ -8,6 +8,7 @@ rows. Medians over the timed steps.
     python benchmarks/profile_layers.py                      # the book's CNN, batch 128
     python benchmarks/profile_layers.py --model mlp --batch-size 32
     python benchmarks/profile_layers.py --inference          # forward pass only, training=False
+    python benchmarks/profile_layers.py --memory default     # malloc as it comes (page faults)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import time
 import numpy as np
 
 from cnnlab import zoo
+from cnnlab.memory import keep_freed_memory
 from cnnlab.seeding import set_random_seed
 
 
@@ -127,7 +129,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
     parser.add_argument("--inference", action="store_true", help="forward only, training=False")
+    parser.add_argument(
+        "--memory",
+        choices=("keep", "default"),
+        default="keep",
+        help="keep freed memory for reuse, as fit does (default), or malloc's default",
+    )
     args = parser.parse_args(argv)
+    if args.memory == "keep":
+        keep_freed_memory()
     model, med = profile(
         args.model, args.batch_size, args.image_size, args.steps, not args.inference
     )
@@ -135,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     mode = "inference" if args.inference else "training step"
     print(
         f"{args.model}, {mode}, batch {args.batch_size}, {args.image_size}x{args.image_size} "
-        f"images, median of {args.steps} steps, threads={threads}"
+        f"images, median of {args.steps} steps, threads={threads}, memory={args.memory}"
     )
     print(format_table(model, med, args.batch_size))
     return 0

@@ -28,6 +28,7 @@ from collections.abc import Callable
 import numpy as np
 
 from cnnlab.callbacks import Callback, CallbackList, History, ProgressBar
+from cnnlab.memory import keep_freed_memory
 from cnnlab.seeding import make_rng
 
 Augment = Callable[[np.ndarray, np.random.Generator], np.ndarray]
@@ -66,9 +67,12 @@ def fit(
         History: ``history.history["loss"]``, ``["accuracy"]``, ``["val_loss"]``, ...
         Ctrl-C lets the current batch finish, calls ``on_train_interrupted`` (a run directory
         saves a checkpoint there) and raises ``KeyboardInterrupt``.
+
+    The process keeps freed memory for reuse from here on (:func:`cnnlab.memory.keep_freed_memory`).
     """
     x, y = np.asarray(x), np.asarray(y)
     _check_positive_int("batch_size", batch_size)
+    keep_freed_memory()  # every step allocates the same arrays: reuse them, not page faults
     _check_int("epochs", epochs, 0)
     _check_int("initial_epoch", initial_epoch, 0)
     if verbose not in (0, 1, 2):
