@@ -17,6 +17,10 @@ start, unless ``OPENBLAS_CORETYPE`` forces one; some machines set it (and ``OPEN
 to work around old OpenBLAS builds, and an older kernel can halve the matrix products' speed.
 To measure what a user's NumPy does, unset both for the run:
 ``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench.py``.
+
+Both frameworks' workers keep freed memory for reuse (:func:`cnnlab.memory.keep_freed_memory`,
+which cnnlab's ``fit`` calls): PyTorch's CPU tensors come from ``malloc`` too, and gain more
+from it than cnnlab does. ``--memory default`` measures both with malloc as it comes.
 """
 
 from __future__ import annotations
@@ -109,10 +113,13 @@ def _time_steps(step, steps: int, repeats: int) -> float:
     return statistics.median(times)
 
 
-def worker(framework: str, name: str, batch: int, size: int, steps: int, repeats: int) -> dict:
+def worker(
+    framework: str, name: str, batch: int, size: int, steps: int, repeats: int, memory: str
+) -> dict:
     from cnnlab.memory import keep_freed_memory
 
-    keep_freed_memory()  # as cnnlab's fit does; torch's CPU allocator is malloc too, so both
+    if memory == "keep":  # as cnnlab's fit does; torch's CPU allocator is malloc too
+        keep_freed_memory()
     rng = np.random.default_rng(0)
     x = rng.uniform(-1, 1, size=(batch, size, size, 3)).astype(np.float32)
     y = rng.integers(0, 10, size=batch)
@@ -156,13 +163,13 @@ def worker(framework: str, name: str, batch: int, size: int, steps: int, repeats
     }
 
 
-def measure(framework, name, batch, size, steps, repeats, threads) -> dict:
+def measure(framework, name, batch, size, steps, options) -> dict:
+    """One worker run; ``options`` carries ``repeats``, ``threads`` and ``memory``."""
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        env[var] = str(threads)
-    env["CNNLAB_NUM_THREADS"] = str(threads)
+        env[var] = str(options.threads)
     args = [sys.executable, str(HERE), "--worker", framework, name, str(batch), str(size)]
-    args += ["--steps", str(steps), "--repeats", str(repeats)]
+    args += ["--steps", str(steps), "--repeats", str(options.repeats), "--memory", options.memory]
     done = subprocess.run(args, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         why = done.stderr.strip() or f"killed by signal {-done.returncode} (out of memory?)"
@@ -225,7 +232,10 @@ def main_table(args) -> list[dict]:
     rows = []
     peak = sgemm_peak(1024 if args.quick else 2048)
     print(f"Machine: {machine()}")
-    print(f"Threads: {args.threads}; float32 matrix-product peak (NumPy): {peak:.0f} GFLOP/s\n")
+    print(
+        f"Threads: {args.threads}; memory: {args.memory}; "
+        f"float32 matrix-product peak (NumPy): {peak:.0f} GFLOP/s\n"
+    )
     header = (
         "| model | batch | cnnlab train img/s | torch train img/s | ratio | cnnlab infer img/s "
         "| torch infer img/s | ratio | cnnlab GFLOP/s (train) | cnnlab peak MiB | "
@@ -237,8 +247,8 @@ def main_table(args) -> list[dict]:
         flops = flops_per_image(name, 32)
         for batch in args.batch_sizes:
             steps = max(2, (args.images // batch))
-            ours = measure("cnnlab", name, batch, 32, steps, args.repeats, args.threads)
-            theirs = measure("torch", name, batch, 32, steps, args.repeats, args.threads)
+            ours = measure("cnnlab", name, batch, 32, steps, args)
+            theirs = measure("torch", name, batch, 32, steps, args)
             row = {"model": name, "batch": batch, "cnnlab": ours, "torch": theirs}
             row["gflops"] = 3 * flops * ours["train"] / 1e9
             rows.append(row)
@@ -256,7 +266,10 @@ def main_table(args) -> list[dict]:
 
 def scaling_table(args) -> list[dict]:
     rows = []
-    print(f"Machine: {machine()}; threads: {args.threads}; the book's CNN, training\n")
+    print(
+        f"Machine: {machine()}; threads: {args.threads}; memory: {args.memory}; "
+        "the book's CNN, training\n"
+    )
     print("| image size | batch | cnnlab img/s | torch img/s | ratio | cnnlab MFLOP/image |")
     print("|---|---|---|---|---|---|")
     for size in (32, 64, 128):
@@ -265,8 +278,8 @@ def scaling_table(args) -> list[dict]:
             # The same amount of work (pixels) per timed run at every size, at least 2 steps.
             steps = max(2, args.images // (batch * (size // 32) ** 2))
             try:
-                ours = measure("cnnlab", "cnn", batch, size, steps, args.repeats, args.threads)
-                theirs = measure("torch", "cnn", batch, size, steps, args.repeats, args.threads)
+                ours = measure("cnnlab", "cnn", batch, size, steps, args)
+                theirs = measure("torch", "cnn", batch, size, steps, args)
             except SystemExit as failure:  # e.g. killed for lack of memory
                 print(f"| {size} | {batch} | failed: {str(failure).splitlines()[-1]} | | | |")
                 continue
@@ -289,11 +302,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument(
+        "--memory",
+        choices=("keep", "default"),
+        default="keep",
+        help="both frameworks keep freed memory for reuse, as cnnlab's fit does (default), "
+        "or both use malloc's default",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
     if args.worker:
         framework, name, batch, size = args.worker
-        result = worker(framework, name, int(batch), int(size), args.steps, args.repeats or 1)
+        repeats = args.repeats or 1
+        result = worker(framework, name, int(batch), int(size), args.steps, repeats, args.memory)
         print(json.dumps(result))
         return
     if args.repeats is None:
