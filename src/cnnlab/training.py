@@ -72,7 +72,6 @@ def fit(
     """
     x, y = np.asarray(x), np.asarray(y)
     _check_positive_int("batch_size", batch_size)
-    keep_freed_memory()  # every step allocates the same arrays: reuse them, not page faults
     _check_int("epochs", epochs, 0)
     _check_int("initial_epoch", initial_epoch, 0)
     if verbose not in (0, 1, 2):
@@ -102,6 +101,7 @@ def fit(
     model._check_compiled()
     if not model.built:
         model.build(x.shape[1:])
+    keep_freed_memory()  # every step allocates the same arrays: reuse them, not page faults
     loop = FitLoop(
         model,
         x,

@@ -153,7 +153,9 @@ def conv2d_backward(
     for a in range(kh):
         for b in range(kw):
             np.matmul(dy2, kernel_t[a, b], out=doff[a, b].reshape(-1, c))
-    sw, w = strides[1], x_shape[2]
-    phases = _buffer(workspace, "phases", (n, x_shape[1], sw, -(-w // sw), c), dtype)
-    dx = add_offset_windows(doff, x_shape, strides, pads, phases if sw > 1 else None)  # col2im
+    phases = None
+    if strides[1] > 1:  # col2im sums strided columns by phase (see add_offset_windows)
+        sw, (_, h, w, _) = strides[1], x_shape
+        phases = _buffer(workspace, "phases", (n, h, sw, -(-w // sw), c), dtype)
+    dx = add_offset_windows(doff, x_shape, strides, pads, phases)  # col2im
     return dx, dkernel, dbias
