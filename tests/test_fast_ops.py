@@ -135,3 +135,15 @@ def test_column_sums_are_the_sums_over_rows(dtype):
     # Within twice the error of NumPy's own sum (row after row) against the float64 sum.
     numpy_error = np.max(np.abs(x.sum(axis=0) - exact))
     assert np.max(np.abs(s - exact)) <= max(2 * numpy_error, 1e-9)
+
+
+def test_batchnorm_statistics_keep_their_precision_under_a_large_mean():
+    # float32 values 1000 + N(0, 0.01): a one-pass E[x^2] - E[x]^2 would lose the variance.
+    rng = np.random.default_rng(6)
+    x = (1000 + 0.01 * rng.normal(size=(4096, 3))).astype(np.float32)
+    _, mean, var, _ = batchnorm.batchnorm_train_forward(
+        x, np.ones(3, np.float32), np.zeros(3, np.float32), 1e-3
+    )
+    exact = x.astype(np.float64)
+    np.testing.assert_allclose(mean, exact.mean(axis=0), rtol=1e-7)
+    np.testing.assert_allclose(var, exact.var(axis=0), rtol=1e-4)

@@ -1,4 +1,4 @@
-"""The package itself: the engine imports only NumPy; the rest loads on first use."""
+"""The package itself: the engine imports only NumPy and numba; the rest loads on first use."""
 
 import subprocess
 import sys

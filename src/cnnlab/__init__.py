@@ -14,7 +14,7 @@ from cnnlab.model import Sequential
 from cnnlab.saving import load_model
 from cnnlab.seeding import set_random_seed
 
-# Imported on first use, so that ``import cnnlab`` (the engine) needs only NumPy.
+# Imported on first use, so that ``import cnnlab`` (the engine) needs only NumPy and numba.
 _LAZY_MODULES = ("callbacks", "datasets", "torch")
 
 

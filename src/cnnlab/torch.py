@@ -19,7 +19,8 @@ aside, since its masks are random):
   (PyTorch's running variance uses the unbiased one), so a small module keeps Keras's rule;
 - Flatten: the feature maps are flattened in NHWC order, as Keras does.
 
-torch is imported when this module is, and only then: the engine itself needs only NumPy.
+torch is imported when this module is, and only then: the engine itself needs only NumPy
+(and numba, which compiles its loops).
 """
 
 from __future__ import annotations

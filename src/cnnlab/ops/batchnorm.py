@@ -15,15 +15,15 @@ Inference: the same, with ``moving_mean`` and ``moving_variance`` in place of ``
 
 ``batchnorm_train_forward_reference`` and ``batchnorm_train_backward_reference`` are the plain
 forms of the formulas above; ``batchnorm_train_forward`` and ``batchnorm_train_backward``, used
-by the layer, compute the same numbers in fewer passes over memory, in place, without
-temporaries. A test checks that both agree.
+by the layer, compute the same numbers in fewer passes over memory, on every core, with the
+compiled loops of :mod:`cnnlab.ops.kernels`. A test checks that both agree.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from cnnlab.ops.sums import column_sums
+from cnnlab.ops import kernels
 
 
 def batchnorm_train_forward_reference(
@@ -49,15 +49,15 @@ def batchnorm_inference_forward(
 ) -> tuple[np.ndarray, tuple]:
     """``y = gamma * (x - moving_mean) / sqrt(moving_variance + epsilon) + beta``.
 
-    The statistics are fixed, so this is one multiply-add per value, ``y = x * k + c`` with
-    ``k = gamma * inv_std`` and ``c = beta - moving_mean * k``, run on every core. The cache
-    keeps ``x`` (``x_hat`` is only needed for ``dgamma``, and is computed then).
+    The statistics are fixed, so this is one pass, ``y = (x - moving_mean) * k + beta`` with
+    ``k = gamma * inv_std``, on every core. The cache keeps ``x`` (``x_hat`` is only needed
+    for ``dgamma``, and is computed then).
     """
     inv_std = 1.0 / np.sqrt(moving_variance + epsilon)
-    k = gamma * inv_std
-    y = x * k
-    y += beta - moving_mean * k
-    return y, (x, moving_mean, inv_std, gamma)
+    x2 = np.ascontiguousarray(x).reshape(-1, x.shape[-1])
+    y = np.empty_like(x2)
+    kernels.normalize(x2, moving_mean, gamma * inv_std, beta, y)
+    return y.reshape(x.shape), (x, moving_mean, inv_std, gamma)
 
 
 def batchnorm_train_backward_reference(
@@ -82,44 +82,38 @@ def batchnorm_train_backward_reference(
 def batchnorm_train_forward(
     x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, epsilon: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple]:
-    """Fast :func:`batchnorm_train_forward_reference`: the same outputs and cache.
+    """Fast :func:`batchnorm_train_forward_reference`: the same outputs, on every core.
 
-    Three passes over the ``(M, C)`` rows: the mean; the centred values ``x - mu`` and their
-    squares' sum (the variance); then ``x_hat`` in place of the centred values, and ``y``.
+    Three passes over the ``(M, C)`` rows (:mod:`cnnlab.ops.kernels`): the mean, the variance
+    from the centred values, then ``y = (x - mu) * (gamma * inv_std) + beta``. The cache keeps
+    ``x`` itself; the backward pass recomputes ``x_hat`` from it, so no ``x_hat`` is stored.
     """
     c = x.shape[-1]
     x2 = np.ascontiguousarray(x).reshape(-1, c)
-    m = len(x2)
-    mu = column_sums(x2) / m
-    x_hat = np.subtract(x2, mu)
-    var = np.einsum("ij,ij->j", x_hat, x_hat) / m
-    inv_std = 1.0 / np.sqrt(var + epsilon)
-    x_hat *= inv_std
-    y = x_hat * gamma
-    y += beta
-    return y.reshape(x.shape), mu, var, (x_hat.reshape(x.shape), inv_std, gamma)
+    mean, var = kernels.channel_mean_var(x2)
+    mu, var = mean.astype(x.dtype), var.astype(x.dtype)
+    inv_std = 1.0 / np.sqrt(var + x.dtype.type(epsilon))
+    y = np.empty_like(x2)
+    kernels.normalize(x2, mu, gamma * inv_std, beta, y)
+    return y.reshape(x.shape), mu, var, (x2, mu, inv_std, gamma)
 
 
 def batchnorm_train_backward(
     dy: np.ndarray, cache: tuple
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Fast :func:`batchnorm_train_backward_reference`: the same gradients.
+    """Fast :func:`batchnorm_train_backward_reference`: the same gradients, on every core.
 
     Since ``sum(g) = gamma * dbeta`` and ``sum(g * x_hat) = gamma * dgamma``, the formula is
-    ``dx = gamma * inv_std * (dy - dbeta / m - x_hat * dgamma / m)``: one pass for each sum,
-    one for ``dx``.
+    ``dx = gamma * inv_std * (dy - dbeta / m - x_hat * dgamma / m)``: one pass for both sums,
+    one for ``dx``, with ``x_hat = (x - mu) * inv_std`` recomputed on the way.
     """
-    x_hat, inv_std, gamma = cache
-    c = dy.shape[-1]
-    dy2 = np.ascontiguousarray(dy).reshape(-1, c)
-    xh2 = x_hat.reshape(-1, c)
+    x2, mu, inv_std, gamma = cache
+    dy2 = np.ascontiguousarray(dy, dtype=x2.dtype).reshape(x2.shape)
     m = len(dy2)
-    dbeta = column_sums(dy2)
-    dgamma = np.einsum("ij,ij->j", dy2, xh2)
-    dx = xh2 * (dgamma / m)
-    np.subtract(dy2, dx, out=dx)
-    dx -= dbeta / m
-    dx *= gamma * inv_std
+    dbeta, dgamma = kernels.normalize_backward_sums(dy2, x2, mu, inv_std)
+    dbeta, dgamma = dbeta.astype(x2.dtype), dgamma.astype(x2.dtype)
+    dx = np.empty_like(dy2)
+    kernels.normalize_backward(dy2, x2, mu, inv_std, gamma * inv_std, dbeta / m, dgamma / m, dx)
     return dx.reshape(dy.shape), dgamma, dbeta
 
 

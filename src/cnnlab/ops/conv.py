@@ -16,18 +16,20 @@ lecture's "multiply the patch pixel-wise with the filter and sum" (:func:`convol
 
 Two implementations of the same math: ``conv2d_*_reference`` is the plain one, written to be
 read; ``conv2d_forward`` / ``conv2d_backward`` are the fast ones the layers use. They do the
-same im2col and matrix products, but reuse their buffers from step to step (``workspace``)
-and do col2im by kernel offset straight into the unpadded input gradient. OpenBLAS spreads
-each large matrix product over the cores. A test checks that both give the same numbers.
+same im2col and matrix products, but reuse their buffers from step to step (``workspace``),
+and col2im is a compiled loop (:func:`cnnlab.ops.kernels.col2im`) that adds straight into the
+unpadded input gradient. OpenBLAS spreads each matrix product over the cores. A test checks
+that both give the same numbers.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from cnnlab.ops import kernels
 from cnnlab.ops.padding import window_geometry
 from cnnlab.ops.sums import column_sums
-from cnnlab.ops.windows import add_offset_windows, add_windows, pad_hw, windows
+from cnnlab.ops.windows import add_windows, pad_hw, windows
 
 
 def convolve_patch(patch: np.ndarray, filter: np.ndarray) -> float:
@@ -130,32 +132,26 @@ def conv2d_forward(
 def conv2d_backward(
     dy: np.ndarray, cache: tuple, workspace: dict | None = None, input_gradient: bool = True
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
-    """Backward pass, fast: :func:`conv2d_backward_reference` with reused buffers.
+    """Backward pass, fast: :func:`conv2d_backward_reference` with a reused buffer.
 
-    ``dkernel = cols.T @ dy``; then, one kernel offset ``(a, b)`` at a time,
-    ``dy @ kernel[a, b].T``: the gradient of that pixel of every window, which col2im adds
-    straight into the unpadded ``dx``
-    (:func:`~cnnlab.ops.windows.add_offset_windows`). ``input_gradient=False`` skips ``dx``
-    (returned as None): the first layer of a model needs only its weight gradients.
+    ``dkernel = cols.T @ dy`` and ``dcols = dy @ kernel.T``, two matrix products; col2im is a
+    compiled loop (:func:`cnnlab.ops.kernels.col2im`) that adds ``dcols`` straight into the
+    unpadded ``dx``. ``input_gradient=False`` skips ``dx`` (returned as None): the first layer
+    of a model needs only its weight gradients.
     """
     cols, kernel, x_shape, pads, strides = cache
     n, oh, ow, f = dy.shape
     kh, kw, c, _ = kernel.shape
     k = kh * kw * c
     dtype = np.result_type(dy, kernel)
-    dy2 = dy.reshape(-1, f)
+    dy2 = np.ascontiguousarray(dy).reshape(-1, f)
     dkernel = (cols.reshape(-1, k).T @ dy2).reshape(kernel.shape)
     dbias = column_sums(dy2)
     if not input_gradient:
         return None, dkernel, dbias
-    doff = _buffer(workspace, "doff", (kh, kw, n, oh, ow, c), dtype)
-    kernel_t = kernel.transpose(0, 1, 3, 2)  # (kh, kw, F, C)
-    for a in range(kh):
-        for b in range(kw):
-            np.matmul(dy2, kernel_t[a, b], out=doff[a, b].reshape(-1, c))
-    phases = None
-    if strides[1] > 1:  # col2im sums strided columns by phase (see add_offset_windows)
-        sw, (_, h, w, _) = strides[1], x_shape
-        phases = _buffer(workspace, "phases", (n, h, sw, -(-w // sw), c), dtype)
-    dx = add_offset_windows(doff, x_shape, strides, pads, phases)  # col2im
+    dcols = _buffer(workspace, "dcols", (n, oh, ow, kh, kw, c), dtype)
+    np.matmul(dy2, kernel.reshape(k, f).T, out=dcols.reshape(-1, k))
+    dx = np.empty(x_shape, dtype=dtype)
+    (top, _), (left, _) = pads
+    kernels.col2im(dcols, *strides, top, left, dx)
     return dx, dkernel, dbias

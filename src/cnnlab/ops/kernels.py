@@ -1,0 +1,117 @@
+"""Compiled loops for the element-wise work of a step and for col2im.
+
+NumPy runs each element-wise operation as its own pass over memory, with a temporary array
+for each, and adds col2im's windows back one short run of ``C`` values at a time. These loops,
+compiled by numba, do the same arithmetic in one or two passes. The matrix products stay with
+BLAS, which spreads them over the cores; the loops run on one, as NumPy's element-wise work
+does (loops on every core, measured, fought OpenBLAS's threads for the cores and gained
+nothing: benchmarks/README.md). Each loop is the plain formula of a reference form that stays
+in NumPy (:mod:`cnnlab.ops.conv`, :mod:`cnnlab.ops.batchnorm`, :mod:`cnnlab.ops.activations`),
+and the tests check that they agree. No fast-math: every operation rounds as IEEE says.
+
+Shapes: ``(M, C)`` rows of channels (an NHWC map seen as ``(N*H*W, C)``) for batch norm, where
+the sums are accumulated in float64; any shape, raveled, for the activations;
+``(N, H, W, C)`` for col2im.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+_compiled = numba.njit(cache=True, nogil=True)
+
+
+@_compiled
+def leaky_relu(x, slope, out):
+    """``out = x if x > 0 else slope * x``, element by element (raveled arrays)."""
+    for i in range(x.size):
+        v = x[i]
+        out[i] = v if v > 0 else slope * v
+
+
+@_compiled
+def leaky_relu_backward(dy, x, slope, out):
+    """``out = dy if x > 0 else slope * dy``, element by element (raveled arrays)."""
+    for i in range(x.size):
+        out[i] = dy[i] if x[i] > 0 else slope * dy[i]
+
+
+@_compiled
+def channel_mean_var(x):
+    """``x: (M, C)`` -> ``mean, var``: ``mean = sum_i x / M``, ``var = sum_i (x - mean)**2 / M``.
+
+    Two passes (the mean, then the centred squares), so a large mean costs no precision.
+    """
+    m, c = x.shape
+    total = np.zeros(c)
+    for i in range(m):
+        for j in range(c):
+            total[j] += x[i, j]
+    mean = total / m
+    total[:] = 0.0
+    for i in range(m):
+        for j in range(c):
+            d = x[i, j] - mean[j]
+            total[j] += d * d
+    return mean, total / m
+
+
+@_compiled
+def normalize(x, mean, scale, beta, out):
+    """``out = (x - mean) * scale + beta`` per channel of ``x: (M, C)``.
+
+    ``scale = gamma * inv_std``: batch norm's normalize, scale and shift in one pass.
+    """
+    m, c = x.shape
+    for i in range(m):
+        for j in range(c):
+            out[i, j] = (x[i, j] - mean[j]) * scale[j] + beta[j]
+
+
+@_compiled
+def normalize_backward_sums(dy, x, mean, inv_std):
+    """``dbeta = sum_i dy``, ``dgamma = sum_i dy * x_hat`` with ``x_hat = (x - mean) * inv_std``."""
+    m, c = x.shape
+    dbeta, dgamma = np.zeros(c), np.zeros(c)
+    for i in range(m):
+        for j in range(c):
+            g = dy[i, j]
+            dbeta[j] += g
+            dgamma[j] += g * ((x[i, j] - mean[j]) * inv_std[j])
+    return dbeta, dgamma
+
+
+@_compiled
+def normalize_backward(dy, x, mean, inv_std, scale, dbeta_m, dgamma_m, out):
+    """``out = scale * (dy - dbeta/m - x_hat * dgamma/m)``, ``scale = gamma * inv_std``."""
+    m, c = x.shape
+    for i in range(m):
+        for j in range(c):
+            x_hat = (x[i, j] - mean[j]) * inv_std[j]
+            out[i, j] = scale[j] * (dy[i, j] - dbeta_m[j] - x_hat * dgamma_m[j])
+
+
+@_compiled
+def col2im(dcols, sh, sw, top, left, dx):
+    """col2im, the adjoint of im2col.
+
+    ``dx[n, i*sh + a - top, j*sw + b - left, c] += dcols[n, i, j, a, b, c]``.
+
+    ``dcols: (N, oh, ow, kh, kw, C)``; ``dx: (N, H, W, C)`` is overwritten. What falls on the
+    padding is dropped. NumPy would add one short run of ``C`` values per window pixel.
+    """
+    n, oh, ow, kh, kw, c = dcols.shape
+    h, w = dx.shape[1], dx.shape[2]
+    dx[:] = 0
+    for img in range(n):
+        for i in range(oh):
+            for a in range(kh):
+                r = i * sh + a - top
+                if 0 <= r < h:
+                    for j in range(ow):
+                        for b in range(kw):
+                            q = j * sw + b - left
+                            if 0 <= q < w:
+                                for ch in range(c):
+                                    dx[img, r, q, ch] += dcols[img, i, j, a, b, ch]
