@@ -100,6 +100,19 @@ def flops_per_image(name: str, size: int) -> float:
 
 
 # -- one measurement, in its own process --------------------------------------------------------
+def _memory_module():
+    """``cnnlab.memory`` loaded from its file alone, so that torch's worker does not import the
+    cnnlab package (numba and its compiler would add about 100 MiB to torch's peak memory)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("cnnlab")
+    path = Path(spec.submodule_search_locations[0]) / "memory.py"
+    module_spec = importlib.util.spec_from_file_location("_cnnlab_memory", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
 def _time_steps(step, steps: int, repeats: int) -> float:
     """Median seconds per step over ``repeats`` runs of ``steps`` steps, after a warm-up."""
     step()
@@ -116,10 +129,8 @@ def _time_steps(step, steps: int, repeats: int) -> float:
 def worker(
     framework: str, name: str, batch: int, size: int, steps: int, repeats: int, memory: str
 ) -> dict:
-    from cnnlab.memory import keep_freed_memory
-
     if memory == "keep":  # as cnnlab's fit does; torch's CPU allocator is malloc too
-        keep_freed_memory()
+        _memory_module().keep_freed_memory()
     rng = np.random.default_rng(0)
     x = rng.uniform(-1, 1, size=(batch, size, size, 3)).astype(np.float32)
     y = rng.integers(0, 10, size=batch)
@@ -168,6 +179,7 @@ def measure(framework, name, batch, size, steps, options) -> dict:
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(options.threads)
+    env["CNNLAB_NUM_THREADS"] = str(options.threads)
     args = [sys.executable, str(HERE), "--worker", framework, name, str(batch), str(size)]
     args += ["--steps", str(steps), "--repeats", str(options.repeats), "--memory", options.memory]
     done = subprocess.run(args, env=env, capture_output=True, text=True)

@@ -22,6 +22,7 @@ import numpy as np
 
 from cnnlab import zoo
 from cnnlab.memory import keep_freed_memory
+from cnnlab.ops.parallel import one_blas_thread
 from cnnlab.seeding import set_random_seed
 
 
@@ -32,7 +33,15 @@ def _timed(fn, *args):
 
 
 def profile_step(model, x: np.ndarray, y: np.ndarray, training: bool = True) -> dict:
-    """One step, timed per layer: ``{"forward": [...], "backward": [...], "loss", "update"}``."""
+    """One step, timed per layer: ``{"forward": [...], "backward": [...], "loss", "update"}``.
+
+    BLAS is held to one thread for the whole step, as the model's own calls hold it.
+    """
+    with one_blas_thread():
+        return _profile_step(model, x, y, training)
+
+
+def _profile_step(model, x: np.ndarray, y: np.ndarray, training: bool) -> dict:
     fwd = []
     out = x
     for layer in model.layers:

@@ -8,6 +8,7 @@ from cnnlab import losses, optimizers
 from cnnlab import metrics as metrics_lib
 from cnnlab.layers import Input, Layer, deserialize, serialize
 from cnnlab.layers.core import ActivationLayer
+from cnnlab.ops.parallel import one_blas_thread
 
 
 class Sequential:
@@ -79,8 +80,9 @@ class Sequential:
                 f"Model '{self.name}' expects input of shape {(None, *self.input_shape)}, "
                 f"got shape {x.shape}"
             )
-        for layer in self.layers:
-            x = layer(x, training=training)
+        with one_blas_thread():
+            for layer in self.layers:
+                x = layer(x, training=training)
         return x
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
@@ -150,6 +152,10 @@ class Sequential:
         """Forward, loss, backward and one optimizer step on a batch; returns the metrics."""
         self._check_compiled()
         y = np.asarray(y)
+        with one_blas_thread():
+            return self._train_step(x, y)
+
+    def _train_step(self, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
         y_pred = self(x, training=True)
         loss, dy = self._loss(y, y_pred)
         last = self.layers[-1]

@@ -17,16 +17,16 @@ lecture's "multiply the patch pixel-wise with the filter and sum" (:func:`convol
 Two implementations of the same math: ``conv2d_*_reference`` is the plain one, written to be
 read; ``conv2d_forward`` / ``conv2d_backward`` are the fast ones the layers use. They do the
 same im2col and matrix products, but reuse their buffers from step to step (``workspace``),
-and col2im is a compiled loop (:func:`cnnlab.ops.kernels.col2im`) that adds straight into the
-unpadded input gradient. OpenBLAS spreads each matrix product over the cores. A test checks
-that both give the same numbers.
+col2im is a compiled loop (:func:`cnnlab.ops.kernels.col2im`) that adds straight into the
+unpadded input gradient, and each core takes a slice of the batch through the whole op
+(:mod:`cnnlab.ops.parallel`). A test checks that both give the same numbers.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from cnnlab.ops import kernels
+from cnnlab.ops import kernels, parallel
 from cnnlab.ops.padding import window_geometry
 from cnnlab.ops.sums import column_sums
 from cnnlab.ops.windows import add_windows, pad_hw, windows
@@ -104,7 +104,8 @@ def conv2d_forward(
     padding: str = "valid",
     workspace: dict | None = None,
 ) -> tuple[np.ndarray, tuple]:
-    """Forward pass, fast: :func:`conv2d_forward_reference` with reused buffers.
+    """Forward pass, fast: :func:`conv2d_forward_reference` with reused buffers, the batch
+    split over the cores (:func:`cnnlab.ops.parallel.over_batch`).
 
     ``workspace`` is a dict the caller keeps between calls (a layer keeps one); the padded
     input and the im2col matrix live there, so a training step allocates them only once. The
@@ -112,6 +113,7 @@ def conv2d_forward(
     """
     n, h, w, c = x.shape
     kh, kw, _, f = kernel.shape
+    k = kh * kw * c
     (oh, ow), pads = window_geometry((h, w), (kh, kw), strides, padding)
     (top, bottom), (left, right) = pads
     padded = top or bottom or left or right
@@ -119,39 +121,52 @@ def conv2d_forward(
     # The border of the padded buffer is zeroed once; each call writes only its inside.
     xp = _buffer(workspace, "xp", xp_shape, x.dtype, zeros=True) if padded else x
     cols = _buffer(workspace, "cols", (n, oh, ow, kh, kw, c), x.dtype)
-    kmat = kernel.reshape(kh * kw * c, f)
-    if padded:
-        xp[:, top : top + h, left : left + w] = x
-    np.copyto(cols, windows(xp, (kh, kw), strides, (oh, ow)))  # im2col
-    y = np.matmul(cols.reshape(-1, kh * kw * c), kmat).reshape(n, oh, ow, f)
-    if bias is not None:
-        y += bias
+    kmat = kernel.reshape(k, f)
+    y = np.empty((n, oh, ow, f), dtype=np.result_type(x, kernel))
+
+    def images(start: int, stop: int) -> None:
+        if padded:
+            xp[start:stop, top : top + h, left : left + w] = x[start:stop]
+        np.copyto(cols[start:stop], windows(xp[start:stop], (kh, kw), strides, (oh, ow)))
+        np.matmul(cols[start:stop].reshape(-1, k), kmat, out=y[start:stop].reshape(-1, f))
+        if bias is not None:
+            y[start:stop] += bias
+
+    parallel.over_batch(images, n)
     return y, (cols, kernel, x.shape, pads, strides)
 
 
 def conv2d_backward(
     dy: np.ndarray, cache: tuple, workspace: dict | None = None, input_gradient: bool = True
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
-    """Backward pass, fast: :func:`conv2d_backward_reference` with a reused buffer.
+    """Backward pass, fast: :func:`conv2d_backward_reference` with a reused buffer, the batch
+    split over the cores.
 
-    ``dkernel = cols.T @ dy`` and ``dcols = dy @ kernel.T``, two matrix products; col2im is a
-    compiled loop (:func:`cnnlab.ops.kernels.col2im`) that adds ``dcols`` straight into the
-    unpadded ``dx``. ``input_gradient=False`` skips ``dx`` (returned as None): the first layer
-    of a model needs only its weight gradients.
+    ``dkernel = cols.T @ dy`` (each slice's part, added up) and ``dcols = dy @ kernel.T``, two
+    matrix products; col2im is a compiled loop (:func:`cnnlab.ops.kernels.col2im`) that adds
+    ``dcols`` straight into the unpadded ``dx``. ``input_gradient=False`` skips ``dx``
+    (returned as None): the first layer of a model needs only its weight gradients.
     """
     cols, kernel, x_shape, pads, strides = cache
     n, oh, ow, f = dy.shape
     kh, kw, c, _ = kernel.shape
     k = kh * kw * c
+    kmat_t = kernel.reshape(k, f).T
     dtype = np.result_type(dy, kernel)
-    dy2 = np.ascontiguousarray(dy).reshape(-1, f)
-    dkernel = (cols.reshape(-1, k).T @ dy2).reshape(kernel.shape)
-    dbias = column_sums(dy2)
-    if not input_gradient:
-        return None, dkernel, dbias
-    dcols = _buffer(workspace, "dcols", (n, oh, ow, kh, kw, c), dtype)
-    np.matmul(dy2, kernel.reshape(k, f).T, out=dcols.reshape(-1, k))
-    dx = np.empty(x_shape, dtype=dtype)
-    (top, _), (left, _) = pads
-    kernels.col2im(dcols, *strides, top, left, dx)
-    return dx, dkernel, dbias
+    dy = np.ascontiguousarray(dy)
+    if input_gradient:
+        dcols = _buffer(workspace, "dcols", (n, oh, ow, kh, kw, c), dtype)
+        dx = np.empty(x_shape, dtype=dtype)
+        (top, _), (left, _) = pads
+
+    def images(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        dy2 = dy[start:stop].reshape(-1, f)
+        if input_gradient:
+            np.matmul(dy2, kmat_t, out=dcols[start:stop].reshape(-1, k))
+            kernels.col2im(dcols[start:stop], *strides, top, left, dx[start:stop])
+        return cols[start:stop].reshape(-1, k).T @ dy2, column_sums(dy2)
+
+    parts = parallel.over_batch(images, n)
+    dkernel = sum(part[0] for part in parts)
+    dbias = sum(part[1] for part in parts)
+    return (dx if input_gradient else None), dkernel.reshape(kernel.shape), dbias

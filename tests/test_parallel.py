@@ -1,0 +1,126 @@
+"""Intra-op parallelism: slices of the batch on cnnlab's threads give the serial numbers."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_info
+
+from cnnlab.ops import conv, dense, parallel
+
+
+@pytest.fixture
+def threads():
+    """Set the number of threads for one test, and put it back after."""
+    before = parallel.num_threads()
+    yield parallel.set_num_threads
+    parallel.set_num_threads(before)
+
+
+@pytest.mark.parametrize("n,parts", [(10, 3), (2, 2), (3, 8), (1, 4), (128, 2)])
+def test_batch_slices_cover_the_batch_in_order_and_evenly(n, parts):
+    slices = parallel.batch_slices(n, parts)
+    assert len(slices) == min(n, parts)
+    assert slices[0][0] == 0 and slices[-1][1] == n
+    assert all(a[1] == b[0] for a, b in zip(slices, slices[1:], strict=False))
+    lengths = [stop - start for start, stop in slices]
+    assert max(lengths) - min(lengths) <= 1 and min(lengths) >= 1
+
+
+def test_slices_run_on_separate_threads_and_come_back_in_order(threads):
+    threads(3)
+    together = threading.Barrier(3)  # passes only once three slices run at the same time
+
+    def run(start, stop):
+        together.wait(timeout=10)
+        return start, stop, threading.current_thread().name
+
+    names = parallel.over_batch(run, 7)
+    assert [(a, b) for a, b, _ in names] == parallel.batch_slices(7, 3)
+    assert len({name for _, _, name in names}) == 3
+
+
+def test_blas_is_held_to_one_thread_inside_and_given_back_after(threads):
+    threads(2)
+
+    def blas_threads():
+        return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+    before = blas_threads()
+    inside = parallel.over_batch(lambda a, b: blas_threads(), 4)
+    assert all(counts == [1] * len(before) for counts in inside)
+    assert blas_threads() == before
+
+
+def test_a_failing_slice_raises_after_every_slice_has_finished(threads):
+    threads(3)
+    finished = []
+
+    def run(start, stop):
+        if start == 0:
+            raise RuntimeError("slice 0 failed")
+        finished.append(start)
+
+    with pytest.raises(RuntimeError, match="slice 0 failed"):
+        parallel.over_batch(run, 9)
+    assert sorted(finished) == [3, 6]
+
+
+def test_errstate_holds_inside_the_slices(threads):
+    threads(2)
+
+    def overflow(start, stop):
+        return np.float32(3e38) * np.float32(10)
+
+    with np.errstate(over="raise"):
+        with pytest.raises(FloatingPointError):
+            parallel.over_batch(overflow, 4)
+
+
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
+@pytest.mark.parametrize("strides,padding", [((1, 1), "same"), ((2, 2), "same"), ((2, 1), "valid")])
+def test_conv_gives_the_reference_numbers_on_any_number_of_threads(
+    threads, n_threads, strides, padding
+):
+    threads(n_threads)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(5, 7, 6, 3))
+    k = rng.normal(size=(3, 3, 3, 4))
+    b = rng.normal(size=4)
+    y, cache = conv.conv2d_forward(x, k, b, strides, padding, workspace={})
+    y_ref, cache_ref = conv.conv2d_forward_reference(x, k, b, strides, padding)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
+    dy = rng.normal(size=y.shape)
+    for fast, ref in zip(
+        conv.conv2d_backward(dy, cache), conv.conv2d_backward_reference(dy, cache_ref), strict=True
+    ):
+        np.testing.assert_allclose(fast, ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
+def test_dense_gives_the_formula_on_any_number_of_threads(threads, n_threads):
+    threads(n_threads)
+    rng = np.random.default_rng(1)
+    x, k, b, dy = rng.normal(size=(7, 5)), rng.normal(size=(5, 3)), rng.normal(size=3), None
+    y, cache = dense.dense_forward(x, k, b)
+    np.testing.assert_allclose(y, x @ k + b, rtol=1e-12)
+    dy = rng.normal(size=y.shape)
+    dx, dk, db = dense.dense_backward(dy, cache, k)
+    np.testing.assert_allclose(dx, dy @ k.T, rtol=1e-12)
+    np.testing.assert_allclose(dk, x.T @ dy, rtol=1e-12)
+    np.testing.assert_allclose(db, dy.sum(axis=0), rtol=1e-12)
+
+
+def test_thread_counts_must_be_positive_integers(threads, monkeypatch):
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="`n` must be a positive int"):
+            parallel.set_num_threads(bad)
+    monkeypatch.setenv("CNNLAB_NUM_THREADS", "two")
+    with pytest.raises(
+        ValueError, match="CNNLAB_NUM_THREADS must be a positive integer, got 'two'"
+    ):
+        parallel._default_num_threads()
+    monkeypatch.setenv("CNNLAB_NUM_THREADS", "3")
+    assert parallel._default_num_threads() == 3
