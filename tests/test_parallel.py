@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_info
 
-from cnnlab.ops import conv, dense, parallel
+from cnnlab.ops import activations, batchnorm, conv, dense, parallel
 
 
 @pytest.fixture
@@ -45,8 +45,12 @@ def test_slices_run_on_separate_threads_and_come_back_in_order(threads):
 def test_blas_is_held_to_one_thread_inside_and_given_back_after(threads):
     threads(2)
 
-    def blas_threads():
-        return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+    def blas_threads():  # NumPy's own BLAS (SciPy may bring another, which cnnlab leaves be)
+        return [
+            lib["num_threads"]
+            for lib in threadpool_info()
+            if lib["user_api"] == "blas" and "numpy" in lib["filepath"]
+        ]
 
     before = blas_threads()
     inside = parallel.over_batch(lambda a, b: blas_threads(), 4)
@@ -124,3 +128,38 @@ def test_thread_counts_must_be_positive_integers(threads, monkeypatch):
         parallel._default_num_threads()
     monkeypatch.setenv("CNNLAB_NUM_THREADS", "3")
     assert parallel._default_num_threads() == 3
+
+
+def test_batchnorm_and_leaky_relu_split_over_threads_give_the_reference_numbers(threads):
+    threads(2)
+    rng = np.random.default_rng(2)
+    x = rng.normal(2.0, 3.0, size=(2, 128, 128, 16))  # 32,768 rows, 524,288 values: 2 slices
+    gamma, beta = rng.normal(size=(2, 16))
+    slices = []
+    real = parallel.over_batch
+
+    def counting(run, n, grain=1):
+        parts = real(run, n, grain)
+        slices.append(len(parts))
+        return parts
+
+    parallel.over_batch = counting
+    try:
+        y, mean, var, cache = batchnorm.batchnorm_train_forward(x, gamma, beta, 1e-3)
+        dy = rng.normal(size=x.shape)
+        grads = batchnorm.batchnorm_train_backward(dy, cache)
+        act = activations.leaky_relu(x, 0.2), activations.leaky_relu_backward(dy, x, 0.2)
+    finally:
+        parallel.over_batch = real
+    assert slices and all(count == 2 for count in slices)
+    y_ref, mean_ref, var_ref, cache_ref = batchnorm.batchnorm_train_forward_reference(
+        x, gamma, beta, 1e-3
+    )
+    for fast, ref in zip(
+        (y, mean, var, *grads),
+        (y_ref, mean_ref, var_ref, *batchnorm.batchnorm_train_backward_reference(dy, cache_ref)),
+        strict=True,
+    ):
+        np.testing.assert_allclose(fast, ref, rtol=1e-10, atol=1e-10)
+    np.testing.assert_array_equal(act[0], np.where(x > 0, x, 0.2 * x))
+    np.testing.assert_array_equal(act[1], np.where(x > 0, dy, 0.2 * dy))

@@ -15,16 +15,20 @@ softmax        ``exp(x) / sum(exp(x))``        ``y * (dy - sum(dy * y))``
 linear         ``x``                           ``dy``
 =============  ==============================  ===============================
 
-Leaky ReLU, after every conv layer of the book's CNN, is one compiled pass on every core
-(:mod:`cnnlab.ops.kernels`, the formula of the table); ReLU works in place on one output array,
-with no temporaries (``np.where`` is several times slower on large arrays).
+Leaky ReLU, after every conv layer of the book's CNN, is one compiled pass
+(:mod:`cnnlab.ops.kernels`, the formula of the table) over slices on the cores
+(:mod:`cnnlab.ops.parallel`); ReLU works in place on one output array, with no temporaries
+(``np.where`` is several times slower on large arrays).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from cnnlab.ops import kernels
+from cnnlab.ops import kernels, parallel
+
+# Values per slice below which a thread does not pay for itself.
+_GRAIN = 262144
 
 
 def _into_new(kernel, *arrays: np.ndarray) -> np.ndarray:
@@ -47,18 +51,22 @@ def relu_backward(dy: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 
 def leaky_relu(x: np.ndarray, negative_slope: float) -> np.ndarray:
-    out = np.empty_like(x)
-    kernels.leaky_relu(x.reshape(-1), x.dtype.type(negative_slope), out.reshape(-1))
-    return out
+    x1, slope = np.ascontiguousarray(x).reshape(-1), x.dtype.type(negative_slope)
+    out = np.empty_like(x1)
+    parallel.over_batch(lambda a, b: kernels.leaky_relu(x1[a:b], slope, out[a:b]), len(x1), _GRAIN)
+    return out.reshape(x.shape)
 
 
 def leaky_relu_backward(dy: np.ndarray, x: np.ndarray, negative_slope: float) -> np.ndarray:
-    dy = np.ascontiguousarray(dy, dtype=x.dtype)
-    out = np.empty_like(dy)
-    kernels.leaky_relu_backward(
-        dy.reshape(-1), x.reshape(-1), x.dtype.type(negative_slope), out.reshape(-1)
-    )
-    return out
+    x1, slope = np.ascontiguousarray(x).reshape(-1), x.dtype.type(negative_slope)
+    dy1 = np.ascontiguousarray(dy, dtype=x.dtype).reshape(-1)
+    out = np.empty_like(dy1)
+
+    def run(a: int, b: int) -> None:
+        kernels.leaky_relu_backward(dy1[a:b], x1[a:b], slope, out[a:b])
+
+    parallel.over_batch(run, len(x1), _GRAIN)
+    return out.reshape(dy.shape)
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:

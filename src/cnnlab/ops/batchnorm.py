@@ -21,9 +21,11 @@ compiled loops of :mod:`cnnlab.ops.kernels`. A test checks that both agree.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
-from cnnlab.ops import kernels
+from cnnlab.ops import kernels, parallel
 
 
 def batchnorm_train_forward_reference(
@@ -54,9 +56,14 @@ def batchnorm_inference_forward(
     for ``dgamma``, and is computed then).
     """
     inv_std = 1.0 / np.sqrt(moving_variance + epsilon)
+    scale = gamma * inv_std
     x2 = np.ascontiguousarray(x).reshape(-1, x.shape[-1])
     y = np.empty_like(x2)
-    kernels.normalize(x2, moving_mean, gamma * inv_std, beta, y)
+
+    def rows(a: int, b: int) -> None:
+        kernels.normalize(x2[a:b], moving_mean, scale, beta, y[a:b])
+
+    parallel.over_batch(rows, len(x2), _GRAIN)
     return y.reshape(x.shape), (x, moving_mean, inv_std, gamma)
 
 
@@ -79,22 +86,30 @@ def batchnorm_train_backward_reference(
     return dx, dgamma, dbeta
 
 
+# Rows of (M, C) per slice of the batch below which a thread does not pay for itself.
+_GRAIN = 16384
+
+
 def batchnorm_train_forward(
     x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, epsilon: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple]:
     """Fast :func:`batchnorm_train_forward_reference`: the same outputs, on every core.
 
-    Three passes over the ``(M, C)`` rows (:mod:`cnnlab.ops.kernels`): the mean, the variance
-    from the centred values, then ``y = (x - mu) * (gamma * inv_std) + beta``. The cache keeps
-    ``x`` itself; the backward pass recomputes ``x_hat`` from it, so no ``x_hat`` is stored.
+    Three passes over the ``(M, C)`` rows (:mod:`cnnlab.ops.kernels`), each over slices of
+    rows on the cores (:mod:`cnnlab.ops.parallel`): the sums for the mean, the centred squares
+    for the variance, then ``y = (x - mu) * (gamma * inv_std) + beta``. The cache keeps ``x``
+    itself; the backward pass recomputes ``x_hat`` from it, so no ``x_hat`` is stored.
     """
     c = x.shape[-1]
     x2 = np.ascontiguousarray(x).reshape(-1, c)
-    mean, var = kernels.channel_mean_var(x2)
+    m = len(x2)
+    mean = _sum_over_slices(lambda a, b: kernels.channel_sums(x2[a:b]), m) / m
+    var = _sum_over_slices(lambda a, b: kernels.centred_square_sums(x2[a:b], mean), m) / m
     mu, var = mean.astype(x.dtype), var.astype(x.dtype)
     inv_std = 1.0 / np.sqrt(var + x.dtype.type(epsilon))
+    scale = gamma * inv_std
     y = np.empty_like(x2)
-    kernels.normalize(x2, mu, gamma * inv_std, beta, y)
+    parallel.over_batch(lambda a, b: kernels.normalize(x2[a:b], mu, scale, beta, y[a:b]), m, _GRAIN)
     return y.reshape(x.shape), mu, var, (x2, mu, inv_std, gamma)
 
 
@@ -110,11 +125,26 @@ def batchnorm_train_backward(
     x2, mu, inv_std, gamma = cache
     dy2 = np.ascontiguousarray(dy, dtype=x2.dtype).reshape(x2.shape)
     m = len(dy2)
-    dbeta, dgamma = kernels.normalize_backward_sums(dy2, x2, mu, inv_std)
-    dbeta, dgamma = dbeta.astype(x2.dtype), dgamma.astype(x2.dtype)
+    parts = parallel.over_batch(
+        lambda a, b: kernels.normalize_backward_sums(dy2[a:b], x2[a:b], mu, inv_std), m, _GRAIN
+    )
+    dbeta = sum(part[0] for part in parts).astype(x2.dtype)
+    dgamma = sum(part[1] for part in parts).astype(x2.dtype)
+    scale, dbeta_m, dgamma_m = gamma * inv_std, dbeta / m, dgamma / m
     dx = np.empty_like(dy2)
-    kernels.normalize_backward(dy2, x2, mu, inv_std, gamma * inv_std, dbeta / m, dgamma / m, dx)
+
+    def rows(a: int, b: int) -> None:
+        kernels.normalize_backward(
+            dy2[a:b], x2[a:b], mu, inv_std, scale, dbeta_m, dgamma_m, dx[a:b]
+        )
+
+    parallel.over_batch(rows, m, _GRAIN)
     return dx.reshape(dy.shape), dgamma, dbeta
+
+
+def _sum_over_slices(part: Callable[[int, int], np.ndarray], m: int) -> np.ndarray:
+    """``part(0, m)``, as the sum of ``part`` over slices of the rows on the cores."""
+    return sum(parallel.over_batch(part, m, _GRAIN))
 
 
 def batchnorm_inference_backward(

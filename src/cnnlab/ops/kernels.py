@@ -38,23 +38,27 @@ def leaky_relu_backward(dy, x, slope, out):
 
 
 @_compiled
-def channel_mean_var(x):
-    """``x: (M, C)`` -> ``mean, var``: ``mean = sum_i x / M``, ``var = sum_i (x - mean)**2 / M``.
-
-    Two passes (the mean, then the centred squares), so a large mean costs no precision.
-    """
+def channel_sums(x):
+    """``x: (M, C)`` -> ``sum_i x[i, c]``, in float64."""
     m, c = x.shape
     total = np.zeros(c)
     for i in range(m):
         for j in range(c):
             total[j] += x[i, j]
-    mean = total / m
-    total[:] = 0.0
+    return total
+
+
+@_compiled
+def centred_square_sums(x, mean):
+    """``x: (M, C)`` -> ``sum_i (x[i, c] - mean[c])**2``, in float64: the variance's sum, from
+    the centred values, so that a large mean costs no precision."""
+    m, c = x.shape
+    total = np.zeros(c)
     for i in range(m):
         for j in range(c):
             d = x[i, j] - mean[j]
             total[j] += d * d
-    return mean, total / m
+    return total
 
 
 @_compiled

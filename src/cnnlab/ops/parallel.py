@@ -92,19 +92,19 @@ def one_blas_thread() -> Iterator[None]:
             _state.held = False
 
 
-def over_batch(run: Callable[[int, int], T], n: int) -> list[T]:
+def over_batch(run: Callable[[int, int], T], n: int, grain: int = 1) -> list[T]:
     """``[run(start, stop) for each slice of range(n)]``, the slices on separate threads.
 
-    The calling thread runs the last slice, with BLAS held to one thread
-    (:func:`one_blas_thread`). Called from inside a slice, or with one thread, it runs
-    ``run(0, n)`` alone.
+    A slice is at least ``grain`` long (work too small to pay for a thread stays whole). The
+    calling thread runs the last slice, with BLAS held to one thread (:func:`one_blas_thread`).
+    Called from inside a slice, or with one thread, it runs ``run(0, n)`` alone.
     """
-    threads = num_threads()
-    if threads == 1 or n < 2 or getattr(_state, "inside", False):
+    threads = min(num_threads(), n // max(1, grain))
+    if threads <= 1 or getattr(_state, "inside", False):
         return [run(0, n)]
     global _pool
     if _pool is None:
-        _pool = ThreadPoolExecutor(threads - 1, thread_name_prefix="cnnlab")
+        _pool = ThreadPoolExecutor(num_threads() - 1, thread_name_prefix="cnnlab")
     *others, last = batch_slices(n, threads)
     with one_blas_thread():
         # Each slice runs in a copy of the caller's context, so NumPy's np.errstate (a
