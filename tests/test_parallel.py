@@ -103,18 +103,35 @@ def test_conv_gives_the_reference_numbers_on_any_number_of_threads(
         np.testing.assert_allclose(fast, ref, rtol=1e-12, atol=1e-12)
 
 
+@pytest.fixture
+def slice_counts(monkeypatch):
+    """How many slices each call of over_batch cut, in order."""
+    counts = []
+    real = parallel.over_batch
+
+    def counting(run, n, grain=1):
+        parts = real(run, n, grain)
+        counts.append(len(parts))
+        return parts
+
+    monkeypatch.setattr(parallel, "over_batch", counting)
+    return counts
+
+
 @pytest.mark.parametrize("n_threads", [1, 2, 3])
-def test_dense_gives_the_formula_on_any_number_of_threads(threads, n_threads):
+def test_dense_gives_the_formula_on_any_number_of_threads(threads, slice_counts, n_threads):
     threads(n_threads)
     rng = np.random.default_rng(1)
-    x, k, b, dy = rng.normal(size=(7, 5)), rng.normal(size=(5, 3)), rng.normal(size=3), None
+    # Large enough that each product is worth two threads (dense's _MIN_WORK).
+    x, k, b = rng.normal(size=(64, 512)), rng.normal(size=(512, 300)), rng.normal(size=300)
     y, cache = dense.dense_forward(x, k, b)
-    np.testing.assert_allclose(y, x @ k + b, rtol=1e-12)
+    np.testing.assert_allclose(y, x @ k + b, rtol=1e-12, atol=1e-10)
     dy = rng.normal(size=y.shape)
     dx, dk, db = dense.dense_backward(dy, cache, k)
-    np.testing.assert_allclose(dx, dy @ k.T, rtol=1e-12)
-    np.testing.assert_allclose(dk, x.T @ dy, rtol=1e-12)
-    np.testing.assert_allclose(db, dy.sum(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(dx, dy @ k.T, rtol=1e-12, atol=1e-10)
+    np.testing.assert_allclose(dk, x.T @ dy, rtol=1e-12, atol=1e-10)
+    np.testing.assert_allclose(db, dy.sum(axis=0), rtol=1e-12, atol=1e-10)
+    assert slice_counts == [min(n_threads, 2)] * 3
 
 
 def test_thread_counts_must_be_positive_integers(threads, monkeypatch):
@@ -130,28 +147,18 @@ def test_thread_counts_must_be_positive_integers(threads, monkeypatch):
     assert parallel._default_num_threads() == 3
 
 
-def test_batchnorm_and_leaky_relu_split_over_threads_give_the_reference_numbers(threads):
+def test_batchnorm_and_leaky_relu_split_over_threads_give_the_reference_numbers(
+    threads, slice_counts
+):
     threads(2)
     rng = np.random.default_rng(2)
     x = rng.normal(2.0, 3.0, size=(2, 128, 128, 16))  # 32,768 rows, 524,288 values: 2 slices
     gamma, beta = rng.normal(size=(2, 16))
-    slices = []
-    real = parallel.over_batch
-
-    def counting(run, n, grain=1):
-        parts = real(run, n, grain)
-        slices.append(len(parts))
-        return parts
-
-    parallel.over_batch = counting
-    try:
-        y, mean, var, cache = batchnorm.batchnorm_train_forward(x, gamma, beta, 1e-3)
-        dy = rng.normal(size=x.shape)
-        grads = batchnorm.batchnorm_train_backward(dy, cache)
-        act = activations.leaky_relu(x, 0.2), activations.leaky_relu_backward(dy, x, 0.2)
-    finally:
-        parallel.over_batch = real
-    assert slices and all(count == 2 for count in slices)
+    y, mean, var, cache = batchnorm.batchnorm_train_forward(x, gamma, beta, 1e-3)
+    dy = rng.normal(size=x.shape)
+    grads = batchnorm.batchnorm_train_backward(dy, cache)
+    act = activations.leaky_relu(x, 0.2), activations.leaky_relu_backward(dy, x, 0.2)
+    assert slice_counts == [2] * 7  # 3 passes forward, 2 backward, 2 for the activation
     y_ref, mean_ref, var_ref, cache_ref = batchnorm.batchnorm_train_forward_reference(
         x, gamma, beta, 1e-3
     )
