@@ -4,8 +4,10 @@
 
 Each row times one way of computing the same thing on a feature map of the book's CNN at batch
 128 (the first layer's ``(128, 32, 32, 32)`` float32, seen as ``(131072, 32)``), median of 30
-calls: column sums (bias gradients, batch-norm statistics), the leaky ReLU gradient, and one
-element-wise multiply on one core against two threads over halves of the array.
+calls: column sums (bias gradients, batch-norm statistics), the leaky ReLU gradient, batch
+norm's training forward and backward passes, col2im of the stride-2 layer, and one
+element-wise multiply on one core against two threads over halves of the array. "cnnlab" marks
+what the layers run (compiled loops, slices on the cores); the others are the alternatives.
 """
 
 from __future__ import annotations
@@ -16,8 +18,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from cnnlab.memory import keep_freed_memory
+from cnnlab.ops import batchnorm, kernels
 from cnnlab.ops.activations import leaky_relu_backward
 from cnnlab.ops.sums import column_sums
+from cnnlab.ops.windows import add_windows
 
 
 def median_ms(fn, calls: int = 30) -> float:
@@ -31,10 +36,18 @@ def median_ms(fn, calls: int = 30) -> float:
 
 
 def main() -> None:
+    keep_freed_memory()  # as fit does: no page faults in any row
     rng = np.random.default_rng(0)
     x = rng.standard_normal((131072, 32), dtype=np.float32)
     dy = rng.standard_normal(x.shape, dtype=np.float32)
     slope = np.float32(0.3)
+
+    def gradient_in_numpy():  # dy * (slope + (1 - slope) * (x > 0)), four in-place passes
+        dx = np.greater(x, 0).astype(np.float32)
+        dx *= 1 - slope
+        dx += slope
+        dx *= dy
+        return dx
 
     def gradient_by_mask():
         dx = dy * slope
@@ -55,12 +68,42 @@ def main() -> None:
     def in_place_gradient():
         return leaky_relu_backward(dy, x, 0.3)
 
+    gamma, beta = np.ones(32, np.float32), np.zeros(32, np.float32)
+    _, _, _, fast_cache = batchnorm.batchnorm_train_forward(x, gamma, beta, 1e-3)
+    _, _, _, ref_cache = batchnorm.batchnorm_train_forward_reference(x, gamma, beta, 1e-3)
+    dcols = rng.standard_normal((128, 16, 16, 3, 3, 32), dtype=np.float32)  # stride 2, 32 -> 16
+    dx = np.empty((128, 32, 32, 32), np.float32)
+    dx_padded = np.zeros((128, 33, 33, 32), np.float32)
+
+    def col2im_numpy():  # one strided slice addition per kernel offset, into the padded image
+        dx_padded.fill(0)
+        add_windows(dx_padded, dcols, (2, 2))
+
     rows = [
         ("column sums: x.sum(axis=0)", lambda: x.sum(axis=0)),
         ("column sums: einsum('ij->j')", lambda: np.einsum("ij->j", x)),
         ("column sums: ones @ x (cnnlab)", lambda: column_sums(x)),
-        ("leaky ReLU gradient: 4 in-place passes (cnnlab)", in_place_gradient),
+        ("leaky ReLU gradient: compiled loop (cnnlab)", in_place_gradient),
+        ("leaky ReLU gradient: 4 in-place NumPy passes", gradient_in_numpy),
         ("leaky ReLU gradient: dy * slope, copyto where x > 0", gradient_by_mask),
+        (
+            "batch norm forward: compiled passes (cnnlab)",
+            lambda: batchnorm.batchnorm_train_forward(x, gamma, beta, 1e-3),
+        ),
+        (
+            "batch norm forward: NumPy reference",
+            lambda: batchnorm.batchnorm_train_forward_reference(x, gamma, beta, 1e-3),
+        ),
+        (
+            "batch norm backward: compiled passes (cnnlab)",
+            lambda: batchnorm.batchnorm_train_backward(dy, fast_cache),
+        ),
+        (
+            "batch norm backward: NumPy reference",
+            lambda: batchnorm.batchnorm_train_backward_reference(dy, ref_cache),
+        ),
+        ("col2im, stride 2: compiled loop", lambda: kernels.col2im(dcols, 2, 2, 0, 0, dx)),
+        ("col2im, stride 2: NumPy slice additions", col2im_numpy),
         ("multiply, 16 MiB: one core (NumPy)", lambda: np.multiply(x, slope, out=out)),
         ("multiply, 16 MiB: two threads", lambda: two_threads(x, out)),
         ("multiply, 1 MiB: one core (NumPy)", lambda: np.multiply(small, slope, out=small_out)),
