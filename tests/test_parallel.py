@@ -170,3 +170,10 @@ def test_batchnorm_and_leaky_relu_split_over_threads_give_the_reference_numbers(
         np.testing.assert_allclose(fast, ref, rtol=1e-10, atol=1e-10)
     np.testing.assert_array_equal(act[0], np.where(x > 0, x, 0.2 * x))
     np.testing.assert_array_equal(act[1], np.where(x > 0, dy, 0.2 * dy))
+
+
+def test_the_package_sets_and_tells_the_number_of_threads(threads):
+    import cnnlab
+
+    cnnlab.set_num_threads(3)
+    assert cnnlab.num_threads() == parallel.num_threads() == 3

@@ -11,6 +11,7 @@ import importlib
 from cnnlab import activations, initializers, layers, losses, metrics, optimizers, zoo
 from cnnlab.config import floatx, set_floatx
 from cnnlab.model import Sequential
+from cnnlab.ops.parallel import num_threads, set_num_threads
 from cnnlab.saving import load_model
 from cnnlab.seeding import set_random_seed
 
@@ -35,8 +36,10 @@ __all__ = [
     "load_model",
     "losses",
     "metrics",
+    "num_threads",
     "optimizers",
     "set_floatx",
+    "set_num_threads",
     "set_random_seed",
     "zoo",
 ]
