@@ -2,11 +2,12 @@
 
 OpenBLAS spreads each matrix product over the cores, but the copies and loops around it run on
 one core, and a product of the matrices of one conv layer is too small to keep two cores busy
-(the CNN trains as fast with OpenBLAS on one thread as on two). So the conv and dense ops give
+(the CNN trains about as fast with OpenBLAS on one thread as on two). So the conv ops give
 each core a slice of the batch and run the whole op on it, im2col, matrix products and col2im,
-with BLAS held to one thread. Each slice writes its own rows of the output; sums over the
-batch (weight gradients) are added up from the slices' parts, in slice order, so a result is
-the same from run to run for the same number of threads.
+with BLAS held to one thread; dense ops give each core a block of units, batch norm and the
+activations a block of rows. Each slice writes its own part of the output; sums over the
+batch (weight gradients, statistics) are added up from the slices' parts, in slice order, so a
+result is the same from run to run for the same number of threads.
 
 BLAS must stay on one thread for the whole step, not just inside each op: switching OpenBLAS
 between one and two threads around every op, with its threads waking and spinning in between,
@@ -39,7 +40,9 @@ _blas = None  # threadpoolctl's controller of the BLAS libraries loaded with Num
 def _default_num_threads() -> int:
     value = os.environ.get("CNNLAB_NUM_THREADS")
     if value is None:
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        if hasattr(os, "sched_getaffinity"):
+            return len(os.sched_getaffinity(0))
+        return os.cpu_count() or 1
     if not value.isdigit() or int(value) < 1:
         raise ValueError(f"CNNLAB_NUM_THREADS must be a positive integer, got {value!r}")
     return int(value)
