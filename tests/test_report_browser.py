@@ -60,5 +60,9 @@ def test_screenshot_of_the_report_is_not_blank(report, tmp_path):
     with Image.open(shot) as im:
         assert im.size == (1200, 2400)
         pixels = np.asarray(im.convert("L"), dtype=np.float64)
-    assert pixels.std() > 20, "the screenshot is (nearly) blank"
-    assert (pixels < 128).mean() > 0.01, "no dark text or drawing on the page"
+    dark = pixels < 128
+    # Text all down the page: most pixel rows cross a glyph or a drawing, and every 100-pixel
+    # band holds some. (The share of dark pixels itself moves with the run's digits, about 1 %
+    # of a page of small text, too near any fixed bound to test.)
+    assert dark.any(axis=1).mean() > 0.5, "no dark text or drawing down the page"
+    assert all(band.any() for band in np.array_split(dark, 24)), "a blank band on the page"
