@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from cnnlab.ops import kernels
+
 
 class Optimizer:
     name = "optimizer"
@@ -150,18 +152,19 @@ class Adam(Optimizer):
         dtype = weight.dtype.type
         alpha = self.learning_rate * np.sqrt(1 - self.beta_2**t) / (1 - self.beta_1**t)
         m, v = self.slots["m"][i], self.slots["v"][i]
-        step = np.subtract(grad, m)  # one scratch array, updated in place: no temporaries
-        step *= dtype(1 - self.beta_1)
-        m += step  # m += (g - m) * (1 - beta_1)
-        np.multiply(grad, grad, out=step)
-        step -= v
-        step *= dtype(1 - self.beta_2)
-        v += step  # v += (g**2 - v) * (1 - beta_2)
-        np.sqrt(v, out=step)
-        step += dtype(self.epsilon)
-        np.divide(m, step, out=step)
-        step *= dtype(alpha)
-        weight -= step  # w -= alpha * m / (sqrt(v) + epsilon)
+        if not all(a.flags.c_contiguous for a in (weight, m, v)):
+            raise ValueError("Adam updates weights and slots in place: they must be C-contiguous")
+        # One compiled pass (cnnlab.ops.kernels.adam_update) over the raveled arrays.
+        kernels.adam_update(
+            weight.reshape(-1),
+            np.ascontiguousarray(grad, dtype=weight.dtype).reshape(-1),
+            m.reshape(-1),
+            v.reshape(-1),
+            dtype(1 - self.beta_1),
+            dtype(1 - self.beta_2),
+            dtype(alpha),
+            dtype(self.epsilon),
+        )
 
     def get_config(self):
         return {

@@ -19,7 +19,10 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-_compiled = numba.njit(cache=True, nogil=True)
+# error_model="numpy": a division by zero gives inf or nan, as in NumPy, instead of a check
+# for Python's ZeroDivisionError at every division, which keeps LLVM from vectorising a loop
+# (Adam's update: 1.0 ms against 0.1 ms for 614,400 weights).
+_compiled = numba.njit(cache=True, nogil=True, error_model="numpy")
 
 
 @_compiled
@@ -119,3 +122,19 @@ def col2im(dcols, sh, sw, top, left, dx):
                             if 0 <= q < w:
                                 for ch in range(c):
                                     dx[img, r, q, ch] += dcols[img, i, j, a, b, ch]
+
+
+@_compiled
+def adam_update(weight, grad, m, v, one_minus_beta_1, one_minus_beta_2, alpha, epsilon):
+    """One Adam step in place, element by element (raveled arrays), Keras's form::
+
+    m += (g - m) * (1 - beta_1);   v += (g**2 - v) * (1 - beta_2)
+    w -= m / (sqrt(v) + epsilon) * alpha
+    """
+    for i in range(weight.size):
+        g = grad[i]
+        m_i = m[i] + (g - m[i]) * one_minus_beta_1
+        v_i = v[i] + (g * g - v[i]) * one_minus_beta_2
+        m[i] = m_i
+        v[i] = v_i
+        weight[i] = weight[i] - m_i / (np.sqrt(v_i) + epsilon) * alpha
