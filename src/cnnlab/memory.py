@@ -3,8 +3,8 @@
 A training step allocates every activation and gradient afresh (tens of MiB at batch 128) and
 frees them at its end. By default glibc's ``malloc`` hands large freed blocks back to the
 system (``munmap``, or trimming the top of the heap), so the next step gets them again one
-page fault at a time. Keeping them made the book's CNN train about 6 % faster on a 2-core
-machine, and PyTorch's, whose CPU tensors come from ``malloc`` too, 13-50 % faster
+page fault at a time. Keeping them made the book's CNN train 4-11 % faster on a 2-core
+machine, and PyTorch's, whose CPU tensors come from ``malloc`` too, 40-60 % faster
 (``python benchmarks/bench.py --memory default`` against the default ``keep``).
 """
 
