@@ -1,13 +1,13 @@
-"""Compiled loops for the element-wise work of a step and for col2im.
+"""Compiled loops for the element-wise work of a step, col2im and Adam's update.
 
 NumPy runs each element-wise operation as its own pass over memory, with a temporary array
 for each, and adds col2im's windows back one short run of ``C`` values at a time. These loops,
-compiled by numba, do the same arithmetic in one or two passes. The matrix products stay with
-BLAS, which spreads them over the cores; the loops run on one, as NumPy's element-wise work
-does (loops on every core, measured, fought OpenBLAS's threads for the cores and gained
-nothing: benchmarks/README.md). Each loop is the plain formula of a reference form that stays
-in NumPy (:mod:`cnnlab.ops.conv`, :mod:`cnnlab.ops.batchnorm`, :mod:`cnnlab.ops.activations`),
-and the tests check that they agree. No fast-math: every operation rounds as IEEE says.
+compiled by numba, do the same arithmetic in one or two passes. Each loop is serial: the ops
+that call it hand each core a slice of the rows (:mod:`cnnlab.ops.parallel`); numba's own
+threads, measured, fought OpenBLAS's for the cores (benchmarks/README.md). Each loop is the
+plain formula of a reference form that stays in NumPy (:mod:`cnnlab.ops.conv`,
+:mod:`cnnlab.ops.batchnorm`, :mod:`cnnlab.ops.activations`), and the tests check that they
+agree. No fast-math: every operation rounds as IEEE says.
 
 Shapes: ``(M, C)`` rows of channels (an NHWC map seen as ``(N*H*W, C)``) for batch norm, where
 the sums are accumulated in float64; any shape, raveled, for the activations;

@@ -1,4 +1,4 @@
-"""Column sums, the reduction behind every bias gradient and batch-norm statistic.
+"""Column sums, the reduction behind every bias gradient.
 
 Shapes: ``x: (M, C)`` -> ``(C,)``, ``s[c] = sum_i x[i, c]``.
 """
