@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cnnlab.ops import activations, batchnorm, conv, sums
+from cnnlab.ops import activations, batchnorm, conv, parallel, sums
 
 
 def _close(a, b, dtype):
@@ -48,6 +48,43 @@ def test_fast_conv_matches_reference(dtype, n, h, w, c, f, kernel, strides, padd
         strict=True,
     ):
         _close(fast, ref, dtype)
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("strides,padding", [((1, 1), "same"), ((2, 2), "same")])
+def test_fast_conv_in_many_chunks_matches_reference(monkeypatch, n_threads, strides, padding):
+    """A chunk of one image's im2col matrix at a time, on each core's slice of 7 images: the
+    chunks and their sums over the kernel gradient give the whole batch's numbers."""
+    monkeypatch.setattr(conv, "_CHUNK_BYTES", 1)
+    before = parallel.num_threads()
+    parallel.set_num_threads(n_threads)
+    try:
+        _check_conv_in_chunks(monkeypatch, strides, padding)
+    finally:
+        parallel.set_num_threads(before)
+
+
+def _check_conv_in_chunks(monkeypatch, strides, padding):
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(7, 6, 5, 3))
+    k = rng.normal(size=(3, 3, 3, 4))
+    b = rng.normal(size=4)
+    steps = []
+    real_chunks = conv._chunks
+    monkeypatch.setattr(conv, "_chunks", lambda *a: steps.append(real_chunks(*a)) or steps[-1])
+    workspace: dict = {}
+    for _ in range(2):  # the second call reuses the buffers
+        y, cache = conv.conv2d_forward(x, k, b, strides, padding, workspace=workspace)
+        y_ref, cache_ref = conv.conv2d_forward_reference(x, k, b, strides, padding)
+        _close(y, y_ref, np.float64)
+        dy = rng.normal(size=y.shape)
+        for fast, ref in zip(
+            conv.conv2d_backward(dy, cache, workspace=workspace),
+            conv.conv2d_backward_reference(dy, cache_ref),
+            strict=True,
+        ):
+            _close(fast, ref, np.float64)
+    assert all(len(chunks) >= 3 and all(b - a == 1 for a, b in chunks) for chunks in steps)
 
 
 def test_workspace_is_reused_across_calls_of_different_shapes():

@@ -16,13 +16,18 @@ lecture's "multiply the patch pixel-wise with the filter and sum" (:func:`convol
 
 Two implementations of the same math: ``conv2d_*_reference`` is the plain one, written to be
 read; ``conv2d_forward`` / ``conv2d_backward`` are the fast ones the layers use. They do the
-same im2col and matrix products, but reuse their buffers from step to step (``workspace``),
-col2im is a compiled loop (:func:`cnnlab.ops.kernels.col2im`) that adds straight into the
-unpadded input gradient, and each core takes a slice of the batch through the whole op
-(:mod:`cnnlab.ops.parallel`). A test checks that both give the same numbers.
+same im2col and matrix products, but each core takes a slice of the batch
+(:mod:`cnnlab.ops.parallel`) and works through it a few images at a time, so that a chunk's
+im2col matrix stays in the cache between its copy and its matrix products; the backward pass
+copies the windows again instead of keeping the whole batch's im2col matrix. Buffers are reused
+from step to step (``workspace``), and col2im is a compiled loop
+(:func:`cnnlab.ops.kernels.col2im`) that adds straight into the unpadded input gradient. A
+test checks that both give the same numbers.
 """
 
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 
@@ -86,7 +91,13 @@ def conv2d_backward_reference(
     return dxp[:, top : top + h, left : left + w], dkernel, dbias
 
 
-def _buffer(workspace: dict | None, key: str, shape: tuple, dtype, zeros: bool = False):
+# Images per chunk: enough that a chunk's im2col matrix fills about this many bytes, so that
+# it is written, multiplied and (in the backward pass) read again while it is in the core's
+# L2 cache, instead of going out to main memory and back.
+_CHUNK_BYTES = 4 << 20
+
+
+def _buffer(workspace: dict | None, key, shape: tuple, dtype, zeros: bool = False):
     """A scratch array kept in ``workspace`` from one call to the next (fresh without one)."""
     if workspace is None:
         return np.zeros(shape, dtype) if zeros else np.empty(shape, dtype)
@@ -94,6 +105,14 @@ def _buffer(workspace: dict | None, key: str, shape: tuple, dtype, zeros: bool =
     if buf is None or buf.shape != shape or buf.dtype != dtype:
         buf = workspace[key] = np.zeros(shape, dtype) if zeros else np.empty(shape, dtype)
     return buf
+
+
+def _chunks(start: int, stop: int, step: int) -> list[tuple[int, int]]:
+    return [(a, min(a + step, stop)) for a in range(start, stop, step)]
+
+
+def _images_per_chunk(out_hw: tuple[int, int], k: int, itemsize: int) -> int:
+    return max(1, _CHUNK_BYTES // (out_hw[0] * out_hw[1] * k * itemsize))
 
 
 def conv2d_forward(
@@ -104,12 +123,16 @@ def conv2d_forward(
     padding: str = "valid",
     workspace: dict | None = None,
 ) -> tuple[np.ndarray, tuple]:
-    """Forward pass, fast: :func:`conv2d_forward_reference` with reused buffers, the batch
-    split over the cores (:func:`cnnlab.ops.parallel.over_batch`).
+    """Forward pass, fast: :func:`conv2d_forward_reference` a few images at a time.
+
+    The batch is split over the cores (:func:`cnnlab.ops.parallel.over_batch`), and each core
+    takes its slice in chunks of a few images whose im2col matrix fits in its cache: copy the
+    windows, one matrix product, add the bias. The cache keeps the padded input, not the
+    im2col matrix; the backward pass copies the windows again, chunk by chunk.
 
     ``workspace`` is a dict the caller keeps between calls (a layer keeps one); the padded
-    input and the im2col matrix live there, so a training step allocates them only once. The
-    cache holds the im2col matrix, so it is valid until the next call with the same workspace.
+    input and each thread's chunk buffer live there, so a training step allocates them only
+    once. The cache is valid until the next call with the same workspace.
     """
     n, h, w, c = x.shape
     kh, kw, _, f = kernel.shape
@@ -120,53 +143,68 @@ def conv2d_forward(
     xp_shape = (n, h + top + bottom, w + left + right, c)
     # The border of the padded buffer is zeroed once; each call writes only its inside.
     xp = _buffer(workspace, "xp", xp_shape, x.dtype, zeros=True) if padded else x
-    cols = _buffer(workspace, "cols", (n, oh, ow, kh, kw, c), x.dtype)
+    step = _images_per_chunk((oh, ow), k, x.itemsize)
     kmat = kernel.reshape(k, f)
     y = np.empty((n, oh, ow, f), dtype=np.result_type(x, kernel))
 
     def images(start: int, stop: int) -> None:
-        if padded:
-            xp[start:stop, top : top + h, left : left + w] = x[start:stop]
-        np.copyto(cols[start:stop], windows(xp[start:stop], (kh, kw), strides, (oh, ow)))
-        np.matmul(cols[start:stop].reshape(-1, k), kmat, out=y[start:stop].reshape(-1, f))
-        if bias is not None:
-            y[start:stop] += bias
+        cols = _buffer(
+            workspace, ("cols", threading.get_ident()), (step, oh, ow, kh, kw, c), x.dtype
+        )
+        for a, b in _chunks(start, stop, step):
+            if padded:
+                xp[a:b, top : top + h, left : left + w] = x[a:b]
+            np.copyto(cols[: b - a], windows(xp[a:b], (kh, kw), strides, (oh, ow)))
+            out = y[a:b].reshape(-1, f)
+            np.matmul(cols[: b - a].reshape(-1, k), kmat, out=out)
+            if bias is not None:
+                out += bias
 
     parallel.over_batch(images, n)
-    return y, (cols, kernel, x.shape, pads, strides)
+    return y, (xp, kernel, x.shape, pads, strides)
 
 
 def conv2d_backward(
     dy: np.ndarray, cache: tuple, workspace: dict | None = None, input_gradient: bool = True
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
-    """Backward pass, fast: :func:`conv2d_backward_reference` with a reused buffer, the batch
-    split over the cores.
+    """Backward pass, fast: :func:`conv2d_backward_reference` a few images at a time.
 
-    ``dkernel = cols.T @ dy`` (each slice's part, added up) and ``dcols = dy @ kernel.T``, two
-    matrix products; col2im is a compiled loop (:func:`cnnlab.ops.kernels.col2im`) that adds
-    ``dcols`` straight into the unpadded ``dx``. ``input_gradient=False`` skips ``dx``
-    (returned as None): the first layer of a model needs only its weight gradients.
+    For each chunk of images of a core's slice of the batch: copy the windows of the padded
+    input again (im2col), add ``cols.T @ dy`` to the kernel gradient, and ``dcols = dy @
+    kernel.T``, which col2im (a compiled loop, :func:`cnnlab.ops.kernels.col2im`) adds straight
+    into the unpadded ``dx``. The slices' kernel gradients are added up in slice order.
+    ``input_gradient=False`` skips ``dx`` (returned as None): the first layer of a model needs
+    only its weight gradients.
     """
-    cols, kernel, x_shape, pads, strides = cache
+    xp, kernel, x_shape, pads, strides = cache
     n, oh, ow, f = dy.shape
     kh, kw, c, _ = kernel.shape
     k = kh * kw * c
     kmat_t = kernel.reshape(k, f).T
     dtype = np.result_type(dy, kernel)
     dy = np.ascontiguousarray(dy)
-    if input_gradient:
-        dcols = _buffer(workspace, "dcols", (n, oh, ow, kh, kw, c), dtype)
-        dx = np.empty(x_shape, dtype=dtype)
-        (top, _), (left, _) = pads
+    step = _images_per_chunk((oh, ow), k, xp.itemsize)
+    (top, _), (left, _) = pads
+    dx = np.empty(x_shape, dtype=dtype) if input_gradient else None
 
     def images(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-        dy2 = dy[start:stop].reshape(-1, f)
-        if input_gradient:
-            np.matmul(dy2, kmat_t, out=dcols[start:stop].reshape(-1, k))
-            kernels.col2im(dcols[start:stop], *strides, top, left, dx[start:stop])
-        return cols[start:stop].reshape(-1, k).T @ dy2, column_sums(dy2)
+        me = threading.get_ident()
+        cols = _buffer(workspace, ("cols", me), (step, oh, ow, kh, kw, c), xp.dtype)
+        dcols = input_gradient and _buffer(
+            workspace, ("dcols", me), (step, oh, ow, kh, kw, c), dtype
+        )
+        dkernel = np.zeros((k, f), np.result_type(xp, dy))
+        part = np.empty_like(dkernel)
+        for a, b in _chunks(start, stop, step):
+            dy2 = dy[a:b].reshape(-1, f)
+            np.copyto(cols[: b - a], windows(xp[a:b], (kh, kw), strides, (oh, ow)))
+            dkernel += np.matmul(cols[: b - a].reshape(-1, k).T, dy2, out=part)
+            if input_gradient:
+                np.matmul(dy2, kmat_t, out=dcols[: b - a].reshape(-1, k))
+                kernels.col2im(dcols[: b - a], *strides, top, left, dx[a:b])
+        return dkernel, column_sums(dy[start:stop].reshape(-1, f))
 
     parts = parallel.over_batch(images, n)
     dkernel = sum(part[0] for part in parts)
     dbias = sum(part[1] for part in parts)
-    return (dx if input_gradient else None), dkernel.reshape(kernel.shape), dbias
+    return dx, dkernel.reshape(kernel.shape), dbias
