@@ -152,7 +152,7 @@ def test_batchnorm_and_leaky_relu_split_over_threads_give_the_reference_numbers(
 ):
     threads(2)
     rng = np.random.default_rng(2)
-    x = rng.normal(2.0, 3.0, size=(2, 128, 128, 16))  # 32,768 rows, 524,288 values: 2 slices
+    x = rng.normal(2.0, 3.0, size=(2, 256, 256, 16))  # 2**21 values: 2 slices of 2**20
     gamma, beta = rng.normal(size=(2, 16))
     y, mean, var, cache = batchnorm.batchnorm_train_forward(x, gamma, beta, 1e-3)
     dy = rng.normal(size=x.shape)
@@ -170,6 +170,11 @@ def test_batchnorm_and_leaky_relu_split_over_threads_give_the_reference_numbers(
         np.testing.assert_allclose(fast, ref, rtol=1e-10, atol=1e-10)
     np.testing.assert_array_equal(act[0], np.where(x > 0, x, 0.2 * x))
     np.testing.assert_array_equal(act[1], np.where(x > 0, dy, 0.2 * dy))
+    slice_counts.clear()
+    small = x[:1]  # 2**20 values: too few to pay for a thread
+    batchnorm.batchnorm_train_forward(small, gamma, beta, 1e-3)
+    activations.leaky_relu(small, 0.2)
+    assert slice_counts == [1] * 4
 
 
 def test_the_package_sets_and_tells_the_number_of_threads(threads):

@@ -27,8 +27,9 @@ import numpy as np
 
 from cnnlab.ops import kernels, parallel
 
-# Values per slice below which a thread does not pay for itself.
-_GRAIN = 262144
+# Values per slice below which a thread does not pay for itself (waking a thread and waiting
+# for it costs about as much as a pass over a million values).
+_GRAIN = 1 << 20
 
 
 def _into_new(kernel, *arrays: np.ndarray) -> np.ndarray:

@@ -63,7 +63,7 @@ def batchnorm_inference_forward(
     def rows(a: int, b: int) -> None:
         kernels.normalize(x2[a:b], moving_mean, scale, beta, y[a:b])
 
-    parallel.over_batch(rows, len(x2), _GRAIN)
+    parallel.over_batch(rows, len(x2), _rows_grain(x2.shape[1]))
     return y.reshape(x.shape), (x, moving_mean, inv_std, gamma)
 
 
@@ -86,8 +86,14 @@ def batchnorm_train_backward_reference(
     return dx, dgamma, dbeta
 
 
-# Rows of (M, C) per slice of the batch below which a thread does not pay for itself.
-_GRAIN = 16384
+# Values (rows x channels) per slice below which a thread does not pay for itself: waking a
+# thread and waiting for it costs 50-100 us on the 2-core machine, as much as a pass over
+# a million values (benchmarks/README.md).
+_GRAIN = 1 << 20
+
+
+def _rows_grain(c: int) -> int:
+    return -(-_GRAIN // c)
 
 
 def batchnorm_train_forward(
@@ -103,13 +109,18 @@ def batchnorm_train_forward(
     c = x.shape[-1]
     x2 = np.ascontiguousarray(x).reshape(-1, c)
     m = len(x2)
-    mean = _sum_over_slices(lambda a, b: kernels.channel_sums(x2[a:b]), m) / m
-    var = _sum_over_slices(lambda a, b: kernels.centred_square_sums(x2[a:b], mean), m) / m
+    mean = _sum_over_slices(lambda a, b: kernels.channel_sums(x2[a:b]), m, _rows_grain(c)) / m
+    var = (
+        _sum_over_slices(lambda a, b: kernels.centred_square_sums(x2[a:b], mean), m, _rows_grain(c))
+        / m
+    )
     mu, var = mean.astype(x.dtype), var.astype(x.dtype)
     inv_std = 1.0 / np.sqrt(var + x.dtype.type(epsilon))
     scale = gamma * inv_std
     y = np.empty_like(x2)
-    parallel.over_batch(lambda a, b: kernels.normalize(x2[a:b], mu, scale, beta, y[a:b]), m, _GRAIN)
+    parallel.over_batch(
+        lambda a, b: kernels.normalize(x2[a:b], mu, scale, beta, y[a:b]), m, _rows_grain(c)
+    )
     return y.reshape(x.shape), mu, var, (x2, mu, inv_std, gamma)
 
 
@@ -126,7 +137,9 @@ def batchnorm_train_backward(
     dy2 = np.ascontiguousarray(dy, dtype=x2.dtype).reshape(x2.shape)
     m = len(dy2)
     parts = parallel.over_batch(
-        lambda a, b: kernels.normalize_backward_sums(dy2[a:b], x2[a:b], mu, inv_std), m, _GRAIN
+        lambda a, b: kernels.normalize_backward_sums(dy2[a:b], x2[a:b], mu, inv_std),
+        m,
+        _rows_grain(x2.shape[1]),
     )
     dbeta = sum(part[0] for part in parts).astype(x2.dtype)
     dgamma = sum(part[1] for part in parts).astype(x2.dtype)
@@ -138,13 +151,13 @@ def batchnorm_train_backward(
             dy2[a:b], x2[a:b], mu, inv_std, scale, dbeta_m, dgamma_m, dx[a:b]
         )
 
-    parallel.over_batch(rows, m, _GRAIN)
+    parallel.over_batch(rows, m, _rows_grain(x2.shape[1]))
     return dx.reshape(dy.shape), dgamma, dbeta
 
 
-def _sum_over_slices(part: Callable[[int, int], np.ndarray], m: int) -> np.ndarray:
+def _sum_over_slices(part: Callable[[int, int], np.ndarray], m: int, grain: int) -> np.ndarray:
     """``part(0, m)``, as the sum of ``part`` over slices of the rows on the cores."""
-    return sum(parallel.over_batch(part, m, _GRAIN))
+    return sum(parallel.over_batch(part, m, grain))
 
 
 def batchnorm_inference_backward(
