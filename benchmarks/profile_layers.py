@@ -1,9 +1,10 @@
 """Where does a training step's time go? Times every layer's forward and backward pass.
 
-Runs the training step of a zoo model (``Sequential.train_step``, unrolled so each layer can
-be timed on its own) on random data, and prints one row per layer: forward ms, backward ms,
-their sum, and the share of the whole step. The loss and the optimizer update get their own
-rows. Medians over the timed steps.
+Runs the training step of a zoo model (``Sequential.train_step``, unrolled so each step can
+be timed on its own) on random data, and prints one row per step: forward ms, backward ms,
+their sum, and the share of the whole step. A step is a layer, or a batch norm and the
+activation after it, which the model runs as one op (``cnnlab.fusion``). The loss and the
+optimizer update get their own rows. Medians over the timed steps.
 
     python benchmarks/profile_layers.py                      # the book's CNN, batch 128
     python benchmarks/profile_layers.py --model mlp --batch-size 32
@@ -21,6 +22,7 @@ import time
 import numpy as np
 
 from cnnlab import zoo
+from cnnlab.fusion import NormalizeActivate
 from cnnlab.memory import keep_freed_memory
 from cnnlab.ops.parallel import one_blas_thread
 from cnnlab.seeding import set_random_seed
@@ -44,8 +46,8 @@ def profile_step(model, x: np.ndarray, y: np.ndarray, training: bool = True) -> 
 def _profile_step(model, x: np.ndarray, y: np.ndarray, training: bool) -> dict:
     fwd = []
     out = x
-    for layer in model.layers:
-        out, dt = _timed(layer, out, training)
+    for step in model._steps():
+        out, dt = _timed(step, out, training)
         fwd.append(dt)
     if not training:
         return {"forward": fwd, "backward": [0.0] * len(fwd), "loss": 0.0, "update": 0.0}
@@ -66,7 +68,7 @@ def _profile_step(model, x: np.ndarray, y: np.ndarray, training: bool) -> dict:
         else:
             _, dt = _timed(layer.backward, dy, False)
         bwd_rev.append(dt)
-    bwd_rev += [0.0] * (len(model.layers) - len(bwd_rev))
+    bwd_rev += [0.0] * (len(fwd) - len(bwd_rev))
     start = time.perf_counter()
     weights, grads = model.trainable_weights_and_grads()
     model.optimizer.apply(grads, weights)
@@ -89,15 +91,21 @@ def profile(model_name: str, batch_size: int, image_size: int, steps: int, train
     return model, med
 
 
+def _describe(step) -> str:
+    return (
+        f"{step.name} ({'one op' if isinstance(step, NormalizeActivate) else type(step).__name__})"
+    )
+
+
 def format_table(model, med: dict, batch_size: int) -> str:
     fwd, bwd = med["forward"], med["backward"]
     total = float(np.sum(fwd) + np.sum(bwd) + med["loss"] + med["update"])
     rows = [("layer", "output shape", "fwd ms", "bwd ms", "sum ms", "% step")]
-    for layer, f, b in zip(model.layers, fwd, bwd, strict=True):
-        shape = "x".join(str(d) for d in layer.output_shape)
+    for step, f, b in zip(model._steps(), fwd, bwd, strict=True):
+        shape = "x".join(str(d) for d in step.output_shape)
         rows.append(
             (
-                f"{layer.name} ({type(layer).__name__})",
+                _describe(step),
                 shape,
                 f"{f * 1e3:.2f}",
                 f"{b * 1e3:.2f}",

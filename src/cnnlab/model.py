@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cnnlab import losses, optimizers
+from cnnlab import fusion, losses, optimizers
 from cnnlab import metrics as metrics_lib
 from cnnlab.layers import Input, Layer, deserialize, serialize
 from cnnlab.layers.core import ActivationLayer
@@ -28,6 +28,7 @@ class Sequential:
         self.optimizer: optimizers.Optimizer | None = None
         self.loss: losses.Loss | None = None
         self.metrics: list[str] = []
+        self._step_cache: list | None = None  # the layers as training and inference run them
         for layer in layers or []:
             self.add(layer)
 
@@ -43,6 +44,7 @@ class Sequential:
         if any(existing.name == layer.name for existing in self.layers):
             raise ValueError(f"The model already has a layer named {layer.name!r}")
         self.layers.append(layer)
+        self._step_cache = None
         if self.input_shape is not None:
             self.build(self.input_shape)
 
@@ -70,6 +72,13 @@ class Sequential:
 
     # -- running -----------------------------------------------------------------------------
     def __call__(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        x = self._checked_input(x)
+        with one_blas_thread():
+            for layer in self.layers:
+                x = layer(x, training=training)
+        return x
+
+    def _checked_input(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x)
         if not self.built:
             if x.ndim < 2:
@@ -80,10 +89,24 @@ class Sequential:
                 f"Model '{self.name}' expects input of shape {(None, *self.input_shape)}, "
                 f"got shape {x.shape}"
             )
-        with one_blas_thread():
-            for layer in self.layers:
-                x = layer(x, training=training)
         return x
+
+    def _run_steps(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        """The model's output, as training and inference compute it: with each batch norm and
+        the activation after it as one op (:mod:`cnnlab.fusion`). The same numbers as
+        ``self(x, training)``, but only a training step's backward pass may follow."""
+        x = self._checked_input(x)
+        with one_blas_thread():
+            for step in self._steps():
+                x = step(x, training=training)
+        return x
+
+    def _steps(self) -> list:
+        """The layers as a training step and inference run them (:func:`cnnlab.fusion.steps`).
+        The last layer stays on its own: the loss reads its logits."""
+        if self._step_cache is None:
+            self._step_cache = fusion.steps(self.layers[:-1]) + self.layers[-1:]
+        return self._step_cache
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         """Backpropagate ``dy`` (gradient of the output) through every layer; returns ``dx``."""
@@ -96,7 +119,9 @@ class Sequential:
         x = np.asarray(x)
         if len(x) == 0:
             raise ValueError(f"predict expects at least one example, got shape {x.shape}")
-        return np.concatenate([self(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+        return np.concatenate(
+            [self._run_steps(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+        )
 
     # -- training ----------------------------------------------------------------------------
     def compile(
@@ -136,15 +161,16 @@ class Sequential:
             results[name] = metrics_lib.get(name)(y_true, y_pred)
         return results
 
-    def _backward_plan(self) -> list[tuple[Layer, bool]]:
-        """The layers below the last one that a training step backpropagates through, last
-        first, each with whether its input gradient is needed. Below the first layer with
-        weights no gradient is needed, and that layer needs only its weights' gradients (an
+    def _backward_plan(self) -> list[tuple]:
+        """The steps below the last one that a training step backpropagates through, last
+        first, each with whether its input gradient is needed. Below the first step with
+        weights no gradient is needed, and that step needs only its weights' gradients (an
         ActivationLayer can skip its input gradient)."""
-        first = next((i for i, layer in enumerate(self.layers) if layer.trainable_names), 0)
+        steps = self._steps()
+        first = next((i for i, step in enumerate(steps) if step.trainable_names), 0)
         return [
-            (layer, not (i == first and isinstance(layer, ActivationLayer)))
-            for i, layer in reversed(list(enumerate(self.layers[:-1])))
+            (step, not (i == first and isinstance(step, ActivationLayer)))
+            for i, step in reversed(list(enumerate(steps[:-1])))
             if i >= first
         ]
 
@@ -156,7 +182,7 @@ class Sequential:
             return self._train_step(x, y)
 
     def _train_step(self, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
-        y_pred = self(x, training=True)
+        y_pred = self._run_steps(x, training=True)
         loss, dy = self._loss(y, y_pred)
         last = self.layers[-1]
         dy = last.backward_from_logits(dy) if self._uses_logits() else last.backward(dy)
@@ -173,7 +199,7 @@ class Sequential:
         """Loss and metrics on a batch in inference mode."""
         self._check_compiled()
         y = np.asarray(y)
-        y_pred = self(x)
+        y_pred = self._run_steps(x)
         return self._results(self._loss(y, y_pred)[0], y, y_pred)
 
     def train_on_batch(self, x: np.ndarray, y: np.ndarray):

@@ -30,6 +30,7 @@ class BatchNormalization(Layer):
             raise ValueError(f"{self._describe()}: `epsilon` must be > 0, got {epsilon!r}")
         self.momentum = float(momentum)
         self.epsilon = float(epsilon)
+        self._cache = None
 
     def build_weights(self, input_shape):
         c = input_shape[-1]
@@ -39,15 +40,29 @@ class BatchNormalization(Layer):
         self.add_weight("moving_variance", np.ones(c), trainable=False)
 
     def call(self, x, training=False):
+        return self.normalize(x, training)
+
+    def normalize(self, x, training=False, negative_slope: float | None = None):
+        """:meth:`call`, with the (leaky) ReLU that follows in a model applied in the same pass
+        when ``negative_slope`` is given (0 for ReLU); :meth:`backward` then takes the
+        gradient at the activation's output. Only a training call keeps what
+        :meth:`backward` needs in that case."""
         w = self.weights
         self._training = training
         if not training:
-            y, self._cache = ops.batchnorm_inference_forward(
-                x, w["gamma"], w["beta"], w["moving_mean"], w["moving_variance"], self.epsilon
+            y, cache = ops.batchnorm_inference_forward(
+                x,
+                w["gamma"],
+                w["beta"],
+                w["moving_mean"],
+                w["moving_variance"],
+                self.epsilon,
+                negative_slope,
             )
+            self._cache = None if negative_slope is not None else cache
             return y
         y, mean, var, self._cache = ops.batchnorm_train_forward(
-            x, w["gamma"], w["beta"], self.epsilon
+            x, w["gamma"], w["beta"], self.epsilon, negative_slope
         )
         m = self.dtype.type(self.momentum)
         w["moving_mean"][...] = w["moving_mean"] * m + mean * (1 - m)
@@ -55,6 +70,8 @@ class BatchNormalization(Layer):
         return y
 
     def backward(self, dy):
+        if self._cache is None:
+            raise RuntimeError(f"{self._describe()}: backward needs a forward pass first")
         backward = (
             ops.batchnorm_train_backward if self._training else ops.batchnorm_inference_backward
         )

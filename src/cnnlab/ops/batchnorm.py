@@ -48,20 +48,24 @@ def batchnorm_inference_forward(
     moving_mean: np.ndarray,
     moving_variance: np.ndarray,
     epsilon: float,
+    negative_slope: float | None = None,
 ) -> tuple[np.ndarray, tuple]:
     """``y = gamma * (x - moving_mean) / sqrt(moving_variance + epsilon) + beta``.
 
     The statistics are fixed, so this is one pass, ``y = (x - moving_mean) * k + beta`` with
-    ``k = gamma * inv_std``, on every core. The cache keeps ``x`` (``x_hat`` is only needed
+    ``k = gamma * inv_std``, on every core. ``negative_slope`` applies the (leaky) ReLU that
+    follows in the same pass (0 for ReLU), for a model's inference; the cache is then not
+    for :func:`batchnorm_inference_backward`. The cache keeps ``x`` (``x_hat`` is only needed
     for ``dgamma``, and is computed then).
     """
     inv_std = 1.0 / np.sqrt(moving_variance + epsilon)
     scale = gamma * inv_std
     x2 = np.ascontiguousarray(x).reshape(-1, x.shape[-1])
     y = np.empty_like(x2)
+    slope = _slope(negative_slope, x2.dtype)
 
     def rows(a: int, b: int) -> None:
-        kernels.normalize(x2[a:b], moving_mean, scale, beta, y[a:b])
+        kernels.normalize(x2[a:b], moving_mean, scale, beta, slope, y[a:b])
 
     parallel.over_batch(rows, len(x2), _rows_grain(x2.shape[1]))
     return y.reshape(x.shape), (x, moving_mean, inv_std, gamma)
@@ -97,7 +101,11 @@ def _rows_grain(c: int) -> int:
 
 
 def batchnorm_train_forward(
-    x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, epsilon: float
+    x: np.ndarray,
+    gamma: np.ndarray,
+    beta: np.ndarray,
+    epsilon: float,
+    negative_slope: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple]:
     """Fast :func:`batchnorm_train_forward_reference`: the same outputs, on every core.
 
@@ -105,6 +113,10 @@ def batchnorm_train_forward(
     rows on the cores (:mod:`cnnlab.ops.parallel`): the sums for the mean, the centred squares
     for the variance, then ``y = (x - mu) * (gamma * inv_std) + beta``. The cache keeps ``x``
     itself; the backward pass recomputes ``x_hat`` from it, so no ``x_hat`` is stored.
+
+    ``negative_slope`` (0 for ReLU) also applies the (leaky) ReLU that follows batch norm in a
+    model, in the last pass, and :func:`batchnorm_train_backward` then backpropagates through
+    both: the numbers of the two ops one after the other, one pass and one array fewer each way.
     """
     c = x.shape[-1]
     x2 = np.ascontiguousarray(x).reshape(-1, c)
@@ -118,10 +130,11 @@ def batchnorm_train_forward(
     inv_std = 1.0 / np.sqrt(var + x.dtype.type(epsilon))
     scale = gamma * inv_std
     y = np.empty_like(x2)
+    slope = _slope(negative_slope, x2.dtype)
     parallel.over_batch(
-        lambda a, b: kernels.normalize(x2[a:b], mu, scale, beta, y[a:b]), m, _rows_grain(c)
+        lambda a, b: kernels.normalize(x2[a:b], mu, scale, beta, slope, y[a:b]), m, _rows_grain(c)
     )
-    return y.reshape(x.shape), mu, var, (x2, mu, inv_std, gamma)
+    return y.reshape(x.shape), mu, var, (x2, mu, inv_std, gamma, beta, slope)
 
 
 def batchnorm_train_backward(
@@ -131,28 +144,38 @@ def batchnorm_train_backward(
 
     Since ``sum(g) = gamma * dbeta`` and ``sum(g * x_hat) = gamma * dgamma``, the formula is
     ``dx = gamma * inv_std * (dy - dbeta / m - x_hat * dgamma / m)``: one pass for both sums,
-    one for ``dx``, with ``x_hat = (x - mu) * inv_std`` recomputed on the way.
+    one for ``dx``, with ``x_hat = (x - mu) * inv_std`` recomputed on the way. After a forward
+    pass with ``negative_slope``, ``dy`` is the gradient at the activation's output, and the
+    kernels take it back through the activation first (its input recomputed on the way too).
     """
-    x2, mu, inv_std, gamma = cache
+    x2, mu, inv_std, gamma, beta, slope = cache
     dy2 = np.ascontiguousarray(dy, dtype=x2.dtype).reshape(x2.shape)
     m = len(dy2)
+    scale = gamma * inv_std
     parts = parallel.over_batch(
-        lambda a, b: kernels.normalize_backward_sums(dy2[a:b], x2[a:b], mu, inv_std),
+        lambda a, b: kernels.normalize_backward_sums(
+            dy2[a:b], x2[a:b], mu, inv_std, scale, beta, slope
+        ),
         m,
         _rows_grain(x2.shape[1]),
     )
     dbeta = sum(part[0] for part in parts).astype(x2.dtype)
     dgamma = sum(part[1] for part in parts).astype(x2.dtype)
-    scale, dbeta_m, dgamma_m = gamma * inv_std, dbeta / m, dgamma / m
+    dbeta_m, dgamma_m = dbeta / m, dgamma / m
     dx = np.empty_like(dy2)
 
     def rows(a: int, b: int) -> None:
         kernels.normalize_backward(
-            dy2[a:b], x2[a:b], mu, inv_std, scale, dbeta_m, dgamma_m, dx[a:b]
+            dy2[a:b], x2[a:b], mu, inv_std, scale, beta, slope, dbeta_m, dgamma_m, dx[a:b]
         )
 
     parallel.over_batch(rows, m, _rows_grain(x2.shape[1]))
     return dx.reshape(dy.shape), dgamma, dbeta
+
+
+def _slope(negative_slope: float | None, dtype: np.dtype) -> np.generic:
+    """The kernels' slope for values below zero: 1 (no activation) for None."""
+    return dtype.type(1.0 if negative_slope is None else negative_slope)
 
 
 def _sum_over_slices(part: Callable[[int, int], np.ndarray], m: int, grain: int) -> np.ndarray:

@@ -65,38 +65,49 @@ def centred_square_sums(x, mean):
 
 
 @_compiled
-def normalize(x, mean, scale, beta, out):
-    """``out = (x - mean) * scale + beta`` per channel of ``x: (M, C)``.
+def normalize(x, mean, scale, beta, slope, out):
+    """``out = leaky((x - mean) * scale + beta)`` per channel of ``x: (M, C)``, where
+    ``leaky(v) = v if v > 0 else slope * v``.
 
-    ``scale = gamma * inv_std``: batch norm's normalize, scale and shift in one pass.
+    ``scale = gamma * inv_std``: batch norm's normalize, scale and shift in one pass, with the
+    (leaky) ReLU that follows it in the same pass; ``slope = 1`` is batch norm alone.
     """
     m, c = x.shape
     for i in range(m):
         for j in range(c):
-            out[i, j] = (x[i, j] - mean[j]) * scale[j] + beta[j]
+            v = (x[i, j] - mean[j]) * scale[j] + beta[j]
+            out[i, j] = v if v > 0 else slope * v
 
 
 @_compiled
-def normalize_backward_sums(dy, x, mean, inv_std):
-    """``dbeta = sum_i dy``, ``dgamma = sum_i dy * x_hat`` with ``x_hat = (x - mean) * inv_std``."""
+def normalize_backward_sums(dy, x, mean, inv_std, scale, beta, slope):
+    """``dbeta = sum_i g``, ``dgamma = sum_i g * x_hat`` with ``x_hat = (x - mean) * inv_std``.
+
+    ``g`` is the gradient at batch norm's output: ``dy`` back through the (leaky) ReLU of
+    :func:`normalize`, whose input is recomputed, ``g = dy if v > 0 else slope * dy``.
+    """
     m, c = x.shape
     dbeta, dgamma = np.zeros(c), np.zeros(c)
     for i in range(m):
         for j in range(c):
-            g = dy[i, j]
+            v = (x[i, j] - mean[j]) * scale[j] + beta[j]
+            g = dy[i, j] if v > 0 else slope * dy[i, j]
             dbeta[j] += g
             dgamma[j] += g * ((x[i, j] - mean[j]) * inv_std[j])
     return dbeta, dgamma
 
 
 @_compiled
-def normalize_backward(dy, x, mean, inv_std, scale, dbeta_m, dgamma_m, out):
-    """``out = scale * (dy - dbeta/m - x_hat * dgamma/m)``, ``scale = gamma * inv_std``."""
+def normalize_backward(dy, x, mean, inv_std, scale, beta, slope, dbeta_m, dgamma_m, out):
+    """``out = scale * (g - dbeta/m - x_hat * dgamma/m)``, ``scale = gamma * inv_std``, with
+    ``g`` as in :func:`normalize_backward_sums`."""
     m, c = x.shape
     for i in range(m):
         for j in range(c):
+            v = (x[i, j] - mean[j]) * scale[j] + beta[j]
+            g = dy[i, j] if v > 0 else slope * dy[i, j]
             x_hat = (x[i, j] - mean[j]) * inv_std[j]
-            out[i, j] = scale[j] * (dy[i, j] - dbeta_m[j] - x_hat * dgamma_m[j])
+            out[i, j] = scale[j] * (g - dbeta_m[j] - x_hat * dgamma_m[j])
 
 
 @_compiled

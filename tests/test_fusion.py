@@ -1,0 +1,126 @@
+"""Batch norm and the activation after it, run as one op, give the numbers of the two layers
+run one after the other: forward, backward, moving statistics, and whole training steps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cnnlab import fusion, layers, zoo
+from cnnlab.fusion import NormalizeActivate
+from cnnlab.model import Sequential
+from cnnlab.ops import activations, batchnorm, parallel
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("slope", [0.3, 0.0])
+@pytest.mark.parametrize("shape", [(6, 5, 4, 3), (2, 256, 256, 16)])  # the second: 2 slices
+def test_batchnorm_with_activation_equals_the_two_ops(dtype, slope, shape):
+    rng = np.random.default_rng(0)
+    x = rng.normal(0.5, 2.0, size=shape).astype(dtype)
+    dy = rng.normal(size=shape).astype(dtype)
+    gamma, beta = rng.normal(size=(2, shape[-1])).astype(dtype)
+
+    y, mean, var, cache = batchnorm.batchnorm_train_forward(x, gamma, beta, 1e-3, slope)
+    dx, dgamma, dbeta = batchnorm.batchnorm_train_backward(dy, cache)
+
+    z, mean_2, var_2, cache_2 = batchnorm.batchnorm_train_forward(x, gamma, beta, 1e-3)
+    y_2 = activations.leaky_relu(z, slope)
+    dx_2, dgamma_2, dbeta_2 = batchnorm.batchnorm_train_backward(
+        activations.leaky_relu_backward(dy, z, slope), cache_2
+    )
+    for fused, apart in zip(
+        (y, mean, var, dx, dgamma, dbeta),
+        (y_2, mean_2, var_2, dx_2, dgamma_2, dbeta_2),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(fused, apart)
+    assert (y < 0).any() == (slope > 0)  # the activation was applied: ReLU leaves no negatives
+
+    stats = rng.normal(size=shape[-1]).astype(dtype), rng.uniform(0.5, 2, shape[-1]).astype(dtype)
+    y_inf, _ = batchnorm.batchnorm_inference_forward(x, gamma, beta, *stats, 1e-3, slope)
+    z_inf, _ = batchnorm.batchnorm_inference_forward(x, gamma, beta, *stats, 1e-3)
+    np.testing.assert_array_equal(y_inf, activations.leaky_relu(z_inf, slope))
+
+
+def test_steps_pair_batchnorm_with_the_relu_or_leaky_relu_after_it():
+    model = Sequential(
+        [
+            layers.Input((6, 6, 2)),
+            layers.Conv2D(3, 3),
+            layers.BatchNormalization(),
+            layers.LeakyReLU(0.1),
+            layers.Conv2D(3, 3, padding="same"),
+            layers.BatchNormalization(),
+            layers.Activation("tanh"),  # not a (leaky) ReLU: stays apart
+            layers.BatchNormalization(),
+            layers.Activation("relu"),
+            layers.Flatten(),
+            layers.Dense(4),
+            layers.BatchNormalization(),
+            layers.ReLU(),  # the model's last layer: stays apart, the loss reads its input
+        ]
+    )
+    steps = model._steps()
+    kinds = [type(s).__name__ for s in steps]
+    assert kinds == [
+        "Conv2D",
+        "NormalizeActivate",
+        "Conv2D",
+        "BatchNormalization",
+        "Activation",
+        "NormalizeActivate",
+        "Flatten",
+        "Dense",
+        "BatchNormalization",
+        "ReLU",
+    ]
+    assert [s.negative_slope for s in steps if isinstance(s, NormalizeActivate)] == [0.1, 0.0]
+    assert steps[1].output_shape == model.layers[2].output_shape
+
+
+def test_layers_of_different_dtypes_stay_apart():
+    norm, act = layers.BatchNormalization(), layers.ReLU(dtype="float64")
+    for layer in (norm, act):
+        layer.build((4,))
+    assert fusion.steps([norm, act]) == [norm, act]
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_training_and_inference_give_the_numbers_of_the_layers_one_by_one(monkeypatch, n_threads):
+    """The book's CNN trained by train_step (fused steps) and a copy trained layer by layer
+    end with the same weights, bit for bit; predict and evaluate agree with calling the model."""
+    before = parallel.num_threads()
+    parallel.set_num_threads(n_threads)
+    try:
+        rng = np.random.default_rng(1)
+        x = rng.uniform(-1, 1, (40, 16, 16, 3)).astype(np.float32)
+        y = rng.integers(0, 10, 40)
+        fused, apart = (zoo.cnn(input_shape=(16, 16, 3)) for _ in range(2))
+        apart.set_weights(fused.get_weights())
+        apart.layers[-3].rng = np.random.default_rng(2)  # the same dropout masks for both
+        fused.layers[-3].rng = np.random.default_rng(2)
+        assert isinstance(fused.layers[-3], layers.Dropout)
+        monkeypatch.setattr(apart, "_steps", lambda: apart.layers)
+        for model in (fused, apart):
+            model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+        assert any(isinstance(s, NormalizeActivate) for s in fused._steps())
+        for _ in range(3):
+            assert fused.train_step(x, y) == apart.train_step(x, y)
+        for a, b in zip(fused.get_weights(), apart.get_weights(), strict=True):
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(fused.predict(x, batch_size=40), fused(x))
+        assert fused.evaluate(x, y) == apart.evaluate(x, y)
+    finally:
+        parallel.set_num_threads(before)
+
+
+def test_backward_after_a_fused_inference_call_is_refused():
+    norm = layers.BatchNormalization()
+    norm.build((3,))
+    x = np.ones((2, 3), np.float32)
+    with pytest.raises(RuntimeError, match="backward needs a forward pass first"):
+        norm.backward(x)
+    norm.normalize(x, training=False, negative_slope=0.3)
+    with pytest.raises(RuntimeError, match="backward needs a forward pass first"):
+        norm.backward(x)
