@@ -21,8 +21,6 @@ compiled loops of :mod:`cnnlab.ops.kernels`. A test checks that both agree.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 
 from cnnlab.ops import kernels, parallel
@@ -109,9 +107,10 @@ def batchnorm_train_forward(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple]:
     """Fast :func:`batchnorm_train_forward_reference`: the same outputs, on every core.
 
-    Three passes over the ``(M, C)`` rows (:mod:`cnnlab.ops.kernels`), each over slices of
-    rows on the cores (:mod:`cnnlab.ops.parallel`): the sums for the mean, the centred squares
-    for the variance, then ``y = (x - mu) * (gamma * inv_std) + beta``. The cache keeps ``x``
+    Two passes over the ``(M, C)`` rows (:mod:`cnnlab.ops.kernels`), each over slices of rows
+    on the cores (:mod:`cnnlab.ops.parallel`): the sums and the sums of squares of ``x`` minus
+    its first row, in float64, for the mean and the variance, then
+    ``y = (x - mu) * (gamma * inv_std) + beta``. The cache keeps ``x``
     itself; the backward pass recomputes ``x_hat`` from it, so no ``x_hat`` is stored.
 
     ``negative_slope`` (0 for ReLU) also applies the (leaky) ReLU that follows batch norm in a
@@ -121,11 +120,13 @@ def batchnorm_train_forward(
     c = x.shape[-1]
     x2 = np.ascontiguousarray(x).reshape(-1, c)
     m = len(x2)
-    mean = _sum_over_slices(lambda a, b: kernels.channel_sums(x2[a:b]), m, _rows_grain(c)) / m
-    var = (
-        _sum_over_slices(lambda a, b: kernels.centred_square_sums(x2[a:b], mean), m, _rows_grain(c))
-        / m
+    shift = x2[0].astype(np.float64)
+    parts = parallel.over_batch(
+        lambda a, b: kernels.shifted_sums(x2[a:b], shift), m, _rows_grain(c)
     )
+    total = sum(part[0] for part in parts) / m
+    mean = shift + total
+    var = np.maximum(sum(part[1] for part in parts) / m - total * total, 0.0)
     mu, var = mean.astype(x.dtype), var.astype(x.dtype)
     inv_std = 1.0 / np.sqrt(var + x.dtype.type(epsilon))
     scale = gamma * inv_std
@@ -176,11 +177,6 @@ def batchnorm_train_backward(
 def _slope(negative_slope: float | None, dtype: np.dtype) -> np.generic:
     """The kernels' slope for values below zero: 1 (no activation) for None."""
     return dtype.type(1.0 if negative_slope is None else negative_slope)
-
-
-def _sum_over_slices(part: Callable[[int, int], np.ndarray], m: int, grain: int) -> np.ndarray:
-    """``part(0, m)``, as the sum of ``part`` over slices of the rows on the cores."""
-    return sum(parallel.over_batch(part, m, grain))
 
 
 def batchnorm_inference_backward(

@@ -41,27 +41,18 @@ def leaky_relu_backward(dy, x, slope, out):
 
 
 @_compiled
-def channel_sums(x):
-    """``x: (M, C)`` -> ``sum_i x[i, c]``, in float64."""
+def shifted_sums(x, shift):
+    """``x: (M, C)`` -> ``sum_i d`` and ``sum_i d**2`` per channel, ``d = x[i, c] - shift[c]``,
+    in float64: the mean and the variance in one pass. With ``shift`` a row of ``x``, near the
+    mean, a large mean costs the variance no precision (the shifted-data algorithm)."""
     m, c = x.shape
-    total = np.zeros(c)
+    total, squares = np.zeros(c), np.zeros(c)
     for i in range(m):
         for j in range(c):
-            total[j] += x[i, j]
-    return total
-
-
-@_compiled
-def centred_square_sums(x, mean):
-    """``x: (M, C)`` -> ``sum_i (x[i, c] - mean[c])**2``, in float64: the variance's sum, from
-    the centred values, so that a large mean costs no precision."""
-    m, c = x.shape
-    total = np.zeros(c)
-    for i in range(m):
-        for j in range(c):
-            d = x[i, j] - mean[j]
-            total[j] += d * d
-    return total
+            d = np.float64(x[i, j]) - shift[j]
+            total[j] += d
+            squares[j] += d * d
+    return total, squares
 
 
 @_compiled
