@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from cnnlab import zoo
-from cnnlab.fusion import NormalizeActivate
+from cnnlab.fusion import ConvNormalizeActivate, NormalizeActivate
 from cnnlab.memory import keep_freed_memory
 from cnnlab.ops.parallel import one_blas_thread
 from cnnlab.seeding import set_random_seed
@@ -46,7 +46,7 @@ def profile_step(model, x: np.ndarray, y: np.ndarray, training: bool = True) -> 
 def _profile_step(model, x: np.ndarray, y: np.ndarray, training: bool) -> dict:
     fwd = []
     out = x
-    for step in model._steps():
+    for step in model._steps(training):
         out, dt = _timed(step, out, training)
         fwd.append(dt)
     if not training:
@@ -92,16 +92,15 @@ def profile(model_name: str, batch_size: int, image_size: int, steps: int, train
 
 
 def _describe(step) -> str:
-    return (
-        f"{step.name} ({'one op' if isinstance(step, NormalizeActivate) else type(step).__name__})"
-    )
+    fused = isinstance(step, (NormalizeActivate, ConvNormalizeActivate))
+    return f"{step.name} ({'one op' if fused else type(step).__name__})"
 
 
-def format_table(model, med: dict, batch_size: int) -> str:
+def format_table(model, med: dict, batch_size: int, training: bool = True) -> str:
     fwd, bwd = med["forward"], med["backward"]
     total = float(np.sum(fwd) + np.sum(bwd) + med["loss"] + med["update"])
     rows = [("layer", "output shape", "fwd ms", "bwd ms", "sum ms", "% step")]
-    for step, f, b in zip(model._steps(), fwd, bwd, strict=True):
+    for step, f, b in zip(model._steps(training), fwd, bwd, strict=True):
         shape = "x".join(str(d) for d in step.output_shape)
         rows.append(
             (
@@ -164,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.model}, {mode}, batch {args.batch_size}, {args.image_size}x{args.image_size} "
         f"images, median of {args.steps} steps, threads={threads}, memory={args.memory}"
     )
-    print(format_table(model, med, args.batch_size))
+    print(format_table(model, med, args.batch_size, not args.inference))
     return 0
 
 

@@ -1,20 +1,23 @@
 """A model's layers as the steps its training and inference run: batch norm and the activation
-after it as one op.
+after it as one op, and at inference the convolution before them too.
 
 In the book's CNN every BatchNormalization is followed by a LeakyReLU. Run one after the other,
 the pair reads and writes the whole feature map twice each way; run as one op
 (:meth:`BatchNormalization.normalize` with ``negative_slope``), the activation is applied in
 batch norm's last pass forward, and taken back through in its passes backward, with the same
-numbers. ``Sequential.train_step``, ``predict`` and ``evaluate`` run these steps; calling the
-model, or a layer, still runs each layer on its own, keeping what its ``backward`` needs.
+numbers. At inference batch norm's statistics are fixed, and a Conv2D before it applies both
+to each chunk of its output while that is in the cache (:class:`ConvNormalizeActivate`).
+``Sequential.train_step``, ``predict`` and ``evaluate`` run these steps; calling the model, or
+a layer, still runs each layer on its own, keeping what its ``backward`` needs.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from cnnlab.layers import BatchNormalization, Layer
+from cnnlab.layers import BatchNormalization, Conv2D, Layer
 from cnnlab.layers.core import Activation
+from cnnlab.ops.conv import conv2d_forward
 
 
 class NormalizeActivate:
@@ -30,9 +33,7 @@ class NormalizeActivate:
         self.name = f"{norm.name}+{activation.name}"
         self.trainable_names = norm.trainable_names
         self.output_shape = activation.output_shape
-        self.negative_slope = (
-            0.0 if activation.activation.name == "relu" else activation.activation.negative_slope
-        )
+        self.negative_slope = _negative_slope(activation)
 
     def __call__(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         self.norm._check_input(x)
@@ -44,25 +45,88 @@ class NormalizeActivate:
         return self.norm.backward(dy)
 
 
-def _fusable(norm: Layer, activation: Layer) -> bool:
+class ConvNormalizeActivate:
+    """Inference: a Conv2D without an activation of its own, the BatchNormalization after it
+    and, if one follows, its ReLU or LeakyReLU, as one op.
+
+    ``y = leaky((conv(x) - (moving_mean - bias)) * k + beta)`` with
+    ``k = gamma / sqrt(moving_variance + epsilon)``: batch norm at inference with the conv's
+    bias folded into its mean, applied to each chunk of the convolution's output
+    (:func:`cnnlab.ops.conv.conv2d_forward`). The same numbers as the layers one by one, up to
+    rounding. It has no backward pass.
+    """
+
+    trainable_names: list[str] = []
+
+    def __init__(
+        self, conv: Conv2D, norm: BatchNormalization, activation: Activation | None = None
+    ):
+        self.conv, self.norm, self.activation = conv, norm, activation
+        self.name = "+".join(layer.name for layer in (conv, norm, activation) if layer)
+        self.output_shape = norm.output_shape
+        self.negative_slope = None if activation is None else _negative_slope(activation)
+
+    def __call__(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        if training:
+            raise ValueError(f"{self.name} runs at inference only, got training=True")
+        conv, w = self.conv, self.norm.weights
+        conv._check_input(x)
+        x = x.astype(conv.dtype, copy=False)
+        scale = w["gamma"] / np.sqrt(w["moving_variance"] + conv.dtype.type(self.norm.epsilon))
+        mean = w["moving_mean"] - conv.weights["bias"] if conv.use_bias else w["moving_mean"]
+        slope = conv.dtype.type(1.0 if self.negative_slope is None else self.negative_slope)
+        y, _ = conv2d_forward(
+            x,
+            conv.weights["kernel"],
+            None,
+            conv.strides,
+            conv.padding,
+            conv._workspace,
+            normalize=(mean, scale, w["beta"], slope),
+        )
+        return y
+
+
+def _negative_slope(activation: Activation) -> float:
+    return 0.0 if activation.activation.name == "relu" else activation.activation.negative_slope
+
+
+def _norm_then_activation(layers: list[Layer]) -> bool:
     return (
-        isinstance(norm, BatchNormalization)
-        and isinstance(activation, Activation)
-        and activation.activation.name in ("relu", "leaky_relu")
-        and activation.dtype == norm.dtype
+        len(layers) >= 2
+        and isinstance(layers[0], BatchNormalization)
+        and isinstance(layers[1], Activation)
+        and layers[1].activation.name in ("relu", "leaky_relu")
+        and layers[1].dtype == layers[0].dtype
     )
 
 
-def steps(layers: list[Layer]) -> list[Layer | NormalizeActivate]:
+def _conv_then_norm(layers: list[Layer]) -> bool:
+    return (
+        len(layers) >= 2
+        and isinstance(layers[0], Conv2D)
+        and layers[0].activation.name == "linear"
+        and isinstance(layers[1], BatchNormalization)
+        and layers[1].dtype == layers[0].dtype
+    )
+
+
+def steps(layers: list[Layer], training: bool = True) -> list:
     """``layers`` with each BatchNormalization and the ReLU or LeakyReLU right after it
-    replaced by one :class:`NormalizeActivate` step."""
-    out: list[Layer | NormalizeActivate] = []
+    replaced by one :class:`NormalizeActivate` step; for inference (``training=False``), with
+    a Conv2D before them (or before a batch norm alone) in one :class:`ConvNormalizeActivate`."""
+    out: list = []
     i = 0
     while i < len(layers):
-        if i + 1 < len(layers) and _fusable(layers[i], layers[i + 1]):
-            out.append(NormalizeActivate(layers[i], layers[i + 1]))
-            i += 2
+        rest = layers[i : i + 3]
+        if not training and _conv_then_norm(rest):
+            take = 3 if _norm_then_activation(rest[1:]) else 2
+            out.append(ConvNormalizeActivate(*rest[:take]))
+        elif _norm_then_activation(rest):
+            take = 2
+            out.append(NormalizeActivate(*rest[:2]))
         else:
+            take = 1
             out.append(layers[i])
-            i += 1
+        i += take
     return out

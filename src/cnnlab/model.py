@@ -28,7 +28,7 @@ class Sequential:
         self.optimizer: optimizers.Optimizer | None = None
         self.loss: losses.Loss | None = None
         self.metrics: list[str] = []
-        self._step_cache: list | None = None  # the layers as training and inference run them
+        self._step_cache: dict[bool, list] = {}  # the layers as training and inference run them
         for layer in layers or []:
             self.add(layer)
 
@@ -44,7 +44,7 @@ class Sequential:
         if any(existing.name == layer.name for existing in self.layers):
             raise ValueError(f"The model already has a layer named {layer.name!r}")
         self.layers.append(layer)
-        self._step_cache = None
+        self._step_cache = {}
         if self.input_shape is not None:
             self.build(self.input_shape)
 
@@ -97,16 +97,16 @@ class Sequential:
         ``self(x, training)``, but only a training step's backward pass may follow."""
         x = self._checked_input(x)
         with one_blas_thread():
-            for step in self._steps():
+            for step in self._steps(training):
                 x = step(x, training=training)
         return x
 
-    def _steps(self) -> list:
-        """The layers as a training step and inference run them (:func:`cnnlab.fusion.steps`).
+    def _steps(self, training: bool = True) -> list:
+        """The layers as a training step or inference runs them (:func:`cnnlab.fusion.steps`).
         The last layer stays on its own: the loss reads its logits."""
-        if self._step_cache is None:
-            self._step_cache = fusion.steps(self.layers[:-1]) + self.layers[-1:]
-        return self._step_cache
+        if training not in self._step_cache:
+            self._step_cache[training] = fusion.steps(self.layers[:-1], training) + self.layers[-1:]
+        return self._step_cache[training]
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         """Backpropagate ``dy`` (gradient of the output) through every layer; returns ``dx``."""

@@ -123,6 +123,7 @@ def conv2d_forward(
     strides: tuple[int, int] = (1, 1),
     padding: str = "valid",
     workspace: dict | None = None,
+    normalize: tuple | None = None,
 ) -> tuple[np.ndarray, tuple]:
     """Forward pass, fast: :func:`conv2d_forward_reference` a few images at a time.
 
@@ -134,6 +135,11 @@ def conv2d_forward(
     ``workspace`` is a dict the caller keeps between calls (a layer keeps one); the padded
     input and each thread's chunk buffer live there, so a training step allocates them only
     once. The cache is valid until the next call with the same workspace.
+
+    ``normalize = (mean, scale, beta, slope)``, for inference, replaces the bias: each chunk's
+    output becomes ``leaky((y - mean) * scale + beta)`` (:func:`cnnlab.ops.kernels.normalize`)
+    while it is in the cache. That is batch norm with its moving statistics and the (leaky)
+    ReLU after it, with the convolution's bias folded into ``mean``.
     """
     n, h, w, c = x.shape
     kh, kw, _, f = kernel.shape
@@ -149,14 +155,20 @@ def conv2d_forward(
     y = np.empty((n, oh, ow, f), dtype=np.result_type(x, kernel))
 
     def images(start: int, stop: int) -> None:
-        cols = _buffer(
-            workspace, ("cols", threading.get_ident()), (step, oh, ow, kh, kw, c), x.dtype
-        )
+        me = threading.get_ident()
+        cols = _buffer(workspace, ("cols", me), (step, oh, ow, kh, kw, c), x.dtype)
+        if normalize is not None:  # the product goes to a scratch chunk, normalized into y
+            z = _buffer(workspace, ("z", me), (step * oh * ow, f), y.dtype)
         for a, b in _chunks(start, stop, step):
             if padded:
                 xp[a:b, top : top + h, left : left + w] = x[a:b]
             np.copyto(cols[: b - a], windows(xp[a:b], (kh, kw), strides, (oh, ow)))
             out = y[a:b].reshape(-1, f)
+            if normalize is not None:
+                # Out of place: a loop that writes where it reads is not vectorised.
+                np.matmul(cols[: b - a].reshape(-1, k), kmat, out=z[: len(out)])
+                kernels.normalize(z[: len(out)], *normalize, out)
+                continue
             np.matmul(cols[: b - a].reshape(-1, k), kmat, out=out)
             if bias is not None:
                 out += bias
