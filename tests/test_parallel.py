@@ -131,7 +131,10 @@ def test_dense_gives_the_formula_on_any_number_of_threads(threads, slice_counts,
     np.testing.assert_allclose(dx, dy @ k.T, rtol=1e-12, atol=1e-10)
     np.testing.assert_allclose(dk, x.T @ dy, rtol=1e-12, atol=1e-10)
     np.testing.assert_allclose(db, dy.sum(axis=0), rtol=1e-12, atol=1e-10)
-    assert slice_counts == [min(n_threads, 2)] * 3
+    assert slice_counts == [min(n_threads, 2)] * 2  # forward; all three gradients in one
+    no_dx, dk_alone, _ = dense.dense_backward(dy, cache, k, input_gradient=False)
+    assert no_dx is None
+    np.testing.assert_array_equal(dk_alone, dk)
 
 
 def test_thread_counts_must_be_positive_integers(threads, monkeypatch):

@@ -33,29 +33,27 @@ def dense_forward(
 def dense_backward(
     dy: np.ndarray, x: np.ndarray, kernel: np.ndarray, input_gradient: bool = True
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
-    """``dx = dy @ kernel.T``, ``dkernel = x.T @ dy``, ``dbias = sum_n dy``, each split over the
-    cores by the columns it produces (units for ``dkernel`` and ``dbias``, inputs for ``dx``).
+    """``dx = dy @ kernel.T``, ``dkernel = x.T @ dy``, ``dbias = sum_n dy``, split over the cores
+    by the columns they produce: each thread takes a block of units for ``dkernel`` and
+    ``dbias``, and the same share of the inputs for ``dx``, in one call.
 
     ``input_gradient=False`` skips ``dx`` (returned as None): the first layer of a model needs
     only the gradients of its weights.
     """
     dtype = np.result_type(dy, kernel)
+    d, units = kernel.shape
     dkernel = np.empty(kernel.shape, dtype=dtype)
-    dbias = np.empty(kernel.shape[1], dtype=dtype)
+    dbias = np.empty(units, dtype=dtype)
+    dx = np.empty((len(dy), d), dtype=dtype) if input_gradient else None
 
-    def units(start: int, stop: int) -> None:
+    def columns(start: int, stop: int) -> None:
         np.matmul(x.T, dy[:, start:stop], out=dkernel[:, start:stop])
         dbias[start:stop] = column_sums(dy[:, start:stop])
+        if input_gradient:
+            lo, hi = start * d // units, stop * d // units
+            np.matmul(dy, kernel[lo:hi].T, out=dx[:, lo:hi])
 
-    parallel.over_batch(units, kernel.shape[1], _grain(len(x), kernel.shape[0]))
-    if not input_gradient:
-        return None, dkernel, dbias
-    dx = np.empty((len(dy), kernel.shape[0]), dtype=dtype)
-
-    def inputs(start: int, stop: int) -> None:
-        np.matmul(dy, kernel[start:stop].T, out=dx[:, start:stop])
-
-    parallel.over_batch(inputs, kernel.shape[0], _grain(len(dy), kernel.shape[1]))
+    parallel.over_batch(columns, units, _grain(len(x), d))
     return dx, dkernel, dbias
 
 
