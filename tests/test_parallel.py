@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -70,6 +73,85 @@ def test_a_failing_slice_raises_after_every_slice_has_finished(threads):
     with pytest.raises(RuntimeError, match="slice 0 failed"):
         parallel.over_batch(run, 9)
     assert sorted(finished) == [3, 6]
+
+
+def test_a_spinning_wait_sees_a_change_made_by_another_thread():
+    """The compiled loop reads the flag again each round (were the read hoisted out of the
+    loop, it would spin its whole budget, here hours)."""
+    flag, scratch, seen = np.zeros(1, np.int64), np.zeros(1, np.int64), []
+    waiter = threading.Thread(
+        target=lambda: seen.append(parallel._wait_for_change(flag, 0, 10**13, scratch))
+    )
+    waiter.start()
+    time.sleep(0.05)
+    flag[0] = 1
+    waiter.join(timeout=10)
+    assert not waiter.is_alive() and seen == [True]
+    assert parallel._wait_for_change(flag, 1, 1000, scratch) is False  # no change: gives up
+
+
+def test_slices_run_when_the_workers_sleep_between_calls(threads, monkeypatch):
+    threads(2)
+    monkeypatch.setattr(parallel, "_SPINS", 1)  # no spinning: every wait sleeps
+    for n in range(2, 12):
+        time.sleep(0.002)
+        assert parallel.over_batch(lambda a, b: (a, b), n) == parallel.batch_slices(n, 2)
+
+
+def test_new_thread_counts_stop_the_old_workers(threads):
+    threads(3)
+    parallel.over_batch(lambda a, b: None, 3)
+    old = [worker.thread for worker in parallel._workers]
+    assert len(old) == 2 and all(thread.is_alive() for thread in old)
+    threads(2)
+    assert not any(thread.is_alive() for thread in old)
+    assert parallel.over_batch(lambda a, b: b - a, 5) == [2, 3]
+
+
+def test_idle_workers_sleep_instead_of_spinning(threads):
+    threads(2)
+    parallel.over_batch(lambda a, b: None, 2)
+    time.sleep(0.1)  # well past the spinning after the last slice
+    before = time.process_time()
+    time.sleep(0.3)
+    assert time.process_time() - before < 0.05  # the process's CPU time, every thread's
+
+
+def test_callers_on_two_threads_get_their_own_results(threads):
+    threads(2)
+    results, errors = {}, []
+
+    def caller(k):
+        try:
+            for _ in range(200):
+                out = parallel.over_batch(lambda a, b: list(range(a + k, b + k)), 6)
+                assert sum(out, []) == list(range(k, 6 + k))
+            results[k] = True
+        except BaseException as err:
+            errors.append(err)
+
+    callers = [threading.Thread(target=caller, args=(k,)) for k in (0, 100)]
+    for thread in callers:
+        thread.start()
+    for thread in callers:
+        thread.join(timeout=60)
+    assert not errors and results == {0: True, 100: True}
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_starts_workers_of_its_own(threads):
+    threads(2)
+    parallel.over_batch(lambda a, b: None, 2)  # the parent's workers exist
+    child = multiprocessing.get_context("fork").Process(target=_split_and_exit)
+    child.start()
+    child.join(timeout=20)
+    if child.is_alive():
+        child.kill()
+    assert child.exitcode == 0
+
+
+def _split_and_exit():
+    os._exit(0 if parallel.over_batch(lambda a, b: b - a, 5) == [2, 3] else 1)
 
 
 def test_errstate_holds_inside_the_slices(threads):
