@@ -123,6 +123,10 @@ def over_batch(run: Callable[[int, int], T], n: int, grain: int = 1) -> list[T]:
     if not _using_workers.acquire(blocking=False):  # another thread of the caller's has them
         return [run(0, n)]
     try:
+        if not _workers:
+            # Compiled (or loaded from numba's cache) here, before any worker runs it: two
+            # threads compiling at once could deadlock on numba's compiler lock and the GIL.
+            _wait_for_change(np.ones(1, np.int64), 0, 1, np.zeros(1, np.int64))
         while len(_workers) < num_threads() - 1:
             _workers.append(_Worker(f"cnnlab-{len(_workers) + 1}"))
         *others, last = batch_slices(n, threads)
@@ -152,7 +156,7 @@ def _inside(run: Callable[[int, int], T], start: int, stop: int) -> T:
         _state.inside = False
 
 
-@numba.njit("boolean(int64[:], int64, int64, int64[:])", nogil=True, cache=True)
+@numba.njit(nogil=True, cache=True)
 def _wait_for_change(flag, old, spins, scratch):
     """Spin, without the GIL, until ``flag[0] != old``, at most ``spins`` rounds; True if it
     changed. Each round adds one to ``scratch``, which for the compiler may be the same memory
