@@ -151,6 +151,7 @@ def conv2d_forward(
     # The border of the padded buffer is zeroed once; each call writes only its inside.
     xp = _buffer(workspace, "xp", xp_shape, x.dtype, zeros=True) if padded else x
     step = _images_per_chunk((oh, ow), k, x.itemsize)
+    patches = windows(xp, (kh, kw), strides, (oh, ow))
     kmat = kernel.reshape(k, f)
     y = np.empty((n, oh, ow, f), dtype=np.result_type(x, kernel))
 
@@ -162,7 +163,7 @@ def conv2d_forward(
         for a, b in _chunks(start, stop, step):
             if padded:
                 xp[a:b, top : top + h, left : left + w] = x[a:b]
-            np.copyto(cols[: b - a], windows(xp[a:b], (kh, kw), strides, (oh, ow)))
+            np.copyto(cols[: b - a], patches[a:b])
             out = y[a:b].reshape(-1, f)
             if normalize is not None:
                 # Out of place: a loop that writes where it reads is not vectorised.
@@ -197,6 +198,7 @@ def conv2d_backward(
     dtype = np.result_type(dy, kernel)
     dy = np.ascontiguousarray(dy)
     step = _images_per_chunk((oh, ow), k, xp.itemsize)
+    patches = windows(xp, (kh, kw), strides, (oh, ow))
     (top, _), (left, _) = pads
     dx = np.empty(x_shape, dtype=dtype) if input_gradient else None
 
@@ -210,7 +212,7 @@ def conv2d_backward(
         part = np.empty_like(dkernel)
         for a, b in _chunks(start, stop, step):
             dy2 = dy[a:b].reshape(-1, f)
-            np.copyto(cols[: b - a], windows(xp[a:b], (kh, kw), strides, (oh, ow)))
+            np.copyto(cols[: b - a], patches[a:b])
             dkernel += np.matmul(cols[: b - a].reshape(-1, k).T, dy2, out=part)
             if input_gradient:
                 np.matmul(dy2, kmat_t, out=dcols[: b - a].reshape(-1, k))
