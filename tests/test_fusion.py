@@ -167,3 +167,25 @@ def test_backward_after_a_fused_inference_call_is_refused():
     norm.normalize(x, training=False, negative_slope=0.3)
     with pytest.raises(RuntimeError, match="backward needs a forward pass first"):
         norm.backward(x)
+
+
+def test_predict_between_a_training_call_and_its_backward_leaves_the_backward_alone():
+    rng = np.random.default_rng(5)
+    model = Sequential(
+        [
+            layers.Input((6, 6, 2)),
+            layers.Conv2D(3, 3, padding="same", dtype="float64"),
+            layers.BatchNormalization(dtype="float64"),
+            layers.LeakyReLU(dtype="float64"),
+            layers.Flatten(dtype="float64"),
+            layers.Dense(2, dtype="float64"),
+        ]
+    )
+    x, other = rng.normal(size=(2, 4, 6, 6, 2))
+    dy = rng.normal(size=(4, 2))
+    model(x, training=True)
+    expected = model.backward(dy), model.layers[0].grads["kernel"].copy()
+    model(x, training=True)
+    model.predict(other)  # the same shapes, through the fused inference steps
+    np.testing.assert_array_equal(model.backward(dy), expected[0])
+    np.testing.assert_array_equal(model.layers[0].grads["kernel"], expected[1])

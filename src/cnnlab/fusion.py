@@ -65,6 +65,7 @@ class ConvNormalizeActivate:
         self.name = "+".join(layer.name for layer in (conv, norm, activation) if layer)
         self.output_shape = norm.output_shape
         self.negative_slope = None if activation is None else _negative_slope(activation)
+        self._workspace: dict = {}  # its own, so the conv layer's cache for backward stays
 
     def __call__(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         if training:
@@ -81,7 +82,7 @@ class ConvNormalizeActivate:
             None,
             conv.strides,
             conv.padding,
-            conv._workspace,
+            self._workspace,
             normalize=(mean, scale, w["beta"], slope),
         )
         return y
