@@ -18,8 +18,9 @@ against 2,510 with BLAS held to one thread throughout). So a model holds it for 
 The slices go to cnnlab's own threads (:class:`_Worker`), which wait for the next slice by
 spinning for a few milliseconds before they sleep, as OpenMP's threads do: waking a sleeping
 thread took 30-80 us here, and an op of a training step comes a fraction of a millisecond
-after the last (an empty split over two threads: 78 us with a ``ThreadPoolExecutor``, 16 us
-this way; the CNN's training step at batch 32: 11.9 -> 10.9 ms).
+after the last (an empty split over two threads: 78 us with a ``ThreadPoolExecutor``, 45-60 us
+this way, most of it the GIL passing between the threads; the CNN's training step at batch 32:
+13.0 -> 12.5 ms).
 
 Threads: :func:`set_num_threads`, or the environment variable ``CNNLAB_NUM_THREADS``; by
 default, as many as the cores this process may run on.
