@@ -165,13 +165,12 @@ def conv2d_forward(
                 xp[a:b, top : top + h, left : left + w] = x[a:b]
             np.copyto(cols[: b - a], patches[a:b])
             out = y[a:b].reshape(-1, f)
+            # Normalized out of place: a loop that writes where it reads is not vectorised.
+            product = out if normalize is None else z[: len(out)]
+            np.matmul(cols[: b - a].reshape(-1, k), kmat, out=product)
             if normalize is not None:
-                # Out of place: a loop that writes where it reads is not vectorised.
-                np.matmul(cols[: b - a].reshape(-1, k), kmat, out=z[: len(out)])
-                kernels.normalize(z[: len(out)], *normalize, out)
-                continue
-            np.matmul(cols[: b - a].reshape(-1, k), kmat, out=out)
-            if bias is not None:
+                kernels.normalize(product, *normalize, out)
+            elif bias is not None:
                 out += bias
 
     parallel.over_batch(images, n)
