@@ -93,8 +93,9 @@ class Sequential:
 
     def _run_steps(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         """The model's output, as training and inference compute it: with each batch norm and
-        the activation after it as one op (:mod:`cnnlab.fusion`). The same numbers as
-        ``self(x, training)``, but only a training step's backward pass may follow."""
+        the activation after it as one op, and at inference the convolution before them too
+        (:mod:`cnnlab.fusion`). The numbers of ``self(x, training)``, bit for bit in training
+        and up to rounding at inference; only a training step's backward pass may follow."""
         x = self._checked_input(x)
         with one_blas_thread():
             for step in self._steps(training):
