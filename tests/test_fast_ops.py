@@ -9,7 +9,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cnnlab.ops import activations, batchnorm, conv, parallel, sums
+from cnnlab.ops import activations, batchnorm, blas, conv, parallel, sums
+
+
+@pytest.fixture(params=["compiled", "numpy"])
+def products(request, monkeypatch):
+    """The conv forward's two forms of its chunk loop: one compiled loop calling NumPy's BLAS
+    (where it is found), and NumPy calls from Python (everywhere else)."""
+    if request.param == "numpy":
+        monkeypatch.setattr(conv, "_compiled_products", lambda x, kernel: False)
+    return request.param
 
 
 def _close(a, b, dtype):
@@ -32,7 +41,7 @@ CONV_CASES = [
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n,h,w,c,f,kernel,strides,padding", CONV_CASES)
-def test_fast_conv_matches_reference(dtype, n, h, w, c, f, kernel, strides, padding):
+def test_fast_conv_matches_reference(products, dtype, n, h, w, c, f, kernel, strides, padding):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(n, h, w, c)).astype(dtype)
     k = rng.normal(size=(*kernel, c, f)).astype(dtype)
@@ -52,7 +61,9 @@ def test_fast_conv_matches_reference(dtype, n, h, w, c, f, kernel, strides, padd
 
 @pytest.mark.parametrize("n_threads", [1, 2])
 @pytest.mark.parametrize("strides,padding", [((1, 1), "same"), ((2, 2), "same")])
-def test_fast_conv_in_many_chunks_matches_reference(monkeypatch, n_threads, strides, padding):
+def test_fast_conv_in_many_chunks_matches_reference(
+    products, monkeypatch, n_threads, strides, padding
+):
     """A chunk of one image's im2col matrix at a time, on each core's slice of 7 images: the
     chunks and their sums over the kernel gradient give the whole batch's numbers."""
     monkeypatch.setattr(conv, "_CHUNK_BYTES", 1)
@@ -87,7 +98,36 @@ def _check_conv_in_chunks(monkeypatch, strides, padding):
     assert all(len(chunks) >= 3 and all(b - a == 1 for a, b in chunks) for chunks in steps)
 
 
-def test_workspace_is_reused_across_calls_of_different_shapes():
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("strides,padding", [((1, 1), "same"), ((2, 2), "same"), ((1, 1), "valid")])
+def test_conv_with_normalize_is_conv_then_batchnorm_then_leaky(products, dtype, strides, padding):
+    """``normalize=(mean, scale, beta, slope)``: each output chunk goes through
+    ``leaky((y - mean) * scale + beta)``, written out here with NumPy on the reference conv."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(5, 7, 6, 3)).astype(dtype)
+    k = rng.normal(size=(3, 3, 3, 4)).astype(dtype)
+    mean, beta = rng.normal(size=(2, 4)).astype(dtype)
+    scale = rng.uniform(0.5, 2.0, size=4).astype(dtype)
+    slope = dtype(0.3)
+    y, _ = conv.conv2d_forward(x, k, None, strides, padding, normalize=(mean, scale, beta, slope))
+    v = (conv.conv2d_forward_reference(x, k, None, strides, padding)[0] - mean) * scale + beta
+    _close(y, np.where(v > 0, v, slope * v), dtype)
+
+
+def test_numpy_blas_is_found_for_the_compiled_conv():
+    """NumPy's wheels carry OpenBLAS: its gemm is found, so the conv runs as compiled loops
+    (elsewhere it falls back to NumPy calls, with the same numbers, slower)."""
+    build = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+    if "openblas" not in build["name"]:
+        pytest.skip(f"NumPy is built with {build['name']}, not OpenBLAS")
+    x32, k32 = np.zeros((1, 3, 3, 2), np.float32), np.zeros((3, 3, 2, 4), np.float32)
+    assert conv._compiled_products(x32, k32)
+    assert conv._compiled_products(x32.astype(np.float64), k32.astype(np.float64))
+    assert not conv._compiled_products(x32, k32.astype(np.float64))
+    assert blas.gemm(np.float16) is None
+
+
+def test_workspace_is_reused_across_calls_of_different_shapes(products):
     rng = np.random.default_rng(1)
     k = rng.normal(size=(3, 3, 2, 3))
     workspace: dict = {}

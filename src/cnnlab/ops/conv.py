@@ -19,7 +19,10 @@ read; ``conv2d_forward`` / ``conv2d_backward`` are the fast ones the layers use.
 same im2col and matrix products, but each core takes a slice of the batch
 (:mod:`cnnlab.ops.parallel`) and works through it a few images at a time, so that a chunk's
 im2col matrix stays in the cache between its copy and its matrix products; the backward pass
-copies the windows again instead of keeping the whole batch's im2col matrix. Buffers are reused
+copies the windows again instead of keeping the whole batch's im2col matrix. The forward pass
+runs a core's chunks as one compiled loop that calls NumPy's own BLAS
+(:func:`cnnlab.ops.kernels.conv_forward_images`, :mod:`cnnlab.ops.blas`), so that it holds no
+GIL the other core waits for; where that BLAS is not found, as NumPy calls. Buffers are reused
 from step to step (``workspace``), and col2im is a compiled loop
 (:func:`cnnlab.ops.kernels.col2im`) that adds straight into the unpadded input gradient. A
 test checks that both give the same numbers.
@@ -31,7 +34,7 @@ import threading
 
 import numpy as np
 
-from cnnlab.ops import kernels, parallel
+from cnnlab.ops import blas, kernels, parallel
 from cnnlab.ops.padding import window_geometry
 from cnnlab.ops.sums import column_sums
 from cnnlab.ops.windows import add_windows, pad_hw, windows
@@ -116,6 +119,11 @@ def _images_per_chunk(out_hw: tuple[int, int], k: int, itemsize: int) -> int:
     return max(1, _CHUNK_BYTES // (out_hw[0] * out_hw[1] * k * itemsize))
 
 
+def _compiled_products(x: np.ndarray, kernel: np.ndarray) -> bool:
+    """Whether the chunks can run as one compiled loop: NumPy's BLAS found, one float dtype."""
+    return x.dtype == kernel.dtype and blas.gemm(x.dtype) is not None and blas.memcpy() is not None
+
+
 def conv2d_forward(
     x: np.ndarray,
     kernel: np.ndarray,
@@ -129,7 +137,8 @@ def conv2d_forward(
 
     The batch is split over the cores (:func:`cnnlab.ops.parallel.over_batch`), and each core
     takes its slice in chunks of a few images whose im2col matrix fits in its cache: copy the
-    windows, one matrix product, add the bias. The cache keeps the padded input, not the
+    windows, one matrix product, add the bias; in one compiled call where NumPy's BLAS is found
+    (:func:`_compiled_products`), else in NumPy calls. The cache keeps the padded input, not the
     im2col matrix; the backward pass copies the windows again, chunk by chunk.
 
     ``workspace`` is a dict the caller keeps between calls (a layer keeps one); the padded
@@ -151,15 +160,32 @@ def conv2d_forward(
     # The border of the padded buffer is zeroed once; each call writes only its inside.
     xp = _buffer(workspace, "xp", xp_shape, x.dtype, zeros=True) if padded else x
     step = _images_per_chunk((oh, ow), k, x.itemsize)
-    patches = windows(xp, (kh, kw), strides, (oh, ow))
     kmat = kernel.reshape(k, f)
     y = np.empty((n, oh, ow, f), dtype=np.result_type(x, kernel))
+    compiled = _compiled_products(x, kernel)
+    if compiled:
+        x, kmat = np.ascontiguousarray(x), np.ascontiguousarray(kmat)
+        gemm, copy, corner = blas.gemm(y.dtype), blas.memcpy(), (top, left)
+        if normalize is not None:  # one dtype for the compiled loop; a 0-d array slope is slow
+            *vectors, slope = normalize
+            normalize = (*(np.asarray(v, y.dtype) for v in vectors), y.dtype.type(slope))
+    else:
+        patches = windows(xp, (kh, kw), strides, (oh, ow))
 
     def images(start: int, stop: int) -> None:
         me = threading.get_ident()
         cols = _buffer(workspace, ("cols", me), (step, oh, ow, kh, kw, c), x.dtype)
-        if normalize is not None:  # the product goes to a scratch chunk, normalized into y
-            z = _buffer(workspace, ("z", me), (step * oh * ow, f), y.dtype)
+        # With batch norm after it, the product goes to a scratch chunk, normalized into y.
+        z = (
+            None
+            if normalize is None
+            else _buffer(workspace, ("z", me), (step * oh * ow, f), y.dtype)
+        )
+        if compiled:
+            kernels.conv_forward_images(
+                gemm, copy, x, xp, corner, strides, start, stop, kmat, cols, bias, normalize, z, y
+            )
+            return
         for a, b in _chunks(start, stop, step):
             if padded:
                 xp[a:b, top : top + h, left : left + w] = x[a:b]

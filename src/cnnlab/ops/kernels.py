@@ -1,4 +1,5 @@
-"""Compiled loops for the element-wise work of a step, col2im and Adam's update.
+"""Compiled loops for the element-wise work of a step, col2im, Adam's update, and a conv's
+forward chunks, which call BLAS as well (:func:`conv_forward_images`).
 
 NumPy runs each element-wise operation as its own pass over memory, with a temporary array
 for each, and adds col2im's windows back one short run of ``C`` values at a time. These loops,
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+
+from cnnlab.ops import blas
 
 # error_model="numpy": a division by zero gives inf or nan, as in NumPy, instead of a check
 # for Python's ZeroDivisionError at every division, which keeps LLVM from vectorising a loop
@@ -124,6 +127,69 @@ def col2im(dcols, sh, sw, top, left, dx):
                             if 0 <= q < w:
                                 for ch in range(c):
                                     dx[img, r, q, ch] += dcols[img, i, j, a, b, ch]
+
+
+@_compiled
+def _matmul(gemm, a, b, c, m, k, n):
+    """``c = a @ b`` by BLAS's ``gemm``, for C-contiguous ``a: (m, k)``, ``b: (k, n)``,
+    ``c: (m, n)`` given by the addresses of their first elements (:mod:`cnnlab.ops.blas`)."""
+    gemm(blas.ROW_MAJOR, blas.NO_TRANS, blas.NO_TRANS, m, n, k, 1.0, a, k, b, n, 0.0, c, n)
+
+
+@_compiled
+def conv_forward_images(
+    gemm, memcpy, x, xp, pads, strides, start, stop, kmat, cols, bias, norm, z, y
+):
+    """Images ``start:stop`` of a convolution, a chunk of ``len(cols)`` images at a time, each
+    chunk copied into the cache, multiplied and finished there, all without the GIL.
+
+    For each chunk: copy its images into the inside of the padded ``xp`` (whose border is
+    zero) unless ``xp`` is ``x``; im2col, one ``memcpy`` per window row (``kw * C``
+    consecutive values of ``xp``); ``y = cols @ kmat`` by BLAS's ``gemm``; then either
+    ``y += bias`` or, with ``norm = (mean, scale, beta, slope)``, the product goes to ``z`` and
+    ``y = leaky((z - mean) * scale + beta)`` (:func:`normalize`).
+
+    ``x: (N, H, W, C)``, ``xp: (N, Hp, Wp, C)``, ``kmat: (kh*kw*C, F)``, ``cols: (step, oh,
+    ow, kh, kw, C)``, ``z: (step*oh*ow, F)``, ``y: (N, oh, ow, F)``, all C-contiguous and of
+    one dtype, float32 or float64 (``gemm`` is ``cblas_sgemm`` or ``cblas_dgemm`` to match).
+    ``pads = (top, left)``, ``strides = (sh, sw)``; ``bias`` may be None.
+    """
+    n, h, w, c = x.shape
+    step, oh, ow, kh, kw, _ = cols.shape
+    k, f = kmat.shape
+    top, left = pads
+    sh, sw = strides
+    size = x.itemsize
+    per_image = oh * ow
+    y2 = y.reshape(n * per_image, f)
+    xp_row, xp_image = xp.shape[2] * c, xp.shape[1] * xp.shape[2] * c
+    x_at, xp_at, cols_at = x.ctypes.data, xp.ctypes.data, cols.ctypes.data
+    for a in range(start, stop, step):
+        b = min(a + step, stop)
+        if xp_at != x_at:
+            for img in range(a, b):
+                for i in range(h):
+                    dst = img * xp_image + (top + i) * xp_row + left * c
+                    memcpy(xp_at + dst * size, x_at + (img * h + i) * w * c * size, w * c * size)
+        dst = 0
+        for img in range(a, b):
+            for i in range(oh):
+                for j in range(ow):
+                    for p in range(kh):
+                        src = img * xp_image + (i * sh + p) * xp_row + j * sw * c
+                        memcpy(cols_at + dst * size, xp_at + src * size, kw * c * size)
+                        dst += kw * c
+        m = (b - a) * per_image
+        out = y2[a * per_image : b * per_image]
+        if norm is not None:
+            _matmul(gemm, cols_at, kmat.ctypes.data, z.ctypes.data, m, k, f)
+            normalize(z[:m], norm[0], norm[1], norm[2], norm[3], out)
+            continue
+        _matmul(gemm, cols_at, kmat.ctypes.data, out.ctypes.data, m, k, f)
+        if bias is not None:
+            for i in range(m):
+                for j in range(f):
+                    out[i, j] += bias[j]
 
 
 @_compiled
