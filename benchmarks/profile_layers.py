@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from cnnlab import zoo
-from cnnlab.fusion import ConvNormalizeActivate, NormalizeActivate
+from cnnlab.fusion import ConvChain, ConvNormalizeActivate, NormalizeActivate
 from cnnlab.memory import keep_freed_memory
 from cnnlab.ops.parallel import one_blas_thread
 from cnnlab.seeding import set_random_seed
@@ -92,7 +92,7 @@ def profile(model_name: str, batch_size: int, image_size: int, steps: int, train
 
 
 def _describe(step) -> str:
-    fused = isinstance(step, (NormalizeActivate, ConvNormalizeActivate))
+    fused = isinstance(step, (NormalizeActivate, ConvNormalizeActivate, ConvChain))
     return f"{step.name} ({'one op' if fused else type(step).__name__})"
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cnnlab import fusion, layers, zoo
-from cnnlab.fusion import ConvNormalizeActivate, NormalizeActivate
+from cnnlab.fusion import NormalizeActivate
 from cnnlab.model import Sequential
 from cnnlab.ops import activations, batchnorm, parallel
 
@@ -96,14 +96,15 @@ def test_inference_steps_take_each_conv_with_the_batch_norm_after_it():
     )
     steps = model._steps(training=False)
     assert [type(s).__name__ for s in steps] == [
-        "ConvNormalizeActivate",
-        "ConvNormalizeActivate",
+        "ConvChain",
         "Conv2D",
         "BatchNormalization",
         "Flatten",
         "Dense",
     ]
-    assert [s.negative_slope for s in steps[:2]] == [0.1, None]
+    assert [type(s).__name__ for s in steps[0].steps] == ["ConvNormalizeActivate"] * 2
+    assert [s.negative_slope for s in steps[0].steps] == [0.1, None]
+    assert steps[0].output_shape == model.layers[4].output_shape
     rng = np.random.default_rng(3)
     for layer in model.layers:  # statistics and weights away from their initial values
         if isinstance(layer, layers.BatchNormalization):
@@ -115,8 +116,55 @@ def test_inference_steps_take_each_conv_with_the_batch_norm_after_it():
             layer.weights["bias"][...] = rng.normal(size=3)
     x = rng.normal(size=(5, 6, 6, 2)).astype(np.float32)
     np.testing.assert_allclose(model.predict(x), model(x), rtol=1e-5, atol=1e-6)
-    with pytest.raises(ValueError, match="runs at inference only"):
-        steps[0](x, training=True)
+    for step in (steps[0], steps[0].steps[0]):
+        with pytest.raises(ValueError, match="runs at inference only"):
+            step(x, training=True)
+
+
+def test_a_conv_alone_between_other_layers_is_not_chained():
+    model = Sequential(
+        [
+            layers.Input((6, 6, 2)),
+            layers.Conv2D(3, 3, padding="same"),
+            layers.BatchNormalization(),
+            layers.ReLU(),
+            layers.MaxPooling2D(),
+            layers.Conv2D(3, 3, padding="same"),
+            layers.BatchNormalization(),
+            layers.Flatten(),
+            layers.Dense(4),
+        ]
+    )
+    kinds = [type(s).__name__ for s in model._steps(training=False)]
+    assert kinds == ["ConvNormalizeActivate", "MaxPooling2D", "ConvNormalizeActivate"] + [
+        "Flatten",
+        "Dense",
+    ]
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("batch", [1, 5, 16, 64])
+def test_conv_chain_gives_the_numbers_of_its_steps_one_by_one(n_threads, batch):
+    """Each core takes its slice through every step of the chain, with buffers of its own."""
+    before = parallel.num_threads()
+    parallel.set_num_threads(n_threads)
+    try:
+        model = zoo.cnn(input_shape=(16, 16, 3))
+        (chain,) = [s for s in model._steps(training=False) if isinstance(s, fusion.ConvChain)]
+        assert len(chain.steps) == 4
+        x = np.random.default_rng(4).uniform(-1, 1, (batch, 16, 16, 3)).astype(np.float32)
+        for _ in range(2):  # the second call reuses the buffers
+            expected = x
+            for step in chain.steps:
+                expected = step(expected)
+            np.testing.assert_array_equal(chain(x), expected)
+        # Buffers of their own: the cores' slices, run at once, may not share a padded input
+        # (a race that a comparison of numbers catches only now and then).
+        used = min(batch, n_threads)
+        for step in chain.steps:
+            assert len({id(ws["xp"]) for ws in step._workspaces.values() if ws}) >= used
+    finally:
+        parallel.set_num_threads(before)
 
 
 def test_layers_of_different_dtypes_stay_apart():
@@ -151,7 +199,7 @@ def test_training_and_inference_give_the_numbers_of_the_layers_one_by_one(monkey
             assert fused.train_step(x, y) == apart.train_step(x, y)
         for a, b in zip(fused.get_weights(), apart.get_weights(), strict=True):
             np.testing.assert_array_equal(a, b)
-        assert any(isinstance(s, ConvNormalizeActivate) for s in fused._steps(training=False))
+        assert any(isinstance(s, fusion.ConvChain) for s in fused._steps(training=False))
         np.testing.assert_allclose(fused.predict(x, batch_size=16), fused(x), rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(fused.evaluate(x, y), apart.evaluate(x, y), rtol=1e-5)
     finally:

@@ -6,17 +6,23 @@ the pair reads and writes the whole feature map twice each way; run as one op
 (:meth:`BatchNormalization.normalize` with ``negative_slope``), the activation is applied in
 batch norm's last pass forward, and taken back through in its passes backward, with the same
 numbers. At inference batch norm's statistics are fixed, and a Conv2D before it applies both
-to each chunk of its output while that is in the cache (:class:`ConvNormalizeActivate`).
+to each chunk of its output while that is in the cache (:class:`ConvNormalizeActivate`);
+consecutive ones run as one step, each core taking its slice of the batch through all of them
+(:class:`ConvChain`).
 ``Sequential.train_step``, ``predict`` and ``evaluate`` run these steps; calling the model, or
 a layer, still runs each layer on its own, keeping what its ``backward`` needs.
 """
 
 from __future__ import annotations
 
+import itertools
+import threading
+
 import numpy as np
 
 from cnnlab.layers import BatchNormalization, Conv2D, Layer
 from cnnlab.layers.core import Activation
+from cnnlab.ops import parallel
 from cnnlab.ops.conv import conv2d_forward
 
 
@@ -65,7 +71,9 @@ class ConvNormalizeActivate:
         self.name = "+".join(layer.name for layer in (conv, norm, activation) if layer)
         self.output_shape = norm.output_shape
         self.negative_slope = None if activation is None else _negative_slope(activation)
-        self._workspace: dict = {}  # its own, so the conv layer's cache for backward stays
+        # Its own, so the conv layer's cache for backward stays; one for each thread that
+        # runs it (a ConvChain runs it on every core).
+        self._workspaces: dict[int, dict] = {}
 
     def __call__(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         if training:
@@ -82,10 +90,34 @@ class ConvNormalizeActivate:
             None,
             conv.strides,
             conv.padding,
-            self._workspace,
+            self._workspaces.setdefault(threading.get_ident(), {}),
             normalize=(mean, scale, w["beta"], slope),
         )
         return y
+
+
+class ConvChain:
+    """Inference: consecutive :class:`ConvNormalizeActivate` steps as one. Each core takes its
+    slice of the batch through all of them, reading the maps it wrote itself, with one hand-over
+    to the threads instead of one for each layer."""
+
+    trainable_names: list[str] = []
+
+    def __init__(self, steps: list[ConvNormalizeActivate]):
+        self.steps = steps
+        self.name = f"{steps[0].name} .. {steps[-1].name}"
+        self.output_shape = steps[-1].output_shape
+
+    def __call__(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        if training:
+            raise ValueError(f"{self.name} runs at inference only, got training=True")
+        parts = parallel.over_batch(lambda start, stop: self._through(x[start:stop]), len(x))
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def _through(self, x: np.ndarray) -> np.ndarray:
+        for step in self.steps:
+            x = step(x)
+        return x
 
 
 def _negative_slope(activation: Activation) -> float:
@@ -115,7 +147,8 @@ def _conv_then_norm(layers: list[Layer]) -> bool:
 def steps(layers: list[Layer], training: bool = True) -> list:
     """``layers`` with each BatchNormalization and the ReLU or LeakyReLU right after it
     replaced by one :class:`NormalizeActivate` step; for inference (``training=False``), with
-    a Conv2D before them (or before a batch norm alone) in one :class:`ConvNormalizeActivate`."""
+    a Conv2D before them (or before a batch norm alone) in one :class:`ConvNormalizeActivate`,
+    and two or more of those in a row in one :class:`ConvChain`."""
     out: list = []
     i = 0
     while i < len(layers):
@@ -130,4 +163,13 @@ def steps(layers: list[Layer], training: bool = True) -> list:
             take = 1
             out.append(layers[i])
         i += take
+    return _chained(out)
+
+
+def _chained(steps: list) -> list:
+    """Each run of two or more ConvNormalizeActivate steps in ``steps`` as one ConvChain."""
+    out: list = []
+    for fused, run in itertools.groupby(steps, lambda s: isinstance(s, ConvNormalizeActivate)):
+        run = list(run)
+        out += [ConvChain(run)] if fused and len(run) > 1 else run
     return out
