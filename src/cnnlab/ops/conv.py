@@ -146,9 +146,9 @@ def conv2d_forward(
     once. The cache is valid until the next call with the same workspace.
 
     ``normalize = (mean, scale, beta, slope)``, for inference, replaces the bias: each chunk's
-    output becomes ``leaky((y - mean) * scale + beta)`` (:func:`cnnlab.ops.kernels.normalize`)
-    while it is in the cache. That is batch norm with its moving statistics and the (leaky)
-    ReLU after it, with the convolution's bias folded into ``mean``.
+    output becomes ``leaky((y - mean) * scale + beta)`` while it is in the cache
+    (:func:`cnnlab.ops.kernels.normalize_in_place`). That is batch norm with its moving
+    statistics and the (leaky) ReLU after it, with the convolution's bias folded into ``mean``.
     """
     n, h, w, c = x.shape
     kh, kw, _, f = kernel.shape
@@ -175,15 +175,9 @@ def conv2d_forward(
     def images(start: int, stop: int) -> None:
         me = threading.get_ident()
         cols = _buffer(workspace, ("cols", me), (step, oh, ow, kh, kw, c), x.dtype)
-        # With batch norm after it, the product goes to a scratch chunk, normalized into y.
-        z = (
-            None
-            if normalize is None
-            else _buffer(workspace, ("z", me), (step * oh * ow, f), y.dtype)
-        )
         if compiled:
             kernels.conv_forward_images(
-                gemm, copy, x, xp, corner, strides, start, stop, kmat, cols, bias, normalize, z, y
+                gemm, copy, x, xp, corner, strides, start, stop, kmat, cols, bias, normalize, y
             )
             return
         for a, b in _chunks(start, stop, step):
@@ -191,11 +185,9 @@ def conv2d_forward(
                 xp[a:b, top : top + h, left : left + w] = x[a:b]
             np.copyto(cols[: b - a], patches[a:b])
             out = y[a:b].reshape(-1, f)
-            # Normalized out of place: a loop that writes where it reads is not vectorised.
-            product = out if normalize is None else z[: len(out)]
-            np.matmul(cols[: b - a].reshape(-1, k), kmat, out=product)
+            np.matmul(cols[: b - a].reshape(-1, k), kmat, out=out)
             if normalize is not None:
-                kernels.normalize(product, *normalize, out)
+                kernels.normalize_in_place(out, *normalize)
             elif bias is not None:
                 out += bias
 

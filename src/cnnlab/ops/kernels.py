@@ -74,6 +74,18 @@ def normalize(x, mean, scale, beta, slope, out):
 
 
 @_compiled
+def normalize_in_place(x, mean, scale, beta, slope):
+    """:func:`normalize` with ``out = x``, as a loop of its own: given ``x`` twice, the loop
+    above is not vectorised, as the two arrays overlap (512K values: 269 us, against 50 us
+    here and 59 us into a second array)."""
+    m, c = x.shape
+    for i in range(m):
+        for j in range(c):
+            v = (x[i, j] - mean[j]) * scale[j] + beta[j]
+            x[i, j] = v if v > 0 else slope * v
+
+
+@_compiled
 def normalize_backward_sums(dy, x, mean, inv_std, scale, beta, slope):
     """``dbeta = sum_i g``, ``dgamma = sum_i g * x_hat`` with ``x_hat = (x - mean) * inv_std``.
 
@@ -137,20 +149,18 @@ def _matmul(gemm, a, b, c, m, k, n):
 
 
 @_compiled
-def conv_forward_images(
-    gemm, memcpy, x, xp, pads, strides, start, stop, kmat, cols, bias, norm, z, y
-):
+def conv_forward_images(gemm, memcpy, x, xp, pads, strides, start, stop, kmat, cols, bias, norm, y):
     """Images ``start:stop`` of a convolution, a chunk of ``len(cols)`` images at a time, each
     chunk copied into the cache, multiplied and finished there, all without the GIL.
 
     For each chunk: copy its images into the inside of the padded ``xp`` (whose border is
     zero) unless ``xp`` is ``x``; im2col, one ``memcpy`` per window row (``kw * C``
     consecutive values of ``xp``); ``y = cols @ kmat`` by BLAS's ``gemm``; then either
-    ``y += bias`` or, with ``norm = (mean, scale, beta, slope)``, the product goes to ``z`` and
-    ``y = leaky((z - mean) * scale + beta)`` (:func:`normalize`).
+    ``y += bias`` or, with ``norm = (mean, scale, beta, slope)``,
+    ``y = leaky((y - mean) * scale + beta)`` (:func:`normalize_in_place`).
 
     ``x: (N, H, W, C)``, ``xp: (N, Hp, Wp, C)``, ``kmat: (kh*kw*C, F)``, ``cols: (step, oh,
-    ow, kh, kw, C)``, ``z: (step*oh*ow, F)``, ``y: (N, oh, ow, F)``, all C-contiguous and of
+    ow, kh, kw, C)``, ``y: (N, oh, ow, F)``, all C-contiguous and of
     one dtype, float32 or float64 (``gemm`` is ``cblas_sgemm`` or ``cblas_dgemm`` to match).
     ``pads = (top, left)``, ``strides = (sh, sw)``; ``bias`` may be None.
     """
@@ -181,12 +191,10 @@ def conv_forward_images(
                         dst += kw * c
         m = (b - a) * per_image
         out = y2[a * per_image : b * per_image]
-        if norm is not None:
-            _matmul(gemm, cols_at, kmat.ctypes.data, z.ctypes.data, m, k, f)
-            normalize(z[:m], norm[0], norm[1], norm[2], norm[3], out)
-            continue
         _matmul(gemm, cols_at, kmat.ctypes.data, out.ctypes.data, m, k, f)
-        if bias is not None:
+        if norm is not None:
+            normalize_in_place(out, norm[0], norm[1], norm[2], norm[3])
+        elif bias is not None:
             for i in range(m):
                 for j in range(f):
                     out[i, j] += bias[j]
