@@ -159,10 +159,13 @@ def test_conv_chain_gives_the_numbers_of_its_steps_one_by_one(n_threads, batch):
                 expected = step(expected)
             np.testing.assert_array_equal(chain(x), expected)
         # Buffers of their own: the cores' slices, run at once, may not share a padded input
-        # (a race that a comparison of numbers catches only now and then).
+        # or a Winograd scratch (a race that a comparison of numbers catches only now and
+        # then).
         used = min(batch, n_threads)
         for step in chain.steps:
-            assert len({id(ws["xp"]) for ws in step._workspaces.values() if ws}) >= used
+            buffers = [id(a) for ws in step._workspaces.values() for a in ws.values()]
+            assert len(buffers) == len(set(buffers))
+            assert sum(1 for ws in step._workspaces.values() if ws) >= used
     finally:
         parallel.set_num_threads(before)
 

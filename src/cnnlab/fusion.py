@@ -22,7 +22,7 @@ import numpy as np
 
 from cnnlab.layers import BatchNormalization, Conv2D, Layer
 from cnnlab.layers.core import Activation
-from cnnlab.ops import parallel
+from cnnlab.ops import parallel, winograd
 from cnnlab.ops.conv import conv2d_forward
 
 
@@ -78,20 +78,32 @@ class ConvNormalizeActivate:
     def __call__(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         if training:
             raise ValueError(f"{self.name} runs at inference only, got training=True")
-        conv, w = self.conv, self.norm.weights
-        conv._check_input(x)
-        x = x.astype(conv.dtype, copy=False)
-        scale = w["gamma"] / np.sqrt(w["moving_variance"] + conv.dtype.type(self.norm.epsilon))
+        self.conv._check_input(x)
+        return self.run(x.astype(self.conv.dtype, copy=False), self.constants())
+
+    def constants(self) -> tuple:
+        """What the weights give for this call: batch norm's ``(mean, scale, beta, slope)``
+        with the bias folded in, and the Winograd-transformed filters where they are used
+        (:mod:`cnnlab.ops.winograd`), else None."""
+        conv, w, dtype = self.conv, self.norm.weights, self.conv.dtype
+        scale = w["gamma"] / np.sqrt(w["moving_variance"] + dtype.type(self.norm.epsilon))
         mean = w["moving_mean"] - conv.weights["bias"] if conv.use_bias else w["moving_mean"]
-        slope = conv.dtype.type(1.0 if self.negative_slope is None else self.negative_slope)
+        slope = 1.0 if self.negative_slope is None else self.negative_slope
+        normalize = (*(np.asarray(v, dtype) for v in (mean, scale, w["beta"])), dtype.type(slope))
+        kernel = conv.weights["kernel"]
+        fast = kernel.dtype == dtype and winograd.applies(kernel.shape, conv.strides, dtype)
+        return normalize, winograd.filter_transform(kernel) if fast else None
+
+    def run(self, x: np.ndarray, constants: tuple) -> np.ndarray:
+        """The output for a checked input of the conv's dtype, with :meth:`constants`."""
+        normalize, u = constants
+        workspace = self._workspaces.setdefault(threading.get_ident(), {})
+        if u is not None:
+            x = np.ascontiguousarray(x)
+            return winograd.conv3x3_forward(x, u, self.conv.padding, workspace, normalize)
+        conv = self.conv
         y, _ = conv2d_forward(
-            x,
-            conv.weights["kernel"],
-            None,
-            conv.strides,
-            conv.padding,
-            self._workspaces.setdefault(threading.get_ident(), {}),
-            normalize=(mean, scale, w["beta"], slope),
+            x, conv.weights["kernel"], None, conv.strides, conv.padding, workspace, normalize
         )
         return y
 
@@ -111,12 +123,16 @@ class ConvChain:
     def __call__(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         if training:
             raise ValueError(f"{self.name} runs at inference only, got training=True")
-        parts = parallel.over_batch(lambda start, stop: self._through(x[start:stop]), len(x))
+        first = self.steps[0].conv
+        first._check_input(x)
+        x = x.astype(first.dtype, copy=False)
+        constants = [step.constants() for step in self.steps]  # once, not on every core
+        parts = parallel.over_batch(lambda a, b: self._through(x[a:b], constants), len(x))
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
-    def _through(self, x: np.ndarray) -> np.ndarray:
-        for step in self.steps:
-            x = step(x)
+    def _through(self, x: np.ndarray, constants: list[tuple]) -> np.ndarray:
+        for step, values in zip(self.steps, constants, strict=True):
+            x = step.run(x, values)
         return x
 
 

@@ -102,7 +102,7 @@ def conv2d_backward_reference(
 _CHUNK_BYTES = 1 << 20
 
 
-def _buffer(workspace: dict | None, key, shape: tuple, dtype, zeros: bool = False):
+def buffer(workspace: dict | None, key, shape: tuple, dtype, zeros: bool = False):
     """A scratch array kept in ``workspace`` from one call to the next (fresh without one)."""
     if workspace is None:
         return np.zeros(shape, dtype) if zeros else np.empty(shape, dtype)
@@ -159,7 +159,7 @@ def conv2d_forward(
     padded = top or bottom or left or right
     xp_shape = (n, h + top + bottom, w + left + right, c)
     # The border of the padded buffer is zeroed once; each call writes only its inside.
-    xp = _buffer(workspace, "xp", xp_shape, x.dtype, zeros=True) if padded else x
+    xp = buffer(workspace, "xp", xp_shape, x.dtype, zeros=True) if padded else x
     step = _images_per_chunk((oh, ow), k, x.itemsize)
     kmat = kernel.reshape(k, f)
     y = np.empty((n, oh, ow, f), dtype=np.result_type(x, kernel))
@@ -175,7 +175,7 @@ def conv2d_forward(
 
     def images(start: int, stop: int) -> None:
         me = threading.get_ident()
-        cols = _buffer(workspace, ("cols", me), (step, oh, ow, kh, kw, c), x.dtype)
+        cols = buffer(workspace, ("cols", me), (step, oh, ow, kh, kw, c), x.dtype)
         if compiled:
             kernels.conv_forward_images(
                 gemm, copy, x, xp, corner, strides, start, stop, kmat, cols, bias, normalize, y
@@ -222,8 +222,8 @@ def conv2d_backward(
 
     def images(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         me = threading.get_ident()
-        cols = _buffer(workspace, ("cols", me), (step, oh, ow, kh, kw, c), xp.dtype)
-        dcols = input_gradient and _buffer(
+        cols = buffer(workspace, ("cols", me), (step, oh, ow, kh, kw, c), xp.dtype)
+        dcols = input_gradient and buffer(
             workspace, ("dcols", me), (step, oh, ow, kh, kw, c), dtype
         )
         dkernel = np.zeros((k, f), np.result_type(xp, dy))

@@ -1,0 +1,100 @@
+"""Winograd's F(4x4, 3x3) gives the numbers of the direct convolution, and runs the layers it
+is chosen for (3x3 filters, strides 1, enough channels) in inference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cnnlab import fusion, zoo
+from cnnlab.ops import blas, conv, parallel, winograd
+
+needs_blas = pytest.mark.skipif(
+    blas.gemm(np.float32) is None, reason="NumPy's BLAS is not OpenBLAS: no Winograd path"
+)
+
+
+def test_the_transforms_give_a_correlation_of_six_values_with_three():
+    rng = np.random.default_rng(0)
+    d, g = rng.normal(size=6), rng.normal(size=3)
+    direct = [d[k : k + 3] @ g for k in range(4)]
+    np.testing.assert_allclose(winograd.A_T @ ((winograd.G @ g) * (winograd.B_T @ d)), direct)
+
+
+def test_filter_transform_is_g_g_transposed_for_each_filter():
+    kernel = np.random.default_rng(1).normal(size=(3, 3, 2, 5)).astype(np.float32)
+    u = winograd.filter_transform(kernel)
+    assert u.shape == (36, 2, 5) and u.dtype == np.float32
+    for c, f in [(0, 0), (1, 4)]:
+        expected = winograd.G @ kernel[:, :, c, f].astype(np.float64) @ winograd.G.T
+        np.testing.assert_allclose(u[:, c, f].reshape(6, 6), expected, rtol=1e-6)
+
+
+CASES = [
+    # (batch, h, w, c, filters, padding): sizes that are and are not multiples of the tile
+    (3, 16, 16, 16, 8, "same"),
+    (2, 7, 9, 5, 6, "same"),
+    (5, 10, 11, 4, 3, "valid"),
+    (1, 1, 1, 3, 2, "same"),
+    (2, 3, 6, 2, 4, "valid"),
+]
+
+
+@needs_blas
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", CASES)
+def test_winograd_equals_the_direct_convolution(case, dtype):
+    n, h, w, c, f, padding = case
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(n, h, w, c)).astype(dtype)
+    kernel = (rng.normal(size=(3, 3, c, f)) / np.sqrt(9 * c)).astype(dtype)
+    expected, _ = conv.conv2d_forward_reference(
+        x.astype(np.float64), kernel.astype(np.float64), None, (1, 1), padding
+    )
+    workspace: dict = {}
+    for _ in range(2):  # the second call reuses the scratch
+        y = winograd.conv3x3_forward(x, winograd.filter_transform(kernel), padding, workspace)
+        assert y.dtype == dtype and y.shape == expected.shape
+        # float32: each output of F(4x4, 3x3) rounds a few sums of up to 36 terms more than
+        # the direct 9*C-term sum; float64 shows that the arithmetic is exact.
+        tolerance = 1e-12 if dtype == np.float64 else 2e-5
+        assert np.max(np.abs(y - expected)) <= tolerance * np.max(np.abs(expected))
+
+
+@needs_blas
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_winograd_with_batch_norm_and_leaky_relu_applies_their_formula(n_threads):
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(5, 9, 8, 16)).astype(np.float32)
+    kernel = (rng.normal(size=(3, 3, 16, 7)) / 12).astype(np.float32)
+    mean, beta = rng.normal(size=(2, 7)).astype(np.float32)
+    scale = rng.uniform(0.5, 2, 7).astype(np.float32)
+    slope = np.float32(0.3)
+    z, _ = conv.conv2d_forward_reference(x, kernel, None, (1, 1), "same")
+    v = (z - mean) * scale + beta
+    expected = np.where(v > 0, v, slope * v)
+    before = parallel.num_threads()
+    parallel.set_num_threads(n_threads)
+    try:
+        u = winograd.filter_transform(kernel)
+        y = winograd.conv3x3_forward(x, u, "same", {}, (mean, scale, beta, slope))
+    finally:
+        parallel.set_num_threads(before)
+    assert (expected < 0).any()
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=2e-5)
+
+
+@needs_blas
+def test_winograd_is_chosen_for_3x3_stride_1_convs_with_enough_channels():
+    assert winograd.applies((3, 3, 32, 64), (1, 1), np.float32)
+    assert not winograd.applies((3, 3, 32, 64), (2, 2), np.float32)  # strides 2
+    assert not winograd.applies((5, 5, 32, 64), (1, 1), np.float32)  # 5x5 filters
+    assert not winograd.applies((3, 3, 3, 32), (1, 1), np.float32)  # the image's 3 channels
+    assert not winograd.applies((3, 3, 32, 64), (1, 1), np.int32)  # no BLAS product
+    # In the book's CNN: the third conv (16x16x32 -> 64, strides 1) only.
+    model = zoo.cnn(input_shape=(32, 32, 3))
+    (chain,) = [s for s in model._steps(training=False) if isinstance(s, fusion.ConvChain)]
+    used = [step.constants()[1] is not None for step in chain.steps]
+    assert used == [False, False, True, False]
+    x = np.random.default_rng(4).uniform(-1, 1, (6, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(model.predict(x), model(x), rtol=1e-5, atol=1e-6)
