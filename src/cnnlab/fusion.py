@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import itertools
 import threading
+from collections.abc import Callable
 
 import numpy as np
 
 from cnnlab.layers import BatchNormalization, Conv2D, Layer
 from cnnlab.layers.core import Activation
 from cnnlab.ops import parallel, winograd
-from cnnlab.ops.conv import conv2d_forward
+from cnnlab.ops.conv import conv2d_forward_plan
 
 
 class NormalizeActivate:
@@ -79,7 +80,9 @@ class ConvNormalizeActivate:
         if training:
             raise ValueError(f"{self.name} runs at inference only, got training=True")
         self.conv._check_input(x)
-        return self.run(x.astype(self.conv.dtype, copy=False), self.constants())
+        y, images = self.plan(x.astype(self.conv.dtype, copy=False), self.constants())
+        parallel.over_batch(images, len(x))
+        return y
 
     def constants(self) -> tuple:
         """What the weights give for this call: batch norm's ``(mean, scale, beta, slope)``
@@ -94,24 +97,28 @@ class ConvNormalizeActivate:
         fast = kernel.dtype == dtype and winograd.applies(kernel.shape, conv.strides, dtype)
         return normalize, winograd.filter_transform(kernel) if fast else None
 
-    def run(self, x: np.ndarray, constants: tuple) -> np.ndarray:
-        """The output for a checked input of the conv's dtype, with :meth:`constants`."""
+    def plan(self, x: np.ndarray, constants: tuple) -> tuple[np.ndarray, Callable]:
+        """For a checked input of the conv's dtype, with :meth:`constants`: the output, not
+        yet filled, and ``images(start, stop)``, which fills its slice
+        (:func:`cnnlab.ops.conv.conv2d_forward_plan`)."""
         normalize, u = constants
         workspace = self._workspaces.setdefault(threading.get_ident(), {})
         if u is not None:
             x = np.ascontiguousarray(x)
-            return winograd.conv3x3_forward(x, u, self.conv.padding, workspace, normalize)
+            return winograd.conv3x3_forward_plan(x, u, self.conv.padding, workspace, normalize)
         conv = self.conv
-        y, _ = conv2d_forward(
+        y, images, _ = conv2d_forward_plan(
             x, conv.weights["kernel"], None, conv.strides, conv.padding, workspace, normalize
         )
-        return y
+        return y, images
 
 
 class ConvChain:
     """Inference: consecutive :class:`ConvNormalizeActivate` steps as one. Each core takes its
     slice of the batch through all of them, reading the maps it wrote itself, with one hand-over
-    to the threads instead of one for each layer."""
+    to the threads instead of one for each layer. The steps' outputs, their constants and
+    their buffers are set up once, before the hand-over (:meth:`ConvNormalizeActivate.plan`),
+    so that a core runs only compiled loops, without waiting on the other for Python's lock."""
 
     trainable_names: list[str] = []
 
@@ -125,15 +132,18 @@ class ConvChain:
             raise ValueError(f"{self.name} runs at inference only, got training=True")
         first = self.steps[0].conv
         first._check_input(x)
-        x = x.astype(first.dtype, copy=False)
-        constants = [step.constants() for step in self.steps]  # once, not on every core
-        parts = parallel.over_batch(lambda a, b: self._through(x[a:b], constants), len(x))
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+        y = x.astype(first.dtype, copy=False)
+        runs = []
+        for step in self.steps:
+            y, images = step.plan(y, step.constants())
+            runs.append(images)
 
-    def _through(self, x: np.ndarray, constants: list[tuple]) -> np.ndarray:
-        for step, values in zip(self.steps, constants, strict=True):
-            x = step.run(x, values)
-        return x
+        def through(start: int, stop: int) -> None:
+            for images in runs:
+                images(start, stop)
+
+        parallel.over_batch(through, len(x))
+        return y
 
 
 def _negative_slope(activation: Activation) -> float:

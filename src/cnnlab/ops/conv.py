@@ -32,6 +32,7 @@ test checks that both give the same numbers.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import numpy as np
 
@@ -151,6 +152,25 @@ def conv2d_forward(
     (:func:`cnnlab.ops.kernels.normalize_in_place`). That is batch norm with its moving
     statistics and the (leaky) ReLU after it, with the convolution's bias folded into ``mean``.
     """
+    y, images, cache = conv2d_forward_plan(x, kernel, bias, strides, padding, workspace, normalize)
+    parallel.over_batch(images, len(x))
+    return y, cache
+
+
+def conv2d_forward_plan(
+    x: np.ndarray,
+    kernel: np.ndarray,
+    bias: np.ndarray | None,
+    strides: tuple[int, int] = (1, 1),
+    padding: str = "valid",
+    workspace: dict | None = None,
+    normalize: tuple | None = None,
+) -> tuple[np.ndarray, Callable[[int, int], None], tuple]:
+    """:func:`conv2d_forward` before it runs: the output ``y``, not yet filled, the function
+    ``images(start, stop)`` that fills ``y[start:stop]`` (from ``x[start:stop]``, which need
+    only be filled by then, on the same thread), and the cache. Each thread that calls
+    ``images`` has its own chunk buffer; a caller runs the slices of several convs in a row on
+    each core this way (:class:`cnnlab.fusion.ConvChain`)."""
     n, h, w, c = x.shape
     kh, kw, _, f = kernel.shape
     k = kh * kw * c
@@ -192,8 +212,7 @@ def conv2d_forward(
             elif bias is not None:
                 out += bias
 
-    parallel.over_batch(images, n)
-    return y, (xp, kernel, x.shape, pads, strides)
+    return y, images, (xp, kernel, x.shape, pads, strides)
 
 
 def conv2d_backward(

@@ -35,6 +35,7 @@ one pixel each side) or ``(N, H - 2, W - 2, F)`` ("valid").
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import numba
 import numpy as np
@@ -266,6 +267,20 @@ def conv3x3_forward(
     ``u``'s dtype. The batch is split over the cores, and each core takes its images one at a
     time (:func:`forward_images`). ``normalize = (mean, scale, beta, slope)`` as in
     :func:`cnnlab.ops.conv.conv2d_forward`; ``workspace`` keeps each thread's scratch."""
+    y, images = conv3x3_forward_plan(x, u, padding, workspace, normalize)
+    parallel.over_batch(images, len(x))
+    return y
+
+
+def conv3x3_forward_plan(
+    x: np.ndarray,
+    u: np.ndarray,
+    padding: str,
+    workspace: dict | None = None,
+    normalize: tuple | None = None,
+) -> tuple[np.ndarray, Callable[[int, int], None]]:
+    """:func:`conv3x3_forward` before it runs: ``y``, not yet filled, and ``images(start,
+    stop)``, which fills ``y[start:stop]``, as :func:`cnnlab.ops.conv.conv2d_forward_plan`."""
     n, h, w, c = x.shape
     f = u.shape[2]
     (oh, ow), ((top, _), (left, _)) = window_geometry((h, w), (3, 3), (1, 1), padding)
@@ -279,5 +294,4 @@ def conv3x3_forward(
         m = buffer(workspace, ("winograd m", me), (PATCH * PATCH, tiles, f), x.dtype)
         forward_images(gemm, x, top, left, start, stop, u, v, m, normalize, y)
 
-    parallel.over_batch(images, n)
-    return y
+    return y, images
