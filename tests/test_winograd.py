@@ -98,3 +98,20 @@ def test_winograd_is_chosen_for_3x3_stride_1_convs_with_enough_channels():
     assert used == [False, False, True, False]
     x = np.random.default_rng(4).uniform(-1, 1, (6, 32, 32, 3)).astype(np.float32)
     np.testing.assert_allclose(model.predict(x), model(x), rtol=1e-5, atol=1e-6)
+
+
+@needs_blas
+def test_the_transformed_filters_follow_the_kernel_when_it_changes_in_place():
+    """The chain keeps the transform from call to call; an optimizer updates the kernel in
+    place, and the next predict must use the new weights."""
+    model = zoo.cnn(input_shape=(16, 16, 3))
+    conv = model.layers[6]
+    assert conv.weights["kernel"].shape[:3] == (3, 3, 32)  # the layer run by Winograd
+    x = np.random.default_rng(5).uniform(-1, 1, (4, 16, 16, 3)).astype(np.float32)
+    first = model.predict(x)
+    conv.weights["kernel"][...] = np.random.default_rng(6).normal(
+        0, 0.5, conv.weights["kernel"].shape
+    )
+    second = model.predict(x)
+    assert not np.allclose(first, second, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(second, model(x), rtol=1e-5, atol=1e-6)
