@@ -5,8 +5,10 @@
     python benchmarks/bench.py --scaling   # image sizes 32/64/128 x batch sizes 1/32/128/512
 
 Each measurement runs in a fresh subprocess, so that each framework's peak memory (RSS) is its
-own; both get the same number of threads (``--threads``, default: every core). The frameworks
-run one after the other, and each figure is the median of the repeats. Throughput is images/s
+own; both get the same number of threads (``--threads``, default: every core). Each repeat
+runs the two frameworks one after the other, the first of them in turn; a figure is the median
+over the repeats, and a ratio the median of the repeats' ratios, so that a machine whose speed
+drifts from minute to minute (a shared VM) moves both sides of a ratio alike. Throughput is images/s
 of training steps (forward, loss, backward, optimizer update: Adam, as the book trains) and of
 inference. GFLOP/s counts the useful work of the matrix products of each layer
 (2 * M * N * K each; a training step does three per layer: forward, weight gradient, input
@@ -113,22 +115,17 @@ def _memory_module():
     return module
 
 
-def _time_steps(step, steps: int, repeats: int) -> float:
-    """Median seconds per step over ``repeats`` runs of ``steps`` steps, after a warm-up."""
+def _time_steps(step, steps: int) -> float:
+    """Seconds per step over ``steps`` steps, after a warm-up of two."""
     step()
     step()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(steps):
-            step()
-        times.append((time.perf_counter() - start) / steps)
-    return statistics.median(times)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - start) / steps
 
 
-def worker(
-    framework: str, name: str, batch: int, size: int, steps: int, repeats: int, memory: str
-) -> dict:
+def worker(framework: str, name: str, batch: int, size: int, steps: int, memory: str) -> dict:
     if memory == "keep":  # as cnnlab's fit does; torch's CPU allocator is malloc too
         _memory_module().keep_freed_memory()
     rng = np.random.default_rng(0)
@@ -139,10 +136,10 @@ def worker(
 
         cnnlab.set_random_seed(0)
         model = cnnlab_model(name, size)
-        train = _time_steps(lambda: model.train_on_batch(x, y), steps, repeats)
+        train = _time_steps(lambda: model.train_on_batch(x, y), steps)
         # predict, the inference API, runs batch norm and its activation as one op; calling
         # the model runs each layer on its own, keeping what a backward pass would need.
-        infer = _time_steps(lambda: model.predict(x, batch_size=batch), steps, repeats)
+        infer = _time_steps(lambda: model.predict(x, batch_size=batch), steps)
     else:
         import torch
 
@@ -165,9 +162,9 @@ def worker(
 
         model.train()
         # torch's BatchNorm1d cannot train on a batch of one (cnnlab's gives x_hat = 0).
-        train = _time_steps(train_step, steps, repeats) if batch > 1 else None
+        train = _time_steps(train_step, steps) if batch > 1 else None
         model.eval()
-        infer = _time_steps(infer_step, steps, repeats)
+        infer = _time_steps(infer_step, steps)
     peak_kib = _peak_rss_kib()
     return {
         "train": batch / train if train else None,
@@ -190,18 +187,44 @@ def _peak_rss_kib() -> float:
 
 
 def measure(framework, name, batch, size, steps, options) -> dict:
-    """One worker run; ``options`` carries ``repeats``, ``threads`` and ``memory``."""
+    """One worker run of ``steps`` timed steps; ``options`` carries ``threads`` and
+    ``memory``."""
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(options.threads)
     env["CNNLAB_NUM_THREADS"] = str(options.threads)
     args = [sys.executable, str(HERE), "--worker", framework, name, str(batch), str(size)]
-    args += ["--steps", str(steps), "--repeats", str(options.repeats), "--memory", options.memory]
+    args += ["--steps", str(steps), "--memory", options.memory]
     done = subprocess.run(args, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         why = done.stderr.strip() or f"killed by signal {-done.returncode} (out of memory?)"
         raise SystemExit(f"{' '.join(args)} failed:\n{why}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def paired(name, batch, size, steps, options) -> tuple[dict, dict, dict, list]:
+    """``options.repeats`` rounds of one cnnlab and one torch worker, cnnlab first in the even
+    rounds: each framework's medians over the rounds, the median of the rounds' ratios
+    cnnlab / torch for training, inference and peak memory (None where torch has no figure),
+    and the rounds' figures."""
+    rounds = []
+    for r in range(options.repeats):
+        order = ("cnnlab", "torch") if r % 2 == 0 else ("torch", "cnnlab")
+        rounds.append({fw: measure(fw, name, batch, size, steps, options) for fw in order})
+
+    def median(values):
+        values = [v for v in values if v is not None]
+        return statistics.median(values) if values else None
+
+    keys = ("train", "infer", "peak_mib")
+    ours, theirs = (
+        {k: median(r[fw][k] for r in rounds) for k in keys} for fw in ("cnnlab", "torch")
+    )
+    ratio = {
+        k: median(r["cnnlab"][k] / r["torch"][k] if r["torch"][k] else None for r in rounds)
+        for k in keys
+    }
+    return ours, theirs, ratio, rounds
 
 
 def sgemm_peak(n: int = 2048, repeats: int = 5) -> float:
@@ -274,18 +297,18 @@ def main_table(args) -> list[dict]:
         flops = flops_per_image(name, 32)
         for batch in args.batch_sizes:
             steps = max(2, (args.images // batch))
-            ours = measure("cnnlab", name, batch, 32, steps, args)
-            theirs = measure("torch", name, batch, 32, steps, args)
-            row = {"model": name, "batch": batch, "cnnlab": ours, "torch": theirs}
+            ours, theirs, ratio, rounds = paired(name, batch, 32, steps, args)
+            row = {"model": name, "batch": batch, "cnnlab": ours, "torch": theirs, "ratio": ratio}
+            row["rounds"] = rounds
             row["gflops"] = 3 * flops * ours["train"] / 1e9
             rows.append(row)
             print(
                 f"| {name} | {batch} | {ours['train']:.0f} | {theirs['train']:.0f} | "
-                f"**{ours['train'] / theirs['train']:.2f}x** | {ours['infer']:.0f} | "
-                f"{theirs['infer']:.0f} | **{ours['infer'] / theirs['infer']:.2f}x** | "
+                f"**{ratio['train']:.2f}x** | {ours['infer']:.0f} | "
+                f"{theirs['infer']:.0f} | **{ratio['infer']:.2f}x** | "
                 f"{row['gflops']:.0f} ({100 * row['gflops'] / peak:.0f}% of peak) | "
                 f"{ours['peak_mib']:.0f} | {theirs['peak_mib']:.0f} | "
-                f"{ours['peak_mib'] / theirs['peak_mib']:.2f}x |",
+                f"{ratio['peak_mib']:.2f}x |",
                 flush=True,
             )
     return rows
@@ -305,16 +328,16 @@ def scaling_table(args) -> list[dict]:
             # The same amount of work (pixels) per timed run at every size, at least 2 steps.
             steps = max(2, args.images // (batch * (size // 32) ** 2))
             try:
-                ours = measure("cnnlab", "cnn", batch, size, steps, args)
-                theirs = measure("torch", "cnn", batch, size, steps, args)
+                ours, theirs, ratio, rounds = paired("cnn", batch, size, steps, args)
             except SystemExit as failure:  # e.g. killed for lack of memory
                 print(f"| {size} | {batch} | failed: {str(failure).splitlines()[-1]} | | | |")
                 continue
-            rows.append({"size": size, "batch": batch, "cnnlab": ours, "torch": theirs})
+            row = {"size": size, "batch": batch, "cnnlab": ours, "torch": theirs, "ratio": ratio}
+            rows.append({**row, "rounds": rounds})
             torch_train = f"{theirs['train']:.0f}" if theirs["train"] else "n/a"
-            ratio = f"{ours['train'] / theirs['train']:.2f}x" if theirs["train"] else "n/a"
+            train_ratio = f"{ratio['train']:.2f}x" if ratio["train"] else "n/a"
             print(
-                f"| {size} | {batch} | {ours['train']:.0f} | {torch_train} | {ratio} | "
+                f"| {size} | {batch} | {ours['train']:.0f} | {torch_train} | {train_ratio} | "
                 f"{3 * flops / 1e6:.0f} |",
                 flush=True,
             )
@@ -340,8 +363,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         framework, name, batch, size = args.worker
-        repeats = args.repeats or 1
-        result = worker(framework, name, int(batch), int(size), args.steps, repeats, args.memory)
+        result = worker(framework, name, int(batch), int(size), args.steps, args.memory)
         print(json.dumps(result))
         return
     if args.repeats is None:
