@@ -80,14 +80,21 @@ def test_a_spinning_wait_sees_a_change_made_by_another_thread():
     loop, it would spin its whole budget, here hours)."""
     flag, scratch, seen = np.zeros(1, np.int64), np.zeros(1, np.int64), []
     waiter = threading.Thread(
-        target=lambda: seen.append(parallel._wait_for_change(flag, 0, 10**13, scratch))
+        target=lambda: seen.append(parallel._wait_for_change(flag, 0, 10**13, scratch, 0))
     )
     waiter.start()
     time.sleep(0.05)
     flag[0] = 1
     waiter.join(timeout=10)
     assert not waiter.is_alive() and seen == [True]
-    assert parallel._wait_for_change(flag, 1, 1000, scratch) is False  # no change: gives up
+    assert parallel._wait_for_change(flag, 1, 1000, scratch, 0) is False  # no change: gives up
+
+
+def test_after_a_change_the_wait_lingers_its_rounds_before_returning():
+    flag, scratch = np.ones(1, np.int64), np.zeros(1, np.int64)
+    assert parallel._wait_for_change(flag, 0, 10, scratch, 5000) is True
+    assert scratch[0] == 5000  # each round of lingering adds flag[0] & 1
+    assert parallel._linger_rounds() >= 1
 
 
 def test_slices_run_when_the_workers_sleep_between_calls(threads, monkeypatch):
