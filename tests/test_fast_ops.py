@@ -14,10 +14,11 @@ from cnnlab.ops import activations, batchnorm, blas, conv, parallel, sums
 
 @pytest.fixture(params=["compiled", "numpy"])
 def products(request, monkeypatch):
-    """The conv forward's two forms of its chunk loop: one compiled loop calling NumPy's BLAS
-    (where it is found), and NumPy calls from Python (everywhere else)."""
+    """The conv ops' two forms of their copies: compiled loops calling ``memcpy`` and NumPy's
+    BLAS (where they are found), and NumPy calls from Python (where there is no ``memcpy``)."""
     if request.param == "numpy":
-        monkeypatch.setattr(conv, "_compiled_products", lambda x, kernel: False)
+        monkeypatch.setattr(conv.blas, "memcpy", lambda: None)
+        assert not conv._compiled_products(np.zeros(1), np.zeros(1))
     return request.param
 
 

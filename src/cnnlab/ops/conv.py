@@ -140,12 +140,14 @@ def conv2d_forward(
     The batch is split over the cores (:func:`cnnlab.ops.parallel.over_batch`), and each core
     takes its slice in chunks of a few images whose im2col matrix fits in its cache: copy the
     windows, one matrix product, add the bias; in one compiled call where NumPy's BLAS is found
-    (:func:`_compiled_products`), else in NumPy calls. The cache keeps the padded input, not the
-    im2col matrix; the backward pass copies the windows again, chunk by chunk.
+    (:func:`_compiled_products`), else in NumPy calls. The compiled im2col reads ``x`` itself
+    and writes zeros for the padding; there is no padded copy of the input. The cache keeps
+    ``x``, not the im2col matrix; the backward pass pads it and copies the windows again, chunk
+    by chunk.
 
-    ``workspace`` is a dict the caller keeps between calls (a layer keeps one); the padded
-    input and each thread's chunk buffer live there, so a training step allocates them only
-    once. The cache is valid until the next call with the same workspace.
+    ``workspace`` is a dict the caller keeps between calls (a layer keeps one); each thread's
+    chunk buffer (and the padded input, where one is made) lives there, so a training step
+    allocates them only once. The cache is valid while ``x`` is unchanged.
 
     ``normalize = (mean, scale, beta, slope)``, for inference, replaces the bias: each chunk's
     output becomes ``leaky((y - mean) * scale + beta)`` while it is in the cache
@@ -175,11 +177,7 @@ def conv2d_forward_plan(
     kh, kw, _, f = kernel.shape
     k = kh * kw * c
     (oh, ow), pads = window_geometry((h, w), (kh, kw), strides, padding)
-    (top, bottom), (left, right) = pads
-    padded = top or bottom or left or right
-    xp_shape = (n, h + top + bottom, w + left + right, c)
-    # The border of the padded buffer is zeroed once; each call writes only its inside.
-    xp = buffer(workspace, "xp", xp_shape, x.dtype, zeros=True) if padded else x
+    (top, _), (left, _) = pads
     step = _images_per_chunk((oh, ow), k, x.itemsize)
     kmat = kernel.reshape(k, f)
     y = np.empty((n, oh, ow, f), dtype=np.result_type(x, kernel))
@@ -191,18 +189,19 @@ def conv2d_forward_plan(
             *vectors, slope = normalize
             normalize = (*(np.asarray(v, y.dtype) for v in vectors), y.dtype.type(slope))
     else:
+        xp = _padded(x, pads, workspace)
         patches = windows(xp, (kh, kw), strides, (oh, ow))
 
     def images(start: int, stop: int) -> None:
         me = threading.get_ident()
         cols = buffer(workspace, ("cols", me), (step, oh, ow, kh, kw, c), x.dtype)
-        if compiled:
+        if compiled:  # im2col straight from x, with zeros for the padding
             kernels.conv_forward_images(
-                gemm, copy, x, xp, corner, strides, start, stop, kmat, cols, bias, normalize, y
+                gemm, copy, x, corner, strides, start, stop, kmat, cols, bias, normalize, y
             )
             return
         for a, b in _chunks(start, stop, step):
-            if padded:
+            if xp is not x:
                 xp[a:b, top : top + h, left : left + w] = x[a:b]
             np.copyto(cols[: b - a], patches[a:b])
             out = y[a:b].reshape(-1, f)
@@ -212,7 +211,18 @@ def conv2d_forward_plan(
             elif bias is not None:
                 out += bias
 
-    return y, images, (xp, kernel, x.shape, pads, strides)
+    return y, images, (x, kernel, pads, strides)
+
+
+def _padded(x: np.ndarray, pads: tuple, workspace: dict | None) -> np.ndarray:
+    """The buffer for ``x`` with its padding (``x`` itself without any); its border is zeroed
+    once, and its inside is left for the caller to fill, a slice of the batch at a time."""
+    n, h, w, c = x.shape
+    (top, bottom), (left, right) = pads
+    if not (top or bottom or left or right):
+        return x
+    shape = (n, h + top + bottom, w + left + right, c)
+    return buffer(workspace, "xp", shape, x.dtype, zeros=True)
 
 
 def conv2d_backward(
@@ -220,32 +230,39 @@ def conv2d_backward(
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """Backward pass, fast: :func:`conv2d_backward_reference` a few images at a time.
 
-    For each chunk of images of a core's slice of the batch: copy the windows of the padded
-    input again (im2col), add ``cols.T @ dy`` to the kernel gradient, and ``dcols = dy @
+    Each core pads its slice of the cached input, and for each chunk of its images copies the
+    windows again (im2col), adds ``cols.T @ dy`` to the kernel gradient, and ``dcols = dy @
     kernel.T``, which col2im (a compiled loop, :func:`cnnlab.ops.kernels.col2im`) adds straight
     into the unpadded ``dx``. The slices' kernel gradients are added up in slice order.
     ``input_gradient=False`` skips ``dx`` (returned as None): the first layer of a model needs
     only its weight gradients.
     """
-    xp, kernel, x_shape, pads, strides = cache
-    n, oh, ow, f = dy.shape
+    x, kernel, pads, strides = cache
+    n, h, w, _ = x.shape
+    _, oh, ow, f = dy.shape
     kh, kw, c, _ = kernel.shape
     k = kh * kw * c
     kmat_t = kernel.reshape(k, f).T
     dtype = np.result_type(dy, kernel)
     dy = np.ascontiguousarray(dy)
-    step = _images_per_chunk((oh, ow), k, xp.itemsize)
+    step = _images_per_chunk((oh, ow), k, x.itemsize)
+    xp = _padded(x, pads, workspace)
     patches = windows(xp, (kh, kw), strides, (oh, ow))
     (top, _), (left, _) = pads
-    dx = np.empty(x_shape, dtype=dtype) if input_gradient else None
+    dx = np.empty(x.shape, dtype=dtype) if input_gradient else None
+    copy = blas.memcpy() if x.flags.c_contiguous else None
 
     def images(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         me = threading.get_ident()
-        cols = buffer(workspace, ("cols", me), (step, oh, ow, kh, kw, c), xp.dtype)
+        if xp is not x and copy is not None:
+            kernels.pad_images(copy, x, xp, top, left, start, stop)
+        elif xp is not x:
+            xp[start:stop, top : top + h, left : left + w] = x[start:stop]
+        cols = buffer(workspace, ("cols", me), (step, oh, ow, kh, kw, c), x.dtype)
         dcols = input_gradient and buffer(
             workspace, ("dcols", me), (step, oh, ow, kh, kw, c), dtype
         )
-        dkernel = np.zeros((k, f), np.result_type(xp, dy))
+        dkernel = np.zeros((k, f), np.result_type(x, dy))
         part = np.empty_like(dkernel)
         for a, b in _chunks(start, stop, step):
             dy2 = dy[a:b].reshape(-1, f)

@@ -149,20 +149,33 @@ def _matmul(gemm, a, b, c, m, k, n):
 
 
 @_compiled
-def conv_forward_images(gemm, memcpy, x, xp, pads, strides, start, stop, kmat, cols, bias, norm, y):
+def pad_images(memcpy, x, xp, top, left, start, stop):
+    """``xp[start:stop, top : top + H, left : left + W] = x[start:stop]``, one ``memcpy`` per
+    row of ``W * C`` values, for ``x: (N, H, W, C)`` and the padded ``xp``, both C-contiguous;
+    the border of ``xp`` is left as it is."""
+    _, h, w, c = x.shape
+    hp, wp = xp.shape[1], xp.shape[2]
+    size, x_at, xp_at = x.itemsize, x.ctypes.data, xp.ctypes.data
+    for img in range(start, stop):
+        for i in range(h):
+            dst = ((img * hp + top + i) * wp + left) * c
+            memcpy(xp_at + dst * size, x_at + (img * h + i) * w * c * size, w * c * size)
+
+
+@_compiled
+def conv_forward_images(gemm, memcpy, x, pads, strides, start, stop, kmat, cols, bias, norm, y):
     """Images ``start:stop`` of a convolution, a chunk of ``len(cols)`` images at a time, each
     chunk copied into the cache, multiplied and finished there, all without the GIL.
 
-    For each chunk: copy its images into the inside of the padded ``xp`` (whose border is
-    zero) unless ``xp`` is ``x``; im2col, one ``memcpy`` per window row (``kw * C``
-    consecutive values of ``xp``); ``y = cols @ kmat`` by BLAS's ``gemm``; then either
-    ``y += bias`` or, with ``norm = (mean, scale, beta, slope)``,
+    For each chunk: im2col, one ``memcpy`` per window row (``kw * C`` consecutive values of
+    ``x``), zeros where the row or part of it falls on the padding; ``y = cols @ kmat`` by
+    BLAS's ``gemm``; then either ``y += bias`` or, with ``norm = (mean, scale, beta, slope)``,
     ``y = leaky((y - mean) * scale + beta)`` (:func:`normalize_in_place`).
 
-    ``x: (N, H, W, C)``, ``xp: (N, Hp, Wp, C)``, ``kmat: (kh*kw*C, F)``, ``cols: (step, oh,
-    ow, kh, kw, C)``, ``y: (N, oh, ow, F)``, all C-contiguous and of
-    one dtype, float32 or float64 (``gemm`` is ``cblas_sgemm`` or ``cblas_dgemm`` to match).
-    ``pads = (top, left)``, ``strides = (sh, sw)``; ``bias`` may be None.
+    ``x: (N, H, W, C)``, ``kmat: (kh*kw*C, F)``, ``cols: (step, oh, ow, kh, kw, C)``,
+    ``y: (N, oh, ow, F)``, all C-contiguous and of one dtype, float32 or float64 (``gemm`` is
+    ``cblas_sgemm`` or ``cblas_dgemm`` to match). ``pads = (top, left)``, ``strides = (sh,
+    sw)``; ``bias`` may be None.
     """
     n, h, w, c = x.shape
     step, oh, ow, kh, kw, _ = cols.shape
@@ -172,22 +185,27 @@ def conv_forward_images(gemm, memcpy, x, xp, pads, strides, start, stop, kmat, c
     size = x.itemsize
     per_image = oh * ow
     y2 = y.reshape(n * per_image, f)
-    xp_row, xp_image = xp.shape[2] * c, xp.shape[1] * xp.shape[2] * c
-    x_at, xp_at, cols_at = x.ctypes.data, xp.ctypes.data, cols.ctypes.data
+    flat = cols.reshape(-1)
+    x_at, cols_at = x.ctypes.data, cols.ctypes.data
     for a in range(start, stop, step):
         b = min(a + step, stop)
-        if xp_at != x_at:
-            for img in range(a, b):
-                for i in range(h):
-                    dst = img * xp_image + (top + i) * xp_row + left * c
-                    memcpy(xp_at + dst * size, x_at + (img * h + i) * w * c * size, w * c * size)
         dst = 0
         for img in range(a, b):
             for i in range(oh):
                 for j in range(ow):
+                    q = j * sw - left  # the window's first column, maybe on the padding
+                    lo, hi = max(q, 0), min(q + kw, w)
                     for p in range(kh):
-                        src = img * xp_image + (i * sh + p) * xp_row + j * sw * c
-                        memcpy(cols_at + dst * size, xp_at + src * size, kw * c * size)
+                        r = i * sh + p - top
+                        if 0 <= r < h and lo == q and hi == q + kw:
+                            src = ((img * h + r) * w + q) * c
+                            memcpy(cols_at + dst * size, x_at + src * size, kw * c * size)
+                        else:
+                            flat[dst : dst + kw * c] = 0
+                            if 0 <= r < h and lo < hi:
+                                src = ((img * h + r) * w + lo) * c
+                                at = dst + (lo - q) * c
+                                memcpy(cols_at + at * size, x_at + src * size, (hi - lo) * c * size)
                         dst += kw * c
         m = (b - a) * per_image
         out = y2[a * per_image : b * per_image]
