@@ -91,13 +91,18 @@ def test_winograd_is_chosen_for_3x3_stride_1_convs_with_enough_channels():
     assert not winograd.applies((5, 5, 32, 64), (1, 1), np.float32)  # 5x5 filters
     assert not winograd.applies((3, 3, 3, 32), (1, 1), np.float32)  # the image's 3 channels
     assert not winograd.applies((3, 3, 32, 64), (1, 1), np.int32)  # no BLAS product
-    # In the book's CNN: the third conv (16x16x32 -> 64, strides 1) only.
+    # In the book's CNN: the third conv (16x16x32 -> 64, strides 1) only, at inference and
+    # in training.
     model = zoo.cnn(input_shape=(32, 32, 3))
-    (chain,) = [s for s in model._steps(training=False) if isinstance(s, fusion.ConvChain)]
-    used = [step.constants()[1] is not None for step in chain.steps]
-    assert used == [False, False, True, False]
     x = np.random.default_rng(4).uniform(-1, 1, (6, 32, 32, 3)).astype(np.float32)
     np.testing.assert_allclose(model.predict(x), model(x), rtol=1e-5, atol=1e-6)
+    (chain,) = [s for s in model._steps(training=False) if isinstance(s, fusion.ConvChain)]
+    by_winograd = [
+        any("winograd u" in ws for ws in step._workspaces.values()) for step in chain.steps
+    ]
+    assert by_winograd == [False, False, True, False]
+    convs = [layer for layer in model.layers if "kernel" in layer.weights][:4]
+    assert ["winograd u" in conv._workspace for conv in convs] == [False, False, True, False]
 
 
 @needs_blas
@@ -115,3 +120,30 @@ def test_the_transformed_filters_follow_the_kernel_when_it_changes_in_place():
     second = model.predict(x)
     assert not np.allclose(first, second, rtol=1e-3, atol=1e-4)
     np.testing.assert_allclose(second, model(x), rtol=1e-5, atol=1e-6)
+
+
+@needs_blas
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("padding", ["same", "valid"])
+def test_the_conv_ops_by_winograd_give_the_reference_forward_and_backward(padding, dtype):
+    """conv2d_forward / conv2d_backward take Winograd's path for 3x3 filters, strides 1 and
+    16 channels or more: the output with its bias, and the input gradient, as a 3x3
+    convolution of the output gradient; the kernel gradient stays im2col's."""
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(3, 9, 10, 16)).astype(dtype)
+    kernel = (rng.normal(size=(3, 3, 16, 5)) / 12).astype(dtype)
+    bias = rng.normal(size=5).astype(dtype)
+    assert conv._by_winograd(x, kernel, (1, 1))
+    workspace: dict = {}
+    y, cache = conv.conv2d_forward(x, kernel, bias, (1, 1), padding, workspace)
+    assert "winograd u" in workspace
+    dy = rng.normal(size=y.shape).astype(dtype)
+    dx, dkernel, dbias = conv.conv2d_backward(dy, cache, workspace)
+    assert "winograd u backward" in workspace
+    wide = [a.astype(np.float64) for a in (x, kernel, bias)]
+    y_ref, cache_ref = conv.conv2d_forward_reference(*wide, (1, 1), padding)
+    refs = (y_ref, *conv.conv2d_backward_reference(dy.astype(np.float64), cache_ref))
+    tolerance = 1e-12 if dtype == np.float64 else 2e-5
+    for got, ref in zip((y, dx, dkernel, dbias), refs, strict=True):
+        assert got.dtype == dtype and got.shape == ref.shape
+        assert np.max(np.abs(got - ref)) <= tolerance * np.max(np.abs(ref))

@@ -23,7 +23,7 @@ import numpy as np
 
 from cnnlab.layers import BatchNormalization, Conv2D, Layer
 from cnnlab.layers.core import Activation
-from cnnlab.ops import parallel, winograd
+from cnnlab.ops import parallel
 from cnnlab.ops.conv import conv2d_forward_plan
 
 
@@ -75,7 +75,6 @@ class ConvNormalizeActivate:
         # Its own, so the conv layer's cache for backward stays; one for each thread that
         # runs it (a ConvChain runs it on every core).
         self._workspaces: dict[int, dict] = {}
-        self._transformed: tuple[np.ndarray, np.ndarray] | None = None  # (kernel, its U)
 
     def __call__(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         if training:
@@ -86,33 +85,21 @@ class ConvNormalizeActivate:
         return y
 
     def constants(self) -> tuple:
-        """What the weights give for this call: batch norm's ``(mean, scale, beta, slope)``
-        with the bias folded in, and the Winograd-transformed filters where they are used
-        (:mod:`cnnlab.ops.winograd`), else None."""
+        """Batch norm's ``(mean, scale, beta, slope)`` for this call, with the conv's bias
+        folded into the mean, in the conv's dtype."""
         conv, w, dtype = self.conv, self.norm.weights, self.conv.dtype
         scale = w["gamma"] / np.sqrt(w["moving_variance"] + dtype.type(self.norm.epsilon))
         mean = w["moving_mean"] - conv.weights["bias"] if conv.use_bias else w["moving_mean"]
         slope = 1.0 if self.negative_slope is None else self.negative_slope
-        normalize = (*(np.asarray(v, dtype) for v in (mean, scale, w["beta"])), dtype.type(slope))
-        kernel = conv.weights["kernel"]
-        if not (kernel.dtype == dtype and winograd.applies(kernel.shape, conv.strides, dtype)):
-            return normalize, None
-        # The transform is a float64 product (about 50 us for the book's third conv); the
-        # comparison that tells whether the kernel changed since, about 5.
-        if self._transformed is None or not np.array_equal(self._transformed[0], kernel):
-            self._transformed = (kernel.copy(), winograd.filter_transform(kernel))
-        return normalize, self._transformed[1]
+        return (*(np.asarray(v, dtype) for v in (mean, scale, w["beta"])), dtype.type(slope))
 
-    def plan(self, x: np.ndarray, constants: tuple) -> tuple[np.ndarray, Callable]:
+    def plan(self, x: np.ndarray, normalize: tuple) -> tuple[np.ndarray, Callable]:
         """For a checked input of the conv's dtype, with :meth:`constants`: the output, not
         yet filled, and ``images(start, stop)``, which fills its slice
-        (:func:`cnnlab.ops.conv.conv2d_forward_plan`)."""
-        normalize, u = constants
-        workspace = self._workspaces.setdefault(threading.get_ident(), {})
-        if u is not None:
-            x = np.ascontiguousarray(x)
-            return winograd.conv3x3_forward_plan(x, u, self.conv.padding, workspace, normalize)
+        (:func:`cnnlab.ops.conv.conv2d_forward_plan`, which runs the convolution by
+        :mod:`cnnlab.ops.winograd` where that applies)."""
         conv = self.conv
+        workspace = self._workspaces.setdefault(threading.get_ident(), {})
         y, images, _ = conv2d_forward_plan(
             x, conv.weights["kernel"], None, conv.strides, conv.padding, workspace, normalize
         )

@@ -36,10 +36,11 @@ from collections.abc import Callable
 
 import numpy as np
 
-from cnnlab.ops import blas, kernels, parallel
+from cnnlab.ops import blas, kernels, parallel, winograd
 from cnnlab.ops.padding import window_geometry
 from cnnlab.ops.sums import column_sums
 from cnnlab.ops.windows import add_windows, pad_hw, windows
+from cnnlab.ops.workspace import buffer
 
 
 def convolve_patch(patch: np.ndarray, filter: np.ndarray) -> float:
@@ -103,22 +104,18 @@ def conv2d_backward_reference(
 _CHUNK_BYTES = 1 << 20
 
 
-def buffer(workspace: dict | None, key, shape: tuple, dtype, zeros: bool = False):
-    """A scratch array kept in ``workspace`` from one call to the next (fresh without one)."""
-    if workspace is None:
-        return np.zeros(shape, dtype) if zeros else np.empty(shape, dtype)
-    buf = workspace.get(key)
-    if buf is None or buf.shape != shape or buf.dtype != dtype:
-        buf = workspace[key] = np.zeros(shape, dtype) if zeros else np.empty(shape, dtype)
-    return buf
-
-
 def _chunks(start: int, stop: int, step: int) -> list[tuple[int, int]]:
     return [(a, min(a + step, stop)) for a in range(start, stop, step)]
 
 
 def _images_per_chunk(out_hw: tuple[int, int], k: int, itemsize: int) -> int:
     return max(1, _CHUNK_BYTES // (out_hw[0] * out_hw[1] * k * itemsize))
+
+
+def _by_winograd(x: np.ndarray, kernel: np.ndarray, strides: tuple[int, int]) -> bool:
+    """Whether the convolution runs by :mod:`cnnlab.ops.winograd` (3x3 filters, strides 1,
+    enough channels, one dtype, NumPy's BLAS found)."""
+    return x.dtype == kernel.dtype and winograd.applies(kernel.shape, strides, x.dtype)
 
 
 def _compiled_products(x: np.ndarray, kernel: np.ndarray) -> bool:
@@ -177,6 +174,14 @@ def conv2d_forward_plan(
     kh, kw, _, f = kernel.shape
     k = kh * kw * c
     (oh, ow), pads = window_geometry((h, w), (kh, kw), strides, padding)
+    if _by_winograd(x, kernel, strides):
+        if normalize is None and bias is not None:  # y + bias, as the epilogue computes it
+            ones = np.ones_like(kernel, shape=f)
+            normalize = (-np.asarray(bias, x.dtype), ones, ones * 0, x.dtype.type(1))
+        u = winograd.transformed(kernel, workspace)
+        x = np.ascontiguousarray(x)
+        y, images = winograd.conv3x3_forward_plan(x, u, padding, workspace, normalize)
+        return y, images, (x, kernel, pads, strides)
     (top, _), (left, _) = pads
     step = _images_per_chunk((oh, ow), k, x.itemsize)
     kmat = kernel.reshape(k, f)
@@ -238,6 +243,10 @@ def conv2d_backward(
     only its weight gradients.
     """
     x, kernel, pads, strides = cache
+    if input_gradient and _by_winograd(x, kernel, strides):
+        dx = winograd.conv3x3_backward_input(dy, kernel, pads, x.shape, workspace)
+        _, dkernel, dbias = conv2d_backward(dy, cache, workspace, input_gradient=False)
+        return dx, dkernel, dbias
     n, h, w, _ = x.shape
     _, oh, ow, f = dy.shape
     kh, kw, c, _ = kernel.shape
