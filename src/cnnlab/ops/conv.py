@@ -21,12 +21,13 @@ same im2col and matrix products, but each core takes a slice of the batch
 im2col matrix stays in the cache between its copy and its matrix products; the backward pass
 copies the windows again instead of keeping the whole batch's im2col matrix. The forward pass
 runs a core's chunks as one compiled loop that calls NumPy's own BLAS
-(:func:`cnnlab.ops.kernels.conv_forward_images`, :mod:`cnnlab.ops.blas`): its ``memcpy``
-im2col beats NumPy's strided copy, and it runs without the GIL; where that BLAS is not found,
-as NumPy calls. Buffers are reused
-from step to step (``workspace``), and col2im is a compiled loop
-(:func:`cnnlab.ops.kernels.col2im`) that adds straight into the unpadded input gradient. A
-test checks that both give the same numbers.
+(:func:`cnnlab.ops.kernels.conv_forward_images`, :mod:`cnnlab.ops.blas`), whose ``memcpy``
+im2col reads the input itself and writes zeros for the padding; where that BLAS is not found,
+as NumPy calls on a padded copy. 3x3 convolutions with strides 1 and enough channels run by
+Winograd's minimal filtering instead, forward and for the input gradient
+(:mod:`cnnlab.ops.winograd`). Buffers are reused from step to step (``workspace``), and col2im
+is a compiled loop (:func:`cnnlab.ops.kernels.col2im`) that adds straight into the unpadded
+input gradient. A test checks that both give the same numbers.
 """
 
 from __future__ import annotations

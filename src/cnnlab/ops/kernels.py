@@ -201,7 +201,8 @@ def conv_forward_images(gemm, memcpy, x, pads, strides, start, stop, kmat, cols,
                             src = ((img * h + r) * w + q) * c
                             memcpy(cols_at + dst * size, x_at + src * size, kw * c * size)
                         else:
-                            flat[dst : dst + kw * c] = 0
+                            for e in range(dst, dst + kw * c):
+                                flat[e] = 0
                             if 0 <= r < h and lo < hi:
                                 src = ((img * h + r) * w + lo) * c
                                 at = dst + (lo - q) * c

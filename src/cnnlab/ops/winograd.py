@@ -1,4 +1,4 @@
-"""A 3x3 convolution with stride 1 by Winograd's minimal filtering, F(4x4, 3x3), for inference.
+"""A 3x3 convolution with stride 1 by Winograd's minimal filtering, F(4x4, 3x3).
 
 The output is cut into tiles of 4x4 pixels; each needs the 6x6 patch of the input under it.
 With the transforms of Lavin & Gray (2016), a tile of filter ``f`` is::
@@ -12,7 +12,9 @@ patches ``V[p]: (tiles, C)`` with the transformed filters ``U[p]: (C, F)``: 36 p
 than :mod:`cnnlab.ops.conv`'s im2col product, and no im2col matrix. The transforms are sums
 with small integer (``B``, ``A``) or fractional (``G``) weights, which round a little more
 than the direct sums; the tests hold it to the direct convolution's numbers within float32's
-rounding of a few sums.
+rounding of a few sums. The input gradient of such a convolution is one too, of the output
+gradient with the filters turned half a turn (:func:`conv3x3_backward_input`);
+:mod:`cnnlab.ops.conv` runs both this way where :func:`applies` says so.
 
 The matrices, for the points 0, 1, -1, 2, -2 and infinity::
 
@@ -201,7 +203,7 @@ def forward_images(gemm, x, top, left, start, stop, u, v, m, norm, y):
     row = np.empty(TILE * f, x.dtype)
     if norm is not None:  # for a row of a tile at a time: each value once for each pixel
         slope = norm[3]
-        mean, scale, beta = np.empty(TILE * f), np.empty(TILE * f), np.empty(TILE * f)
+        mean, scale, beta = np.empty((3, TILE * f), x.dtype)
         for q in range(TILE * f):
             mean[q], scale[q], beta[q] = norm[0][q % f], norm[1][q % f], norm[2][q % f]
     for a in range(start, stop, step):
@@ -244,8 +246,8 @@ def forward_images(gemm, x, top, left, start, stop, u, v, m, norm, y):
 
 
 def applies(kernel_shape: tuple, strides: tuple[int, int], dtype) -> bool:
-    """Whether :func:`conv3x3_forward` runs a conv layer: 3x3 filters, strides 1, at least
-    :data:`MIN_CHANNELS` input channels, and NumPy's BLAS found for the dtype."""
+    """Whether a conv layer runs this way (:mod:`cnnlab.ops.conv` asks): 3x3 filters, strides
+    1, at least :data:`MIN_CHANNELS` input channels, and NumPy's BLAS found for the dtype."""
     kh, kw, c, _ = kernel_shape
     return (
         (kh, kw) == (3, 3)
