@@ -141,7 +141,8 @@ def conv2d_forward(
     (:func:`_compiled_products`), else in NumPy calls. The compiled im2col reads ``x`` itself
     and writes zeros for the padding; there is no padded copy of the input. The cache keeps
     ``x``, not the im2col matrix; the backward pass pads it and copies the windows again, chunk
-    by chunk.
+    by chunk. 3x3 filters with strides 1 and enough channels (:func:`_by_winograd`) go by
+    :mod:`cnnlab.ops.winograd` instead, the bias as its epilogue.
 
     ``workspace`` is a dict the caller keeps between calls (a layer keeps one); each thread's
     chunk buffer (and the padded input, where one is made) lives there, so a training step
