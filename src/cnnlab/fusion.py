@@ -73,7 +73,8 @@ class ConvNormalizeActivate:
         self.output_shape = norm.output_shape
         self.negative_slope = None if activation is None else _negative_slope(activation)
         # Its own, so the conv layer's cache for backward stays; one for each thread that
-        # runs it (a ConvChain runs it on every core).
+        # calls it, so that two callers at once share no buffer (the cores' scratch inside
+        # is kept by thread too).
         self._workspaces: dict[int, dict] = {}
 
     def __call__(self, x: np.ndarray, training: bool = False) -> np.ndarray:
