@@ -240,9 +240,11 @@ def conv2d_backward(
     Each core pads its slice of the cached input, and for each chunk of its images copies the
     windows again (im2col), adds ``cols.T @ dy`` to the kernel gradient, and ``dcols = dy @
     kernel.T``, which col2im (a compiled loop, :func:`cnnlab.ops.kernels.col2im`) adds straight
-    into the unpadded ``dx``. The slices' kernel gradients are added up in slice order.
-    ``input_gradient=False`` skips ``dx`` (returned as None): the first layer of a model needs
-    only its weight gradients.
+    into the unpadded ``dx``. The slices' kernel gradients are added up in slice order. Where
+    the forward pass ran by Winograd (:func:`_by_winograd`), so does ``dx``
+    (:func:`cnnlab.ops.winograd.conv3x3_backward_input`), and the chunks make only the kernel
+    gradient. ``input_gradient=False`` skips ``dx`` (returned as None): the first layer of a
+    model needs only its weight gradients.
     """
     x, kernel, pads, strides = cache
     if input_gradient and _by_winograd(x, kernel, strides):
