@@ -14,6 +14,8 @@ import http.server
 import io
 import socket
 import struct
+import subprocess
+import sys
 import tarfile
 import threading
 from pathlib import Path
@@ -52,9 +54,11 @@ def pinned(remote: download.RemoteFile, data: bytes, **changes) -> download.Remo
 
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path, monkeypatch):
-    """Every test gets an empty cache, and no test sees the machine's Debian data unless it asks."""
+    """Every test gets an empty cache, and no test sees the machine's Debian data (or Keras's
+    cache) unless it asks."""
     cache = tmp_path / "cache"
     monkeypatch.setenv("CNNLAB_DATA", str(cache))
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     monkeypatch.setattr(mnist, "FASHION_SYSTEM_DIRS", ())
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     return cache
@@ -627,6 +631,271 @@ def test_cache_dir_follows_cnnlab_data(monkeypatch, tmp_path):
     assert download.cache_dir() == tmp_path / "mine"
     monkeypatch.delenv("CNNLAB_DATA")
     assert download.cache_dir().name == "cnnlab"
+
+
+# --- Keras's load_data() namespaces ---------------------------------------------------------
+
+
+def closed_url() -> str:
+    """A URL on a port nobody listens on: any download attempt fails at once."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{probe.getsockname()[1]}/"
+
+
+def test_keras_namespaces_are_attributes_of_a_fresh_datasets_import():
+    code = (
+        "from cnnlab import datasets\n"
+        "print(datasets.mnist.load_data.__module__, datasets.fashion_mnist.load_data.__module__,"
+        " datasets.cifar10.load_data.__module__)\n"
+        "from cnnlab.datasets import cifar10, fashion_mnist, mnist\n"
+        "print(cifar10 is datasets.cifar10, fashion_mnist is datasets.fashion_mnist,"
+        " mnist is datasets.mnist, callable(datasets.load), callable(mnist.load_mnist))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out[:3] == [
+        "cnnlab.datasets.mnist",
+        "cnnlab.datasets.fashion_mnist",
+        "cnnlab.datasets.cifar10",
+    ]
+    assert out[3:] == ["True"] * 5
+
+
+def check_keras_grey(arrays, expected) -> None:
+    """Keras's MNIST format: a plain tuple of pairs, x (N, 28, 28) uint8, y (N,) uint8."""
+    assert type(arrays) is tuple and len(arrays) == 2
+    assert all(type(pair) is tuple and len(pair) == 2 for pair in arrays)
+    (x_train, y_train), (x_test, y_test) = arrays
+    assert x_train.shape == (3, 28, 28) and x_test.shape == (2, 28, 28)
+    assert y_train.shape == (3,) and y_test.shape == (2,)
+    assert {a.dtype for a in (x_train, y_train, x_test, y_test)} == {np.dtype(np.uint8)}
+    assert np.array_equal(x_train, expected["train-images-idx3-ubyte"])
+    assert np.array_equal(x_test, expected["t10k-images-idx3-ubyte"])
+    assert x_train[1, 3, 20] == 0 and x_train[1, 20, 3] == 255  # row 3, column 20: no transpose
+    assert y_train.tolist() == [5, 0, 9] and y_test.tolist() == [7, 2]
+
+
+def test_mnist_load_data_gives_keras_arrays(tmp_path, monkeypatch, isolated_cache, idx_set):
+    raw, arrays = idx_set
+    pin_idx(monkeypatch, "MNIST_FILES", raw, url=closed_url())
+    write_files(tmp_path / "given", {f"{name}.gz": gz(data) for name, data in raw.items()})
+    check_keras_grey(datasets.mnist.load_data(data_dir=tmp_path / "given"), arrays)
+    # Keras's call, no arguments: the official files from the cache (nothing downloaded).
+    write_files(isolated_cache / "mnist", {f"{name}.gz": gz(data) for name, data in raw.items()})
+    check_keras_grey(datasets.mnist.load_data(), arrays)
+    check_keras_grey(datasets.mnist.load_data("mnist.npz"), arrays)
+    # load() keeps its own format.
+    (x_train, y_train), _ = datasets.load("mnist")
+    assert x_train.shape == (3, 28, 28, 1) and y_train.dtype == np.int64
+
+
+def test_fashion_mnist_load_data_gives_keras_arrays(tmp_path, monkeypatch, idx_set):
+    raw, arrays = idx_set
+    pin_idx(monkeypatch, "FASHION_FILES", raw, url=closed_url())
+    write_files(tmp_path, {f"{name}.gz": gz(data) for name, data in raw.items()})
+    check_keras_grey(datasets.fashion_mnist.load_data(data_dir=tmp_path), arrays)
+    monkeypatch.setattr(mnist, "FASHION_SYSTEM_DIRS", (str(tmp_path),))
+    check_keras_grey(datasets.fashion_mnist.load_data(), arrays)
+
+
+def test_cifar10_load_data_gives_keras_arrays(tmp_path, monkeypatch):
+    archive = cifar_archive(tmp_path)
+    monkeypatch.setattr(cifar, "ARCHIVE", pinned(cifar.ARCHIVE, archive))
+    arrays = datasets.cifar10.load_data(data_dir=tmp_path)
+    assert type(arrays) is tuple and all(type(pair) is tuple for pair in arrays)
+    (x_train, y_train), (x_test, y_test) = arrays
+    assert x_train.shape == (10, 32, 32, 3) and x_test.shape == (2, 32, 32, 3)
+    assert y_train.shape == (10, 1) and y_test.shape == (2, 1)  # a column, as Keras gives it
+    assert {a.dtype for a in (x_train, y_train, x_test, y_test)} == {np.dtype(np.uint8)}
+    assert y_train[:, 0].tolist() == [2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
+    assert y_test[:, 0].tolist() == [2, 3]
+    data = datasets.load("cifar10", data_dir=tmp_path)
+    check_cifar_pixels(data)  # load() unchanged: (N,) int64
+    assert np.array_equal(x_train, data.train[0]) and np.array_equal(x_test, data.test[0])
+    assert x_train[1, 1, 1, 0] == 11 and x_train[1, 31, 0, 1] == 201  # channels last
+
+
+def keras_npz(folder: Path, arrays: dict[str, np.ndarray]) -> bytes:
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez(
+        folder / "mnist.npz",
+        x_train=arrays["train-images-idx3-ubyte"],
+        y_train=arrays["train-labels-idx1-ubyte"],
+        x_test=arrays["t10k-images-idx3-ubyte"],
+        y_test=arrays["t10k-labels-idx1-ubyte"],
+    )
+    return (folder / "mnist.npz").read_bytes()
+
+
+def test_mnist_load_data_reads_a_verified_keras_npz(tmp_path, monkeypatch, idx_set):
+    raw, arrays = idx_set
+    pin_idx(monkeypatch, "MNIST_FILES", raw, url=closed_url())  # the idx files are not there
+    npz = keras_npz(tmp_path / "keras" / "datasets", arrays)  # KERAS_HOME is tmp_path / "keras"
+    monkeypatch.setattr(mnist, "KERAS_NPZ", pinned(mnist.KERAS_NPZ, npz))
+    check_keras_grey(datasets.mnist.load_data(), arrays)
+    keras_npz(tmp_path / "elsewhere", arrays)
+    check_keras_grey(datasets.mnist.load_data(path=tmp_path / "elsewhere" / "mnist.npz"), arrays)
+
+
+def test_mnist_load_data_refuses_an_unverified_npz_and_unclear_paths(tmp_path, idx_set):
+    raw, arrays = idx_set
+    keras_npz(tmp_path / "keras" / "datasets", arrays)  # checked against Keras's real pin
+    npz = tmp_path / "keras" / "datasets" / "mnist.npz"
+    with pytest.raises(ValueError) as info:
+        datasets.mnist.load_data()
+    message = str(info.value)
+    assert str(npz) in message and "not the official mnist.npz" in message
+    assert "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1" in message
+    assert sha256(npz.read_bytes()) in message
+    with pytest.raises(FileNotFoundError, match="never downloads"):
+        datasets.mnist.load_data(path=tmp_path / "nowhere.npz")
+    with pytest.raises(ValueError, match="not both"):
+        datasets.mnist.load_data(path=npz, data_dir=tmp_path)
+
+
+# --- idx files gunzipped or gzipped by another tool, wherever they are looked for -----------
+
+
+def as_found(raw: dict[str, bytes], variant: str) -> dict[str, bytes]:
+    """The files as a mirror may ship them: gunzipped, re-gzipped by another tool (another
+    header, so other bytes than the pinned .gz), or re-gzipped and cut short."""
+    if variant == "gunzipped":
+        return dict(raw)
+    files = {f"{name}.gz": gz(data, mtime=1234567) for name, data in raw.items()}
+    if variant == "truncated_gzip":
+        files = {name: data[:-30] for name, data in files.items()}
+    return files
+
+
+PLACES = [
+    ("mnist", "data_dir"),
+    ("mnist", "cache"),
+    ("fashion_mnist", "data_dir"),
+    ("fashion_mnist", "system_dir"),
+    ("fashion_mnist", "cache"),
+]
+
+
+def put_idx(name: str, where: str, files: dict[str, bytes], tmp_path, monkeypatch, cache):
+    """Write ``files`` where ``load(name)`` looks for them; the data_dir to pass, or None."""
+    folder = {
+        "data_dir": tmp_path / "given",
+        "system_dir": tmp_path / "usr-share",
+        "cache": cache / name,
+    }[where]
+    write_files(folder, files)
+    if where == "system_dir":
+        monkeypatch.setattr(mnist, "FASHION_SYSTEM_DIRS", (str(folder),))
+    return folder, (folder if where == "data_dir" else None)
+
+
+@pytest.mark.parametrize("variant", ["gunzipped", "regzipped"])
+@pytest.mark.parametrize(("name", "where"), PLACES)
+def test_gunzipped_or_regzipped_idx_files_are_accepted_wherever_looked_for(
+    name, where, variant, tmp_path, monkeypatch, isolated_cache, idx_set
+):
+    raw, arrays = idx_set
+    attr = "MNIST_FILES" if name == "mnist" else "FASHION_FILES"
+    table = pin_idx(monkeypatch, attr, raw, url=closed_url())  # a download would fail
+    files = as_found(raw, variant)
+    pinned_gz = {remote.sha256 for remote in table.values()}
+    assert not pinned_gz & {sha256(data) for data in files.values()}  # only content can pass
+    _, data_dir = put_idx(name, where, files, tmp_path, monkeypatch, isolated_cache)
+    check_idx_arrays(datasets.load(name, data_dir=data_dir), arrays)
+    check_keras_grey(getattr(datasets, name).load_data(data_dir=data_dir), arrays)
+
+
+@pytest.mark.parametrize("variant", ["gunzipped", "regzipped", "truncated_gzip"])
+@pytest.mark.parametrize(
+    ("name", "where"), [(n, w) for n, w in PLACES if w != "cache"]
+)  # the cache downloads again instead: see the tests below
+def test_idx_copies_that_do_not_verify_are_refused_naming_expected_and_got(
+    name, where, variant, tmp_path, monkeypatch, isolated_cache, idx_set
+):
+    raw, _ = idx_set
+    attr = "MNIST_FILES" if name == "mnist" else "FASHION_FILES"
+    remote = pin_idx(monkeypatch, attr, raw, url=closed_url())["train_images"]
+    images = bytearray(raw["train-images-idx3-ubyte"])
+    images[500] ^= 0xFF  # one pixel changed: still a well-formed idx file
+    files = as_found(dict(raw, **{"train-images-idx3-ubyte": bytes(images)}), variant)
+    folder, data_dir = put_idx(name, where, files, tmp_path, monkeypatch, isolated_cache)
+    filename = "train-images-idx3-ubyte" + ("" if variant == "gunzipped" else ".gz")
+    loaders = (
+        lambda: datasets.load(name, data_dir=data_dir),
+        lambda: getattr(datasets, name).load_data(data_dir=data_dir),
+    )
+    for load in loaders:
+        with pytest.raises(ValueError) as info:
+            load()
+        message = str(info.value)
+        assert f"{folder / filename} is not the official train-images-idx3-ubyte.gz" in message
+        assert remote.sha256 in message and remote.content_sha256 in message  # expected
+        assert sha256((folder / filename).read_bytes()) in message  # what came
+        if variant == "truncated_gzip":
+            assert "does not decompress whole" in message
+        else:
+            assert sha256(bytes(images)) in message  # the content that came
+
+
+def test_a_gunzipped_copy_is_checked_against_the_real_content_pins(tmp_path, idx_set):
+    raw, _ = idx_set
+    write_files(tmp_path, raw)
+    with pytest.raises(ValueError) as info:
+        datasets.load("mnist", data_dir=tmp_path)
+    message = str(info.value)
+    assert str(tmp_path / "train-images-idx3-ubyte") in message
+    assert "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db" in message
+    assert sha256(raw["train-images-idx3-ubyte"]) in message
+
+
+def test_every_official_idx_file_pins_its_uncompressed_content():
+    remotes = [*mnist.MNIST_FILES.values(), *mnist.FASHION_FILES.values()]
+    for remote in remotes:
+        assert len(remote.content_sha256) == 64 and remote.content_sha256 != remote.sha256
+        assert remote.uncompressed_name == remote.filename.removesuffix(".gz")
+    assert len({remote.content_sha256 for remote in remotes}) == 8
+
+
+def test_a_damaged_gunzipped_copy_in_the_cache_is_replaced_by_a_download(
+    server, monkeypatch, isolated_cache, idx_set
+):
+    raw, arrays = idx_set
+    pin_idx(monkeypatch, "MNIST_FILES", raw, url=server.url)
+    serve_idx(server, raw)
+    images = bytearray(raw["train-images-idx3-ubyte"])
+    images[500] ^= 0xFF
+    write_files(isolated_cache / "mnist", dict(raw, **{"train-images-idx3-ubyte": bytes(images)}))
+    check_idx_arrays(datasets.load("mnist"), arrays)  # the official pixels, not the damaged ones
+    assert server.requests == ["/train-images-idx3-ubyte.gz"]  # the three good copies were used
+    assert (isolated_cache / "mnist" / "train-images-idx3-ubyte.gz").read_bytes() == gz(
+        raw["train-images-idx3-ubyte"]
+    )
+
+
+def test_a_damaged_cached_copy_and_no_network_says_so(monkeypatch, isolated_cache, idx_set):
+    raw, _ = idx_set
+    pin_idx(monkeypatch, "MNIST_FILES", raw, url=closed_url())
+    damaged = dict(raw, **{"train-images-idx3-ubyte": raw["t10k-images-idx3-ubyte"]})
+    write_files(isolated_cache / "mnist", damaged)
+    with pytest.raises(ConnectionError) as info:
+        datasets.load("mnist")
+    message = str(info.value)
+    assert str(isolated_cache / "mnist" / "train-images-idx3-ubyte") in message
+    assert "failed its checksum" in message and "data_dir" in message
+
+
+def test_a_good_gunzipped_copy_is_used_when_the_gz_beside_it_is_damaged(
+    tmp_path, monkeypatch, isolated_cache, idx_set
+):
+    raw, arrays = idx_set
+    pin_idx(monkeypatch, "MNIST_FILES", raw, url=closed_url())
+    for folder in (tmp_path / "given", isolated_cache / "mnist"):
+        write_files(folder, raw)
+        (folder / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b damaged")
+    check_idx_arrays(datasets.load("mnist", data_dir=tmp_path / "given"), arrays)
+    check_idx_arrays(datasets.load("mnist"), arrays)
 
 
 # --- image folders ---------------------------------------------------------------------------

@@ -5,6 +5,13 @@
     >>> x_train.shape, data.class_names[:3]
     ((1438, 8, 8, 1), ['0', '1', '2'])
 
+Keras's namespaces return Keras's arrays, for code written against ``tensorflow.keras``:
+
+    >>> (x_train, y_train), (x_test, y_test) = datasets.mnist.load_data()  # doctest: +SKIP
+
+``mnist.load_data()``, ``fashion_mnist.load_data()``: x (N, 28, 28) uint8, y (N,) uint8;
+``cifar10.load_data()``: x (N, 32, 32, 3) uint8, y (N, 1) uint8.
+
 Official files are checked against pinned SHA-256 sums; downloads go to ``$CNNLAB_DATA`` or the
 user's cache folder; ``data_dir=`` reads files already on disk instead (nothing downloaded).
 """
@@ -13,6 +20,7 @@ from __future__ import annotations
 
 import os
 
+from cnnlab.datasets import cifar10, fashion_mnist, mnist  # Keras's load_data() namespaces
 from cnnlab.datasets.cifar import load_cifar10
 from cnnlab.datasets.dataset import Dataset
 from cnnlab.datasets.digits import load_digits, load_shifted_digits
@@ -59,6 +67,8 @@ __all__ = [
     "NAMES",
     "Dataset",
     "augment",
+    "cifar10",
+    "fashion_mnist",
     "image_folder",
     "load",
     "load_cifar10",
@@ -66,6 +76,7 @@ __all__ = [
     "load_fashion_mnist",
     "load_mnist",
     "load_shifted_digits",
+    "mnist",
     "one_hot",
     "scale",
     "train_val_split",

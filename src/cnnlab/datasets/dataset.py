@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 
 Split = tuple[np.ndarray, np.ndarray]
+# What Keras's load_data() returns: ((x_train, y_train), (x_test, y_test)), a plain tuple.
+KerasArrays = tuple[Split, Split]
 
 
 class Dataset(tuple):

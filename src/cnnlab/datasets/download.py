@@ -12,8 +12,9 @@ then renames it to its final name; on a wrong hash or a broken connection the te
 deleted. So the cache never holds a half-written or unchecked file.
 
 gzip files may also carry the SHA-256 of their uncompressed content: the same data packed with
-another gzip header (Debian re-compresses the Fashion-MNIST files) or already gunzipped passes
-on that.
+another gzip header (Debian re-compresses the Fashion-MNIST files) or already gunzipped (named
+without ``.gz``, as several mirrors ship them) passes on that, in each of the three places.
+Bytes that verify on neither are refused, never read.
 """
 
 from __future__ import annotations
@@ -87,32 +88,72 @@ def verify(path: Path, remote: RemoteFile) -> None:
 
     Passes on the pinned SHA-256 of the file; for a ``.gz`` whose content is pinned, also on
     the SHA-256 of the uncompressed bytes (a different gzip header) or of the file itself when
-    it is the gunzipped file.
+    it is the gunzipped file. The error names the file, what was expected and what came.
     """
-    path = Path(path)
+    problem = mismatch(Path(path), remote)
+    if problem is not None:
+        raise ValueError(
+            f"{problem}. Delete it and retry (loading without data_dir= downloads a fresh copy "
+            f"from {remote.url}), or pass data_dir= a folder holding the official file."
+        )
+
+
+def mismatch(path: Path, remote: RemoteFile) -> str | None:
+    """None if ``path`` verifies as ``remote`` (see :func:`verify`), else what is wrong."""
     digest = sha256_of(path)
-    if digest == remote.sha256:
-        return
-    if remote.content_sha256 is not None:
-        if digest == remote.content_sha256:
-            return
-        if _gunzipped_sha256(path) == remote.content_sha256:
-            return
+    if digest in (remote.sha256, remote.content_sha256):
+        return None
     size = path.stat().st_size
-    hint = " (shorter: truncated?)" if size < remote.size else ""
-    raise ValueError(
-        f"{path} is not the official {remote.filename}: expected {remote.size:,} bytes with "
-        f"SHA-256 {remote.sha256}, got {size:,} bytes{hint} with SHA-256 {digest}. "
-        f"Delete it and retry (loading without data_dir= downloads a fresh copy from "
-        f"{remote.url}), or pass data_dir= a folder holding the official file."
+    expected = f"expected {remote.size:,} bytes with SHA-256 {remote.sha256}"
+    got = f"got {size:,} bytes with SHA-256 {digest}"
+    if remote.content_sha256 is None:
+        hint = " (shorter: truncated?)" if size < remote.size else ""
+        return f"{path} is not the official {remote.filename}: {expected}, {got}{hint}"
+    content = _gunzipped_sha256(path)
+    if content == remote.content_sha256:
+        return None
+    expected += (
+        f" as served, or its uncompressed content ({remote.uncompressed_name}, gzipped or not) "
+        f"with SHA-256 {remote.content_sha256}"
     )
+    if content is not None:
+        got += f", gzip of content with SHA-256 {content}"
+    elif _is_gzip(path):
+        got += ", gzip that does not decompress whole (truncated?)"
+    return f"{path} is not the official {remote.filename}: {expected}; {got}"
+
+
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as stream:
+        return stream.read(2) == b"\x1f\x8b"
+
+
+def _copies_in(folder: Path, remote: RemoteFile) -> list[Path]:
+    names = (remote.filename, remote.uncompressed_name)
+    return [folder / name for name in names if name is not None and (folder / name).is_file()]
 
 
 def find_in(folder: Path, remote: RemoteFile) -> Path | None:
     """The path of ``remote`` in ``folder`` (as served, or gunzipped), or None."""
-    for name in (remote.filename, remote.uncompressed_name):
-        if name is not None and (folder / name).is_file():
-            return folder / name
+    copies = _copies_in(folder, remote)
+    return copies[0] if copies else None
+
+
+def find_verified(folder: Path, remote: RemoteFile) -> Path | None:
+    """The first copy of ``remote`` in ``folder`` (as served, then gunzipped) that verifies.
+
+    None when there is no copy; ``ValueError`` (that of the first copy) when none verifies.
+    """
+    errors = []
+    for path in _copies_in(folder, remote):
+        try:
+            verify(path, remote)
+        except ValueError as error:
+            errors.append(error)
+        else:
+            return path
+    if errors:
+        raise errors[0]
     return None
 
 
@@ -125,32 +166,37 @@ def fetch(
     """The local path of ``remote``, checked against its pinned hash.
 
     With ``data_dir``, only that folder is looked in. Otherwise ``search_dirs``, then the cache
-    folder ``cache_dir() / subdir``, downloading there when needed.
+    folder ``cache_dir() / subdir``, downloading there when no copy in it verifies. In each
+    folder the file may be as served or gunzipped (see :func:`verify`).
     """
     if data_dir is not None:
         folder = Path(data_dir).expanduser()
-        path = find_in(folder, remote)
+        path = find_verified(folder, remote)
         if path is None:
+            gunzipped = remote.uncompressed_name
+            also = f" (or {gunzipped}, gunzipped)" if gunzipped else ""
             raise FileNotFoundError(
-                f"{remote.filename} not found in data_dir={str(folder)!r}. Put the official file "
-                f"there ({remote.size:,} bytes, SHA-256 {remote.sha256}, from {remote.url}), "
+                f"{remote.filename}{also} not found in data_dir={str(folder)!r}. Put the official "
+                f"file there ({remote.size:,} bytes, SHA-256 {remote.sha256}, from {remote.url}), "
                 f"or leave data_dir unset to download it into {cache_dir()}."
             )
-        verify(path, remote)
         return path
     for folder in search_dirs:
-        path = find_in(Path(folder), remote)
+        path = find_verified(Path(folder), remote)
         if path is not None:
-            verify(path, remote)
             return path
-    return _download(remote, cache_dir() / subdir)
+    folder = cache_dir() / subdir
+    try:
+        path = find_verified(folder, remote)
+    except ValueError:
+        path = None  # damaged: downloaded again
+    return path if path is not None else _download(remote, folder)
 
 
 def _download(remote: RemoteFile, folder: Path) -> Path:
     import pooch
 
-    target = folder / remote.filename
-    damaged = target.exists()
+    damaged = [str(path) for path in _copies_in(folder, remote)]
     try:
         path = pooch.retrieve(
             remote.url,
@@ -167,7 +213,8 @@ def _download(remote: RemoteFile, folder: Path) -> Path:
         ) from error
     except OSError as error:  # requests' errors are OSErrors too
         already = (
-            f"The cached copy {target} failed its checksum, so a fresh one was needed. "
+            f"The cached copy ({', '.join(damaged)}) failed its checksum, so a fresh one was "
+            f"needed. "
             if damaged
             else ""
         )

@@ -5,7 +5,10 @@ published in tensorflow/datasets' ``url_checksums/mnist.txt`` and ``fashion_mnis
 repeated by many independent projects; the uncompressed ones match Debian's
 ``dataset-fashion-mnist`` (whose ``.gz`` headers differ from the official files, so files are
 accepted on either hash: see ``download.verify``). The MNIST files are the original
-yann.lecun.com ones, served by the PyTorch mirror below.
+yann.lecun.com ones, served by the PyTorch mirror below. Each file is also accepted gunzipped
+(``train-images-idx3-ubyte``) or gzipped by another tool, on its pinned uncompressed SHA-256.
+
+``load_data()`` is Keras's ``keras.datasets.mnist.load_data``: x (N, 28, 28) and y (N,), uint8.
 """
 
 from __future__ import annotations
@@ -15,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnlab.datasets.dataset import Dataset
-from cnnlab.datasets.download import RemoteFile, fetch
+from cnnlab.datasets.dataset import Dataset, KerasArrays
+from cnnlab.datasets.download import RemoteFile, fetch, mismatch
 from cnnlab.datasets.idx import read_idx
 
 MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
@@ -85,6 +88,15 @@ FASHION_FILES = {
     ),
 }
 
+# Keras's own copy, read by load_data(path=) when it is on disk (never downloaded here); the
+# SHA-256 is the one pinned in keras/src/datasets/mnist.py.
+KERAS_NPZ = RemoteFile(
+    "mnist.npz",
+    "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz",
+    "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1",
+    11_490_434,
+)
+
 # Where Debian's dataset-fashion-mnist package installs the four files.
 FASHION_SYSTEM_DIRS: tuple[str, ...] = ("/usr/share/datasets/fashion-mnist",)
 
@@ -111,6 +123,64 @@ def load_mnist(data_dir: str | os.PathLike | None = None) -> Dataset:
 def load_fashion_mnist(data_dir: str | os.PathLike | None = None) -> Dataset:
     """Fashion-MNIST (Zalando): x (60000, 28, 28, 1) and (10000, 28, 28, 1) uint8."""
     return _load("fashion_mnist", FASHION_FILES, FASHION_CLASSES, data_dir, FASHION_SYSTEM_DIRS)
+
+
+def load_data(
+    path: str | os.PathLike = "mnist.npz", *, data_dir: str | os.PathLike | None = None
+) -> KerasArrays:
+    """MNIST as Keras's ``mnist.load_data`` returns it: ``(x_train, y_train), (x_test, y_test)``.
+
+    x_train (60000, 28, 28) and x_test (10000, 28, 28): uint8 pixels 0-255, no channel axis;
+    y_train (60000,) and y_test (10000,): uint8 digits 0-9.
+
+    ``path``: Keras's ``mnist.npz``, relative to Keras's cache ``$KERAS_HOME/datasets`` (by
+    default ``~/.keras/datasets``) or absolute. It is read when it exists, after checking it
+    against the SHA-256 Keras pins; it is never downloaded. Otherwise (the default name and no
+    such file) the official idx files are loaded as by :func:`load_mnist`: from the cache,
+    downloaded when missing. ``data_dir``: a folder already holding the idx files (``.gz`` or
+    gunzipped); nothing is downloaded then.
+    """
+    default = os.fspath(path) == KERAS_NPZ.filename
+    if data_dir is not None:
+        if not default:
+            raise ValueError(
+                f"Give path= (Keras's mnist.npz) or data_dir= (a folder of the idx files), not "
+                f"both: got path={os.fspath(path)!r} and data_dir={os.fspath(data_dir)!r}"
+            )
+        return keras_arrays(load_mnist(data_dir))
+    npz = keras_datasets_dir() / Path(path).expanduser()  # an absolute path stays as it is
+    if npz.is_file():
+        return _read_keras_npz(npz)
+    if not default:
+        raise FileNotFoundError(
+            f"path={os.fspath(path)!r}: {npz} does not exist. path= names a copy of Keras's "
+            f"{KERAS_NPZ.filename} (SHA-256 {KERAS_NPZ.sha256}), which cnnlab never downloads; "
+            f"leave it unset to load the official idx files, or pass data_dir= their folder."
+        )
+    return keras_arrays(load_mnist())
+
+
+def keras_datasets_dir() -> Path:
+    """Keras's cache of datasets: ``$KERAS_HOME/datasets``, by default ``~/.keras/datasets``."""
+    return Path(os.environ.get("KERAS_HOME") or "~/.keras").expanduser() / "datasets"
+
+
+def keras_arrays(data: Dataset) -> KerasArrays:
+    """A grey :class:`Dataset` in Keras's format: x (N, H, W) uint8, y (N,) uint8."""
+    (x_train, y_train), (x_test, y_test) = data
+    grey = [x[..., 0] for x in (x_train, x_test)]  # (N, H, W, 1) -> (N, H, W), a view
+    return (grey[0], y_train.astype(np.uint8)), (grey[1], y_test.astype(np.uint8))
+
+
+def _read_keras_npz(path: Path) -> KerasArrays:
+    problem = mismatch(path, KERAS_NPZ)
+    if problem is not None:
+        raise ValueError(
+            f"{problem}. It is not Keras's {KERAS_NPZ.filename}: delete it or replace it with "
+            f"the official copy from {KERAS_NPZ.url}, or load without path= (the idx files)."
+        )
+    with np.load(path, allow_pickle=False) as npz:
+        return (npz["x_train"], npz["y_train"]), (npz["x_test"], npz["y_test"])
 
 
 def _load(name, files, class_names, data_dir, search_dirs) -> Dataset:
