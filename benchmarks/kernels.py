@@ -18,11 +18,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from cnnlab import nn
+from cnnlab.engine import batchnorm, kernels
+from cnnlab.engine.activations import leaky_relu_backward
+from cnnlab.engine.sums import column_sums
 from cnnlab.memory import keep_freed_memory
-from cnnlab.ops import batchnorm, kernels
-from cnnlab.ops.activations import leaky_relu_backward
-from cnnlab.ops.sums import column_sums
-from cnnlab.ops.windows import add_windows
+from cnnlab.nn.windows import add_windows
 
 
 def median_ms(fn, calls: int = 30) -> float:
@@ -70,7 +71,7 @@ def main() -> None:
 
     gamma, beta = np.ones(32, np.float32), np.zeros(32, np.float32)
     _, _, _, fast_cache = batchnorm.batchnorm_train_forward(x, gamma, beta, 1e-3)
-    _, _, _, ref_cache = batchnorm.batchnorm_train_forward_reference(x, gamma, beta, 1e-3)
+    _, _, _, ref_cache = nn.batchnorm_train_forward(x, gamma, beta, 1e-3)
     dcols = rng.standard_normal((128, 16, 16, 3, 3, 32), dtype=np.float32)  # stride 2, 32 -> 16
     dx = np.empty((128, 32, 32, 32), np.float32)
     dx_padded = np.zeros((128, 33, 33, 32), np.float32)
@@ -92,7 +93,7 @@ def main() -> None:
         ),
         (
             "batch norm forward: NumPy reference",
-            lambda: batchnorm.batchnorm_train_forward_reference(x, gamma, beta, 1e-3),
+            lambda: nn.batchnorm_train_forward(x, gamma, beta, 1e-3),
         ),
         (
             "batch norm backward: compiled passes (cnnlab)",
@@ -100,7 +101,7 @@ def main() -> None:
         ),
         (
             "batch norm backward: NumPy reference",
-            lambda: batchnorm.batchnorm_train_backward_reference(dy, ref_cache),
+            lambda: nn.batchnorm_train_backward(dy, ref_cache),
         ),
         ("col2im, stride 2: compiled loop", lambda: kernels.col2im(dcols, 2, 2, 0, 0, dx)),
         ("col2im, stride 2: NumPy slice additions", col2im_numpy),

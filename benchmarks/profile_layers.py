@@ -22,9 +22,9 @@ import time
 import numpy as np
 
 from cnnlab import zoo
+from cnnlab.engine.parallel import one_blas_thread
 from cnnlab.fusion import ConvChain, ConvNormalizeActivate, NormalizeActivate
 from cnnlab.memory import keep_freed_memory
-from cnnlab.ops.parallel import one_blas_thread
 from cnnlab.seeding import set_random_seed
 
 

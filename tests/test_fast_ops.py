@@ -1,7 +1,7 @@
-"""The fast ops give the numbers of their plain reference forms.
+"""The fast ops of cnnlab.engine give the numbers of their plain forms in cnnlab.nn.
 
 The fast forms reuse buffers between calls and work in place, so the cases cover strides,
-padding, odd sizes, both dtypes, and a workspace reused across calls of different shapes.
+padding, odd sizes, both dtypes, and scratch buffers reused across calls of different shapes.
 """
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cnnlab.ops import activations, batchnorm, blas, conv, parallel, sums
+from cnnlab import nn
+from cnnlab.engine import activations, batchnorm, blas, conv, parallel, sums
 
 
 @pytest.fixture(params=["compiled", "numpy"])
@@ -47,14 +48,13 @@ def test_fast_conv_matches_reference(products, dtype, n, h, w, c, f, kernel, str
     x = rng.normal(size=(n, h, w, c)).astype(dtype)
     k = rng.normal(size=(*kernel, c, f)).astype(dtype)
     b = rng.normal(size=f).astype(dtype)
-    workspace: dict = {}
-    y, cache = conv.conv2d_forward(x, k, b, strides, padding, workspace=workspace)
-    y_ref, cache_ref = conv.conv2d_forward_reference(x, k, b, strides, padding)
+    y, cache = conv.conv2d_forward(x, k, b, strides, padding)
+    y_ref, cache_ref = nn.conv2d_forward(x, k, b, strides, padding)
     _close(y, y_ref, dtype)
     dy = rng.normal(size=y.shape).astype(dtype)
     for fast, ref in zip(
-        conv.conv2d_backward(dy, cache, workspace=workspace),
-        conv.conv2d_backward_reference(dy, cache_ref),
+        conv.conv2d_backward(dy, cache),
+        nn.conv2d_backward(dy, cache_ref),
         strict=True,
     ):
         _close(fast, ref, dtype)
@@ -84,15 +84,14 @@ def _check_conv_in_chunks(monkeypatch, strides, padding):
     steps = []
     real_chunks = conv._chunks
     monkeypatch.setattr(conv, "_chunks", lambda *a: steps.append(real_chunks(*a)) or steps[-1])
-    workspace: dict = {}
     for _ in range(2):  # the second call reuses the buffers
-        y, cache = conv.conv2d_forward(x, k, b, strides, padding, workspace=workspace)
-        y_ref, cache_ref = conv.conv2d_forward_reference(x, k, b, strides, padding)
+        y, cache = conv.conv2d_forward(x, k, b, strides, padding)
+        y_ref, cache_ref = nn.conv2d_forward(x, k, b, strides, padding)
         _close(y, y_ref, np.float64)
         dy = rng.normal(size=y.shape)
         for fast, ref in zip(
-            conv.conv2d_backward(dy, cache, workspace=workspace),
-            conv.conv2d_backward_reference(dy, cache_ref),
+            conv.conv2d_backward(dy, cache),
+            nn.conv2d_backward(dy, cache_ref),
             strict=True,
         ):
             _close(fast, ref, np.float64)
@@ -111,7 +110,7 @@ def test_conv_with_normalize_is_conv_then_batchnorm_then_leaky(products, dtype, 
     scale = rng.uniform(0.5, 2.0, size=4).astype(dtype)
     slope = dtype(0.3)
     y, _ = conv.conv2d_forward(x, k, None, strides, padding, normalize=(mean, scale, beta, slope))
-    v = (conv.conv2d_forward_reference(x, k, None, strides, padding)[0] - mean) * scale + beta
+    v = (nn.conv2d_forward(x, k, None, strides, padding)[0] - mean) * scale + beta
     _close(y, np.where(v > 0, v, slope * v), dtype)
 
 
@@ -128,18 +127,17 @@ def test_numpy_blas_is_found_for_the_compiled_conv():
     assert blas.gemm(np.float16) is None
 
 
-def test_workspace_is_reused_across_calls_of_different_shapes(products):
+def test_scratch_is_reused_across_calls_of_different_shapes(products):
     rng = np.random.default_rng(1)
     k = rng.normal(size=(3, 3, 2, 3))
-    workspace: dict = {}
     for n, h in [(4, 6), (3, 9), (4, 6), (1, 5)]:
         x = rng.normal(size=(n, h, h, 2))
-        y, cache = conv.conv2d_forward(x, k, None, (2, 2), "same", workspace=workspace)
-        y_ref, cache_ref = conv.conv2d_forward_reference(x, k, None, (2, 2), "same")
+        y, cache = conv.conv2d_forward(x, k, None, (2, 2), "same")
+        y_ref, cache_ref = nn.conv2d_forward(x, k, None, (2, 2), "same")
         _close(y, y_ref, np.float64)
         dy = rng.normal(size=y.shape)
-        dx, _, _ = conv.conv2d_backward(dy, cache, workspace=workspace)
-        _close(dx, conv.conv2d_backward_reference(dy, cache_ref)[0], np.float64)
+        dx, _, _ = conv.conv2d_backward(dy, cache)
+        _close(dx, nn.conv2d_backward(dy, cache_ref)[0], np.float64)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -149,13 +147,13 @@ def test_fast_batchnorm_matches_reference(dtype, shape):
     x = (rng.normal(size=shape) * 3 + 2).astype(dtype)
     gamma, beta = rng.normal(size=(2, shape[-1])).astype(dtype)
     fast = batchnorm.batchnorm_train_forward(x, gamma, beta, 1e-3)
-    ref = batchnorm.batchnorm_train_forward_reference(x, gamma, beta, 1e-3)
+    ref = nn.batchnorm_train_forward(x, gamma, beta, 1e-3)
     for a, b in zip(fast[:3], ref[:3], strict=True):
         _close(a, b, dtype)
     dy = rng.normal(size=shape).astype(dtype)
     for a, b in zip(
         batchnorm.batchnorm_train_backward(dy, fast[3]),
-        batchnorm.batchnorm_train_backward_reference(dy, ref[3]),
+        nn.batchnorm_train_backward(dy, ref[3]),
         strict=True,
     ):
         _close(a, b, dtype)
@@ -198,8 +196,8 @@ def test_first_layer_can_skip_the_input_gradient():
     dy = rng.normal(size=y.shape)
     dx, dk, db = conv.conv2d_backward(dy, cache, input_gradient=False)
     assert dx is None
-    _, cache_ref = conv.conv2d_forward_reference(x, k, None, (1, 1), "same")
-    _, dk_ref, db_ref = conv.conv2d_backward_reference(dy, cache_ref)
+    _, cache_ref = nn.conv2d_forward(x, k, None, (1, 1), "same")
+    _, dk_ref, db_ref = nn.conv2d_backward(dy, cache_ref)
     _close(dk, dk_ref, np.float64)
     _close(db, db_ref, np.float64)
 

@@ -3,13 +3,15 @@ run one after the other: forward, backward, moving statistics, and whole trainin
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 
 from cnnlab import fusion, layers, zoo
+from cnnlab.engine import activations, batchnorm, parallel, scratch
 from cnnlab.fusion import NormalizeActivate
 from cnnlab.model import Sequential
-from cnnlab.ops import activations, batchnorm, parallel
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -21,7 +23,9 @@ def test_batchnorm_with_activation_equals_the_two_ops(dtype, slope, shape):
     dy = rng.normal(size=shape).astype(dtype)
     gamma, beta = rng.normal(size=(2, shape[-1])).astype(dtype)
 
-    y, mean, var, cache = batchnorm.batchnorm_train_forward(x, gamma, beta, 1e-3, slope)
+    y, mean, var, cache = batchnorm.batchnorm_train_forward(
+        x, gamma, beta, 1e-3, negative_slope=slope
+    )
     dx, dgamma, dbeta = batchnorm.batchnorm_train_backward(dy, cache)
 
     z, mean_2, var_2, cache_2 = batchnorm.batchnorm_train_forward(x, gamma, beta, 1e-3)
@@ -38,7 +42,9 @@ def test_batchnorm_with_activation_equals_the_two_ops(dtype, slope, shape):
     assert (y < 0).any() == (slope > 0)  # the activation was applied: ReLU leaves no negatives
 
     stats = rng.normal(size=shape[-1]).astype(dtype), rng.uniform(0.5, 2, shape[-1]).astype(dtype)
-    y_inf, _ = batchnorm.batchnorm_inference_forward(x, gamma, beta, *stats, 1e-3, slope)
+    y_inf, _ = batchnorm.batchnorm_inference_forward(
+        x, gamma, beta, *stats, 1e-3, negative_slope=slope
+    )
     z_inf, _ = batchnorm.batchnorm_inference_forward(x, gamma, beta, *stats, 1e-3)
     np.testing.assert_array_equal(y_inf, activations.leaky_relu(z_inf, slope))
 
@@ -144,10 +150,19 @@ def test_a_conv_alone_between_other_layers_is_not_chained():
 
 @pytest.mark.parametrize("n_threads", [1, 2])
 @pytest.mark.parametrize("batch", [1, 5, 16, 64])
-def test_conv_chain_gives_the_numbers_of_its_steps_one_by_one(n_threads, batch):
+def test_conv_chain_gives_the_numbers_of_its_steps_one_by_one(monkeypatch, n_threads, batch):
     """Each core takes its slice through every step of the chain, with buffers of its own."""
     before = parallel.num_threads()
     parallel.set_num_threads(n_threads)
+    handed = []  # (thread, buffer) for every scratch buffer an op asked for
+    real = scratch.buffer
+
+    def spy(*args, **kwargs):
+        buf = real(*args, **kwargs)
+        handed.append((threading.get_ident(), buf))
+        return buf
+
+    monkeypatch.setattr(scratch, "buffer", spy)
     try:
         model = zoo.cnn(input_shape=(16, 16, 3))
         (chain,) = [s for s in model._steps(training=False) if isinstance(s, fusion.ConvChain)]
@@ -157,19 +172,15 @@ def test_conv_chain_gives_the_numbers_of_its_steps_one_by_one(n_threads, batch):
             expected = x
             for step in chain.steps:
                 expected = step(expected)
+            handed.clear()
             np.testing.assert_array_equal(chain(x), expected)
-        # Scratch of their own: the cores' slices, run at once, may not share an im2col or
-        # Winograd buffer (a race that a comparison of numbers catches only now and then).
-        used = min(batch, n_threads)
-        for step in chain.steps:
-            scratch = {
-                key: buf
-                for workspace in step._workspaces.values()
-                for key, buf in workspace.items()
-                if isinstance(key, tuple)  # (name, thread)
-            }
-            assert len({thread for _, thread in scratch}) >= used
-            assert len({id(buf) for buf in scratch.values()}) == len(scratch)
+            # Scratch of their own: the cores' slices, run at once, may not share an im2col
+            # or Winograd buffer (a race that a comparison of numbers catches only now and
+            # then).
+            threads = {thread for thread, _ in handed}
+            assert len(threads) == min(batch, n_threads)
+            for buf_id in {id(buf) for _, buf in handed}:
+                assert len({t for t, buf in handed if id(buf) == buf_id}) == 1
     finally:
         parallel.set_num_threads(before)
 
@@ -214,14 +225,16 @@ def test_training_and_inference_give_the_numbers_of_the_layers_one_by_one(monkey
 
 
 def test_backward_after_a_fused_inference_call_is_refused():
-    norm = layers.BatchNormalization()
-    norm.build((3,))
+    norm, act = layers.BatchNormalization(), layers.LeakyReLU(0.3)
+    for layer in (norm, act):
+        layer.build((3,))
     x = np.ones((2, 3), np.float32)
     with pytest.raises(RuntimeError, match="backward needs a forward pass first"):
         norm.backward(x)
-    norm.normalize(x, training=False, negative_slope=0.3)
-    with pytest.raises(RuntimeError, match="backward needs a forward pass first"):
-        norm.backward(x)
+    step = NormalizeActivate(norm, act)
+    step(x, training=False)
+    with pytest.raises(RuntimeError, match="backward needs a training call first"):
+        step.backward(x)
 
 
 def test_predict_between_a_training_call_and_its_backward_leaves_the_backward_alone():

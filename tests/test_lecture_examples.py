@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cnnlab import layers
-from cnnlab.ops.conv import convolve_patch
+from cnnlab.nn.conv import convolve_patch
 
 PATCH = np.array([[0.6, 0.2, 0.6], [0.1, -0.2, -0.3], [-0.5, -0.1, -0.3]])
 HORIZONTAL_EDGE = np.array([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [-1.0, -1.0, -1.0]])

@@ -315,7 +315,7 @@ def test_same_seed_same_training_history():
 
 
 def test_set_random_seed_rejects_bad_seeds():
-    with pytest.raises(ValueError, match=r"`seed` must be a non-negative int, got -1"):
+    with pytest.raises(ValueError, match=r"`seed` must be an int >= 0, got -1"):
         cnnlab.set_random_seed(-1)
 
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_info
 
-from cnnlab.ops import activations, batchnorm, conv, dense, parallel
+from cnnlab import nn
+from cnnlab.engine import activations, batchnorm, conv, dense, parallel
 
 
 @pytest.fixture
@@ -182,12 +183,12 @@ def test_conv_gives_the_reference_numbers_on_any_number_of_threads(
     x = rng.normal(size=(5, 7, 6, 3))
     k = rng.normal(size=(3, 3, 3, 4))
     b = rng.normal(size=4)
-    y, cache = conv.conv2d_forward(x, k, b, strides, padding, workspace={})
-    y_ref, cache_ref = conv.conv2d_forward_reference(x, k, b, strides, padding)
+    y, cache = conv.conv2d_forward(x, k, b, strides, padding)
+    y_ref, cache_ref = nn.conv2d_forward(x, k, b, strides, padding)
     np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
     dy = rng.normal(size=y.shape)
     for fast, ref in zip(
-        conv.conv2d_backward(dy, cache), conv.conv2d_backward_reference(dy, cache_ref), strict=True
+        conv.conv2d_backward(dy, cache), nn.conv2d_backward(dy, cache_ref), strict=True
     ):
         np.testing.assert_allclose(fast, ref, rtol=1e-12, atol=1e-12)
 
@@ -216,12 +217,12 @@ def test_dense_gives_the_formula_on_any_number_of_threads(threads, slice_counts,
     y, cache = dense.dense_forward(x, k, b)
     np.testing.assert_allclose(y, x @ k + b, rtol=1e-12, atol=1e-10)
     dy = rng.normal(size=y.shape)
-    dx, dk, db = dense.dense_backward(dy, cache, k)
+    dx, dk, db = dense.dense_backward(dy, cache)
     np.testing.assert_allclose(dx, dy @ k.T, rtol=1e-12, atol=1e-10)
     np.testing.assert_allclose(dk, x.T @ dy, rtol=1e-12, atol=1e-10)
     np.testing.assert_allclose(db, dy.sum(axis=0), rtol=1e-12, atol=1e-10)
     assert slice_counts == [min(n_threads, 2)] * 2  # forward; all three gradients in one
-    no_dx, dk_alone, _ = dense.dense_backward(dy, cache, k, input_gradient=False)
+    no_dx, dk_alone, _ = dense.dense_backward(dy, cache, input_gradient=False)
     assert no_dx is None
     np.testing.assert_array_equal(dk_alone, dk)
 
@@ -251,12 +252,10 @@ def test_batchnorm_and_leaky_relu_split_over_threads_give_the_reference_numbers(
     grads = batchnorm.batchnorm_train_backward(dy, cache)
     act = activations.leaky_relu(x, 0.2), activations.leaky_relu_backward(dy, x, 0.2)
     assert slice_counts == [2] * 6  # 2 passes forward, 2 backward, 2 for the activation
-    y_ref, mean_ref, var_ref, cache_ref = batchnorm.batchnorm_train_forward_reference(
-        x, gamma, beta, 1e-3
-    )
+    y_ref, mean_ref, var_ref, cache_ref = nn.batchnorm_train_forward(x, gamma, beta, 1e-3)
     for fast, ref in zip(
         (y, mean, var, *grads),
-        (y_ref, mean_ref, var_ref, *batchnorm.batchnorm_train_backward_reference(dy, cache_ref)),
+        (y_ref, mean_ref, var_ref, *nn.batchnorm_train_backward(dy, cache_ref)),
         strict=True,
     ):
         np.testing.assert_allclose(fast, ref, rtol=1e-10, atol=1e-10)

@@ -239,7 +239,9 @@ def test_npz_missing_a_weight(saved, tmp_path):
     path = tmp_path / "holes.cnnlab"
     with open(path, "wb") as f:
         np.savez(f, **arrays)
-    with pytest.raises(ValueError, match=r"damaged: missing entry"):
+    with pytest.raises(
+        ValueError, match=r"holes.cnnlab is damaged: missing or malformed entry .weights/"
+    ):
         load_model(path)
 
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cnnlab import fusion, zoo
-from cnnlab.ops import blas, conv, parallel, winograd
+from cnnlab import fusion, nn, zoo
+from cnnlab.engine import blas, conv, parallel, winograd
+from cnnlab.nn import winograd as plain
 
 needs_blas = pytest.mark.skipif(
     blas.gemm(np.float32) is None, reason="NumPy's BLAS is not OpenBLAS: no Winograd path"
@@ -18,15 +19,15 @@ def test_the_transforms_give_a_correlation_of_six_values_with_three():
     rng = np.random.default_rng(0)
     d, g = rng.normal(size=6), rng.normal(size=3)
     direct = [d[k : k + 3] @ g for k in range(4)]
-    np.testing.assert_allclose(winograd.A_T @ ((winograd.G @ g) * (winograd.B_T @ d)), direct)
+    np.testing.assert_allclose(plain.A_T @ ((plain.G @ g) * (plain.B_T @ d)), direct)
 
 
 def test_filter_transform_is_g_g_transposed_for_each_filter():
     kernel = np.random.default_rng(1).normal(size=(3, 3, 2, 5)).astype(np.float32)
-    u = winograd.filter_transform(kernel)
+    u = plain.filter_transform(kernel)
     assert u.shape == (36, 2, 5) and u.dtype == np.float32
     for c, f in [(0, 0), (1, 4)]:
-        expected = winograd.G @ kernel[:, :, c, f].astype(np.float64) @ winograd.G.T
+        expected = plain.G @ kernel[:, :, c, f].astype(np.float64) @ plain.G.T
         np.testing.assert_allclose(u[:, c, f].reshape(6, 6), expected, rtol=1e-6)
 
 
@@ -48,16 +49,17 @@ def test_winograd_equals_the_direct_convolution(case, dtype):
     rng = np.random.default_rng(2)
     x = rng.normal(size=(n, h, w, c)).astype(dtype)
     kernel = (rng.normal(size=(3, 3, c, f)) / np.sqrt(9 * c)).astype(dtype)
-    expected, _ = conv.conv2d_forward_reference(
+    expected, _ = nn.conv2d_forward(
         x.astype(np.float64), kernel.astype(np.float64), None, (1, 1), padding
     )
-    workspace: dict = {}
-    for _ in range(2):  # the second call reuses the scratch
-        y = winograd.conv3x3_forward(x, winograd.filter_transform(kernel), padding, workspace)
+    # float32: each output of F(4x4, 3x3) rounds a few sums of up to 36 terms more than the
+    # direct 9*C-term sum; float64 shows that the arithmetic is exact.
+    tolerance = 1e-12 if dtype == np.float64 else 2e-5
+    by_the_algebra = plain.winograd_conv3x3(x, kernel, padding)
+    for y in [by_the_algebra] + [
+        winograd.conv3x3_forward(x, plain.filter_transform(kernel), padding) for _ in range(2)
+    ]:  # the plain form, then the compiled one twice: the second reuses the scratch
         assert y.dtype == dtype and y.shape == expected.shape
-        # float32: each output of F(4x4, 3x3) rounds a few sums of up to 36 terms more than
-        # the direct 9*C-term sum; float64 shows that the arithmetic is exact.
-        tolerance = 1e-12 if dtype == np.float64 else 2e-5
         assert np.max(np.abs(y - expected)) <= tolerance * np.max(np.abs(expected))
 
 
@@ -70,22 +72,37 @@ def test_winograd_with_batch_norm_and_leaky_relu_applies_their_formula(n_threads
     mean, beta = rng.normal(size=(2, 7)).astype(np.float32)
     scale = rng.uniform(0.5, 2, 7).astype(np.float32)
     slope = np.float32(0.3)
-    z, _ = conv.conv2d_forward_reference(x, kernel, None, (1, 1), "same")
+    z, _ = nn.conv2d_forward(x, kernel, None, (1, 1), "same")
     v = (z - mean) * scale + beta
     expected = np.where(v > 0, v, slope * v)
     before = parallel.num_threads()
     parallel.set_num_threads(n_threads)
     try:
-        u = winograd.filter_transform(kernel)
-        y = winograd.conv3x3_forward(x, u, "same", {}, (mean, scale, beta, slope))
+        u = plain.filter_transform(kernel)
+        y = winograd.conv3x3_forward(x, u, "same", (mean, scale, beta, slope))
     finally:
         parallel.set_num_threads(before)
     assert (expected < 0).any()
     np.testing.assert_allclose(y, expected, rtol=1e-5, atol=2e-5)
 
 
+@pytest.fixture
+def by_winograd(monkeypatch):
+    """The kernels that went through Winograd's filter transform, in order: the forward
+    pass's (``"forward"``) and the input gradient's (``"backward"``)."""
+    seen = []
+    real = winograd.scratch.kept
+
+    def spy(name, source, make):
+        seen.append(("backward" if "turned" in name else "forward", source))
+        return real(name, source, make)
+
+    monkeypatch.setattr(winograd.scratch, "kept", spy)
+    return seen
+
+
 @needs_blas
-def test_winograd_is_chosen_for_3x3_stride_1_convs_with_enough_channels():
+def test_winograd_is_chosen_for_3x3_stride_1_convs_with_enough_channels(by_winograd):
     assert winograd.applies((3, 3, 32, 64), (1, 1), np.float32)
     assert not winograd.applies((3, 3, 32, 64), (2, 2), np.float32)  # strides 2
     assert not winograd.applies((5, 5, 32, 64), (1, 1), np.float32)  # 5x5 filters
@@ -94,15 +111,19 @@ def test_winograd_is_chosen_for_3x3_stride_1_convs_with_enough_channels():
     # In the book's CNN: the third conv (16x16x32 -> 64, strides 1) only, at inference and
     # in training.
     model = zoo.cnn(input_shape=(32, 32, 3))
+    model.compile("adam", "sparse_categorical_crossentropy")
+    third = model.layers[6].weights["kernel"]
+    assert third.shape == (3, 3, 32, 64)
     x = np.random.default_rng(4).uniform(-1, 1, (6, 32, 32, 3)).astype(np.float32)
-    np.testing.assert_allclose(model.predict(x), model(x), rtol=1e-5, atol=1e-6)
-    (chain,) = [s for s in model._steps(training=False) if isinstance(s, fusion.ConvChain)]
-    by_winograd = [
-        any("winograd u" in ws for ws in step._workspaces.values()) for step in chain.steps
+    assert any(isinstance(s, fusion.ConvChain) for s in model._steps(training=False))
+    model.predict(x)
+    assert [(way, kernel is third) for way, kernel in by_winograd] == [("forward", True)]
+    by_winograd.clear()
+    model.train_step(x, np.arange(6))
+    assert [(way, kernel is third) for way, kernel in by_winograd] == [
+        ("forward", True),
+        ("backward", True),
     ]
-    assert by_winograd == [False, False, True, False]
-    convs = [layer for layer in model.layers if "kernel" in layer.weights][:4]
-    assert ["winograd u" in conv._workspace for conv in convs] == [False, False, True, False]
 
 
 @needs_blas
@@ -125,7 +146,9 @@ def test_the_transformed_filters_follow_the_kernel_when_it_changes_in_place():
 @needs_blas
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("padding", ["same", "valid"])
-def test_the_conv_ops_by_winograd_give_the_reference_forward_and_backward(padding, dtype):
+def test_the_conv_ops_by_winograd_give_the_reference_forward_and_backward(
+    by_winograd, padding, dtype
+):
     """conv2d_forward / conv2d_backward take Winograd's path for 3x3 filters, strides 1 and
     16 channels or more: the output with its bias, and the input gradient, as a 3x3
     convolution of the output gradient; the kernel gradient stays im2col's."""
@@ -134,15 +157,13 @@ def test_the_conv_ops_by_winograd_give_the_reference_forward_and_backward(paddin
     kernel = (rng.normal(size=(3, 3, 16, 5)) / 12).astype(dtype)
     bias = rng.normal(size=5).astype(dtype)
     assert conv._by_winograd(x, kernel, (1, 1))
-    workspace: dict = {}
-    y, cache = conv.conv2d_forward(x, kernel, bias, (1, 1), padding, workspace)
-    assert "winograd u" in workspace
+    y, cache = conv.conv2d_forward(x, kernel, bias, (1, 1), padding)
     dy = rng.normal(size=y.shape).astype(dtype)
-    dx, dkernel, dbias = conv.conv2d_backward(dy, cache, workspace)
-    assert "winograd u backward" in workspace
+    dx, dkernel, dbias = conv.conv2d_backward(dy, cache)
+    assert [way for way, _ in by_winograd] == ["forward", "backward"]
     wide = [a.astype(np.float64) for a in (x, kernel, bias)]
-    y_ref, cache_ref = conv.conv2d_forward_reference(*wide, (1, 1), padding)
-    refs = (y_ref, *conv.conv2d_backward_reference(dy.astype(np.float64), cache_ref))
+    y_ref, cache_ref = nn.conv2d_forward(*wide, (1, 1), padding)
+    refs = (y_ref, *nn.conv2d_backward(dy.astype(np.float64), cache_ref))
     tolerance = 1e-12 if dtype == np.float64 else 2e-5
     for got, ref in zip((y, dx, dkernel, dbias), refs, strict=True):
         assert got.dtype == dtype and got.shape == ref.shape

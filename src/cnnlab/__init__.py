@@ -1,45 +1,58 @@
 """cnnlab: convolutional neural networks from first principles.
 
-Readable NumPy layers with forward and backward passes side by side, a Keras-style API, and
-every layer checked against PyTorch.
+Readable NumPy layers with forward and backward passes side by side (:mod:`cnnlab.nn`), a
+fast engine for the same ops (:mod:`cnnlab.engine`), a Keras-style API, and every layer
+checked against PyTorch.
+
+Everything is imported on first use, so that ``import cnnlab.nn`` loads NumPy alone.
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
 
 import importlib
 
-from cnnlab import activations, initializers, layers, losses, metrics, optimizers, zoo
-from cnnlab.config import floatx, set_floatx
-from cnnlab.model import Sequential
-from cnnlab.ops.parallel import num_threads, set_num_threads
-from cnnlab.saving import load_model
-from cnnlab.seeding import set_random_seed
+__version__ = "0.1.0"
 
-# Imported on first use, so that ``import cnnlab`` (the engine) needs only NumPy and numba.
-_LAZY_MODULES = ("callbacks", "datasets", "torch")
+# Public name -> the module that defines it (a module's own name: the module itself).
+_WHERE = {
+    "Sequential": "cnnlab.model",
+    "floatx": "cnnlab.config",
+    "set_floatx": "cnnlab.config",
+    "get_engine": "cnnlab.backend",
+    "set_engine": "cnnlab.backend",
+    "load_model": "cnnlab.saving",
+    "num_threads": "cnnlab.engine.parallel",
+    "set_num_threads": "cnnlab.engine.parallel",
+    "set_random_seed": "cnnlab.seeding",
+}
+_MODULES = (
+    "activations",
+    "backend",
+    "callbacks",
+    "datasets",
+    "engine",
+    "initializers",
+    "layers",
+    "losses",
+    "metrics",
+    "nn",
+    "optimizers",
+    "torch",
+    "utils",
+    "zoo",
+)
 
 
 def __getattr__(name: str):
-    if name in _LAZY_MODULES:
+    if name in _MODULES:
         return importlib.import_module(f"cnnlab.{name}")
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name]), name)
     raise AttributeError(f"module 'cnnlab' has no attribute {name!r}")
 
 
-__all__ = [
-    "Sequential",
-    "activations",
-    "callbacks",
-    "datasets",
-    "floatx",
-    "initializers",
-    "layers",
-    "load_model",
-    "losses",
-    "metrics",
-    "num_threads",
-    "optimizers",
-    "set_floatx",
-    "set_num_threads",
-    "set_random_seed",
-    "zoo",
-]
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE, *_MODULES])
+
+
+__all__ = sorted([*_WHERE, *_MODULES])

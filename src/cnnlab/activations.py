@@ -1,14 +1,15 @@
 """Activation functions as small objects that remember what their backward pass needs.
 
 ``activations.get("relu")`` returns a fresh :class:`Activation`; calling it runs the forward
-op of :mod:`cnnlab.ops.activations`, and ``.backward(dy)`` the matching backward op.
+op of :mod:`cnnlab.nn.activations` (on the engine running, :mod:`cnnlab.backend`), and
+``.backward(dy)`` the matching backward op.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from cnnlab.ops import activations as ops
+from cnnlab import backend
 
 NAMES = ("linear", "relu", "leaky_relu", "sigmoid", "tanh", "softmax")
 
@@ -25,7 +26,7 @@ class Activation:
         self.y: np.ndarray | None = None
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        name = self.name
+        name, ops = self.name, backend.ops()
         if name == "linear":
             y = x
         elif name == "relu":
@@ -42,7 +43,7 @@ class Activation:
         return y
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
-        name = self.name
+        name, ops = self.name, backend.ops()
         if name == "linear":
             return dy
         if name == "relu":

@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
+
+from cnnlab import checks, modelfile, state
 
 
 class Callback:
@@ -172,7 +173,7 @@ class ProgressBar(Callback):
     def __init__(self, verbose: int = 1, file=None, mininterval: float = 0.1):
         super().__init__()
         if verbose not in (1, 2):
-            raise ValueError(f"ProgressBar `verbose` must be 1 or 2, got {verbose!r}")
+            raise ValueError(f"`verbose` must be 1 or 2, got {verbose!r}")
         self.verbose = verbose
         self.file = file
         self.mininterval = mininterval
@@ -181,6 +182,8 @@ class ProgressBar(Callback):
     def on_epoch_begin(self, epoch, logs=None):
         if self.verbose != 1:
             return
+        from tqdm.auto import tqdm  # the bar's library, loaded when a bar is first drawn
+
         samples = self.params["samples"]
         self._bar = tqdm(
             total=samples,
@@ -224,23 +227,66 @@ class ProgressBar(Callback):
 
 def resolve_mode(monitor: str, mode: str) -> str:
     """The direction of improvement, "min" for losses and "max" for accuracies ("auto")."""
-    if mode not in ("auto", "min", "max"):
-        raise ValueError(f"`mode` must be 'auto', 'min' or 'max', got {mode!r}")
+    mode = checks.choice("mode", mode, ("auto", "min", "max"))
     if mode == "auto":
         mode = "max" if "acc" in monitor else "min"
     return mode
 
 
-def is_improvement(mode: str, current: float, reference: float | None, min_delta: float) -> bool:
-    """``current`` beats ``reference`` by more than ``min_delta`` (None: nothing to beat)."""
-    if reference is None:
+class MonitorCallback(Callback):
+    """A callback that keeps the best value so far of one logged quantity: the base of
+    :class:`ModelCheckpoint` (``save_best_only``), :class:`EarlyStopping` and
+    :class:`cnnlab.runs.RunDirectory` (``checkpoints/best.cnnlab``).
+
+    Args:
+        monitor: the name in the logs, e.g. "val_loss" or "val_accuracy".
+        mode: "min" (lower is better), "max", or "auto": "max" for names holding "acc".
+        min_delta: how much better than the best a value must be to count.
+        best: the value to beat at the start (None: the first finite value is the best).
+
+    A value that is NaN or infinite never counts as better.
+    """
+
+    def __init__(
+        self, monitor: str, mode: str = "auto", min_delta: float = 0.0, best: float | None = None
+    ):
+        super().__init__()
+        self.monitor = monitor
+        self.mode = resolve_mode(monitor, mode)
+        self.min_delta = abs(float(min_delta))
+        self.best = best
+        self.best_epoch: int | None = None
+
+    def better(self, value: float | None, than: float | None, min_delta: float = 0.0) -> bool:
+        """Whether ``value`` beats ``than`` (None: nothing to beat) by more than ``min_delta``."""
+        if value is None or not math.isfinite(value):
+            return False
+        if than is None:
+            return True
+        return value < than - min_delta if self.mode == "min" else value > than + min_delta
+
+    def current(self, logs: dict | None, otherwise: str) -> float | None:
+        """The monitored value in ``logs``; None, and a line on stderr ending in
+        ``otherwise`` (what happens instead), when it is not there."""
+        value = (logs or {}).get(self.monitor)
+        if value is None:
+            print(
+                f"{type(self).__name__}: {self.monitor!r} is not among the logs "
+                f"({', '.join(logs or {})}); {otherwise}",
+                file=sys.stderr,
+            )
+        return value
+
+    def improved(self, value: float | None, epoch: int | None = None) -> bool:
+        """Whether ``value`` beats the best so far by more than ``min_delta``; if so it
+        becomes the best, reached at ``epoch``."""
+        if not self.better(value, self.best, self.min_delta):
+            return False
+        self.best, self.best_epoch = float(value), epoch
         return True
-    if mode == "min":
-        return current < reference - min_delta
-    return current > reference + min_delta
 
 
-class ModelCheckpoint(Callback):
+class ModelCheckpoint(MonitorCallback):
     """Save the model (weights, optimizer, RNGs and the fit loop's position) during training.
 
     ``filepath`` may hold ``{epoch}`` (1-based) and log names, e.g.
@@ -260,18 +306,18 @@ class ModelCheckpoint(Callback):
         save_freq: str | int = "epoch",
         initial_value_threshold: float | None = None,
     ):
-        super().__init__()
-        if save_freq != "epoch" and not (
-            isinstance(save_freq, int) and not isinstance(save_freq, bool) and save_freq > 0
-        ):
-            raise ValueError(f"`save_freq` must be 'epoch' or a positive int, got {save_freq!r}")
+        super().__init__(monitor, mode, best=initial_value_threshold)
+        if save_freq != "epoch":
+            try:
+                checks.positive_int("save_freq", save_freq)
+            except ValueError:
+                raise ValueError(
+                    f"`save_freq` must be 'epoch' or a positive int, got {save_freq!r}"
+                ) from None
         self.filepath = str(filepath)
-        self.monitor = monitor
         self.verbose = verbose
         self.save_best_only = save_best_only
-        self.mode = resolve_mode(monitor, mode)
         self.save_freq = save_freq
-        self.best = initial_value_threshold
         self._batches = 0
 
     def on_train_batch_end(self, batch, logs=None):
@@ -286,22 +332,12 @@ class ModelCheckpoint(Callback):
             self._save(epoch, logs or {})
 
     def _save(self, epoch: int, logs: dict) -> None:
-        from cnnlab.saving import save_model
-
         if self.save_best_only:
-            current = logs.get(self.monitor)
-            if current is None:
-                print(
-                    f"ModelCheckpoint: {self.monitor!r} is not among the logs "
-                    f"({', '.join(logs)}); not saving",
-                    file=sys.stderr,
-                )
+            current = self.current(logs, "not saving")
+            if current is None or not self.improved(current, epoch):
                 return
-            if not is_improvement(self.mode, current, self.best, 0.0):
-                return
-            self.best = float(current)
         path = self.filepath.format(epoch=epoch + 1, **logs)
-        save_model(self.model, path, extra={"training": self.loop.state()})
+        modelfile.save_model(self.model, path, extra={"training": self.loop.state()})
         if self.verbose:
             print(f"Epoch {epoch + 1}: saved the model to {path}")
 
@@ -312,7 +348,7 @@ class ModelCheckpoint(Callback):
         self.best, self._batches = state["best"], state["batches"]
 
 
-class EarlyStopping(Callback):
+class EarlyStopping(MonitorCallback):
     """Stop training when ``monitor`` (default ``"val_loss"``) has stopped improving.
 
     An epoch improves on the best so far when it beats it by more than ``min_delta``
@@ -334,14 +370,9 @@ class EarlyStopping(Callback):
         restore_best_weights: bool = False,
         start_from_epoch: int = 0,
     ):
-        super().__init__()
-        if not isinstance(patience, int) or isinstance(patience, bool) or patience < 0:
-            raise ValueError(f"`patience` must be an int >= 0, got {patience!r}")
-        self.monitor = monitor
-        self.min_delta = abs(float(min_delta))
-        self.patience = patience
+        super().__init__(monitor, mode, min_delta)
+        self.patience = checks.int_at_least("patience", patience, 0)
         self.verbose = verbose
-        self.mode = resolve_mode(monitor, mode)
         self.baseline = baseline
         self.restore_best_weights = restore_best_weights
         self.start_from_epoch = start_from_epoch
@@ -350,7 +381,7 @@ class EarlyStopping(Callback):
     def _reset(self) -> None:
         self.wait = 0
         self.stopped_epoch = 0
-        self.best: float | None = None
+        self.best = None
         self.best_epoch = 0
         self.best_weights: list[np.ndarray] | None = None
 
@@ -358,13 +389,8 @@ class EarlyStopping(Callback):
         self._reset()
 
     def on_epoch_end(self, epoch, logs=None):
-        current = (logs or {}).get(self.monitor)
+        current = self.current(logs, "give validation data or monitor 'loss'")
         if current is None:
-            print(
-                f"EarlyStopping: {self.monitor!r} is not among the logs "
-                f"({', '.join(logs or {})}); give validation data or monitor 'loss'",
-                file=sys.stderr,
-            )
             return
         if epoch < self.start_from_epoch:
             return
@@ -372,11 +398,10 @@ class EarlyStopping(Callback):
             self.best_weights = self.model.get_weights()
             self.best_epoch = epoch
         self.wait += 1
-        if is_improvement(self.mode, current, self.best, self.min_delta):
-            self.best, self.best_epoch = float(current), epoch
+        if self.improved(current, epoch):
             if self.restore_best_weights:
                 self.best_weights = self.model.get_weights()
-            if self.baseline is None or is_improvement(self.mode, current, self.baseline, 0.0):
+            if self.baseline is None or self.better(current, self.baseline):
                 self.wait = 0
             return
         if self.wait >= self.patience and epoch > 0:
@@ -405,31 +430,6 @@ class EarlyStopping(Callback):
 
 
 # -- the NaN guard ---------------------------------------------------------------------------
-class ModelState:
-    """A copy of everything training changes in a model: weights (moving averages included),
-    optimizer state and each layer's random generator, plus the fit loop's position."""
-
-    def __init__(self, model, loop=None):
-        self.weights = model.get_weights()
-        self.optimizer = model.optimizer.get_state() if model.optimizer is not None else None
-        self.rngs = {
-            layer.name: layer.rng.bit_generator.state
-            for layer in model.layers
-            if hasattr(layer, "rng")
-        }
-        self.loop = loop.state() if loop is not None else None
-
-    def restore(self, model, loop=None) -> None:
-        model.set_weights(self.weights)
-        if self.optimizer is not None:
-            model.optimizer.set_state(self.optimizer)
-        for layer in model.layers:
-            if layer.name in self.rngs:
-                layer.rng.bit_generator.state = self.rngs[layer.name]
-        if loop is not None and self.loop is not None:
-            loop.restore(self.loop)
-
-
 def _magnitude(array: np.ndarray) -> float:
     """``max |a|``, NaN if any element is NaN."""
     return float(max(array.max(), -array.min())) if array.size else 0.0
@@ -459,7 +459,7 @@ class NaNGuard(Callback):
         self.restore = restore
         self.message: str | None = None
         self.report: dict | None = None
-        self._good: ModelState | None = None
+        self._good: tuple[state.ModelState, dict] | None = None
         self._start: dict[str, float] = {}
         self._last: dict[str, float] = {}
         self._last_step = 0
@@ -475,7 +475,8 @@ class NaNGuard(Callback):
         }
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._good = ModelState(self.model, self.loop) if self.restore else None
+        if self.restore:
+            self._good = (state.capture(self.model), self.loop.state())
         self._start = self._last = self._magnitudes()
         self._last_step = self.model.optimizer.iterations
 
@@ -533,7 +534,8 @@ class NaNGuard(Callback):
             "(clipnorm=1.0); and check that the inputs are scaled (e.g. to [-1, 1])."
         )
         if self._good is not None:
-            self._good.restore(model, loop)
+            state.restore(model, self._good[0])
+            loop.restore(self._good[1])
             lines.append(
                 f"  The last good weights (start of epoch {epoch + 1}) were put back; no "
                 "checkpoint was written after them."
@@ -562,7 +564,7 @@ __all__ = [
     "EarlyStopping",
     "History",
     "ModelCheckpoint",
-    "ModelState",
+    "MonitorCallback",
     "NaNGuard",
     "ProgressBar",
     "TerminateOnNaN",

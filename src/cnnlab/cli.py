@@ -16,18 +16,34 @@ A usage error prints one line and exits 2; a failure prints one line (the traceb
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 
 import click
 import numpy as np
 
+from cnnlab import backend
+from cnnlab.experiment import (
+    Result,
+    RunInterrupted,
+    SettingError,
+    Settings,
+    TrainingDiverged,
+    build_model,
+    compare_runs,
+    comparison_rows,
+    comparison_table,
+    dataset_key,
+    load_dataset,
+    train_run,
+)
+from cnnlab.viz import report as reports
+from cnnlab.viz.commands import explain, report, show
+
 DEBUG = "cnnlab.debug"
-DIGIT_DATASETS = ("digits", "shifted_digits", "mnist")
 SCALES = {"-1,1": (-1.0, 1.0), "0,1": (0.0, 1.0)}
 
 
@@ -36,6 +52,14 @@ class _CLI(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except SettingError as err:
+            raise click.BadParameter(str(err), param_hint=f"'--{err.setting}'") from err
+        except RunInterrupted as err:
+            click.echo(f"\n{err}", err=True)
+            raise click.exceptions.Exit(130) from None
+        except TrainingDiverged as err:
+            click.echo(err.details, err=True)
+            raise click.ClickException(str(err)) from err
         except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
             raise
         except Exception as err:
@@ -90,6 +114,24 @@ def debug_option(f):
     )(f)
 
 
+def _set_engine(ctx: click.Context, param, value: str | None) -> str | None:
+    if value is not None:
+        backend.set_engine(value)
+    return value
+
+
+def engine_option(f):
+    return click.option(
+        "--engine",
+        type=click.Choice(backend.ENGINES),
+        expose_value=False,
+        is_eager=True,
+        callback=_set_engine,
+        help="fast: the tuned engine (cnnlab.engine); reference: the plain NumPy of cnnlab.nn, "
+        "slower, to step through [default: $CNNLAB_ENGINE, else fast].",
+    )(f)
+
+
 @click.group(cls=_CLI, context_settings={"help_option_names": ["-h", "--help"]})
 @debug_option
 def main() -> None:
@@ -97,271 +139,6 @@ def main() -> None:
 
     Start with `cnnlab demo`: an MLP and a CNN trained on the bundled digits, offline.
     """
-
-
-# -- settings of a training run --------------------------------------------------------------
-@dataclass
-class Settings:
-    """Everything a training run depends on; saved in config.json, read back by --resume."""
-
-    model: str = "cnn"
-    dataset: str = "shifted_digits"
-    data_dir: str | None = None
-    image_size: list[int] | None = None
-    limit: int | None = None
-    scale: list[float] = field(default_factory=lambda: [-1.0, 1.0])
-    validation_split: float = 0.1
-    epochs: int = 10
-    batch_size: int = 32
-    optimizer: str = "adam"
-    lr: float = 5e-4
-    clipnorm: float | None = None
-    seed: int = 0
-    augment: bool = False
-    early_stopping: int | None = None
-    restore_best: bool = False
-    monitor: str = "val_loss"
-
-    @classmethod
-    def from_config(cls, config: dict) -> Settings:
-        return cls(**{f.name: config[f.name] for f in fields(cls) if f.name in config})
-
-
-@dataclass
-class Prepared:
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_val: np.ndarray | None
-    y_val: np.ndarray | None
-    x_test: np.ndarray
-    y_test: np.ndarray
-    class_names: list[str]
-    dataset: str
-
-
-@dataclass
-class Result:
-    name: str
-    run_dir: Path
-    model: object
-    history: object
-    summary: dict
-    settings: Settings
-
-
-def load_dataset(dataset: str, data_dir: str | None = None, image_size=None):
-    """A dataset by name (hyphens or underscores), or an image folder / .tar.gz by path."""
-    from cnnlab import datasets
-
-    key = dataset.strip().lower().replace("-", "_")
-    if key in datasets.NAMES:
-        return datasets.load(key, data_dir=data_dir)
-    path = Path(dataset).expanduser()
-    if path.exists():
-        return datasets.image_folder(path, image_size=image_size)
-    names = ", ".join(n.replace("_", "-") for n in datasets.NAMES)
-    raise click.BadParameter(
-        f"expected one of {names}, or an image folder / .tar.gz; got {dataset!r} "
-        "(no such dataset or path)",
-        param_hint="'--dataset'",
-    )
-
-
-def dataset_key(dataset: str) -> str:
-    """``"shifted-digits"`` -> ``"shifted_digits"``; paths as given."""
-    from cnnlab import datasets
-
-    key = dataset.strip().lower().replace("-", "_")
-    return key if key in datasets.NAMES else dataset
-
-
-def prepare(settings: Settings) -> Prepared:
-    """Load, cut to ``limit``, scale to ``settings.scale`` and split off validation data."""
-    from cnnlab.datasets import scale, train_val_split
-
-    size = tuple(settings.image_size) if settings.image_size else None
-    data = load_dataset(settings.dataset, settings.data_dir, size)
-    (x, y), (x_test, y_test) = data
-    if settings.limit is not None:
-        x, y = x[: settings.limit], y[: settings.limit]
-        x_test, y_test = x_test[: settings.limit], y_test[: settings.limit]
-    feature_range = tuple(settings.scale)
-    x, x_test = scale(x, feature_range), scale(x_test, feature_range)
-    x_val = y_val = None
-    if settings.validation_split:
-        (x, y), (x_val, y_val) = train_val_split(
-            x, y, settings.validation_split, seed=settings.seed
-        )
-    return Prepared(
-        x, y, x_val, y_val, x_test, y_test, list(data.class_names), dataset_key(settings.dataset)
-    )
-
-
-def build_model(spec: str, input_shape: tuple[int, ...], num_classes: int):
-    """A zoo name, a Python file defining ``build_model(input_shape, num_classes)``, a JSON
-    file holding a Sequential config (``model.get_config()``), or a saved model file."""
-    from cnnlab import zoo
-    from cnnlab.model import Sequential
-    from cnnlab.saving import load_model
-
-    if spec in zoo.MODELS:
-        return zoo.get(spec, input_shape=input_shape, num_classes=num_classes)
-    path = Path(spec).expanduser()
-    if not path.is_file():
-        raise click.BadParameter(
-            f"expected one of {', '.join(zoo.MODELS)}, or a .py / .json model file; got "
-            f"{spec!r} (no such model or file)",
-            param_hint="'--model'",
-        )
-    if path.suffix == ".py":
-        module_spec = importlib.util.spec_from_file_location(f"cnnlab_user_{path.stem}", path)
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
-        if not callable(getattr(module, "build_model", None)):
-            raise ValueError(f"{path} must define build_model(input_shape, num_classes)")
-        model = module.build_model(tuple(input_shape), num_classes)
-        if not isinstance(model, Sequential):
-            raise ValueError(
-                f"build_model in {path} must return a cnnlab Sequential, got {type(model).__name__}"
-            )
-    elif path.suffix == ".json":
-        config = json.loads(path.read_text())
-        if not isinstance(config, dict) or "layers" not in config:
-            raise ValueError(f"{path} should hold a Sequential config with a 'layers' list")
-        model = Sequential.from_config(config)
-    else:
-        model = load_model(path)
-    if not model.built:
-        model.build(tuple(input_shape))
-    if model.input_shape != tuple(input_shape):
-        raise ValueError(
-            f"Model {spec!r} expects images of shape {model.input_shape}, the dataset has "
-            f"{tuple(input_shape)}"
-        )
-    if model.output_shape[-1] != num_classes:
-        raise ValueError(
-            f"Model {spec!r} outputs {model.output_shape[-1]} classes, the dataset has "
-            f"{num_classes}"
-        )
-    return model
-
-
-def _augmenter(low: float, flip: bool):
-    """Random crops (shifts of up to 4 pixels, padded with black) and, except for digits,
-    left-right flips, applied to each training batch with the loop's generator."""
-    from cnnlab.datasets import augment
-
-    black = np.float32(low)
-
-    def augment_batch(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        return augment(x - black, rng, flip=flip) + black
-
-    return augment_batch
-
-
-def train_run(
-    settings: Settings,
-    out: Path,
-    resume: bool = False,
-    verbose: int = 1,
-    config_extra: dict | None = None,
-) -> Result:
-    """Train one model as `cnnlab train` does, writing the run directory ``out``."""
-    import cnnlab
-    from cnnlab import optimizers
-    from cnnlab.callbacks import EarlyStopping, NaNGuard
-    from cnnlab.runs import RunDirectory
-    from cnnlab.saving import load_model
-
-    cnnlab.set_random_seed(settings.seed)
-    data = prepare(settings)
-    input_shape, num_classes = data.x_train.shape[1:], len(data.class_names)
-    if resume:
-        model = load_model(out / "checkpoints" / "latest.cnnlab")
-    else:
-        model = build_model(settings.model, input_shape, num_classes)
-        optimizer = optimizers.get(
-            {
-                "name": settings.optimizer,
-                "learning_rate": settings.lr,
-                "clipnorm": settings.clipnorm,
-            }
-        )
-        model.compile(optimizer, "sparse_categorical_crossentropy", metrics=["accuracy"])
-    config = {
-        "command": "train",
-        **asdict(settings),
-        "dataset": data.dataset,
-        "input_shape": list(input_shape),
-        "class_names": data.class_names,
-        **(config_extra or {}),
-    }
-    guard = NaNGuard(verbose=0)
-    run = RunDirectory(
-        out,
-        config=config,
-        resume=resume,
-        test_data=(data.x_test, data.y_test),
-        class_names=data.class_names,
-        monitor=settings.monitor if data.x_val is not None else "loss",
-        model_extra={"scale": list(settings.scale), "dataset": data.dataset},
-        restore_best=settings.restore_best or settings.early_stopping is not None,
-    )
-    callbacks = [guard, run]
-    if settings.early_stopping is not None:
-        callbacks.append(EarlyStopping(patience=settings.early_stopping, verbose=verbose))
-    validation = None if data.x_val is None else (data.x_val, data.y_val)
-    augment = None
-    if settings.augment:
-        augment = _augmenter(settings.scale[0], flip=data.dataset not in DIGIT_DATASETS)
-    try:
-        with np.errstate(over="ignore", invalid="ignore"):  # the NaN guard reports blow-ups
-            history = model.fit(
-                data.x_train,
-                data.y_train,
-                batch_size=settings.batch_size,
-                epochs=settings.epochs,
-                verbose=verbose,
-                callbacks=callbacks,
-                validation_data=validation,
-                augment=augment,
-            )
-    except KeyboardInterrupt:
-        if run.interrupted_at is None:
-            message = f"Interrupted in the middle of a step; the last checkpoint in {out} is kept"
-        else:
-            epoch, batch = run.interrupted_at
-            message = f"Interrupted: checkpoint saved at epoch {epoch + 1}, batch {batch} in "
-            message += str(run.latest_path)
-        click.echo(f"\n{message}. Continue with: cnnlab train --resume {out}", err=True)
-        raise click.exceptions.Exit(130) from None
-    if guard.message is not None:
-        click.echo(guard.message, err=True)
-        last = run.latest_path if run.latest_path.is_file() else "none (first epoch)"
-        raise click.ClickException(
-            f"training diverged at step {guard.report['step']}; the last good checkpoint is {last}"
-        )
-    return Result(
-        name=Path(settings.model).stem,
-        run_dir=out,
-        model=model,
-        history=history,
-        summary=run.summary,
-        settings=settings,
-    )
-
-
-def _call_viz(function: str, *args):
-    """Call ``cnnlab.viz.report.<function>(*args)`` when that module exists."""
-    try:
-        from cnnlab.viz import report
-    except ImportError as err:
-        if err.name in ("cnnlab.viz", "cnnlab.viz.report"):
-            return None
-        raise
-    if not hasattr(report, function):
-        return None
-    return getattr(report, function)(*args)
 
 
 def _default_out(*parts: str) -> Path:
@@ -513,6 +290,7 @@ def _accuracy(summary: dict | None) -> str:
     metavar="RUN_DIR",
     help="Continue RUN_DIR from its last checkpoint, with its saved settings.",
 )
+@engine_option
 @debug_option
 @click.pass_context
 def train(ctx: click.Context, model: str, out: str | None, resume: str | None, **kw) -> None:
@@ -552,9 +330,7 @@ def train(ctx: click.Context, model: str, out: str | None, resume: str | None, *
         f"Run written to {out_dir} ({summary.get('status', '?')}, "
         f"{summary.get('epochs', 0)} epochs, {summary.get('time', 0.0):.1f}s)"
     )
-    report = _call_viz("write_report", out_dir)
-    if report is not None:
-        click.echo(f"Report: {report}")
+    click.echo(f"Report: {reports.write_report(out_dir)}")
 
 
 # -- evaluate --------------------------------------------------------------------------------
@@ -595,6 +371,7 @@ def _match_channels(x: np.ndarray, channels: int) -> np.ndarray:
 @click.option("--data-dir", type=click.Path(), help="Folder with the dataset's files.")
 @click.option("--limit", type=click.IntRange(min=1), help="Use only the first N test images.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+@engine_option
 @debug_option
 def evaluate(model_path: str, dataset: str | None, data_dir, limit, batch_size) -> None:
     """Accuracy, per-class accuracy and the confusion matrix of MODEL (a model file or a run
@@ -650,6 +427,7 @@ def _confusion_text(report: dict) -> str:
 @click.argument("model_path", metavar="MODEL")
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--top-k", "-k", type=click.IntRange(min=1), default=3, show_default=True)
+@engine_option
 @debug_option
 def predict(model_path: str, images: tuple[str, ...], top_k: int) -> None:
     """The top-k classes of each IMAGE, with their probabilities. Images are read with
@@ -704,83 +482,14 @@ def summary(name: str, input_shape: list[int], num_classes: int) -> None:
 
 
 # -- compare and demo ------------------------------------------------------------------------
-def compare_runs(
-    models: list[str], settings: Settings, out: Path, verbose: int, echo=click.echo
-) -> list[Result]:
-    """Train each model on the same data with the same settings, each into ``out/<name>``."""
-    results = []
-    for spec in models:
-        name = Path(spec).stem
-        if verbose:
-            echo(f"\n== {name} ==")
-        run_settings = Settings(**{**asdict(settings), "model": spec})
-        results.append(
-            train_run(run_settings, out / name, verbose=verbose, config_extra={"compare": models})
-        )
-    return results
-
-
-def comparison_rows(results: list[Result]) -> list[dict]:
-    rows = []
-    for r in results:
-        history = r.history.history
-        best = len(r.history.epoch)
-        if r.settings.restore_best or r.settings.early_stopping is not None:
-            best = (r.summary or {}).get("best", {}).get("epoch") or best
-        rows.append(
-            {
-                "model": r.name,
-                "params": r.model.count_params(),
-                "epoch": best,
-                "train_accuracy": history["accuracy"][best - 1],
-                "val_accuracy": history.get("val_accuracy", [None] * best)[best - 1],
-                "test_accuracy": (r.summary or {}).get("test", {}).get("accuracy"),
-                "time": float(np.nansum(r.history.times)),
-                "run_dir": str(r.run_dir),
-            }
-        )
-    return rows
-
-
-def comparison_table(rows: list[dict]) -> str:
-    header = ["model", "params", "epoch", "train acc", "val acc", "test acc", "time"]
-    body = [
-        [
-            row["model"],
-            f"{row['params']:,}",
-            str(row["epoch"]),
-            _fmt(row["train_accuracy"]),
-            _fmt(row["val_accuracy"]),
-            _fmt(row["test_accuracy"]),
-            f"{row['time']:.1f}s",
-        ]
-        for row in rows
-    ]
-    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
-    lines = [
-        "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(r, widths, strict=True))
-        )
-        for r in [header, *body]
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
-
-
 def _finish_comparison(results: list[Result], out: Path) -> list[dict]:
     from cnnlab.runs import write_json
 
     rows = comparison_rows(results)
     write_json(out / "comparison.json", rows)
     click.echo(comparison_table(rows))
-    report = _call_viz("write_comparison", [r.run_dir for r in results], out)
-    if report is not None:
-        click.echo(f"Report: {report}")
+    page = reports.write_comparison([r.run_dir for r in results], out)
+    click.echo(f"Report: {page}")
     return rows
 
 
@@ -797,6 +506,7 @@ def _finish_comparison(results: list[Result], out: Path) -> list[dict]:
     type=click.Path(file_okay=False),
     help="Folder for the runs [default: runs/compare-DATASET-TIME].",
 )
+@engine_option
 @debug_option
 def compare(models: str, out: str | None, **kw) -> None:
     """Train each model on the same data with the same budget (epochs, batch size, learning
@@ -815,7 +525,7 @@ def compare(models: str, out: str | None, **kw) -> None:
     settings.restore_best = settings.validation_split > 0
     settings.monitor = "val_accuracy"
     out_dir = Path(out) if out else _default_out("compare", dataset_key(settings.dataset))
-    results = compare_runs(specs, settings, out_dir, verbose=0 if quiet else 1)
+    results = compare_runs(specs, settings, out_dir, verbose=0 if quiet else 1, echo=click.echo)
     click.echo()
     _finish_comparison(results, out_dir)
     click.echo(f"Runs written to {out_dir}/: {', '.join(stems)}")
@@ -845,6 +555,7 @@ DEMO = Settings(
     "--out", type=click.Path(file_okay=False), help="Folder for the runs [default: runs/demo-TIME]."
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or epoch lines.")
+@engine_option
 @debug_option
 def demo(epochs: int, limit: int | None, out: str | None, quiet: bool) -> None:
     """The lecture's claim in about a minute, offline: an MLP and a CNN trained with the same
@@ -857,7 +568,9 @@ def demo(epochs: int, limit: int | None, out: str | None, quiet: bool) -> None:
         f"cnnlab demo: MLP versus CNN on shifted digits, {settings.epochs} epochs each, "
         f"batch {settings.batch_size}, Adam lr {settings.lr:g}, seed {settings.seed}."
     )
-    results = compare_runs(["mlp", "cnn"], settings, out_dir, verbose=0 if quiet else 1)
+    results = compare_runs(
+        ["mlp", "cnn"], settings, out_dir, verbose=0 if quiet else 1, echo=click.echo
+    )
     click.echo()
     rows = _finish_comparison(results, out_dir)
     mlp, cnn = (row["test_accuracy"] for row in rows)
@@ -873,9 +586,6 @@ def demo(epochs: int, limit: int | None, out: str | None, quiet: bool) -> None:
         "(config.json, metrics.csv, checkpoints/, model.cnnlab, summary.json)."
     )
 
-
-# The pictures: cnnlab explain ..., cnnlab show MODEL, cnnlab report RUN_DIR.
-from cnnlab.viz.commands import explain, report, show  # noqa: E402
 
 main.add_command(explain)
 main.add_command(show)

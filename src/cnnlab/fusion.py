@@ -1,30 +1,32 @@
-"""A model's layers as the steps its training and inference run: batch norm and the activation
-after it as one op, and at inference the convolution before them too.
+"""A model's layers as the steps its training and inference run on the fast engine: batch norm
+and the activation after it as one op, and at inference the convolution before them too.
 
 In the book's CNN every BatchNormalization is followed by a LeakyReLU. Run one after the other,
 the pair reads and writes the whole feature map twice each way; run as one op
-(:meth:`BatchNormalization.normalize` with ``negative_slope``), the activation is applied in
-batch norm's last pass forward, and taken back through in its passes backward, with the same
-numbers. At inference batch norm's statistics are fixed, and a Conv2D before it applies both
-to each chunk of its output while that is in the cache (:class:`ConvNormalizeActivate`);
+(:class:`NormalizeActivate`, :mod:`cnnlab.engine.batchnorm` with ``negative_slope``), the
+activation is applied in batch norm's last pass forward, and taken back through in its passes
+backward, with the same numbers. At inference batch norm's statistics are fixed, and a Conv2D
+before it applies both to each chunk of its output while that is in the cache
+(:class:`ConvNormalizeActivate`);
 consecutive ones run as one step, each core taking its slice of the batch through all of them
 (:class:`ConvChain`).
-``Sequential.train_step``, ``predict`` and ``evaluate`` run these steps; calling the model, or
-a layer, still runs each layer on its own, keeping what its ``backward`` needs.
+``Sequential.train_step``, ``predict`` and ``evaluate`` run these steps when the engine is
+"fast" (:func:`cnnlab.backend.fuses`); calling the model, or a layer, still runs each layer on
+its own, keeping what its ``backward`` needs. The steps group layers, so they live above
+:mod:`cnnlab.layers`; the fused ops they call are the engine's.
 """
 
 from __future__ import annotations
 
 import itertools
-import threading
 from collections.abc import Callable
 
 import numpy as np
 
+from cnnlab.engine import batchnorm, parallel
+from cnnlab.engine.conv import conv2d_forward_plan
 from cnnlab.layers import BatchNormalization, Conv2D, Layer
 from cnnlab.layers.core import Activation
-from cnnlab.ops import parallel
-from cnnlab.ops.conv import conv2d_forward_plan
 
 
 class NormalizeActivate:
@@ -41,15 +43,30 @@ class NormalizeActivate:
         self.trainable_names = norm.trainable_names
         self.output_shape = activation.output_shape
         self.negative_slope = _negative_slope(activation)
+        self._cache = None
 
     def __call__(self, x: np.ndarray, training: bool = False) -> np.ndarray:
-        self.norm._check_input(x)
-        return self.norm.normalize(
-            x.astype(self.norm.dtype, copy=False), training, self.negative_slope
+        norm = self.norm
+        norm._check_input(x)
+        x, w, slope = x.astype(norm.dtype, copy=False), norm.weights, self.negative_slope
+        if not training:
+            self._cache = None
+            moving = w["moving_mean"], w["moving_variance"]
+            return batchnorm.batchnorm_inference_forward(
+                x, w["gamma"], w["beta"], *moving, norm.epsilon, negative_slope=slope
+            )[0]
+        y, mean, var, self._cache = batchnorm.batchnorm_train_forward(
+            x, w["gamma"], w["beta"], norm.epsilon, negative_slope=slope
         )
+        norm.update_moving_averages(mean, var)
+        return y
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
-        return self.norm.backward(dy)
+        if self._cache is None:
+            raise RuntimeError(f"{self.name}: backward needs a training call first")
+        dx, dgamma, dbeta = batchnorm.batchnorm_train_backward(dy, self._cache)
+        self.norm.grads["gamma"], self.norm.grads["beta"] = dgamma, dbeta
+        return dx
 
 
 class ConvNormalizeActivate:
@@ -59,7 +76,7 @@ class ConvNormalizeActivate:
     ``y = leaky((conv(x) - (moving_mean - bias)) * k + beta)`` with
     ``k = gamma / sqrt(moving_variance + epsilon)``: batch norm at inference with the conv's
     bias folded into its mean, applied to each chunk of the convolution's output
-    (:func:`cnnlab.ops.conv.conv2d_forward`). The same numbers as the layers one by one, up to
+    (:func:`cnnlab.engine.conv.conv2d_forward`). The same numbers as the layers one by one, up to
     rounding. It has no backward pass.
     """
 
@@ -72,10 +89,6 @@ class ConvNormalizeActivate:
         self.name = "+".join(layer.name for layer in (conv, norm, activation) if layer)
         self.output_shape = norm.output_shape
         self.negative_slope = None if activation is None else _negative_slope(activation)
-        # Its own, so the conv layer's cache for backward stays; one for each thread that
-        # calls it, so that two callers at once share no buffer (the cores' scratch inside
-        # is kept by thread too).
-        self._workspaces: dict[int, dict] = {}
 
     def __call__(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         if training:
@@ -97,12 +110,11 @@ class ConvNormalizeActivate:
     def plan(self, x: np.ndarray, normalize: tuple) -> tuple[np.ndarray, Callable]:
         """For a checked input of the conv's dtype, with :meth:`constants`: the output, not
         yet filled, and ``images(start, stop)``, which fills its slice
-        (:func:`cnnlab.ops.conv.conv2d_forward_plan`, which runs the convolution by
-        :mod:`cnnlab.ops.winograd` where that applies)."""
+        (:func:`cnnlab.engine.conv.conv2d_forward_plan`, which runs the convolution by
+        :mod:`cnnlab.engine.winograd` where that applies)."""
         conv = self.conv
-        workspace = self._workspaces.setdefault(threading.get_ident(), {})
         y, images, _ = conv2d_forward_plan(
-            x, conv.weights["kernel"], None, conv.strides, conv.padding, workspace, normalize
+            x, conv.weights["kernel"], None, conv.strides, conv.padding, normalize
         )
         return y, images
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cnnlab.ops import losses as ops
+from cnnlab import backend
 
 
 class Loss:
@@ -20,13 +20,13 @@ class Loss:
         """The loss and its gradient with respect to ``y_pred``."""
         self.check_labels(y_true, y_pred)
         if self.from_logits:
-            return ops.crossentropy_from_logits(y_pred, y_true)
-        return ops.crossentropy_from_probs(y_pred, y_true)
+            return backend.ops().crossentropy_from_logits(y_pred, y_true)
+        return backend.ops().crossentropy_from_probs(y_pred, y_true)
 
     def from_logits_value_and_grad(self, y_true, logits) -> tuple[float, np.ndarray]:
         """The same loss, computed from the logits before a softmax: stable for large inputs."""
         self.check_labels(y_true, logits)
-        return ops.crossentropy_from_logits(logits, y_true)
+        return backend.ops().crossentropy_from_logits(logits, y_true)
 
     def check_labels(self, y_true, y_pred) -> None:
         raise NotImplementedError

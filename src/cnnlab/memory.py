@@ -13,6 +13,8 @@ from __future__ import annotations
 import ctypes
 import platform
 
+from cnnlab import checks
+
 # mallopt's parameter numbers, from glibc's <malloc.h>.
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -31,8 +33,7 @@ def keep_freed_memory(block_bytes: int = 1 << 30) -> bool:
     Returns True where it applied, False where the C library is not glibc (macOS, Windows,
     musl), where there is nothing to do.
     """
-    if not isinstance(block_bytes, int) or isinstance(block_bytes, bool) or block_bytes <= 0:
-        raise ValueError(f"`block_bytes` must be a positive int, got {block_bytes!r}")
+    checks.positive_int("block_bytes", block_bytes)
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     try:

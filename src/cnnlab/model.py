@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from cnnlab import fusion, losses, optimizers
+from cnnlab import backend, fusion, losses, modelfile, optimizers
 from cnnlab import metrics as metrics_lib
 from cnnlab.layers import Input, Layer, deserialize, serialize
 from cnnlab.layers.core import ActivationLayer
-from cnnlab.ops.parallel import one_blas_thread
+from cnnlab.training import evaluate as evaluate_loop
+from cnnlab.training import fit as fit_loop
 
 
 class Sequential:
@@ -28,7 +29,7 @@ class Sequential:
         self.optimizer: optimizers.Optimizer | None = None
         self.loss: losses.Loss | None = None
         self.metrics: list[str] = []
-        self._step_cache: dict[bool, list] = {}  # the layers as training and inference run them
+        self._step_cache: dict[tuple, list] = {}  # the layers as training and inference run them
         for layer in layers or []:
             self.add(layer)
 
@@ -73,7 +74,7 @@ class Sequential:
     # -- running -----------------------------------------------------------------------------
     def __call__(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         x = self._checked_input(x)
-        with one_blas_thread():
+        with backend.running():
             for layer in self.layers:
                 x = layer(x, training=training)
         return x
@@ -92,22 +93,27 @@ class Sequential:
         return x
 
     def _run_steps(self, x: np.ndarray, training: bool = False) -> np.ndarray:
-        """The model's output, as training and inference compute it: with each batch norm and
-        the activation after it as one op, and at inference the convolution before them too
-        (:mod:`cnnlab.fusion`). The numbers of ``self(x, training)``, bit for bit in training
-        and up to rounding at inference; only a training step's backward pass may follow."""
+        """The model's output, as training and inference compute it: on the fast engine with
+        each batch norm and the activation after it as one op, and at inference the
+        convolution before them too (:mod:`cnnlab.fusion`). The numbers of
+        ``self(x, training)``, bit for bit in training and up to rounding at inference; only
+        a training step's backward pass may follow."""
         x = self._checked_input(x)
-        with one_blas_thread():
+        with backend.running():
             for step in self._steps(training):
                 x = step(x, training=training)
         return x
 
     def _steps(self, training: bool = True) -> list:
-        """The layers as a training step or inference runs them (:func:`cnnlab.fusion.steps`).
-        The last layer stays on its own: the loss reads its logits."""
-        if training not in self._step_cache:
-            self._step_cache[training] = fusion.steps(self.layers[:-1], training) + self.layers[-1:]
-        return self._step_cache[training]
+        """The layers as a training step or inference runs them: on the fast engine fused
+        (:func:`cnnlab.fusion.steps`), else one by one. The last layer stays on its own: the
+        loss reads its logits."""
+        key = (backend.get_engine(), training)
+        if key not in self._step_cache:
+            body = self.layers[:-1]
+            steps = fusion.steps(body, training) if backend.fuses() else list(body)
+            self._step_cache[key] = steps + self.layers[-1:]
+        return self._step_cache[key]
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         """Backpropagate ``dy`` (gradient of the output) through every layer; returns ``dx``."""
@@ -179,7 +185,7 @@ class Sequential:
         """Forward, loss, backward and one optimizer step on a batch; returns the metrics."""
         self._check_compiled()
         y = np.asarray(y)
-        with one_blas_thread():
+        with backend.running():
             return self._train_step(x, y)
 
     def _train_step(self, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
@@ -212,24 +218,14 @@ class Sequential:
 
     def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 32, verbose=0):
         """Loss (and metrics) over all of ``x``, averaged over examples."""
-        x, y = np.asarray(x), np.asarray(y)
-        _check_xy(x, y)
-        totals: dict[str, float] = {}
-        for i in range(0, len(x), batch_size):
-            batch = self.test_step(x[i : i + batch_size], y[i : i + batch_size])
-            n = len(x[i : i + batch_size])
-            for key, value in batch.items():
-                totals[key] = totals.get(key, 0.0) + value * n
-        return self._as_keras({key: value / len(x) for key, value in totals.items()})
+        return self._as_keras(evaluate_loop(self, np.asarray(x), np.asarray(y), batch_size))
 
     def _as_keras(self, results: dict[str, float]):
         return results["loss"] if len(results) == 1 else list(results.values())
 
     def fit(self, x, y, **kwargs):
         """Train for ``epochs`` passes over ``(x, y)``; see :func:`cnnlab.training.fit`."""
-        from cnnlab.training import fit
-
-        return fit(self, x, y, **kwargs)
+        return fit_loop(self, x, y, **kwargs)
 
     # -- weights -----------------------------------------------------------------------------
     def trainable_weights_and_grads(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -303,13 +299,4 @@ class Sequential:
 
     def save(self, path, include_optimizer: bool = True) -> None:
         """Save architecture, weights and (if compiled) optimizer state to one file."""
-        from cnnlab.saving import save_model
-
-        save_model(self, path, include_optimizer=include_optimizer)
-
-
-def _check_xy(x: np.ndarray, y: np.ndarray) -> None:
-    if len(x) != len(y):
-        raise ValueError(f"x and y must have the same length, got {len(x)} and {len(y)}")
-    if len(x) == 0:
-        raise ValueError("expected at least one example, got none")
+        modelfile.save_model(self, path, include_optimizer=include_optimizer)

@@ -1,14 +1,14 @@
-"""One file per model: architecture (JSON) and weights, in a NumPy ``.npz`` archive.
+"""The model file: architecture (JSON) and state (arrays) in one NumPy ``.npz`` archive.
 
 No pickle anywhere: the file is read with ``allow_pickle=False``. Layout inside the archive::
 
     __cnnlab__            uint8 bytes of a JSON header: format, version, model config,
-                          compile config, weight keys, extra (JSON) state
+                          compile config, weight keys, random generators, extra (JSON) state
     weights/<layer>/<n>   one array per weight, in Keras order
     optimizer/<key>       optimizer state (iterations, moments), when included
 
 The file is written to a temporary file beside the target, then renamed over it, so a crash
-never leaves a half-written model behind.
+never leaves a half-written model behind. :mod:`cnnlab.saving` builds a model from one.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cnnlab import __version__, state
 from cnnlab.files import atomic_open
 
 FORMAT = "cnnlab.model"
@@ -28,14 +29,14 @@ HEADER = "__cnnlab__"
 
 def save_model(model, path, include_optimizer: bool = True, extra: dict | None = None) -> None:
     """Write ``model`` to ``path`` atomically. ``extra`` is JSON-able state (e.g. epoch)."""
-    from cnnlab import __version__
-
     if not model.built:
         raise ValueError("Only a built model can be saved: give it an Input or call it once")
-    arrays: dict[str, np.ndarray] = {}
-    for layer in model.layers:
-        for name, value in layer.weights.items():
-            arrays[f"weights/{layer.name}/{name}"] = value
+    saved = state.capture(model)
+    arrays = {
+        f"weights/{layer}/{name}": value
+        for layer, values in saved.weights
+        for name, value in values.items()
+    }
     header = {
         "format": FORMAT,
         "version": VERSION,
@@ -43,7 +44,7 @@ def save_model(model, path, include_optimizer: bool = True, extra: dict | None =
         "model": model.get_config(),
         "compile": None,
         "weights": list(arrays),
-        "rng": {layer.name: layer.rng.bit_generator.state for layer in _rng_layers(model)},
+        "rng": dict(saved.generators),
         "extra": extra or {},
     }
     if model.optimizer is not None:
@@ -53,8 +54,7 @@ def save_model(model, path, include_optimizer: bool = True, extra: dict | None =
             "metrics": model.metrics,
         }
         if include_optimizer:
-            for key, value in model.optimizer.get_state().items():
-                arrays[f"optimizer/{key}"] = value
+            arrays.update((f"optimizer/{key}", value) for key, value in saved.optimizer.items())
     arrays[HEADER] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
     write_npz_atomic(path, arrays)
 
@@ -65,11 +65,8 @@ def write_npz_atomic(path, arrays: dict[str, np.ndarray]) -> None:
         np.savez(f, **arrays)
 
 
-def load(path) -> tuple:
-    """Read a model file: ``(model, extra)``. Raises ``ValueError`` for anything else."""
-    from cnnlab import losses, optimizers
-    from cnnlab.model import Sequential
-
+def read(path) -> tuple[dict, dict[str, np.ndarray]]:
+    """The header and the arrays of a model file; ``ValueError`` for anything else."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No model file at {path}")
@@ -86,39 +83,27 @@ def load(path) -> tuple:
         raise ValueError(f"{what}: {err}") from None
     except (zipfile.BadZipFile, OSError, EOFError, KeyError, UnicodeDecodeError) as err:
         raise ValueError(f"{what} or it is damaged (truncated?): {err}") from None
-    if header.get("format") != FORMAT:
-        raise ValueError(f"{what}: format is {header.get('format')!r}, expected {FORMAT!r}")
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        found = header.get("format") if isinstance(header, dict) else type(header).__name__
+        raise ValueError(f"{what}: format is {found!r}, expected {FORMAT!r}")
     if header.get("version") != VERSION:
         raise ValueError(
             f"{path} has model-file version {header.get('version')!r}; "
             f"this cnnlab reads version {VERSION}"
         )
+    return header, arrays
+
+
+def saved_state(path, header: dict, arrays: dict[str, np.ndarray]) -> state.ModelState:
+    """The :class:`cnnlab.state.ModelState` a file holds, its layers in the model's order."""
     try:
-        model = Sequential.from_config(header["model"])
-        for layer in model.layers:
-            layer.set_weights([arrays[f"weights/{layer.name}/{n}"] for n in layer.weights])
-        for layer in _rng_layers(model):
-            if layer.name in header["rng"]:
-                layer.rng.bit_generator.state = header["rng"][layer.name]
-    except KeyError as err:
-        raise ValueError(f"{path} is damaged: missing entry {err}") from None
-    if header["compile"] is not None:
-        compiled = header["compile"]
-        model.compile(
-            optimizer=optimizers.get(compiled["optimizer"]),
-            loss=losses.get(compiled["loss"]),
-            metrics=compiled["metrics"],
-        )
-        state = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("optimizer/")}
-        if state:
-            model.optimizer.set_state(state)
-    return model, header["extra"]
-
-
-def load_model(path):
-    """Load a model saved with ``model.save(path)``: same architecture, weights, optimizer."""
-    return load(path)[0]
-
-
-def _rng_layers(model):
-    return [layer for layer in model.layers if hasattr(layer, "rng")]
+        names = [spec["config"]["name"] for spec in header["model"]["layers"]]
+        weights: dict[str, dict[str, np.ndarray]] = {name: {} for name in names}
+        for key in header["weights"]:
+            _, layer, weight = key.split("/", 2)
+            weights[layer][weight] = arrays[key]
+        generators = list(header["rng"].items())
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{path} is damaged: missing or malformed entry {err}") from None
+    optimizer = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("optimizer/")}
+    return state.ModelState(list(weights.items()), optimizer or None, generators)

@@ -1,19 +1,23 @@
-"""Optimizers with Keras's update rules, and gradient clipping (for exploding gradients).
+"""Optimizers with Keras's names, defaults and update rules, and gradient clipping.
 
-Every optimizer updates the weights in place: ``optimizer.apply(grads, weights)``.
-Before the update, ``clipvalue`` clips each gradient element to ``[-clipvalue, clipvalue]``
-and ``clipnorm`` rescales each gradient whose L2 norm exceeds ``clipnorm`` down to it.
+Every optimizer updates the weights in place: ``optimizer.apply(grads, weights)``. The
+updates themselves are :mod:`cnnlab.nn.optimizers` (run on the engine of
+:mod:`cnnlab.backend`); an optimizer keeps their settings, the step count and the slots (SGD's
+velocity, Adam's moments), one per weight. Before the update, ``clipvalue`` clips each
+gradient element to ``[-clipvalue, clipvalue]`` and ``clipnorm`` rescales each gradient whose
+L2 norm exceeds ``clipnorm`` down to it.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from cnnlab.ops import kernels
+from cnnlab import backend, checks
 
 
 class Optimizer:
     name = "optimizer"
+    slot_names: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -21,25 +25,11 @@ class Optimizer:
         clipnorm: float | None = None,
         clipvalue: float | None = None,
     ):
-        if not learning_rate > 0:
-            raise ValueError(f"`learning_rate` must be > 0, got {learning_rate!r}")
-        for arg, value in (("clipnorm", clipnorm), ("clipvalue", clipvalue)):
-            if value is not None and not value > 0:
-                raise ValueError(f"`{arg}` must be > 0 or None, got {value!r}")
-        self.learning_rate = float(learning_rate)
-        self.clipnorm = clipnorm
-        self.clipvalue = clipvalue
+        self.learning_rate = checks.positive_number("learning_rate", learning_rate)
+        self.clipnorm = checks.optional_positive_number("clipnorm", clipnorm)
+        self.clipvalue = checks.optional_positive_number("clipvalue", clipvalue)
         self.iterations = 0
         self.slots: dict[str, list[np.ndarray]] = {}
-
-    def clip(self, grad: np.ndarray) -> np.ndarray:
-        if self.clipvalue is not None:
-            grad = np.clip(grad, -self.clipvalue, self.clipvalue)
-        if self.clipnorm is not None:
-            norm = float(np.sqrt(np.sum(grad * grad)))
-            if norm > self.clipnorm:
-                grad = grad * (self.clipnorm / norm)
-        return grad
 
     def apply(self, grads: list[np.ndarray], weights: list[np.ndarray]) -> None:
         """One step: update every weight in place from its gradient."""
@@ -47,11 +37,11 @@ class Optimizer:
             raise ValueError(f"expected one gradient per weight ({len(weights)}), got {len(grads)}")
         if not self.slots:
             self.slots = {name: [np.zeros_like(w) for w in weights] for name in self.slot_names}
+        ops = backend.ops()
         for i, (g, w) in enumerate(zip(grads, weights, strict=True)):
-            self.update(i, self.clip(g).astype(w.dtype, copy=False), w)
+            g = ops.clip_gradient(g, self.clipnorm, self.clipvalue)
+            self.update(i, g.astype(w.dtype, copy=False), w)
         self.iterations += 1
-
-    slot_names: tuple[str, ...] = ()
 
     def update(self, i: int, grad: np.ndarray, weight: np.ndarray) -> None:
         raise NotImplementedError
@@ -87,12 +77,8 @@ def _index(key: str) -> int:
 
 
 class SGD(Optimizer):
-    """Stochastic gradient descent, with optional (Nesterov) momentum, as in Keras::
-
-    velocity = momentum * velocity - learning_rate * g
-    w += velocity                                        (plain momentum)
-    w += momentum * velocity - learning_rate * g         (nesterov=True)
-    """
+    """Stochastic gradient descent, with optional (Nesterov) momentum, as in Keras
+    (:func:`cnnlab.nn.optimizers.sgd_update`)."""
 
     name = "sgd"
 
@@ -100,25 +86,15 @@ class SGD(Optimizer):
         self, learning_rate: float = 0.01, momentum: float = 0.0, nesterov: bool = False, **kw
     ):
         super().__init__(learning_rate, **kw)
-        if not 0 <= momentum <= 1:
-            raise ValueError(f"`momentum` must be in [0, 1], got {momentum!r}")
-        self.momentum = float(momentum)
+        self.momentum = checks.number_in("momentum", momentum, 0, 1)
         self.nesterov = bool(nesterov)
         self.slot_names = ("velocity",) if self.momentum > 0 else ()
 
     def update(self, i, grad, weight):
-        lr = weight.dtype.type(self.learning_rate)
-        if self.momentum == 0:
-            weight -= lr * grad
-            return
-        m = weight.dtype.type(self.momentum)
-        velocity = self.slots["velocity"][i]
-        velocity *= m
-        velocity -= lr * grad
-        if self.nesterov:
-            weight += m * velocity - lr * grad
-        else:
-            weight += velocity
+        velocity = self.slots["velocity"][i] if self.momentum > 0 else None
+        backend.ops().sgd_update(
+            weight, grad, velocity, self.learning_rate, self.momentum, self.nesterov
+        )
 
     def get_config(self):
         return {**super().get_config(), "momentum": self.momentum, "nesterov": self.nesterov}
@@ -126,12 +102,7 @@ class SGD(Optimizer):
 
 class Adam(Optimizer):
     """Adam (Kingma & Ba), Keras's form, where ``epsilon`` is added to ``sqrt(v)`` after the
-    bias correction is folded into the step size::
-
-        t = iterations + 1
-        m += (g - m) * (1 - beta_1);      v += (g**2 - v) * (1 - beta_2)
-        w -= learning_rate * sqrt(1 - beta_2**t) / (1 - beta_1**t) * m / (sqrt(v) + epsilon)
-    """
+    bias correction is folded into the step size (:func:`cnnlab.nn.optimizers.adam_update`)."""
 
     name = "adam"
     slot_names = ("m", "v")
@@ -145,25 +116,22 @@ class Adam(Optimizer):
         **kw,
     ):
         super().__init__(learning_rate, **kw)
-        self.beta_1, self.beta_2, self.epsilon = float(beta_1), float(beta_2), float(epsilon)
+        self.beta_1 = checks.number_in("beta_1", beta_1, 0, 1, high_open=True)
+        self.beta_2 = checks.number_in("beta_2", beta_2, 0, 1, high_open=True)
+        self.epsilon = checks.positive_number("epsilon", epsilon)
 
     def update(self, i, grad, weight):
-        t = self.iterations + 1
-        dtype = weight.dtype.type
-        alpha = self.learning_rate * np.sqrt(1 - self.beta_2**t) / (1 - self.beta_1**t)
         m, v = self.slots["m"][i], self.slots["v"][i]
-        if not all(a.flags.c_contiguous for a in (weight, m, v)):
-            raise ValueError("Adam updates weights and slots in place: they must be C-contiguous")
-        # One compiled pass (cnnlab.ops.kernels.adam_update) over the raveled arrays.
-        kernels.adam_update(
-            weight.reshape(-1),
-            np.ascontiguousarray(grad, dtype=weight.dtype).reshape(-1),
-            m.reshape(-1),
-            v.reshape(-1),
-            dtype(1 - self.beta_1),
-            dtype(1 - self.beta_2),
-            dtype(alpha),
-            dtype(self.epsilon),
+        backend.ops().adam_update(
+            weight,
+            grad,
+            m,
+            v,
+            self.iterations + 1,
+            self.learning_rate,
+            self.beta_1,
+            self.beta_2,
+            self.epsilon,
         )
 
     def get_config(self):

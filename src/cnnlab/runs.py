@@ -24,18 +24,18 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
 import platform
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from cnnlab.callbacks import Callback, is_improvement, resolve_mode
+from cnnlab import __version__, backend, modelfile, state
+from cnnlab.callbacks import MonitorCallback
 from cnnlab.files import atomic_open
-from cnnlab.saving import load as load_checkpoint
-from cnnlab.saving import save_model
+from cnnlab.modelfile import save_model
 from cnnlab.training import evaluate
 
 CONFIG = "config.json"
@@ -46,7 +46,7 @@ MODEL = "model.cnnlab"
 SUMMARY = "summary.json"
 
 
-class RunDirectory(Callback):
+class RunDirectory(MonitorCallback):
     """A callback that keeps a run directory (see the module docstring) up to date.
 
     Args:
@@ -79,19 +79,15 @@ class RunDirectory(Callback):
         model_extra: dict | None = None,
         restore_best: bool = False,
     ):
-        super().__init__()
+        super().__init__(monitor, mode)
         self.path = Path(path)
         self.config = dict(config or {})
         self.resume = resume
-        self.monitor = monitor
-        self.mode = resolve_mode(monitor, mode)
         self.test_data = test_data
         self.train_data = train_data
         self.class_names = None if class_names is None else [str(c) for c in class_names]
         self.model_extra = dict(model_extra or {})
         self.restore_best = restore_best
-        self.best: float | None = None
-        self.best_epoch: int | None = None
         self.summary: dict | None = None
         self.interrupted_at: tuple[int, int] | None = None
         self.resumed_from: tuple[int, int] | None = None
@@ -161,14 +157,7 @@ class RunDirectory(Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         key = self.monitor if self.monitor in logs else self.monitor.removeprefix("val_")
-        value = logs.get(key)
-        improved = (
-            value is not None
-            and math.isfinite(value)
-            and is_improvement(self.mode, value, self.best, 0.0)
-        )
-        if improved:
-            self.best, self.best_epoch = float(value), epoch
+        improved = self.improved(logs.get(key), epoch)
         self._checkpoint(self.latest_path)
         if improved:
             self._checkpoint(self.best_path)
@@ -184,8 +173,10 @@ class RunDirectory(Callback):
         status = self.loop.status
         if status in ("completed", "stopped"):
             if self.restore_best and self.best_path.is_file():
-                best = load_checkpoint(self.best_path)[0]
-                self.model.set_weights(best.get_weights())
+                header, arrays = modelfile.read(self.best_path)
+                best = modelfile.saved_state(self.best_path, header, arrays)
+                weights_only = replace(best, optimizer=None, generators=[])
+                state.restore(self.model, weights_only, str(self.best_path))
             save_model(self.model, self.model_path, extra=self._model_extra())
         history = self.loop.history
         summary = {
@@ -291,28 +282,20 @@ def classification_report(
 
 
 def restore_model(model, path: str | os.PathLike) -> dict:
-    """Copy a checkpoint's weights, optimizer state and Dropout generators into ``model``
-    (which must have the same architecture); returns the checkpoint's ``extra``."""
-    saved, extra = load_checkpoint(path)
-    theirs = [w.shape for w in saved.get_weights()]
-    ours = [w.shape for w in model.get_weights()]
-    if theirs != ours:
+    """Put a checkpoint's state (weights, optimizer state, Dropout generators) into ``model``,
+    which must have the same architecture and optimizer; returns the checkpoint's ``extra``."""
+    header, arrays = modelfile.read(path)
+    compiled = header.get("compile") or {}
+    if model.optimizer is not None and compiled.get("optimizer") not in (
+        None,
+        model.optimizer.get_config(),
+    ):
         raise ValueError(
-            f"{path} holds a different model: weight shapes {theirs}, this model has {ours}"
+            f"{path} was trained with optimizer {compiled['optimizer']}, "
+            f"this model is compiled with {model.optimizer.get_config()}"
         )
-    model.set_weights(saved.get_weights())
-    if model.optimizer is not None and saved.optimizer is not None:
-        if model.optimizer.get_config() != saved.optimizer.get_config():
-            raise ValueError(
-                f"{path} was trained with optimizer {saved.optimizer.get_config()}, "
-                f"this model is compiled with {model.optimizer.get_config()}"
-            )
-        model.optimizer.set_state(saved.optimizer.get_state())
-    ours_rng = [layer for layer in model.layers if hasattr(layer, "rng")]
-    theirs_rng = [layer for layer in saved.layers if hasattr(layer, "rng")]
-    for mine, saved_layer in zip(ours_rng, theirs_rng, strict=True):
-        mine.rng.bit_generator.state = saved_layer.rng.bit_generator.state
-    return extra
+    state.restore(model, modelfile.saved_state(path, header, arrays), source=str(path))
+    return header.get("extra", {})
 
 
 def find_model_file(path: str | os.PathLike) -> Path:
@@ -330,10 +313,9 @@ def find_model_file(path: str | os.PathLike) -> Path:
 
 
 def versions() -> dict[str, str]:
-    from cnnlab import __version__
-
     return {
         "cnnlab": __version__,
+        "engine": backend.get_engine(),
         "numpy": np.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from cnnlab import checks
+
 _global = np.random.default_rng()
 
 
 def set_random_seed(seed: int) -> None:
     """Seed cnnlab: models built (and data shuffled by ``fit``) after this call are repeatable."""
     global _global
-    if not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"`seed` must be a non-negative int, got {seed!r}")
-    _global = np.random.default_rng(int(seed))
+    _global = np.random.default_rng(checks.int_at_least("seed", seed, 0))
 
 
 def make_rng(seed: int | None = None) -> np.random.Generator:

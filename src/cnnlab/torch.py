@@ -38,7 +38,7 @@ except ImportError as err:  # pragma: no cover - exercised only without torch
     ) from err
 
 from cnnlab import layers as L
-from cnnlab.ops.padding import window_geometry
+from cnnlab.nn.padding import window_geometry
 
 __all__ = ["load_torch_weights", "to_torch"]
 

@@ -27,6 +27,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from cnnlab import checks
 from cnnlab.callbacks import Callback, CallbackList, History, ProgressBar
 from cnnlab.memory import keep_freed_memory
 from cnnlab.seeding import make_rng
@@ -71,9 +72,9 @@ def fit(
     The process keeps freed memory for reuse from here on (:func:`cnnlab.memory.keep_freed_memory`).
     """
     x, y = np.asarray(x), np.asarray(y)
-    _check_positive_int("batch_size", batch_size)
-    _check_int("epochs", epochs, 0)
-    _check_int("initial_epoch", initial_epoch, 0)
+    checks.positive_int("batch_size", batch_size)
+    checks.int_at_least("epochs", epochs, 0)
+    checks.int_at_least("initial_epoch", initial_epoch, 0)
     if verbose not in (0, 1, 2):
         raise ValueError(f"`verbose` must be 0, 1 or 2, got {verbose!r}")
     if augment is not None and not callable(augment):
@@ -371,13 +372,3 @@ def _check_xy(what: str, x: np.ndarray, y: np.ndarray) -> None:
         raise ValueError(f"{what}x and y must have the same length, got {len(x)} and {len(y)}")
     if len(x) == 0:
         raise ValueError(f"{what}expected at least one example, got none")
-
-
-def _check_int(name: str, value, minimum: int) -> None:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}")
-
-
-def _check_positive_int(name: str, value) -> None:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"`{name}` must be a positive int, got {value!r}")

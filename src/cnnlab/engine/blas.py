@@ -1,7 +1,7 @@
 """NumPy's own BLAS matrix product and libc's ``memcpy``, callable from compiled loops.
 
 A conv layer's slice of the batch is a loop of chunks: copy the windows, one matrix product,
-the epilogue. As one compiled loop (:func:`cnnlab.ops.kernels.conv_forward_images`) it copies
+the epilogue. As one compiled loop (:func:`cnnlab.engine.kernels.conv_forward_images`) it copies
 each window row with ``memcpy`` (the im2col of the book's CNN's four convs, 16 images on one
 core: 0.29 ms, against 0.41 ms for NumPy's strided copy and 1.0-2.2 ms for plain numba copy
 loops, which LLVM did not vectorise) and calls the same OpenBLAS routine as ``np.matmul``, as

@@ -1,102 +1,30 @@
-"""2-D convolution (cross-correlation, as on the slide), NHWC, as im2col plus one matrix product.
+"""Fast :func:`cnnlab.nn.conv.conv2d_forward` and :func:`~cnnlab.nn.conv.conv2d_backward`:
+the same im2col and matrix products, the same arguments and the same :class:`ConvCache`.
 
-Shapes::
-
-    x:      (N, H, W, C)           images, channels last
-    kernel: (kh, kw, C, F)         F filters of kh x kw x C weights
-    bias:   (F,) or None
-    y:      (N, out_h, out_w, F)
-
-Formula, for output pixel ``(i, j)`` of filter ``f``::
-
-    y[n, i, j, f] = bias[f] + sum_{a, b, c} xp[n, i*sh + a, j*sw + b, c] * kernel[a, b, c, f]
-
-where ``xp`` is ``x`` padded as :mod:`cnnlab.ops.padding` says. Each output pixel is the
-lecture's "multiply the patch pixel-wise with the filter and sum" (:func:`convolve_patch`).
-
-Two implementations of the same math: ``conv2d_*_reference`` is the plain one, written to be
-read; ``conv2d_forward`` / ``conv2d_backward`` are the fast ones the layers use. They do the
-same im2col and matrix products, but each core takes a slice of the batch
-(:mod:`cnnlab.ops.parallel`) and works through it a few images at a time, so that a chunk's
-im2col matrix stays in the cache between its copy and its matrix products; the backward pass
-copies the windows again instead of keeping the whole batch's im2col matrix. The forward pass
-runs a core's chunks as one compiled loop that calls NumPy's own BLAS
-(:func:`cnnlab.ops.kernels.conv_forward_images`, :mod:`cnnlab.ops.blas`), whose ``memcpy``
-im2col reads the input itself and writes zeros for the padding; where that BLAS is not found,
-as NumPy calls on a padded copy. 3x3 convolutions with strides 1 and enough channels run by
-Winograd's minimal filtering instead, forward and for the input gradient
-(:mod:`cnnlab.ops.winograd`). Buffers are reused from step to step (``workspace``), and col2im
-is a compiled loop (:func:`cnnlab.ops.kernels.col2im`) that adds straight into the unpadded
-input gradient. A test checks that both give the same numbers.
+Each core takes a slice of the batch (:mod:`cnnlab.engine.parallel`) and works through it a
+few images at a time, so that a chunk's im2col matrix stays in the cache between its copy and
+its matrix products; the backward pass copies the windows again instead of keeping the whole
+batch's im2col matrix. The forward pass runs a core's chunks as one compiled loop that calls
+NumPy's own BLAS (:func:`cnnlab.engine.kernels.conv_forward_images`,
+:mod:`cnnlab.engine.blas`), whose ``memcpy`` im2col reads the input itself and writes zeros
+for the padding; where that BLAS is not found, as NumPy calls on a padded copy. 3x3
+convolutions with strides 1 and enough channels run by Winograd's minimal filtering instead,
+forward and for the input gradient (:mod:`cnnlab.engine.winograd`). Buffers are kept from call
+to call (:mod:`cnnlab.engine.scratch`), and col2im is a compiled loop
+(:func:`cnnlab.engine.kernels.col2im`) that adds straight into the unpadded input gradient.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 
 import numpy as np
 
-from cnnlab.ops import blas, kernels, parallel, winograd
-from cnnlab.ops.padding import window_geometry
-from cnnlab.ops.sums import column_sums
-from cnnlab.ops.windows import add_windows, pad_hw, windows
-from cnnlab.ops.workspace import buffer
-
-
-def convolve_patch(patch: np.ndarray, filter: np.ndarray) -> float:
-    """One step of a convolution: multiply ``patch`` and ``filter`` pixel-wise, then sum.
-
-    ``patch`` and ``filter`` have the same shape, e.g. ``(3, 3)``; the slide's example gives 2.3.
-    """
-    patch, filter = np.asarray(patch), np.asarray(filter)
-    if patch.shape != filter.shape:
-        raise ValueError(
-            f"patch and filter must have the same shape, got {patch.shape} and {filter.shape}"
-        )
-    return float(np.sum(patch * filter))
-
-
-def conv2d_forward_reference(
-    x: np.ndarray,
-    kernel: np.ndarray,
-    bias: np.ndarray | None,
-    strides: tuple[int, int] = (1, 1),
-    padding: str = "valid",
-) -> tuple[np.ndarray, tuple]:
-    """Forward pass. Returns ``y: (N, out_h, out_w, F)`` and the cache for the backward pass."""
-    n, h, w, c = x.shape
-    kh, kw, _, f = kernel.shape
-    (oh, ow), pads = window_geometry((h, w), (kh, kw), strides, padding)
-    xp = pad_hw(x, pads)
-    # im2col: one row per output pixel, holding its kh*kw*C patch.
-    cols = windows(xp, (kh, kw), strides, (oh, ow)).reshape(n * oh * ow, kh * kw * c)
-    y = cols @ kernel.reshape(kh * kw * c, f)
-    if bias is not None:
-        y += bias
-    return y.reshape(n, oh, ow, f), (cols, kernel, x.shape, xp.shape, pads, strides)
-
-
-def conv2d_backward_reference(
-    dy: np.ndarray, cache: tuple
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Backward pass. ``dy: (N, out_h, out_w, F)`` -> ``(dx, dkernel, dbias)``.
-
-    ``dkernel = cols.T @ dy`` and ``dcols = dy @ kernel.T``; col2im adds ``dcols`` back
-    into the padded input, one kernel offset at a time, and the padding is cut off.
-    """
-    cols, kernel, x_shape, xp_shape, pads, strides = cache
-    n, oh, ow, f = dy.shape
-    kh, kw, c, _ = kernel.shape
-    dy2 = dy.reshape(n * oh * ow, f)
-    dkernel = (cols.T @ dy2).reshape(kernel.shape)
-    dbias = dy2.sum(axis=0)
-    dcols = (dy2 @ kernel.reshape(kh * kw * c, f).T).reshape(n, oh, ow, kh, kw, c)
-    dxp = add_windows(np.zeros(xp_shape, dtype=dy.dtype), dcols, strides)
-    (top, _), (left, _) = pads
-    _, h, w, _ = x_shape
-    return dxp[:, top : top + h, left : left + w], dkernel, dbias
-
+from cnnlab.engine import blas, kernels, parallel, scratch, winograd
+from cnnlab.engine.sums import column_sums
+from cnnlab.nn.conv import ConvCache
+from cnnlab.nn.padding import Pads, window_geometry
+from cnnlab.nn.windows import windows
 
 # Images per chunk: enough that a chunk's im2col matrix fills about this many bytes, so that
 # it is written, multiplied and (in the backward pass) read again while it is in the core's
@@ -114,7 +42,7 @@ def _images_per_chunk(out_hw: tuple[int, int], k: int, itemsize: int) -> int:
 
 
 def _by_winograd(x: np.ndarray, kernel: np.ndarray, strides: tuple[int, int]) -> bool:
-    """Whether the convolution runs by :mod:`cnnlab.ops.winograd` (3x3 filters, strides 1,
+    """Whether the convolution runs by :mod:`cnnlab.engine.winograd` (3x3 filters, strides 1,
     enough channels, one dtype, NumPy's BLAS found)."""
     return x.dtype == kernel.dtype and winograd.applies(kernel.shape, strides, x.dtype)
 
@@ -130,30 +58,25 @@ def conv2d_forward(
     bias: np.ndarray | None,
     strides: tuple[int, int] = (1, 1),
     padding: str = "valid",
-    workspace: dict | None = None,
+    *,
     normalize: tuple | None = None,
-) -> tuple[np.ndarray, tuple]:
-    """Forward pass, fast: :func:`conv2d_forward_reference` a few images at a time.
+) -> tuple[np.ndarray, ConvCache]:
+    """Fast :func:`cnnlab.nn.conv.conv2d_forward`, a few images at a time on every core.
 
-    The batch is split over the cores (:func:`cnnlab.ops.parallel.over_batch`), and each core
-    takes its slice in chunks of a few images whose im2col matrix fits in its cache: copy the
-    windows, one matrix product, add the bias; in one compiled call where NumPy's BLAS is found
-    (:func:`_compiled_products`), else in NumPy calls. The compiled im2col reads ``x`` itself
-    and writes zeros for the padding; there is no padded copy of the input. The cache keeps
-    ``x``, not the im2col matrix; the backward pass pads it and copies the windows again, chunk
-    by chunk. 3x3 filters with strides 1 and enough channels (:func:`_by_winograd`) go by
-    :mod:`cnnlab.ops.winograd` instead, the bias as its epilogue.
-
-    ``workspace`` is a dict the caller keeps between calls (a layer keeps one); each thread's
-    chunk buffer (and the padded input, where one is made) lives there, so a training step
-    allocates them only once. The cache is valid while ``x`` is unchanged.
+    The batch is split over the cores (:func:`cnnlab.engine.parallel.over_batch`), and each
+    core takes its slice in chunks of a few images whose im2col matrix fits in its cache: copy
+    the windows, one matrix product, add the bias; in one compiled call where NumPy's BLAS is
+    found (:func:`_compiled_products`), else in NumPy calls. The compiled im2col reads ``x``
+    itself and writes zeros for the padding; there is no padded copy of the input. 3x3 filters
+    with strides 1 and enough channels (:func:`_by_winograd`) go by
+    :mod:`cnnlab.engine.winograd` instead, the bias as its epilogue.
 
     ``normalize = (mean, scale, beta, slope)``, for inference, replaces the bias: each chunk's
     output becomes ``leaky((y - mean) * scale + beta)`` while it is in the cache
-    (:func:`cnnlab.ops.kernels.normalize_in_place`). That is batch norm with its moving
+    (:func:`cnnlab.engine.kernels.normalize_in_place`). That is batch norm with its moving
     statistics and the (leaky) ReLU after it, with the convolution's bias folded into ``mean``.
     """
-    y, images, cache = conv2d_forward_plan(x, kernel, bias, strides, padding, workspace, normalize)
+    y, images, cache = conv2d_forward_plan(x, kernel, bias, strides, padding, normalize)
     parallel.over_batch(images, len(x))
     return y, cache
 
@@ -164,9 +87,8 @@ def conv2d_forward_plan(
     bias: np.ndarray | None,
     strides: tuple[int, int] = (1, 1),
     padding: str = "valid",
-    workspace: dict | None = None,
     normalize: tuple | None = None,
-) -> tuple[np.ndarray, Callable[[int, int], None], tuple]:
+) -> tuple[np.ndarray, Callable[[int, int], None], ConvCache]:
     """:func:`conv2d_forward` before it runs: the output ``y``, not yet filled, the function
     ``images(start, stop)`` that fills ``y[start:stop]`` (from ``x[start:stop]``, which need
     only be filled by then, on the same thread), and the cache. Each thread that calls
@@ -180,10 +102,10 @@ def conv2d_forward_plan(
         if normalize is None and bias is not None:  # y + bias, as the epilogue computes it
             ones = np.ones_like(kernel, shape=f)
             normalize = (-np.asarray(bias, x.dtype), ones, ones * 0, x.dtype.type(1))
-        u = winograd.transformed(kernel, workspace)
+        u = winograd.transformed(kernel)
         x = np.ascontiguousarray(x)
-        y, images = winograd.conv3x3_forward_plan(x, u, padding, workspace, normalize)
-        return y, images, (x, kernel, pads, strides)
+        y, images = winograd.conv3x3_forward_plan(x, u, padding, normalize)
+        return y, images, ConvCache(x, kernel, tuple(strides), pads)
     (top, _), (left, _) = pads
     step = _images_per_chunk((oh, ow), k, x.itemsize)
     kmat = kernel.reshape(k, f)
@@ -196,12 +118,11 @@ def conv2d_forward_plan(
             *vectors, slope = normalize
             normalize = (*(np.asarray(v, y.dtype) for v in vectors), y.dtype.type(slope))
     else:
-        xp = _padded(x, pads, workspace)
+        xp = _padded(x, pads)
         patches = windows(xp, (kh, kw), strides, (oh, ow))
 
     def images(start: int, stop: int) -> None:
-        me = threading.get_ident()
-        cols = buffer(workspace, ("cols", me), (step, oh, ow, kh, kw, c), x.dtype)
+        cols = scratch.buffer("conv cols", (step, oh, ow, kh, kw, c), x.dtype)
         if compiled:  # im2col straight from x, with zeros for the padding
             kernels.conv_forward_images(
                 gemm, copy, x, corner, strides, start, stop, kmat, cols, bias, normalize, y
@@ -218,10 +139,10 @@ def conv2d_forward_plan(
             elif bias is not None:
                 out += bias
 
-    return y, images, (x, kernel, pads, strides)
+    return y, images, ConvCache(x, kernel, tuple(strides), pads)
 
 
-def _padded(x: np.ndarray, pads: tuple, workspace: dict | None) -> np.ndarray:
+def _padded(x: np.ndarray, pads: Pads) -> np.ndarray:
     """The buffer for ``x`` with its padding (``x`` itself without any); its border is zeroed
     once, and its inside is left for the caller to fill, a slice of the batch at a time."""
     n, h, w, c = x.shape
@@ -229,27 +150,26 @@ def _padded(x: np.ndarray, pads: tuple, workspace: dict | None) -> np.ndarray:
     if not (top or bottom or left or right):
         return x
     shape = (n, h + top + bottom, w + left + right, c)
-    return buffer(workspace, "xp", shape, x.dtype, zeros=True)
+    return scratch.buffer(("conv padded input", pads), shape, x.dtype, zeros=True)
 
 
 def conv2d_backward(
-    dy: np.ndarray, cache: tuple, workspace: dict | None = None, input_gradient: bool = True
+    dy: np.ndarray, cache: ConvCache, input_gradient: bool = True
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
-    """Backward pass, fast: :func:`conv2d_backward_reference` a few images at a time.
+    """Fast :func:`cnnlab.nn.conv.conv2d_backward`, a few images at a time on every core.
 
     Each core pads its slice of the cached input, and for each chunk of its images copies the
     windows again (im2col), adds ``cols.T @ dy`` to the kernel gradient, and ``dcols = dy @
-    kernel.T``, which col2im (a compiled loop, :func:`cnnlab.ops.kernels.col2im`) adds straight
-    into the unpadded ``dx``. The slices' kernel gradients are added up in slice order. Where
-    the forward pass ran by Winograd (:func:`_by_winograd`), so does ``dx``
-    (:func:`cnnlab.ops.winograd.conv3x3_backward_input`), and the chunks make only the kernel
-    gradient. ``input_gradient=False`` skips ``dx`` (returned as None): the first layer of a
-    model needs only its weight gradients.
+    kernel.T``, which col2im (a compiled loop, :func:`cnnlab.engine.kernels.col2im`) adds
+    straight into the unpadded ``dx``. The slices' kernel gradients are added up in slice
+    order. Where the forward pass ran by Winograd (:func:`_by_winograd`), so does ``dx``
+    (:func:`cnnlab.engine.winograd.conv3x3_backward_input`), and the chunks make only the
+    kernel gradient.
     """
-    x, kernel, pads, strides = cache
+    x, kernel, strides, pads = cache
     if input_gradient and _by_winograd(x, kernel, strides):
-        dx = winograd.conv3x3_backward_input(dy, kernel, pads, x.shape, workspace)
-        _, dkernel, dbias = conv2d_backward(dy, cache, workspace, input_gradient=False)
+        dx = winograd.conv3x3_backward_input(dy, kernel, pads, x.shape)
+        _, dkernel, dbias = conv2d_backward(dy, cache, input_gradient=False)
         return dx, dkernel, dbias
     n, h, w, _ = x.shape
     _, oh, ow, f = dy.shape
@@ -259,22 +179,19 @@ def conv2d_backward(
     dtype = np.result_type(dy, kernel)
     dy = np.ascontiguousarray(dy)
     step = _images_per_chunk((oh, ow), k, x.itemsize)
-    xp = _padded(x, pads, workspace)
+    xp = _padded(x, pads)
     patches = windows(xp, (kh, kw), strides, (oh, ow))
     (top, _), (left, _) = pads
     dx = np.empty(x.shape, dtype=dtype) if input_gradient else None
     copy = blas.memcpy() if x.flags.c_contiguous else None
 
     def images(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-        me = threading.get_ident()
         if xp is not x and copy is not None:
             kernels.pad_images(copy, x, xp, top, left, start, stop)
         elif xp is not x:
             xp[start:stop, top : top + h, left : left + w] = x[start:stop]
-        cols = buffer(workspace, ("cols", me), (step, oh, ow, kh, kw, c), x.dtype)
-        dcols = input_gradient and buffer(
-            workspace, ("dcols", me), (step, oh, ow, kh, kw, c), dtype
-        )
+        cols = scratch.buffer("conv cols", (step, oh, ow, kh, kw, c), x.dtype)
+        dcols = input_gradient and scratch.buffer("conv dcols", (step, oh, ow, kh, kw, c), dtype)
         dkernel = np.zeros((k, f), np.result_type(x, dy))
         part = np.empty_like(dkernel)
         for a, b in _chunks(start, stop, step):

@@ -1,24 +1,22 @@
-"""Fully connected (dense) layer.
-
-Shapes: ``x: (N, D)``, ``kernel: (D, units)``, ``bias: (units,)``, ``y: (N, units)``.
-
-Formula: ``y = x @ kernel + bias``.
-"""
+"""Fast :func:`cnnlab.nn.dense.dense_forward` and :func:`~cnnlab.nn.dense.dense_backward`: the
+same products, the same arguments and the same :class:`DenseCache`, split over the cores by
+the columns they produce, which keeps a small batch's products efficient."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from cnnlab.ops import parallel
-from cnnlab.ops.sums import column_sums
+from cnnlab.engine import parallel
+from cnnlab.engine.sums import column_sums
+from cnnlab.nn.dense import DenseCache
 
 
 def dense_forward(
     x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Returns ``y`` and the cache (the input). The units are split over the cores
-    (:func:`cnnlab.ops.parallel.over_batch`): each thread computes a block of ``y``'s columns,
-    one matrix product with all the batch, which keeps a small batch's products efficient."""
+) -> tuple[np.ndarray, DenseCache]:
+    """Fast :func:`cnnlab.nn.dense.dense_forward`: the units are split over the cores
+    (:func:`cnnlab.engine.parallel.over_batch`), each thread computing a block of ``y``'s
+    columns, one matrix product with all the batch."""
     y = np.empty((len(x), kernel.shape[1]), dtype=np.result_type(x, kernel))
 
     def units(start: int, stop: int) -> None:
@@ -27,19 +25,16 @@ def dense_forward(
             y[:, start:stop] += bias[start:stop]
 
     parallel.over_batch(units, kernel.shape[1], _grain(len(x), kernel.shape[0]))
-    return y, x
+    return y, DenseCache(x, kernel)
 
 
 def dense_backward(
-    dy: np.ndarray, x: np.ndarray, kernel: np.ndarray, input_gradient: bool = True
+    dy: np.ndarray, cache: DenseCache, input_gradient: bool = True
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
-    """``dx = dy @ kernel.T``, ``dkernel = x.T @ dy``, ``dbias = sum_n dy``, split over the cores
-    by the columns they produce: each thread takes a block of units for ``dkernel`` and
-    ``dbias``, and the same share of the inputs for ``dx``, in one call.
-
-    ``input_gradient=False`` skips ``dx`` (returned as None): the first layer of a model needs
-    only the gradients of its weights.
-    """
+    """Fast :func:`cnnlab.nn.dense.dense_backward`, split over the cores by the columns they
+    produce: each thread takes a block of units for ``dkernel`` and ``dbias``, and the same
+    share of the inputs for ``dx``, in one call."""
+    x, kernel = cache
     dtype = np.result_type(dy, kernel)
     d, units = kernel.shape
     dkernel = np.empty(kernel.shape, dtype=dtype)

@@ -4,11 +4,10 @@ forward chunks, which call BLAS as well (:func:`conv_forward_images`).
 NumPy runs each element-wise operation as its own pass over memory, with a temporary array
 for each, and adds col2im's windows back one short run of ``C`` values at a time. These loops,
 compiled by numba, do the same arithmetic in one or two passes. Each loop is serial: the ops
-that call it hand each core a slice of the rows (:mod:`cnnlab.ops.parallel`); numba's own
+that call it hand each core a slice of the rows (:mod:`cnnlab.engine.parallel`); numba's own
 threads, measured, fought OpenBLAS's for the cores (benchmarks/README.md). Each loop is the
-plain formula of a reference form that stays in NumPy (:mod:`cnnlab.ops.conv`,
-:mod:`cnnlab.ops.batchnorm`, :mod:`cnnlab.ops.activations`), and the tests check that they
-agree. No fast-math: every operation rounds as IEEE says.
+plain formula of a function of :mod:`cnnlab.nn` (its docstring says which), and the tests
+check that they agree. No fast-math: every operation rounds as IEEE says.
 
 Shapes: ``(M, C)`` rows of channels (an NHWC map seen as ``(N*H*W, C)``) for batch norm, where
 the sums are accumulated in float64; any shape, raveled, for the activations;
@@ -20,7 +19,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from cnnlab.ops import blas
+from cnnlab.engine import blas
 
 # error_model="numpy": a division by zero gives inf or nan, as in NumPy, instead of a check
 # for Python's ZeroDivisionError at every division, which keeps LLVM from vectorising a loop
@@ -30,7 +29,8 @@ _compiled = numba.njit(cache=True, nogil=True, error_model="numpy")
 
 @_compiled
 def leaky_relu(x, slope, out):
-    """``out = x if x > 0 else slope * x``, element by element (raveled arrays)."""
+    """``out = x if x > 0 else slope * x``, element by element (raveled arrays):
+    :func:`cnnlab.nn.activations.leaky_relu`."""
     for i in range(x.size):
         v = x[i]
         out[i] = v if v > 0 else slope * v
@@ -38,7 +38,8 @@ def leaky_relu(x, slope, out):
 
 @_compiled
 def leaky_relu_backward(dy, x, slope, out):
-    """``out = dy if x > 0 else slope * dy``, element by element (raveled arrays)."""
+    """``out = dy if x > 0 else slope * dy``, element by element (raveled arrays):
+    :func:`cnnlab.nn.activations.leaky_relu_backward`."""
     for i in range(x.size):
         out[i] = dy[i] if x[i] > 0 else slope * dy[i]
 
@@ -118,7 +119,7 @@ def normalize_backward(dy, x, mean, inv_std, scale, beta, slope, dbeta_m, dgamma
 
 @_compiled
 def col2im(dcols, sh, sw, top, left, dx):
-    """col2im, the adjoint of im2col.
+    """:func:`cnnlab.nn.conv.col2im`, the adjoint of im2col, for a chunk of images.
 
     ``dx[n, i*sh + a - top, j*sw + b - left, c] += dcols[n, i, j, a, b, c]``.
 
@@ -144,7 +145,7 @@ def col2im(dcols, sh, sw, top, left, dx):
 @_compiled
 def _matmul(gemm, a, b, c, m, k, n):
     """``c = a @ b`` by BLAS's ``gemm``, for C-contiguous ``a: (m, k)``, ``b: (k, n)``,
-    ``c: (m, n)`` given by the addresses of their first elements (:mod:`cnnlab.ops.blas`)."""
+    ``c: (m, n)`` given by the addresses of their first elements (:mod:`cnnlab.engine.blas`)."""
     gemm(blas.ROW_MAJOR, blas.NO_TRANS, blas.NO_TRANS, m, n, k, 1.0, a, k, b, n, 0.0, c, n)
 
 
@@ -221,7 +222,8 @@ def conv_forward_images(gemm, memcpy, x, pads, strides, start, stop, kmat, cols,
 
 @_compiled
 def adam_update(weight, grad, m, v, one_minus_beta_1, one_minus_beta_2, alpha, epsilon):
-    """One Adam step in place, element by element (raveled arrays), Keras's form::
+    """One Adam step in place, element by element (raveled arrays), Keras's form, as
+    :func:`cnnlab.nn.optimizers.adam_update`::
 
     m += (g - m) * (1 - beta_1);   v += (g**2 - v) * (1 - beta_2)
     w -= m / (sqrt(v) + epsilon) * alpha

@@ -40,6 +40,8 @@ from typing import TypeVar
 import numba
 import numpy as np
 
+from cnnlab import checks
+
 T = TypeVar("T")
 
 _state = threading.local()  # .inside: running a slice; .held: BLAS is held to one thread
@@ -82,8 +84,7 @@ def num_threads() -> int:
 def set_num_threads(n: int) -> None:
     """Split each op's batch over ``n`` threads from now on (1: no threads of cnnlab's own)."""
     global _num_threads
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"`n` must be a positive int, got {n!r}")
+    n = checks.positive_int("n", n)
     with _using_workers:
         while _workers:
             _workers.pop().stop()

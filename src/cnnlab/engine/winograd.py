@@ -1,34 +1,15 @@
-"""A 3x3 convolution with stride 1 by Winograd's minimal filtering, F(4x4, 3x3).
+"""Fast :func:`cnnlab.nn.winograd.winograd_conv3x3`: the same F(4x4, 3x3) tiles, as compiled
+loops that call NumPy's BLAS for the 36 products.
 
-The output is cut into tiles of 4x4 pixels; each needs the 6x6 patch of the input under it.
-With the transforms of Lavin & Gray (2016), a tile of filter ``f`` is::
-
-    Y = A^T [ sum_c (G g[c, f] G^T) * (B^T d[c] B) ] A        (* element-wise, 6x6)
-
-for the patch ``d[c]`` of channel ``c`` and the 3x3 filter ``g[c, f]``. The sum over channels,
-for each of the 36 positions of the 6x6 product, is a matrix product of the tiles' transformed
-patches ``V[p]: (tiles, C)`` with the transformed filters ``U[p]: (C, F)``: 36 products of
-``C`` terms instead of 16 outputs of ``9 * C`` terms, 2.25x fewer multiplications per output
-than :mod:`cnnlab.ops.conv`'s im2col product, and no im2col matrix. The transforms are sums
-with small integer (``B``, ``A``) or fractional (``G``) weights, which round a little more
-than the direct sums; the tests hold it to the direct convolution's numbers within float32's
-rounding of a few sums. The input gradient of such a convolution is one too, of the output
-gradient with the filters turned half a turn (:func:`conv3x3_backward_input`);
-:mod:`cnnlab.ops.conv` runs both this way where :func:`applies` says so.
-
-The matrices, for the points 0, 1, -1, 2, -2 and infinity::
-
-    B^T = [[4,  0, -5,  0, 1, 0],        G = [[ 1/4,     0,    0],
-           [0, -4, -4,  1, 1, 0],             [-1/6,  -1/6, -1/6],
-           [0,  4, -4, -1, 1, 0],             [-1/6,   1/6, -1/6],
-           [0, -2, -1,  2, 1, 0],             [1/24,  1/12,  1/6],
-           [0,  2, -1, -2, 1, 0],             [1/24, -1/12,  1/6],
-           [0,  4,  0, -5, 0, 1]]             [   0,     0,    1]]
-
-    A^T = [[1, 1,  1, 1,  1, 0],
-           [0, 1, -1, 2, -2, 0],
-           [0, 1,  1, 4,  4, 0],
-           [0, 1, -1, 8, -8, 1]]
+:mod:`cnnlab.nn.winograd` gives the algebra, ``Y = A^T [ sum_c (G g G^T) * (B^T d B) ] A``,
+and the filters' transform, which this module uses as it is. Here each core takes a slice of
+the batch, a chunk of images at a time: the patches' transform ``B^T d B`` as two passes of
+sums with the integer weights of ``B`` written out (down the columns, then along the rows),
+the 36 matrix products ``V[p] @ U[p]`` by BLAS's ``gemm``, then ``A^T M A`` written out the
+same way, with the bias, or batch norm and the activation, applied to each row of a tile as
+it is written. The input gradient of such a convolution is one too, of the output gradient
+with the filters turned half a turn (:func:`conv3x3_backward_input`);
+:mod:`cnnlab.engine.conv` runs both this way where :func:`applies` says so.
 
 Shapes: ``x: (N, H, W, C)``, ``kernel: (3, 3, C, F)``, ``y: (N, H, W, F)`` ("same" padding,
 one pixel each side) or ``(N, H - 2, W - 2, F)`` ("valid").
@@ -36,67 +17,21 @@ one pixel each side) or ``(N, H - 2, W - 2, F)`` ("valid").
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 
 import numba
 import numpy as np
 
-from cnnlab.ops import blas, parallel
-from cnnlab.ops.padding import window_geometry
-from cnnlab.ops.workspace import buffer
+from cnnlab.engine import blas, parallel, scratch
+from cnnlab.nn.padding import window_geometry
+from cnnlab.nn.winograd import PATCH, TILE, filter_transform
 
-B_T = np.array(
-    [
-        [4, 0, -5, 0, 1, 0],
-        [0, -4, -4, 1, 1, 0],
-        [0, 4, -4, -1, 1, 0],
-        [0, -2, -1, 2, 1, 0],
-        [0, 2, -1, -2, 1, 0],
-        [0, 4, 0, -5, 0, 1],
-    ],
-    dtype=np.float64,
-)
-G = np.array(
-    [
-        [1 / 4, 0, 0],
-        [-1 / 6, -1 / 6, -1 / 6],
-        [-1 / 6, 1 / 6, -1 / 6],
-        [1 / 24, 1 / 12, 1 / 6],
-        [1 / 24, -1 / 12, 1 / 6],
-        [0, 0, 1],
-    ]
-)
-A_T = np.array(
-    [
-        [1, 1, 1, 1, 1, 0],
-        [0, 1, -1, 2, -2, 0],
-        [0, 1, 1, 4, 4, 0],
-        [0, 1, -1, 8, -8, 1],
-    ],
-    dtype=np.float64,
-)
-
-TILE = 4  # output pixels per side of a tile
-PATCH = TILE + 2  # input pixels per side of the patch under it
 # With fewer input channels the transforms cost more than the products save: with the book's
 # first conv layer (3 channels) by Winograd too, predict at batch 32 took 2.59-2.69 ms,
 # against 2.37-2.52 ms with it direct.
 MIN_CHANNELS = 16
 
 _compiled = numba.njit(cache=True, nogil=True, error_model="numpy")
-
-
-def filter_transform(kernel: np.ndarray) -> np.ndarray:
-    """``kernel: (3, 3, C, F)`` -> ``U: (36, C, F)``, ``U[6*i + j] = (G g G^T)[i, j]`` for each
-    filter ``g``: one matrix product with ``kron(G, G)``, in float64, rounded once to the
-    kernel's dtype."""
-    _, _, c, f = kernel.shape
-    u = _G_G @ kernel.reshape(9, c * f).astype(np.float64)
-    return u.astype(kernel.dtype).reshape(PATCH * PATCH, c, f)
-
-
-_G_G = np.kron(G, G)  # (36, 9): _G_G[6*i + j, 3*a + b] = G[i, a] * G[j, b]
 
 
 @_compiled
@@ -250,7 +185,7 @@ def forward_images(gemm, x, top, left, start, stop, u, v, m, norm, y):
 
 
 def applies(kernel_shape: tuple, strides: tuple[int, int], dtype) -> bool:
-    """Whether a conv layer runs this way (:mod:`cnnlab.ops.conv` asks): 3x3 filters, strides
+    """Whether a conv layer runs this way (:mod:`cnnlab.engine.conv` asks): 3x3 filters, strides
     1, at least :data:`MIN_CHANNELS` input channels, and NumPy's BLAS found for the dtype."""
     kh, kw, c, _ = kernel_shape
     return (
@@ -261,52 +196,44 @@ def applies(kernel_shape: tuple, strides: tuple[int, int], dtype) -> bool:
     )
 
 
-def transformed(kernel: np.ndarray, workspace: dict | None, key: str = "winograd u") -> np.ndarray:
-    """:func:`filter_transform` of ``kernel``, kept in ``workspace[key]`` with a copy of the
-    kernel it came from while the kernel stays the same: the transform is a float64 product
-    (about 50 us for the book's third conv), the comparison about 5 us."""
-    kept = None if workspace is None else workspace.get(key)
-    if kept is not None and kept[0].shape == kernel.shape and np.array_equal(kept[0], kernel):
-        return kept[1]
-    u = filter_transform(kernel)
-    if workspace is not None:
-        workspace[key] = (kernel.copy(), u)
-    return u
+def transformed(kernel: np.ndarray) -> np.ndarray:
+    """:func:`cnnlab.nn.winograd.filter_transform` of ``kernel``, kept from call to call while
+    the kernel stays the same (:func:`cnnlab.engine.scratch.kept`): the transform is a float64
+    product (about 50 us for the book's third conv), the comparison about 5 us."""
+    return scratch.kept("winograd filters", kernel, filter_transform)
+
+
+def _turned(kernel: np.ndarray) -> np.ndarray:
+    """The filters of the input gradient's convolution: each turned half a turn, the input
+    and output channels swapped, transformed."""
+    return filter_transform(np.ascontiguousarray(kernel[::-1, ::-1].transpose(0, 1, 3, 2)))
 
 
 def conv3x3_forward(
-    x: np.ndarray,
-    u: np.ndarray,
-    padding: str,
-    workspace: dict | None = None,
-    normalize: tuple | None = None,
+    x: np.ndarray, u: np.ndarray, padding: str, normalize: tuple | None = None
 ) -> np.ndarray:
     """``y: (N, oh, ow, F)``, the 3x3 convolution with strides 1 whose transformed filters are
-    ``u: (36, C, F)`` (:func:`filter_transform`), of ``x: (N, H, W, C)``, C-contiguous and of
-    ``u``'s dtype. The batch is split over the cores, and each core takes its images one at a
-    time (:func:`forward_images`). ``normalize = (mean, scale, beta, slope)`` as in
-    :func:`cnnlab.ops.conv.conv2d_forward`; ``workspace`` keeps each thread's scratch."""
-    y, images = conv3x3_forward_plan(x, u, padding, workspace, normalize)
+    ``u: (36, C, F)`` (:func:`cnnlab.nn.winograd.filter_transform`), of ``x: (N, H, W, C)``,
+    C-contiguous and of ``u``'s dtype. The batch is split over the cores, and each core takes
+    its images a chunk at a time (:func:`forward_images`). ``normalize = (mean, scale, beta,
+    slope)`` as in :func:`cnnlab.engine.conv.conv2d_forward`."""
+    y, images = conv3x3_forward_plan(x, u, padding, normalize)
     parallel.over_batch(images, len(x))
     return y
 
 
 def conv3x3_forward_plan(
-    x: np.ndarray,
-    u: np.ndarray,
-    padding: str,
-    workspace: dict | None = None,
-    normalize: tuple | None = None,
+    x: np.ndarray, u: np.ndarray, padding: str, normalize: tuple | None = None
 ) -> tuple[np.ndarray, Callable[[int, int], None]]:
     """:func:`conv3x3_forward` before it runs: ``y``, not yet filled, and ``images(start,
-    stop)``, which fills ``y[start:stop]``, as :func:`cnnlab.ops.conv.conv2d_forward_plan`."""
+    stop)``, which fills ``y[start:stop]``, as :func:`cnnlab.engine.conv.conv2d_forward_plan`."""
     _, h, w, _ = x.shape
     (oh, ow), ((top, _), (left, _)) = window_geometry((h, w), (3, 3), (1, 1), padding)
-    return _plan(x, u, (top, left), (oh, ow), workspace, normalize, "winograd")
+    return _plan(x, u, (top, left), (oh, ow), normalize)
 
 
 def conv3x3_backward_input(
-    dy: np.ndarray, kernel: np.ndarray, pads: tuple, x_shape: tuple, workspace: dict | None = None
+    dy: np.ndarray, kernel: np.ndarray, pads: tuple, x_shape: tuple
 ) -> np.ndarray:
     """``dx: x_shape``, the input gradient of the 3x3 convolution with strides 1 whose output
     gradient is ``dy: (N, oh, ow, F)``: itself a 3x3 convolution with strides 1, of ``dy``
@@ -315,19 +242,17 @@ def conv3x3_backward_input(
     ``dy`` read as zero outside; so by :func:`forward_images` too, with padding ``2 - top``
     above and ``2 - left`` before."""
     (top, _), (left, _) = pads
-    flipped = np.ascontiguousarray(kernel[::-1, ::-1].transpose(0, 1, 3, 2))
-    u = transformed(flipped, workspace, "winograd u backward")
+    u = scratch.kept("winograd filters turned", kernel, _turned)
     dy = np.ascontiguousarray(dy, dtype=kernel.dtype)
-    corner, out_hw = (2 - top, 2 - left), x_shape[1:3]
-    dx, images = _plan(dy, u, corner, out_hw, workspace, None, "winograd backward")
+    dx, images = _plan(dy, u, (2 - top, 2 - left), x_shape[1:3], None)
     parallel.over_batch(images, len(dy))
     return dx
 
 
-def _plan(x, u, corner, out_hw, workspace, normalize, name):
+def _plan(x, u, corner, out_hw, normalize):
     """The output ``y: (N, *out_hw, F)``, not yet filled, and ``images(start, stop)``, which
-    runs :func:`forward_images` on them with padding ``corner = (top, left)``; each thread's
-    scratch is kept in ``workspace`` under ``name``."""
+    runs :func:`forward_images` on them with padding ``corner = (top, left)``, with each
+    thread's own scratch."""
     n, _, _, c = x.shape
     f = u.shape[2]
     tiles = -(-out_hw[0] // TILE) * -(-out_hw[1] // TILE)
@@ -335,9 +260,8 @@ def _plan(x, u, corner, out_hw, workspace, normalize, name):
     gemm = blas.gemm(x.dtype)
 
     def images(start: int, stop: int) -> None:
-        me = threading.get_ident()
-        v = buffer(workspace, (f"{name} v", me), (PATCH * PATCH, tiles, c), x.dtype)
-        m = buffer(workspace, (f"{name} m", me), (PATCH * PATCH, tiles, f), x.dtype)
+        v = scratch.buffer("winograd v", (PATCH * PATCH, tiles, c), x.dtype)
+        m = scratch.buffer("winograd m", (PATCH * PATCH, tiles, f), x.dtype)
         forward_images(gemm, x, *corner, start, stop, u, v, m, normalize, y)
 
     return y, images

@@ -34,6 +34,7 @@ class Layer:
 
     input_rank: int | None = None  # exact rank with the batch axis, e.g. 4 for images
     min_rank: int = 1
+    rng: np.random.Generator | None = None  # a layer that draws random numbers has its own
 
     def __init__(self, name: str | None = None, dtype: str | None = None):
         self.name = name or auto_name(type(self).__name__)

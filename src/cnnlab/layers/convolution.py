@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from cnnlab import activations, initializers
+from cnnlab import activations, backend, checks, initializers
 from cnnlab.layers.core import ActivationLayer
-from cnnlab.ops.conv import conv2d_backward, conv2d_forward
-from cnnlab.ops.padding import check_padding, normalize_pair, window_geometry
+from cnnlab.nn.padding import PADDINGS, window_geometry
 from cnnlab.seeding import make_rng
 
 
@@ -16,8 +15,8 @@ class Conv2D(ActivationLayer):
 
     Each of the ``filters`` filters is a ``kernel_size x C`` block of learned weights; it slides
     over the image ``strides`` pixels at a time, and at every position the patch under it is
-    multiplied pixel-wise with the filter and summed, plus a bias. The kernel has shape
-    ``(kh, kw, C, filters)``.
+    multiplied pixel-wise with the filter and summed, plus a bias
+    (:func:`cnnlab.nn.conv.conv2d_forward`). The kernel has shape ``(kh, kw, C, filters)``.
 
     Args:
         filters: number of filters, the number of output channels.
@@ -44,20 +43,15 @@ class Conv2D(ActivationLayer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if not isinstance(filters, (int, np.integer)) or isinstance(filters, bool) or filters <= 0:
-            raise ValueError(
-                f"{self._describe()}: `filters` must be a positive int, got {filters!r}"
-            )
-        self.filters = int(filters)
         with self._argument_errors():
-            self.kernel_size = normalize_pair(kernel_size, "kernel_size")
-            self.strides = normalize_pair(strides, "strides")
-            self.padding = check_padding(padding)
+            self.filters = checks.positive_int("filters", filters)
+            self.kernel_size = checks.int_pair("kernel_size", kernel_size)
+            self.strides = checks.int_pair("strides", strides)
+            self.padding = checks.choice("padding", padding, PADDINGS)
             self.activation = activations.get(activation)
             initializers.get(kernel_initializer)
         self.use_bias = use_bias
         self.kernel_initializer = kernel_initializer
-        self._workspace: dict = {}  # im2col buffers, reused from one step to the next
 
     def compute_output_shape(self, input_shape):
         h, w, _ = input_shape
@@ -77,20 +71,12 @@ class Conv2D(ActivationLayer):
             self.add_weight("bias", np.zeros(self.filters))
 
     def call(self, x, training=False):
-        z, self._cache = conv2d_forward(
-            x,
-            self.weights["kernel"],
-            self.weights.get("bias"),
-            self.strides,
-            self.padding,
-            workspace=self._workspace,
-        )
+        kernel, bias = self.weights["kernel"], self.weights.get("bias")
+        z, self._cache = backend.ops().conv2d_forward(x, kernel, bias, self.strides, self.padding)
         return self.activation(z)
 
     def backward_from_logits(self, dz, input_gradient=True):
-        dx, dkernel, dbias = conv2d_backward(
-            dz, self._cache, workspace=self._workspace, input_gradient=input_gradient
-        )
+        dx, dkernel, dbias = backend.ops().conv2d_backward(dz, self._cache, input_gradient)
         self.grads["kernel"] = dkernel
         if self.use_bias:
             self.grads["bias"] = dbias

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from cnnlab import activations, initializers
+from cnnlab import activations, backend, checks, initializers
 from cnnlab.layers.base import Layer
-from cnnlab.ops.dense import dense_backward, dense_forward
 from cnnlab.seeding import make_rng
 
 
@@ -69,10 +68,8 @@ class Dense(ActivationLayer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if not isinstance(units, (int, np.integer)) or isinstance(units, bool) or units <= 0:
-            raise ValueError(f"{self._describe()}: `units` must be a positive int, got {units!r}")
-        self.units = int(units)
         with self._argument_errors():
+            self.units = checks.positive_int("units", units)
             self.activation = activations.get(activation)
             initializers.get(kernel_initializer)
         self.use_bias = use_bias
@@ -90,13 +87,14 @@ class Dense(ActivationLayer):
 
     def call(self, x, training=False):
         x2 = x.reshape(-1, x.shape[-1])
-        z, self._x2 = dense_forward(x2, self.weights["kernel"], self.weights.get("bias"))
+        kernel, bias = self.weights["kernel"], self.weights.get("bias")
+        z, self._cache = backend.ops().dense_forward(x2, kernel, bias)
         self._x_shape = x.shape
         return self.activation(z.reshape(*x.shape[:-1], self.units))
 
     def backward_from_logits(self, dz, input_gradient=True):
-        dx, dkernel, dbias = dense_backward(
-            dz.reshape(-1, self.units), self._x2, self.weights["kernel"], input_gradient
+        dx, dkernel, dbias = backend.ops().dense_backward(
+            dz.reshape(-1, self.units), self._cache, input_gradient
         )
         self.grads["kernel"] = dkernel
         if self.use_bias:
@@ -159,11 +157,8 @@ class LeakyReLU(Activation):
 
     def __init__(self, negative_slope: float = 0.3, **kwargs):
         super().__init__("leaky_relu", **kwargs)
-        if not negative_slope >= 0:
-            raise ValueError(
-                f"{self._describe()}: `negative_slope` must be >= 0, got {negative_slope!r}"
-            )
-        self.negative_slope = float(negative_slope)
+        with self._argument_errors():
+            self.negative_slope = checks.number_in("negative_slope", negative_slope, 0)
         self.activation.negative_slope = self.negative_slope
 
     def get_config(self):

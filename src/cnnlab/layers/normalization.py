@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from cnnlab import backend, checks
 from cnnlab.layers.base import Layer
-from cnnlab.ops import batchnorm as ops
+from cnnlab.nn.batchnorm import moving_average
 
 
 class BatchNormalization(Layer):
-    """Batch normalization over the last axis (channels), Keras defaults.
+    """Batch normalization over the last axis (channels), Keras defaults
+    (:mod:`cnnlab.nn.batchnorm`).
 
     In training (``training=True``) each channel is normalized with the batch mean and biased
     variance taken over every other axis, then scaled by ``gamma`` and shifted by ``beta``, and
@@ -24,13 +26,11 @@ class BatchNormalization(Layer):
 
     def __init__(self, momentum: float = 0.99, epsilon: float = 1e-3, **kwargs):
         super().__init__(**kwargs)
-        if not 0 <= momentum <= 1:
-            raise ValueError(f"{self._describe()}: `momentum` must be in [0, 1], got {momentum!r}")
-        if not epsilon > 0:
-            raise ValueError(f"{self._describe()}: `epsilon` must be > 0, got {epsilon!r}")
-        self.momentum = float(momentum)
-        self.epsilon = float(epsilon)
+        with self._argument_errors():
+            self.momentum = checks.number_in("momentum", momentum, 0, 1)
+            self.epsilon = checks.positive_number("epsilon", epsilon)
         self._cache = None
+        self._training = False
 
     def build_weights(self, input_shape):
         c = input_shape[-1]
@@ -40,38 +40,29 @@ class BatchNormalization(Layer):
         self.add_weight("moving_variance", np.ones(c), trainable=False)
 
     def call(self, x, training=False):
-        return self.normalize(x, training)
-
-    def normalize(self, x, training=False, negative_slope: float | None = None):
-        """:meth:`call`, with the (leaky) ReLU that follows in a model applied in the same pass
-        when ``negative_slope`` is given (0 for ReLU); :meth:`backward` then takes the
-        gradient at the activation's output. Only a training call keeps what
-        :meth:`backward` needs in that case."""
-        w = self.weights
+        ops, w = backend.ops(), self.weights
         self._training = training
         if not training:
-            y, cache = ops.batchnorm_inference_forward(
-                x,
-                w["gamma"],
-                w["beta"],
-                w["moving_mean"],
-                w["moving_variance"],
-                self.epsilon,
-                negative_slope,
+            y, self._cache = ops.batchnorm_inference_forward(
+                x, w["gamma"], w["beta"], w["moving_mean"], w["moving_variance"], self.epsilon
             )
-            self._cache = None if negative_slope is not None else cache
             return y
         y, mean, var, self._cache = ops.batchnorm_train_forward(
-            x, w["gamma"], w["beta"], self.epsilon, negative_slope
+            x, w["gamma"], w["beta"], self.epsilon
         )
-        m = self.dtype.type(self.momentum)
-        w["moving_mean"][...] = w["moving_mean"] * m + mean * (1 - m)
-        w["moving_variance"][...] = w["moving_variance"] * m + var * (1 - m)
+        self.update_moving_averages(mean, var)
         return y
+
+    def update_moving_averages(self, mean: np.ndarray, var: np.ndarray) -> None:
+        """Move ``moving_mean`` and ``moving_variance`` towards a training batch's statistics."""
+        w, momentum = self.weights, self.dtype.type(self.momentum)
+        w["moving_mean"][...] = moving_average(w["moving_mean"], mean, momentum)
+        w["moving_variance"][...] = moving_average(w["moving_variance"], var, momentum)
 
     def backward(self, dy):
         if self._cache is None:
             raise RuntimeError(f"{self._describe()}: backward needs a forward pass first")
+        ops = backend.ops()
         backward = (
             ops.batchnorm_train_backward if self._training else ops.batchnorm_inference_backward
         )

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from cnnlab import backend, checks
 from cnnlab.layers.base import Layer
-from cnnlab.ops import pooling as ops
-from cnnlab.ops.padding import check_padding, normalize_pair, window_geometry
+from cnnlab.nn.padding import PADDINGS, window_geometry
 
 
 class _Pooling2D(Layer):
@@ -19,9 +19,11 @@ class _Pooling2D(Layer):
     ):
         super().__init__(**kwargs)
         with self._argument_errors():
-            self.pool_size = normalize_pair(pool_size, "pool_size")
-            self.strides = self.pool_size if strides is None else normalize_pair(strides, "strides")
-            self.padding = check_padding(padding)
+            self.pool_size = checks.int_pair("pool_size", pool_size)
+            self.strides = (
+                self.pool_size if strides is None else checks.int_pair("strides", strides)
+            )
+            self.padding = checks.choice("padding", padding, PADDINGS)
 
     def compute_output_shape(self, input_shape):
         h, w, c = input_shape
@@ -43,32 +45,38 @@ class _Pooling2D(Layer):
 
 
 class MaxPooling2D(_Pooling2D):
-    """Max pooling: each output is the largest value in its ``pool_size`` window.
+    """Max pooling: each output is the largest value in its ``pool_size`` window
+    (:func:`cnnlab.nn.pooling.max_pool_forward`).
 
     ``strides=None`` means ``strides = pool_size``. On ties the gradient goes to the first
     maximum of the window in row-major order. Input ``(batch, H, W, C)``.
     """
 
     def call(self, x, training=False):
-        y, self._cache = ops.max_pool_forward(x, self.pool_size, self.strides, self.padding)
+        y, self._cache = backend.ops().max_pool_forward(
+            x, self.pool_size, self.strides, self.padding
+        )
         return y
 
     def backward(self, dy):
-        return ops.max_pool_backward(dy, self._cache)
+        return backend.ops().max_pool_backward(dy, self._cache)
 
 
 class AveragePooling2D(_Pooling2D):
-    """Average pooling: each output is the mean of its window.
+    """Average pooling: each output is the mean of its window
+    (:func:`cnnlab.nn.pooling.avg_pool_forward`).
 
     With ``padding="same"`` only the real (unpadded) values are averaged, as in Keras.
     """
 
     def call(self, x, training=False):
-        y, self._cache = ops.avg_pool_forward(x, self.pool_size, self.strides, self.padding)
+        y, self._cache = backend.ops().avg_pool_forward(
+            x, self.pool_size, self.strides, self.padding
+        )
         return y
 
     def backward(self, dy):
-        return ops.avg_pool_backward(dy, self._cache)
+        return backend.ops().avg_pool_backward(dy, self._cache)
 
 
 class GlobalAveragePooling2D(Layer):
@@ -80,8 +88,8 @@ class GlobalAveragePooling2D(Layer):
         return (input_shape[-1],)
 
     def call(self, x, training=False):
-        y, self._cache = ops.global_avg_pool_forward(x)
+        y, self._cache = backend.ops().global_avg_pool_forward(x)
         return y
 
     def backward(self, dy):
-        return ops.global_avg_pool_backward(dy, self._cache)
+        return backend.ops().global_avg_pool_backward(dy, self._cache)

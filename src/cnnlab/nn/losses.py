@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cnnlab.ops.activations import log_softmax
+from cnnlab.nn.activations import log_softmax
 
 EPSILON = 1e-7  # Keras's backend epsilon, used to clip probabilities
 

@@ -11,8 +11,8 @@ from matplotlib import pyplot as plt
 from matplotlib.patches import Rectangle
 
 from cnnlab import layers
-from cnnlab.ops.conv import convolve_patch
-from cnnlab.ops.padding import window_geometry
+from cnnlab.nn.conv import convolve_patch
+from cnnlab.nn.padding import window_geometry
 from cnnlab.viz.figures import grid
 
 # The slide's worked example.

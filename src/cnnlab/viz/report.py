@@ -87,7 +87,7 @@ def _load_run(run_dir: Path):
 
 def _test_data(config: dict):
     """The run's test images, prepared as the run prepared them (None when unavailable)."""
-    from cnnlab.cli import Settings, prepare
+    from cnnlab.experiment import Settings, prepare
 
     try:
         prepared = prepare(Settings.from_config(config))

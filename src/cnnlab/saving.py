@@ -1,0 +1,35 @@
+"""Saving and loading whole models, as Keras's ``save_model`` / ``load_model``: the
+architecture, the weights, the optimizer and its state, in one file (:mod:`cnnlab.modelfile`).
+"""
+
+from __future__ import annotations
+
+from cnnlab import losses, modelfile, optimizers, state
+from cnnlab.model import Sequential
+from cnnlab.modelfile import save_model
+
+__all__ = ["load", "load_model", "save_model"]
+
+
+def load(path) -> tuple:
+    """Read a model file: ``(model, extra)``. Raises ``ValueError`` for anything else."""
+    header, arrays = modelfile.read(path)
+    saved = modelfile.saved_state(path, header, arrays)
+    try:
+        model = Sequential.from_config(header["model"])
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"{path} is damaged: missing or malformed entry {err}") from None
+    compiled = header.get("compile")
+    if compiled is not None:
+        model.compile(
+            optimizer=optimizers.get(compiled["optimizer"]),
+            loss=losses.get(compiled["loss"]),
+            metrics=compiled["metrics"],
+        )
+    state.restore(model, saved, source=str(path))
+    return model, header.get("extra", {})
+
+
+def load_model(path):
+    """Load a model saved with ``model.save(path)``: same architecture, weights, optimizer."""
+    return load(path)[0]
