@@ -4,7 +4,8 @@ Each layer is checked with a random upstream gradient ``R``: the scalar checked 
 ``loss = sum(y * R)``, so ``dloss/dy = R``. A plain ``sum(y)`` would hide bugs (for batch
 normalization the input gradient of ``sum(y)`` is zero whatever the code does). Central
 differences ``(f(w + eps) - f(w - eps)) / (2 eps)`` with ``eps = 1e-6`` are compared with the
-analytic gradient of the input and of every trainable weight.
+analytic gradient of the input and of every trainable weight, on both engines (the plain
+ops of cnnlab.nn and the fast ones of cnnlab.engine).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import pytest
 
 from cnnlab import layers, losses, optimizers
 from cnnlab.model import Sequential
+
+pytestmark = pytest.mark.usefixtures("each_engine")
 
 EPS = 1e-6
 F64 = "float64"

@@ -6,6 +6,7 @@ Each test runs the same input through a cnnlab layer and through PyTorch's own o
 outputs and the gradients of the input and of every parameter.
 
 Tolerances: 1e-10 relative for outputs, 1e-8 for gradients (relative to the largest value).
+Every test runs on both engines: the plain ops of cnnlab.nn and the fast ones of cnnlab.engine.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ torch = pytest.importorskip(
 import cnnlab  # noqa: E402
 from cnnlab import layers as L  # noqa: E402
 from cnnlab.torch import _pairs, to_torch  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("each_engine")
 
 FORWARD_TOL = 1e-10
 GRADIENT_TOL = 1e-8
