@@ -99,7 +99,7 @@ def test_cnn_output_shapes_follow_strides():
         (16, 16, 64),
         (8, 8, 64),
     ]
-    assert model.output_shape == (10,)
+    assert model.output_shape == (None, 10)  # Keras: the batch axis first
 
 
 def test_zoo_unknown_model():
@@ -119,7 +119,7 @@ def test_model_builds_on_first_call_without_input():
     y = model(np.zeros((4, 5, 5, 1), dtype=np.float32))
     assert model.built
     assert y.shape == (4, 3)
-    assert model.input_shape == (5, 5, 1)
+    assert model.input_shape == (None, 5, 5, 1)
     assert model.count_params() == (3 * 3 * 1 * 2 + 2) + (3 * 3 * 2 * 3 + 3)
 
 

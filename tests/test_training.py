@@ -3,6 +3,7 @@ an interruption, Ctrl-C, the NaN guard, early stopping, determinism, run directo
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import signal
@@ -180,9 +181,17 @@ def test_x_and_y_of_different_lengths_are_refused():
 
 
 # -- progress ---------------------------------------------------------------------------------
-def test_verbose_1_draws_a_bar_and_prints_a_line_per_epoch(capsys):
+class _Terminal(io.StringIO):
+    """A file that says it is a terminal, as stderr is where someone watches."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_verbose_1_draws_a_bar_in_a_terminal_and_prints_a_line_per_epoch(capsys):
     x, y = toy_data()
-    bar = ProgressBar(mininterval=0)  # redraw at every batch, as a slow epoch would
+    terminal = _Terminal()
+    bar = ProgressBar(file=terminal, mininterval=0)  # redraw at every batch, as a slow epoch
     small_model().fit(x, y, epochs=2, batch_size=8, validation_split=0.25, callbacks=[bar])
     out, err = capsys.readouterr()
     lines = out.strip().splitlines()
@@ -191,8 +200,22 @@ def test_verbose_1_draws_a_bar_and_prints_a_line_per_epoch(capsys):
     for name in ("img/s", "loss: ", "accuracy: ", "val_loss: ", "val_accuracy: "):
         assert name in lines[1]
     # tqdm's bar: images done of the total, elapsed<ETA, images per second, loss, accuracy.
-    assert "Epoch 1/2" in err and "16/30" in err
-    assert re.search(r"\[\d\d:\d\d<\d\d:\d\d, +[\d.]+img/s, loss=[\d.]+, accuracy=[\d.]+\]", err)
+    drawn = terminal.getvalue()
+    assert "Epoch 1/2" in drawn and "16/30" in drawn
+    assert re.search(r"\[\d\d:\d\d<\d\d:\d\d, +[\d.]+img/s, loss=[\d.]+, accuracy=[\d.]+\]", drawn)
+
+
+def test_outside_a_terminal_verbose_1_writes_one_line_per_epoch_and_no_bar(capsys):
+    """A log (stderr a file or a pipe) holds the epoch lines, not the frames of a bar."""
+    x, y = toy_data()
+    small_model().fit(x, y, epochs=3, batch_size=4, verbose=1)
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert [line.split(" - ")[0] for line in out.splitlines()] == [
+        "Epoch 1/3",
+        "Epoch 2/3",
+        "Epoch 3/3",
+    ]
 
 
 def test_verbose_2_prints_only_lines_and_verbose_0_nothing(capsys):

@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 
 # Public name -> the module that defines it (a module's own name: the module itself).
 _WHERE = {
+    "Model": "cnnlab.model",
     "Sequential": "cnnlab.model",
     "floatx": "cnnlab.config",
     "set_floatx": "cnnlab.config",
@@ -35,6 +36,7 @@ _MODULES = (
     "layers",
     "losses",
     "metrics",
+    "models",
     "nn",
     "optimizers",
     "torch",

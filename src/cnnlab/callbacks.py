@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnlab import checks, modelfile, state
+from cnnlab import checks, modelfile, progress, state
 
 
 class Callback:
@@ -162,8 +162,9 @@ def format_logs(logs: dict[str, float]) -> str:
 class ProgressBar(Callback):
     """Keras's ProgbarLogger, drawn with tqdm.
 
-    ``verbose=1``: a bar per epoch (images done, images/s, ETA, running loss and accuracy)
-    on ``file`` (stderr), then a line per epoch on stdout::
+    ``verbose=1``: a bar per epoch (images done, images/s, ETA, running loss and accuracy) on
+    ``file`` (stderr) where it is watched (a terminal, or a notebook, as widgets:
+    :mod:`cnnlab.progress`), and a line per epoch on stdout either way::
 
         Epoch 3/10 - 2.9s - 495 img/s - loss: 1.2001 - accuracy: 0.5612 - val_loss: ...
 
@@ -182,18 +183,14 @@ class ProgressBar(Callback):
     def on_epoch_begin(self, epoch, logs=None):
         if self.verbose != 1:
             return
-        from tqdm.auto import tqdm  # the bar's library, loaded when a bar is first drawn
-
         samples = self.params["samples"]
-        self._bar = tqdm(
-            total=samples,
+        self._bar = progress.bar(
+            samples,
+            f"Epoch {epoch + 1}/{self.params['epochs']}",
+            "img",
+            self.file,
             initial=min(self.loop.batch * self.params["batch_size"], samples),
-            desc=f"Epoch {epoch + 1}/{self.params['epochs']}",
-            unit="img",
-            leave=False,
-            dynamic_ncols=True,
             mininterval=self.mininterval,
-            file=self.file if self.file is not None else sys.stderr,
         )
 
     def on_train_batch_end(self, batch, logs=None):

@@ -21,6 +21,13 @@ def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def integer(name: str, value) -> int:
+    """``value`` as an int, if it is an integer."""
+    if not _is_int(value):
+        raise _fail(name, "an int", value)
+    return int(value)
+
+
 def int_at_least(name: str, value, minimum: int) -> int:
     """``value`` as an int, if it is an integer of at least ``minimum``."""
     if not _is_int(value) or value < minimum:
@@ -88,10 +95,11 @@ def choice(name: str, value, choices: Sequence[str]) -> str:
 def int_pair(name: str, value) -> tuple[int, int]:
     """``3`` -> ``(3, 3)``; a pair of positive ints as a tuple."""
     pair = (value, value) if _is_int(value) else value
-    if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(map(_is_pos_int, pair))):
+    if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(map(is_positive_int, pair))):
         raise _fail(name, "a positive int or a pair of them", value)
     return (int(pair[0]), int(pair[1]))
 
 
-def _is_pos_int(value) -> bool:
+def is_positive_int(value) -> bool:
+    """Whether ``value`` is an integer (not a bool) of at least 1."""
     return _is_int(value) and value > 0

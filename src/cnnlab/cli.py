@@ -383,7 +383,7 @@ def evaluate(model_path: str, dataset: str | None, data_dir, limit, batch_size) 
     dataset = dataset or info["dataset"]
     if dataset is None:
         raise click.UsageError("MODEL does not say which dataset it was trained on: give --dataset")
-    data = load_dataset(dataset, data_dir, image_size=model.input_shape[:2])
+    data = load_dataset(dataset, data_dir, image_size=model.input_shape[1:3])
     x, y = data.test
     if limit is not None:
         x, y = x[:limit], y[:limit]
@@ -437,7 +437,7 @@ def predict(model_path: str, images: tuple[str, ...], top_k: int) -> None:
     from cnnlab.datasets import scale
 
     _, model, info = _load(model_path)
-    height, width, channels = model.input_shape
+    _, height, width, channels = model.input_shape
     batch = []
     for image_path in images:
         try:

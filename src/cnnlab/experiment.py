@@ -22,7 +22,8 @@ import numpy as np
 
 from cnnlab import datasets, optimizers, zoo
 from cnnlab.callbacks import EarlyStopping, NaNGuard
-from cnnlab.model import Sequential
+from cnnlab.model import Model
+from cnnlab.model import from_config as model_from_config
 from cnnlab.runs import RunDirectory
 from cnnlab.saving import load_model
 from cnnlab.seeding import set_random_seed
@@ -146,8 +147,9 @@ def prepare(settings: Settings) -> Prepared:
 
 
 def build_model(spec: str, input_shape: tuple[int, ...], num_classes: int):
-    """A zoo name, a Python file defining ``build_model(input_shape, num_classes)``, a JSON
-    file holding a Sequential config (``model.get_config()``), or a saved model file."""
+    """A zoo name, a Python file defining ``build_model(input_shape, num_classes)`` (which
+    returns a Sequential or a functional Model), a JSON file holding a model's config
+    (``model.get_config()``), or a saved model file."""
     if spec in zoo.MODELS:
         return zoo.get(spec, input_shape=input_shape, num_classes=num_classes)
     path = Path(spec).expanduser()
@@ -164,22 +166,25 @@ def build_model(spec: str, input_shape: tuple[int, ...], num_classes: int):
         if not callable(getattr(module, "build_model", None)):
             raise ValueError(f"{path} must define build_model(input_shape, num_classes)")
         model = module.build_model(tuple(input_shape), num_classes)
-        if not isinstance(model, Sequential):
+        if not isinstance(model, Model):
             raise ValueError(
-                f"build_model in {path} must return a cnnlab Sequential, got {type(model).__name__}"
+                f"build_model in {path} must return a cnnlab Model or Sequential, got "
+                f"{type(model).__name__}"
             )
     elif path.suffix == ".json":
         config = json.loads(path.read_text())
         if not isinstance(config, dict) or "layers" not in config:
-            raise ValueError(f"{path} should hold a Sequential config with a 'layers' list")
-        model = Sequential.from_config(config)
+            raise ValueError(
+                f"{path} should hold a model config (model.get_config()) with a 'layers' list"
+            )
+        model = model_from_config(config)
     else:
         model = load_model(path)
     if not model.built:
         model.build(tuple(input_shape))
-    if model.input_shape != tuple(input_shape):
+    if model.input_shape != (None, *input_shape):
         raise ValueError(
-            f"Model {spec!r} expects images of shape {model.input_shape}, the dataset has "
+            f"Model {spec!r} expects images of shape {model.input_shape[1:]}, the dataset has "
             f"{tuple(input_shape)}"
         )
     if model.output_shape[-1] != num_classes:

@@ -39,6 +39,7 @@ class NormalizeActivate:
 
     def __init__(self, norm: BatchNormalization, activation: Activation):
         self.norm, self.activation = norm, activation
+        self.layers = [norm, activation]
         self.name = f"{norm.name}+{activation.name}"
         self.trainable_names = norm.trainable_names
         self.output_shape = activation.output_shape
@@ -86,7 +87,8 @@ class ConvNormalizeActivate:
         self, conv: Conv2D, norm: BatchNormalization, activation: Activation | None = None
     ):
         self.conv, self.norm, self.activation = conv, norm, activation
-        self.name = "+".join(layer.name for layer in (conv, norm, activation) if layer)
+        self.layers = [layer for layer in (conv, norm, activation) if layer is not None]
+        self.name = "+".join(layer.name for layer in self.layers)
         self.output_shape = norm.output_shape
         self.negative_slope = None if activation is None else _negative_slope(activation)
 
@@ -130,6 +132,7 @@ class ConvChain:
 
     def __init__(self, steps: list[ConvNormalizeActivate]):
         self.steps = steps
+        self.layers = [layer for step in steps for layer in step.layers]
         self.name = f"{steps[0].name} .. {steps[-1].name}"
         self.output_shape = steps[-1].output_shape
 

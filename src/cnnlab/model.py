@@ -1,224 +1,300 @@
-"""Sequential: a stack of layers, trained with a loss and an optimizer, as in Keras."""
+"""Models: a graph of layers (Keras's functional API) and Sequential, a stack of them, both
+trained with a loss and an optimizer as in Keras.
+
+    inputs = layers.Input((32, 32, 3))
+    x = layers.Conv2D(32, 3, padding="same")(inputs)
+    ...
+    model = Model(inputs, outputs)
+
+A :class:`Model` runs any directed acyclic graph of layers (:mod:`cnnlab.symbolic`): one or
+several inputs and outputs, branches, merges (``layers.Add``, ``Concatenate``, ``Average``),
+layers called twice with one set of weights. :class:`Sequential` is the graph of a chain,
+built from its layers when the shape of its input is known. Both run through
+:mod:`cnnlab.steps`, so a Sequential model and the same chain written with the functional
+API compute the same numbers, bit for bit.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
-from cnnlab import backend, fusion, losses, modelfile, optimizers
+from cnnlab import backend, losses, modelfile, optimizers
 from cnnlab import metrics as metrics_lib
-from cnnlab.layers import Input, Layer, deserialize, serialize
+from cnnlab.layers import InputLayer, Layer, deserialize, serialize
+from cnnlab.layers.base import auto_name
 from cnnlab.layers.core import ActivationLayer
+from cnnlab.steps import Plan
+from cnnlab.symbolic import SymbolicTensor, graph_nodes
 from cnnlab.training import evaluate as evaluate_loop
 from cnnlab.training import fit as fit_loop
 
 
-class Sequential:
-    """A linear stack of layers.
+class Model:
+    """A graph of layers from ``inputs`` to ``outputs``: ``Model(inputs, outputs)``, each a
+    symbolic tensor (from ``layers.Input`` and layer calls) or a list of them.
 
-    >>> model = Sequential([layers.Input(shape=(28, 28, 1)), layers.Flatten(),
-    ...                     layers.Dense(10, activation="softmax")])
-
-    With an :class:`~cnnlab.layers.Input` first the model is built at once; otherwise it is
-    built on its first call, from the shape of the data.
+    ``model(x)`` runs the graph on arrays (a list of them, or a dict by input name, for
+    several inputs) and gives the output (a list for several outputs). Everything else is as
+    in Keras: ``compile``, ``fit``, ``evaluate``, ``predict``, ``summary``, ``save``.
     """
 
-    def __init__(self, layers: list | None = None, name: str | None = None):
-        self.name = name or "sequential"
-        self.layers: list[Layer] = []
-        self.input_shape: tuple[int, ...] | None = None
+    def __init__(self, inputs, outputs, name: str | None = None):
+        self.name = name or auto_name("Functional")
+        self._start()
+        self._set_graph(inputs, outputs)
+
+    def _start(self) -> None:
         self.optimizer: optimizers.Optimizer | None = None
-        self.loss: losses.Loss | None = None
+        self.loss = None  # the compiled loss: one, or a list of one per output
+        self._loss_list: list[losses.Loss] = []
         self.metrics: list[str] = []
-        self._step_cache: dict[tuple, list] = {}  # the layers as training and inference run them
-        for layer in layers or []:
-            self.add(layer)
+        self.stop_training = False
+        self._plans: dict[tuple, Plan] = {}
+        self._states: dict[int, dict] = {}
 
-    # -- building ----------------------------------------------------------------------------
-    def add(self, layer: Layer | Input) -> None:
-        if isinstance(layer, Input):
-            if self.layers or self.input_shape is not None:
-                raise ValueError("An Input can only be the first entry of a Sequential model")
-            self.input_shape = layer.shape
-            return
-        if not isinstance(layer, Layer):
-            raise ValueError(f"Sequential expects layers, got {type(layer).__name__}: {layer!r}")
-        if any(existing.name == layer.name for existing in self.layers):
-            raise ValueError(f"The model already has a layer named {layer.name!r}")
-        self.layers.append(layer)
-        self._step_cache = {}
-        if self.input_shape is not None:
-            self.build(self.input_shape)
-
-    def build(self, input_shape: tuple[int, ...]) -> None:
-        """Build every layer for examples of ``input_shape`` (without the batch axis)."""
-        self.input_shape = tuple(input_shape)
-        shape = self.input_shape
-        for layer in self.layers:
-            if not layer.built:
-                layer.build(shape)
-            elif layer.input_shape != shape:
+    def _set_graph(self, inputs, outputs) -> None:
+        self._many_inputs = isinstance(inputs, (list, tuple))
+        self._many_outputs = isinstance(outputs, (list, tuple))
+        self.inputs = list(inputs) if self._many_inputs else [inputs]
+        self.outputs = list(outputs) if self._many_outputs else [outputs]
+        for what, tensors in (("inputs", self.inputs), ("outputs", self.outputs)):
+            for t in tensors:
+                if not isinstance(t, SymbolicTensor):
+                    raise ValueError(
+                        f"Model {what} must be symbolic tensors (layers.Input and the layers "
+                        f"called on it), got {type(t).__name__}: {t!r}"
+                    )
+        for t in self.inputs:
+            if t.node is not None:
                 raise ValueError(
-                    f"{layer._describe()} was built for input {(None, *layer.input_shape)}, "
-                    f"but the layer before it gives {(None, *shape)}"
+                    f"Model inputs must come from layers.Input; {t.name!r} is the output of "
+                    f"{t.layer.name!r}"
                 )
-            shape = layer.output_shape
+        self._nodes = graph_nodes(self.inputs, self.outputs)
+        seen: dict[str, Layer] = {}
+        for layer in [t.layer for t in self.inputs] + [node.layer for node in self._nodes]:
+            other = seen.setdefault(layer.name, layer)
+            if other is not layer:
+                raise ValueError(
+                    f"Model '{self.name}' has two layers named {layer.name!r} "
+                    f"({type(other).__name__} and {type(layer).__name__}); layer names must "
+                    "be unique"
+                )
+        self.layers: list[Layer] = list(seen.values())
+        self._plans = {}
 
+    # -- shapes ------------------------------------------------------------------------------
     @property
     def built(self) -> bool:
-        return self.input_shape is not None and all(layer.built for layer in self.layers)
+        return bool(self.inputs)
 
     @property
-    def output_shape(self) -> tuple[int, ...]:
-        return self.layers[-1].output_shape
+    def input_shape(self):
+        """``(None, *shape)`` of the input, Keras's form (a list for several)."""
+        shapes = [t.shape for t in self.inputs]
+        return shapes if self._many_inputs else shapes[0]
+
+    @property
+    def output_shape(self):
+        """``(None, *shape)`` of the output, Keras's form (a list for several)."""
+        shapes = [t.shape for t in self.outputs]
+        return shapes if self._many_outputs else shapes[0]
+
+    # -- data --------------------------------------------------------------------------------
+    def _arrays(self, data, tensors: list[SymbolicTensor], what: str) -> list[np.ndarray]:
+        """``data`` as one array per tensor: an array for one, a list or a dict by name."""
+        if isinstance(data, dict):
+            missing = [t.layer.name for t in tensors if t.layer.name not in data]
+            if missing:
+                raise ValueError(
+                    f"Model '{self.name}' expects {what} named {[t.layer.name for t in tensors]}, "
+                    f"got keys {sorted(data)}"
+                )
+            data = [data[t.layer.name] for t in tensors]
+        elif len(tensors) == 1 and not (
+            isinstance(data, (list, tuple)) and len(data) == 1 and isinstance(data[0], np.ndarray)
+        ):
+            data = [data]  # one array (or nested lists of numbers) for the one tensor
+        if not isinstance(data, (list, tuple)) or len(data) != len(tensors):
+            count = len(data) if isinstance(data, (list, tuple)) else 1
+            raise ValueError(f"Model '{self.name}' expects {len(tensors)} {what}, got {count}")
+        return [np.asarray(d) for d in data]
+
+    def _as_inputs(self, x) -> list[np.ndarray]:
+        xs = self._arrays(x, self.inputs, "inputs")
+        for t, v in zip(self.inputs, xs, strict=True):
+            if v.ndim < 1 or v.shape[1:] != t.shape[1:]:
+                raise ValueError(
+                    f"Model '{self.name}' expects input of shape {t.shape}, got shape {v.shape}"
+                )
+        return xs
+
+    def _as_targets(self, y) -> list[np.ndarray]:
+        return self._arrays(y, self.outputs, "targets")
+
+    def _result(self, values: list):
+        return values if self._many_outputs else values[0]
 
     # -- running -----------------------------------------------------------------------------
-    def __call__(self, x: np.ndarray, training: bool = False) -> np.ndarray:
-        x = self._checked_input(x)
+    def _plan(self, training: bool, fused: bool) -> Plan:
+        key = (backend.get_engine() if fused else None, training)
+        if key not in self._plans:
+            fuse = fused and backend.fuses()
+            self._plans[key] = Plan(self.inputs, self.outputs, self._nodes, fuse, training)
+        return self._plans[key]
+
+    def _steps(self, training: bool = True) -> list:
+        """The ops a training step (or inference) runs, fused where the engine fuses."""
+        return [step.op for step in self._plan(training, fused=True).steps]
+
+    def __call__(self, x, training: bool = False):
+        """The outputs for ``x``, every layer on its own, keeping what :meth:`backward`
+        needs."""
+        xs = self._as_inputs(x)
         with backend.running():
-            for layer in self.layers:
-                x = layer(x, training=training)
-        return x
+            outputs, self._states = self._plan(training, fused=False).forward(xs, training)
+        return self._result(outputs)
 
-    def _checked_input(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x)
-        if not self.built:
-            if x.ndim < 2:
-                raise ValueError(f"{self.name} expects a batch of inputs, got shape {x.shape}")
-            self.build(x.shape[1:])
-        if x.shape[1:] != self.input_shape:
-            raise ValueError(
-                f"Model '{self.name}' expects input of shape {(None, *self.input_shape)}, "
-                f"got shape {x.shape}"
-            )
-        return x
-
-    def _run_steps(self, x: np.ndarray, training: bool = False) -> np.ndarray:
-        """The model's output, as training and inference compute it: on the fast engine with
+    def _run_steps(self, x, training: bool = False) -> list[np.ndarray]:
+        """The outputs, as training and inference compute them: on the fast engine with
         each batch norm and the activation after it as one op, and at inference the
         convolution before them too (:mod:`cnnlab.fusion`). The numbers of
         ``self(x, training)``, bit for bit in training and up to rounding at inference; only
         a training step's backward pass may follow."""
-        x = self._checked_input(x)
+        xs = self._as_inputs(x)
         with backend.running():
-            for step in self._steps(training):
-                x = step(x, training=training)
-        return x
+            outputs, self._states = self._plan(training, fused=True).forward(xs, training)
+        return outputs
 
-    def _steps(self, training: bool = True) -> list:
-        """The layers as a training step or inference runs them: on the fast engine fused
-        (:func:`cnnlab.fusion.steps`), else one by one. The last layer stays on its own: the
-        loss reads its logits."""
-        key = (backend.get_engine(), training)
-        if key not in self._step_cache:
-            body = self.layers[:-1]
-            steps = fusion.steps(body, training) if backend.fuses() else list(body)
-            self._step_cache[key] = steps + self.layers[-1:]
-        return self._step_cache[key]
+    def backward(self, dy):
+        """Backpropagate ``dy`` (the gradient of the output, a list for several) through the
+        last call of the model; returns the gradient of the input (a list for several)."""
+        dys = dy if self._many_outputs else [dy]
+        grads = {id(t): np.asarray(g) for t, g in zip(self.outputs, dys, strict=True)}
+        plan = self._plan(True, fused=False)
+        dxs = plan.backward(grads, {}, self._states, input_gradients=True)
+        return dxs if self._many_inputs else dxs[0]
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
-        """Backpropagate ``dy`` (gradient of the output) through every layer; returns ``dx``."""
-        for layer in reversed(self.layers):
-            dy = layer.backward(dy)
-        return dy
-
-    def predict(self, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    def predict(self, x, batch_size: int = 32, verbose="auto"):
         """Outputs for ``x`` in inference mode, computed ``batch_size`` examples at a time."""
-        x = np.asarray(x)
-        if len(x) == 0:
-            raise ValueError(f"predict expects at least one example, got shape {x.shape}")
-        return np.concatenate(
-            [self._run_steps(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
-        )
+        xs = self._as_inputs(x)
+        n = len(xs[0])
+        if n == 0:
+            raise ValueError(f"predict expects at least one example, got shape {xs[0].shape}")
+        parts = [
+            self._run_steps([v[i : i + batch_size] for v in xs]) for i in range(0, n, batch_size)
+        ]
+        return self._result([np.concatenate(p) for p in zip(*parts, strict=True)])
 
     # -- training ----------------------------------------------------------------------------
     def compile(
         self,
         optimizer: str | optimizers.Optimizer = "adam",
-        loss: str | losses.Loss = "categorical_crossentropy",
+        loss="categorical_crossentropy",
         metrics: list[str] | None = None,
     ) -> None:
-        """Choose the optimizer, the loss and the metrics (only "accuracy" is known)."""
+        """Choose the optimizer, the loss (one for every output, or a list or dict by output
+        name) and the metrics (only "accuracy" is known)."""
         self.optimizer = optimizers.get(optimizer)
-        self.loss = losses.get(loss)
+        names = [t.layer.name for t in self.outputs]
+        if isinstance(loss, dict):
+            unknown = sorted(set(loss) - set(names))
+            if unknown or len(loss) != len(names):
+                raise ValueError(f"`loss` by output name must name {names}, got {sorted(loss)}")
+            loss = [loss[name] for name in names]
+        elif not isinstance(loss, (list, tuple)):
+            loss = [loss] * len(names)
+        if len(loss) != len(names):
+            raise ValueError(f"`loss` must be one loss or {len(names)}, got {len(loss)}")
+        self._loss_list = [losses.get(item) for item in loss]
+        self.loss = self._loss_list if self._many_outputs else self._loss_list[0]
         self.metrics = list(metrics or [])
         for name in self.metrics:
             metrics_lib.get(name)
 
-    def _uses_logits(self) -> bool:
-        """Cross-entropy after a softmax output is computed from the logits (stable)."""
-        last = self.layers[-1]
-        return (
-            not self.loss.from_logits
-            and isinstance(last, ActivationLayer)
-            and last.activation.name == "softmax"
-        )
-
-    def _loss(self, y_true: np.ndarray, y_pred: np.ndarray) -> tuple[float, np.ndarray]:
-        if self._uses_logits():
-            return self.loss.from_logits_value_and_grad(y_true, self.layers[-1].logits)
-        return self.loss.value_and_grad(y_true, y_pred)
+    def compile_config(self) -> dict:
+        """The arguments of :meth:`compile` as JSON: the loss alone for one output."""
+        loss = [item.get_config() for item in self._loss_list]
+        return {
+            "optimizer": self.optimizer.get_config(),
+            "loss": loss if self._many_outputs else loss[0],
+            "metrics": list(self.metrics),
+        }
 
     def _check_compiled(self) -> None:
         if self.optimizer is None or self.loss is None:
             raise ValueError("The model must be compiled first: call model.compile(...)")
 
-    def _results(self, loss: float, y_true, y_pred) -> dict[str, float]:
-        results = {"loss": loss}
+    def _logits_layer(self, i: int) -> ActivationLayer | None:
+        """The softmax layer that gives output ``i``, when the loss is computed from its
+        logits (stable): cross-entropy of probabilities, an output no other layer reads."""
+        tensor = self.outputs[i]
+        layer = tensor.layer
+        read = any(tensor is t for node in self._nodes for t in node.inputs)
+        calls = sum(node.layer is layer for node in self._nodes)
+        if (
+            self._loss_list[i].from_logits
+            or read
+            or calls > 1
+            or not isinstance(layer, ActivationLayer)
+            or layer.activation.name != "softmax"
+        ):
+            return None
+        return layer
+
+    def _losses(self, ys, preds) -> tuple[dict[str, float], dict, dict]:
+        """The logs' losses, and the gradients at the outputs and at the softmax logits."""
+        grads, logit_grads, logs = {}, {}, {"loss": 0.0}
+        for i, (y, pred) in enumerate(zip(ys, preds, strict=True)):
+            key, loss, layer = id(self.outputs[i]), self._loss_list[i], self._logits_layer(i)
+            if layer is not None:
+                value, logit_grads[key] = loss.from_logits_value_and_grad(y, layer.logits)
+            else:
+                value, grads[key] = loss.value_and_grad(y, pred)
+            logs["loss"] += value
+            if self._many_outputs:
+                logs[f"{self.outputs[i].layer.name}_loss"] = value
+        return logs, grads, logit_grads
+
+    def _results(self, logs: dict[str, float], ys, preds) -> dict[str, float]:
         for name in self.metrics:
-            results[name] = metrics_lib.get(name)(y_true, y_pred)
-        return results
+            metric = metrics_lib.get(name)
+            for t, y, pred in zip(self.outputs, ys, preds, strict=True):
+                key = f"{t.layer.name}_{name}" if self._many_outputs else name
+                logs[key] = metric(y, pred)
+        return logs
 
-    def _backward_plan(self) -> list[tuple]:
-        """The steps below the last one that a training step backpropagates through, last
-        first, each with whether its input gradient is needed. Below the first step with
-        weights no gradient is needed, and that step needs only its weights' gradients (an
-        ActivationLayer can skip its input gradient)."""
-        steps = self._steps()
-        first = next((i for i, step in enumerate(steps) if step.trainable_names), 0)
-        return [
-            (step, not (i == first and isinstance(step, ActivationLayer)))
-            for i, step in reversed(list(enumerate(steps[:-1])))
-            if i >= first
-        ]
-
-    def train_step(self, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    def train_step(self, x, y) -> dict[str, float]:
         """Forward, loss, backward and one optimizer step on a batch; returns the metrics."""
         self._check_compiled()
-        y = np.asarray(y)
+        xs, ys = self._as_inputs(x), self._as_targets(y)
         with backend.running():
-            return self._train_step(x, y)
+            plan = self._plan(True, fused=True)
+            preds, states = plan.forward(xs, training=True)
+            logs, grads, logit_grads = self._losses(ys, preds)
+            plan.backward(grads, logit_grads, states, input_gradients=False)
+            weights, gradients = self.trainable_weights_and_grads()
+            self.optimizer.apply(gradients, weights)
+        return self._results(logs, ys, preds)
 
-    def _train_step(self, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
-        y_pred = self._run_steps(x, training=True)
-        loss, dy = self._loss(y, y_pred)
-        last = self.layers[-1]
-        dy = last.backward_from_logits(dy) if self._uses_logits() else last.backward(dy)
-        for layer, input_gradient in self._backward_plan():
-            if input_gradient:
-                dy = layer.backward(dy)
-            else:
-                layer.backward(dy, input_gradient=False)
-        weights, grads = self.trainable_weights_and_grads()
-        self.optimizer.apply(grads, weights)
-        return self._results(loss, y, y_pred)
-
-    def test_step(self, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    def test_step(self, x, y) -> dict[str, float]:
         """Loss and metrics on a batch in inference mode."""
         self._check_compiled()
-        y = np.asarray(y)
-        y_pred = self._run_steps(x)
-        return self._results(self._loss(y, y_pred)[0], y, y_pred)
+        ys = self._as_targets(y)
+        preds = self._run_steps(x)
+        return self._results(self._losses(ys, preds)[0], ys, preds)
 
-    def train_on_batch(self, x: np.ndarray, y: np.ndarray):
+    def train_on_batch(self, x, y):
         """One training step; returns the loss, or ``[loss, *metrics]`` (Keras)."""
         return self._as_keras(self.train_step(x, y))
 
-    def test_on_batch(self, x: np.ndarray, y: np.ndarray):
+    def test_on_batch(self, x, y):
         return self._as_keras(self.test_step(x, y))
 
-    def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 32, verbose=0):
-        """Loss (and metrics) over all of ``x``, averaged over examples."""
-        return self._as_keras(evaluate_loop(self, np.asarray(x), np.asarray(y), batch_size))
+    def evaluate(self, x, y, batch_size: int = 32, verbose="auto"):
+        """Loss (and metrics) over all of ``x``, averaged over examples: the loss alone, or
+        ``[loss, *metrics]`` (Keras)."""
+        return self._as_keras(evaluate_loop(self, x, y, batch_size, verbose=verbose))
 
     def _as_keras(self, results: dict[str, float]):
         return results["loss"] if len(results) == 1 else list(results.values())
@@ -257,24 +333,62 @@ class Sequential:
     def count_params(self) -> int:
         return sum(sum(layer.count_params()) for layer in self.layers)
 
-    def summary(self, print_fn=print) -> None:
-        """Print each layer with its output shape and parameter count, then the totals."""
-        rows = [("Layer (type)", "Output Shape", "Param #")]
-        trainable = non_trainable = 0
+    def get_layer(self, name: str) -> Layer:
+        """The layer called ``name``."""
         for layer in self.layers:
-            t, nt = layer.count_params()
-            trainable, non_trainable = trainable + t, non_trainable + nt
-            shape = str((None, *layer.output_shape)) if layer.built else "?"
-            rows.append((f"{layer.name} ({type(layer).__name__})", shape, f"{t + nt:,}"))
-        widths = [max(len(r[i]) for r in rows) + 2 for i in range(3)]
+            if layer.name == name:
+                return layer
+        raise ValueError(
+            f"Model '{self.name}' has no layer {name!r}; its layers: "
+            f"{[layer.name for layer in self.layers]}"
+        )
+
+    # -- summary -----------------------------------------------------------------------------
+    def _summary_rows(self) -> list[tuple[str, ...]]:
+        """One row per layer call: name (type), output shape, parameters, and what it is
+        connected to (a graph's layer fed by a merge, a branch or another input)."""
+        rows = []
+        for layer in self.layers:
+            calls = [n for n in self._nodes if n.layer is layer] or [None]
+            for node in calls:
+                shape = layer.output_shape if node is None else node.output.shape[1:]
+                sources = [] if node is None else [t.name for t in node.inputs]
+                t, nt = layer.count_params()
+                rows.append(
+                    (
+                        f"{layer.name} ({type(layer).__name__})",
+                        str((None, *shape)) if shape is not None else "?",
+                        f"{t + nt:,}",
+                        ", ".join(sources),
+                    )
+                )
+        return rows
+
+    def _chain(self) -> bool:
+        """Whether every layer reads the output of the one before it, and only that."""
+        previous = self.inputs[0] if len(self.inputs) == 1 else None
+        for node in self._nodes:
+            if len(node.inputs) != 1 or node.inputs[0] is not previous:
+                return False
+            previous = node.output
+        return True
+
+    def summary(self, print_fn=print) -> None:
+        """Print each layer with its output shape and parameter count (and, for a graph that
+        is not a chain, what it is connected to), then the totals, as Keras does."""
+        header = ("Layer (type)", "Output Shape", "Param #", "Connected to")
+        rows = self._summary_rows()
+        columns = 3 if self._chain() else 4
+        table = [header[:columns]] + [row[:columns] for row in rows]
+        widths = [max(len(r[i]) for r in table) + 2 for i in range(columns)]
         rule = "-" * sum(widths)
         lines = [f'Model: "{self.name}"', rule]
-        for k, row in enumerate(rows):
-            lines.append(
-                "".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-            )
+        for k, row in enumerate(table):
+            lines.append("".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
             lines.append("=" * sum(widths) if k == 0 else "")
         lines[-1] = rule
+        trainable = sum(layer.count_params()[0] for layer in self.layers)
+        non_trainable = sum(layer.count_params()[1] for layer in self.layers)
         lines += [
             f"Total params: {trainable + non_trainable:,}",
             f"Trainable params: {trainable:,}",
@@ -282,21 +396,191 @@ class Sequential:
         ]
         print_fn("\n".join(lines))
 
+    def _repr_html_(self) -> str:
+        """The summary as an HTML table, for Jupyter."""
+        import html
+
+        rows = self._summary_rows()
+        columns = 3 if self._chain() else 4
+        head = ("Layer (type)", "Output Shape", "Param #", "Connected to")[:columns]
+        cells = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row[:columns]) + "</tr>"
+            for row in rows
+        )
+        total = self.count_params()
+        return (
+            f"<p><b>Model: {html.escape(self.name)}</b> ({total:,} parameters)</p><table>"
+            + "<tr>"
+            + "".join(f"<th>{h}</th>" for h in head)
+            + f"</tr>{cells}</table>"
+        )
+
     # -- saving ------------------------------------------------------------------------------
     def get_config(self) -> dict:
+        """The graph as JSON: the layers, each call as ``[layer, [[source, call], ...]]``,
+        and the inputs and outputs as ``[layer, call]``."""
+        where = {id(t): [t.layer.name, 0] for t in self.inputs}
+        nodes = []
+        calls: dict[str, int] = {}
+        for node in self._nodes:
+            k = calls[node.layer.name] = calls.get(node.layer.name, -1) + 1
+            where[id(node.output)] = [node.layer.name, k]
+            nodes.append([node.layer.name, [where[id(t)] for t in node.inputs]])
         return {
+            "class_name": "Model",
             "name": self.name,
-            "input_shape": None if self.input_shape is None else list(self.input_shape),
+            "layers": [serialize(layer) for layer in self.layers],
+            "nodes": nodes,
+            "inputs": [where[id(t)] for t in self.inputs],
+            "outputs": [where[id(t)] for t in self.outputs],
+            "many_inputs": self._many_inputs,
+            "many_outputs": self._many_outputs,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict) -> Model:
+        """Rebuild the graph that :meth:`get_config` describes."""
+        layers = {spec["config"]["name"]: deserialize(spec) for spec in config["layers"]}
+        tensors: dict[tuple[str, int], SymbolicTensor] = {
+            (name, 0): layer.output
+            for name, layer in layers.items()
+            if isinstance(layer, InputLayer)
+        }
+
+        def tensor(reference, user: str) -> SymbolicTensor:
+            key = tuple(reference)
+            if key not in tensors:
+                raise ValueError(
+                    f"the graph's {user} reads call {key[1]} of layer {key[0]!r}, which the "
+                    "graph does not define (a dangling node reference)"
+                )
+            return tensors[key]
+
+        calls: dict[str, int] = {}
+        for name, sources in config["nodes"]:
+            if name not in layers:
+                raise ValueError(f"the graph calls layer {name!r}, which it does not define")
+            args = [tensor(s, f"layer {name!r}") for s in sources]
+            k = calls[name] = calls.get(name, -1) + 1
+            tensors[(name, k)] = layers[name](args[0] if len(args) == 1 else args)
+        inputs = [tensor(r, "input") for r in config["inputs"]]
+        outputs = [tensor(r, "output") for r in config["outputs"]]
+        return cls(
+            inputs if config.get("many_inputs") else inputs[0],
+            outputs if config.get("many_outputs") else outputs[0],
+            name=config.get("name"),
+        )
+
+    def save(self, path, include_optimizer: bool = True) -> None:
+        """Save architecture, weights and (if compiled) optimizer state to one file."""
+        modelfile.save_model(self, path, include_optimizer=include_optimizer)
+
+
+class Sequential(Model):
+    """A linear stack of layers.
+
+    >>> model = Sequential([layers.Input(shape=(28, 28, 1)), layers.Flatten(),
+    ...                     layers.Dense(10, activation="softmax")])
+
+    With an ``Input`` first the model is built at once; otherwise it is built on its first
+    call, from the shape of the data. It is the graph of the chain of its layers; unlike a
+    functional model's, its ``layers`` leave out the input.
+    """
+
+    def __init__(self, layers: list | None = None, name: str | None = None):
+        self.name = name or "sequential"
+        self._start()
+        self.layers: list[Layer] = []
+        self._input: InputLayer | None = None
+        self.inputs, self.outputs, self._nodes = [], [], []
+        self._many_inputs = self._many_outputs = False
+        for layer in layers or []:
+            self.add(layer)
+
+    def add(self, layer: Layer | SymbolicTensor) -> None:
+        if isinstance(layer, SymbolicTensor) and isinstance(layer.layer, InputLayer):
+            layer = layer.layer
+        if isinstance(layer, InputLayer):
+            if self.layers or self._input is not None:
+                raise ValueError("An Input can only be the first entry of a Sequential model")
+            self._input = layer
+            return
+        if not isinstance(layer, Layer):
+            raise ValueError(f"Sequential expects layers, got {type(layer).__name__}: {layer!r}")
+        if any(existing.name == layer.name for existing in self.layers):
+            raise ValueError(f"The model already has a layer named {layer.name!r}")
+        self.layers.append(layer)
+        self._plans = {}
+        if self._input is not None:
+            self._chain_layers()
+
+    def build(self, input_shape: tuple[int, ...]) -> None:
+        """Build every layer for examples of ``input_shape`` (without the batch axis)."""
+        self._input = InputLayer(tuple(input_shape))
+        self._chain_layers()
+
+    def _chain_layers(self) -> None:
+        x = self._input.output
+        for layer in self.layers:
+            x = layer(x)
+        layers = self.layers
+        self._set_graph(self._input.output, x)
+        self.layers = layers
+
+    @property
+    def built(self) -> bool:
+        return self._input is not None and bool(self.inputs)
+
+    @property
+    def input_shape(self):
+        return None if self._input is None else (None, *self._input.input_shape)
+
+    @property
+    def output_shape(self):
+        return (None, *self.layers[-1].output_shape) if self.built else None
+
+    def _as_inputs(self, x) -> list[np.ndarray]:
+        if not self.built:
+            first = np.asarray(x[0] if isinstance(x, (list, tuple)) and len(x) == 1 else x)
+            if first.ndim < 2:
+                raise ValueError(f"{self.name} expects a batch of inputs, got shape {first.shape}")
+            self.build(first.shape[1:])
+        return super()._as_inputs(x)
+
+    def _chain(self) -> bool:
+        return True
+
+    def _summary_rows(self):
+        return [
+            (
+                f"{layer.name} ({type(layer).__name__})",
+                str((None, *layer.output_shape)) if layer.built else "?",
+                f"{sum(layer.count_params()):,}",
+                "",
+            )
+            for layer in self.layers
+        ]
+
+    def get_config(self) -> dict:
+        return {
+            "class_name": "Sequential",
+            "name": self.name,
+            "input_shape": None if self._input is None else list(self._input.input_shape),
             "layers": [serialize(layer) for layer in self.layers],
         }
 
     @classmethod
     def from_config(cls, config: dict) -> Sequential:
-        entries = [deserialize(spec) for spec in config["layers"]]
+        model = cls([deserialize(spec) for spec in config["layers"]], name=config.get("name"))
         if config.get("input_shape") is not None:
-            entries.insert(0, Input(shape=tuple(config["input_shape"])))
-        return cls(entries, name=config.get("name"))
+            model.build(tuple(config["input_shape"]))
+        return model
 
-    def save(self, path, include_optimizer: bool = True) -> None:
-        """Save architecture, weights and (if compiled) optimizer state to one file."""
-        modelfile.save_model(self, path, include_optimizer=include_optimizer)
+
+def from_config(config: dict) -> Model:
+    """The model a :meth:`Model.get_config` describes, functional or Sequential."""
+    kind = config.get("class_name", "Sequential")
+    classes = {"Model": Model, "Functional": Model, "Sequential": Sequential}
+    if kind not in classes:
+        raise ValueError(f"Unknown model class {kind!r}; expected one of {sorted(classes)}")
+    return classes[kind].from_config(config)

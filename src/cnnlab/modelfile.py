@@ -48,11 +48,7 @@ def save_model(model, path, include_optimizer: bool = True, extra: dict | None =
         "extra": extra or {},
     }
     if model.optimizer is not None:
-        header["compile"] = {
-            "optimizer": model.optimizer.get_config(),
-            "loss": model.loss.get_config(),
-            "metrics": model.metrics,
-        }
+        header["compile"] = model.compile_config()
         if include_optimizer:
             arrays.update((f"optimizer/{key}", value) for key, value in saved.optimizer.items())
     arrays[HEADER] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)

@@ -123,7 +123,7 @@ class RunDirectory(MonitorCallback):
         config = {"created": _now(), **self.config}
         config.update(
             model_config=self.model.get_config(),
-            compile=_compile_config(self.model),
+            compile=self.model.compile_config(),
             fit={k: self.params[k] for k in ("epochs", "batch_size", "samples", "shuffle")}
             | {"validation_samples": self.params["validation_samples"]},
             versions=versions(),
@@ -340,14 +340,6 @@ def _json_default(value):
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
-def _compile_config(model) -> dict:
-    return {
-        "optimizer": model.optimizer.get_config(),
-        "loss": model.loss.get_config(),
-        "metrics": list(model.metrics),
-    }
 
 
 def _now() -> str:

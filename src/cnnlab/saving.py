@@ -5,7 +5,7 @@ architecture, the weights, the optimizer and its state, in one file (:mod:`cnnla
 from __future__ import annotations
 
 from cnnlab import losses, modelfile, optimizers, state
-from cnnlab.model import Sequential
+from cnnlab.model import from_config
 from cnnlab.modelfile import save_model
 
 __all__ = ["load", "load_model", "save_model"]
@@ -16,18 +16,27 @@ def load(path) -> tuple:
     header, arrays = modelfile.read(path)
     saved = modelfile.saved_state(path, header, arrays)
     try:
-        model = Sequential.from_config(header["model"])
+        model = from_config(header["model"])
     except (KeyError, TypeError) as err:
         raise ValueError(f"{path} is damaged: missing or malformed entry {err}") from None
+    except ValueError as err:
+        raise ValueError(f"{path} holds a model that cannot be built: {err}") from None
     compiled = header.get("compile")
     if compiled is not None:
         model.compile(
             optimizer=optimizers.get(compiled["optimizer"]),
-            loss=losses.get(compiled["loss"]),
+            loss=_losses(compiled["loss"]),
             metrics=compiled["metrics"],
         )
     state.restore(model, saved, source=str(path))
     return model, header.get("extra", {})
+
+
+def _losses(config):
+    """The loss objects of a compile config: one, or a list of one per output."""
+    if isinstance(config, list):
+        return [losses.get(item) for item in config]
+    return losses.get(config)
 
 
 def load_model(path):

@@ -27,8 +27,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from cnnlab import checks
-from cnnlab.callbacks import Callback, CallbackList, History, ProgressBar
+from cnnlab import checks, progress
+from cnnlab.callbacks import Callback, CallbackList, History, ProgressBar, format_logs
 from cnnlab.memory import keep_freed_memory
 from cnnlab.seeding import make_rng
 
@@ -53,6 +53,7 @@ def fit(
 
     Args:
         x: inputs ``(N, ...)``, e.g. images ``(N, H, W, C)``; y: labels ``(N,)`` or ``(N, K)``.
+            A model of several inputs or outputs takes a list of arrays (or a dict by name).
         verbose: 0 silent, 1 a progress bar per epoch and a line at its end, 2 only the lines.
         callbacks: :class:`cnnlab.callbacks.Callback` instances, e.g. ``EarlyStopping``,
             ``NaNGuard``, ``ModelCheckpoint`` or :class:`cnnlab.runs.RunDirectory`.
@@ -71,7 +72,6 @@ def fit(
 
     The process keeps freed memory for reuse from here on (:func:`cnnlab.memory.keep_freed_memory`).
     """
-    x, y = np.asarray(x), np.asarray(y)
     checks.positive_int("batch_size", batch_size)
     checks.int_at_least("epochs", epochs, 0)
     checks.int_at_least("initial_epoch", initial_epoch, 0)
@@ -79,29 +79,29 @@ def fit(
         raise ValueError(f"`verbose` must be 0, 1 or 2, got {verbose!r}")
     if augment is not None and not callable(augment):
         raise ValueError(f"`augment` must be a function (x, rng) -> x, got {augment!r}")
-    _check_xy("", x, y)
+    model._check_compiled()
+    x, y = _data(model, x, y, "")
+    if augment is not None and len(x) > 1:
+        raise ValueError(f"`augment` takes one input of images; the model has {len(x)} inputs")
     if validation_data is not None:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
             raise ValueError(
                 f"`validation_data` must be a pair (x_val, y_val), got {type(validation_data)}"
             )
-        validation_data = (np.asarray(validation_data[0]), np.asarray(validation_data[1]))
-        _check_xy("validation_data ", *validation_data)
+        validation_data = _data(model, *validation_data, "validation_data ")
     elif validation_split:
         if not 0.0 < validation_split < 1.0:
             raise ValueError(f"`validation_split` must be in [0, 1), got {validation_split!r}")
-        split_at = int(math.floor(len(x) * (1.0 - validation_split)))
-        if not 0 < split_at < len(x):
+        n = len(x[0])
+        split_at = int(math.floor(n * (1.0 - validation_split)))
+        if not 0 < split_at < n:
             raise ValueError(
-                f"validation_split={validation_split} of {len(x)} samples leaves "
-                f"{split_at} for training and {len(x) - split_at} for validation; "
+                f"validation_split={validation_split} of {n} samples leaves "
+                f"{split_at} for training and {n - split_at} for validation; "
                 "both must be at least 1"
             )
-        validation_data = (x[split_at:], y[split_at:])
-        x, y = x[:split_at], y[:split_at]
-    model._check_compiled()
-    if not model.built:
-        model.build(x.shape[1:])
+        validation_data = ([a[split_at:] for a in x], [a[split_at:] for a in y])
+        x, y = [a[:split_at] for a in x], [a[:split_at] for a in y]
     keep_freed_memory()  # every step allocates the same arrays: reuse them, not page faults
     loop = FitLoop(
         model,
@@ -119,15 +119,50 @@ def fit(
     return loop.run()
 
 
-def evaluate(model, x: np.ndarray, y: np.ndarray, batch_size: int = 32) -> dict[str, float]:
-    """Loss and metrics over all of ``(x, y)`` in inference mode, as a dict (means over N)."""
-    _check_xy("", x, y)
+def evaluate(model, x, y, batch_size: int = 32, verbose=0) -> dict[str, float]:
+    """Loss and metrics over all of ``(x, y)`` in inference mode, as a dict (means over N).
+
+    ``verbose``: 0 silent; 1 (or Keras's "auto") a bar where it is watched
+    (:mod:`cnnlab.progress`) and then a line with the results, 2 the line alone.
+    """
+    if verbose == "auto":
+        verbose = 1
+    if verbose not in (0, 1, 2):
+        raise ValueError(f"`verbose` must be 0, 1, 2 or 'auto', got {verbose!r}")
+    checks.positive_int("batch_size", batch_size)
+    xs, ys = _data(model, x, y, "")
+    n = len(xs[0])
+    steps = math.ceil(n / batch_size)
+    bar = progress.bar(steps, "evaluate", "batch") if verbose == 1 else None
+    started = time.perf_counter()
     totals: dict[str, float] = {}
-    for i in range(0, len(x), batch_size):
-        xb, yb = x[i : i + batch_size], y[i : i + batch_size]
-        for key, value in model.test_step(xb, yb).items():
-            totals[key] = totals.get(key, 0.0) + value * len(xb)
-    return {key: value / len(x) for key, value in totals.items()}
+    for i in range(0, n, batch_size):
+        batch = slice(i, i + batch_size)
+        size = min(batch_size, n - i)
+        for key, value in model.test_step([a[batch] for a in xs], [a[batch] for a in ys]).items():
+            totals[key] = totals.get(key, 0.0) + value * size
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    results = {key: value / n for key, value in totals.items()}
+    if verbose:
+        seconds = time.perf_counter() - started
+        print(f"{steps}/{steps} - {seconds:.1f}s - {format_logs(results)}", flush=True)
+    return results
+
+
+def _data(model, x, y, what: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """``x`` and ``y`` as the model's lists of arrays, one per input and per output, of one
+    length, at least 1."""
+    xs, ys = model._as_inputs(x), model._as_targets(y)
+    lengths = [len(a) for a in xs + ys]
+    if len(set(lengths)) != 1:
+        shown = " and ".join(map(str, lengths)) if len(lengths) == 2 else str(lengths)
+        raise ValueError(f"{what}x and y must have the same length, got {shown}")
+    if lengths[0] == 0:
+        raise ValueError(f"{what}expected at least one example, got none")
+    return xs, ys
 
 
 class FitLoop:
@@ -155,8 +190,8 @@ class FitLoop:
         augment: Augment | None,
     ):
         self.model = model
-        self.x, self.y = x, y
-        self.samples = len(x)
+        self.x, self.y = x, y  # lists: one array per input, one per output
+        self.samples = len(x[0])
         self.batch_size = batch_size
         self.epochs = epochs
         self.steps = math.ceil(self.samples / batch_size)
@@ -191,7 +226,7 @@ class FitLoop:
             "batch_size": batch_size,
             "verbose": verbose,
             "shuffle": self.shuffle,
-            "validation_samples": 0 if validation_data is None else len(validation_data[0]),
+            "validation_samples": 0 if validation_data is None else len(validation_data[0][0]),
         }
         self.callbacks.configure(model, self.params, self)
         self.history.set_model(model)
@@ -301,12 +336,12 @@ class FitLoop:
             )
             callbacks.on_train_batch_begin(b)
             self._consistent = False
-            xb, yb = self.x[idx], self.y[idx]
+            xb, yb = [a[idx] for a in self.x], [a[idx] for a in self.y]
             if self.augment is not None:
-                xb = self.augment(xb, self.augment_rng)
+                xb = [self.augment(xb[0], self.augment_rng)]
             for key, value in model.train_step(xb, yb).items():
-                self.totals[key] = self.totals.get(key, 0.0) + value * len(yb)
-            self.seen += len(yb)
+                self.totals[key] = self.totals.get(key, 0.0) + value * len(yb[0])
+            self.seen += len(yb[0])
             self.batch = b + 1
             self._consistent = True
             callbacks.on_train_batch_end(b, self._running_logs())
@@ -365,10 +400,3 @@ class _InterruptLatch:
         if self.requested:
             self.requested = False
             raise KeyboardInterrupt
-
-
-def _check_xy(what: str, x: np.ndarray, y: np.ndarray) -> None:
-    if len(x) != len(y):
-        raise ValueError(f"{what}x and y must have the same length, got {len(x)} and {len(y)}")
-    if len(x) == 0:
-        raise ValueError(f"{what}expected at least one example, got none")

@@ -2,21 +2,35 @@
 
 from cnnlab.layers.base import Layer
 from cnnlab.layers.convolution import Conv2D
-from cnnlab.layers.core import Activation, Dense, Flatten, Input, LeakyReLU, ReLU, Softmax
+from cnnlab.layers.core import (
+    Activation,
+    Dense,
+    Flatten,
+    Input,
+    InputLayer,
+    LeakyReLU,
+    ReLU,
+    Softmax,
+)
+from cnnlab.layers.merging import Add, Average, Concatenate
 from cnnlab.layers.normalization import BatchNormalization
 from cnnlab.layers.pooling import AveragePooling2D, GlobalAveragePooling2D, MaxPooling2D
 from cnnlab.layers.regularization import Dropout
 
 __all__ = [
     "Activation",
+    "Add",
+    "Average",
     "AveragePooling2D",
     "BatchNormalization",
+    "Concatenate",
     "Conv2D",
     "Dense",
     "Dropout",
     "Flatten",
     "GlobalAveragePooling2D",
     "Input",
+    "InputLayer",
     "Layer",
     "LeakyReLU",
     "MaxPooling2D",

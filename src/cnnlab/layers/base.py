@@ -9,6 +9,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from cnnlab.config import resolve_dtype
+from cnnlab.symbolic import Node, SymbolicTensor, is_symbolic, producer
 
 _name_counts: defaultdict[str, int] = defaultdict(int)
 
@@ -30,11 +31,18 @@ class Layer:
     Subclasses set ``input_rank`` (or ``min_rank``), create their weights in ``build`` with
     ``add_weight`` (Keras order), compute shapes in ``compute_output_shape``, and implement
     ``call`` and ``backward``. ``backward`` stores parameter gradients in ``self.grads``.
+
+    Called on a symbolic tensor (``layers.Input``'s, or another layer's output in a graph),
+    a layer is built for its shape and returns the symbolic tensor of its output, recording
+    the call as a node of the graph (:mod:`cnnlab.symbolic`).
     """
 
     input_rank: int | None = None  # exact rank with the batch axis, e.g. 4 for images
     min_rank: int = 1
     rng: np.random.Generator | None = None  # a layer that draws random numbers has its own
+    # The attributes a call sets for its backward pass. A model that calls the layer more
+    # than once keeps them for each call (get_call_state and set_call_state).
+    call_state: tuple[str, ...] = ()
 
     def __init__(self, name: str | None = None, dtype: str | None = None):
         self.name = name or auto_name(type(self).__name__)
@@ -46,6 +54,7 @@ class Layer:
         self.weights: dict[str, np.ndarray] = {}
         self.trainable_names: list[str] = []
         self.grads: dict[str, np.ndarray] = {}
+        self.nodes: list[Node] = []  # the calls on symbolic tensors, in order
 
     # -- building ----------------------------------------------------------------------------
     def build(self, input_shape: tuple[int, ...]) -> None:
@@ -72,6 +81,8 @@ class Layer:
 
     # -- running -----------------------------------------------------------------------------
     def __call__(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        if is_symbolic(x):
+            return self._call_symbolic(x)
         x = np.asarray(x)
         if not self.built:
             self._check_rank(x.ndim, x.shape)
@@ -81,6 +92,52 @@ class Layer:
 
     def call(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         raise NotImplementedError
+
+    def _call_symbolic(self, x) -> SymbolicTensor:
+        """The call on symbolic tensors: build for (or check) their shapes, record the node."""
+        tensors = list(x) if isinstance(x, (list, tuple)) else [x]
+        if not all(isinstance(t, SymbolicTensor) for t in tensors):
+            raise ValueError(
+                f"{self._describe()} was called on symbolic tensors and arrays at once; call it "
+                "on the outputs of layers.Input and of other layers, or on arrays alone"
+            )
+        shape = self._symbolic_input_shape(tensors)
+        where = ", ".join(f"{producer(t)} gives {t.shape}" for t in tensors)
+        if self.built and shape != self.input_shape:
+            raise ValueError(
+                f"{self._describe()} was built for input {self._with_batch(self.input_shape)}, "
+                f"but {where}"
+            )
+        if not self.built:
+            try:
+                self.build(shape)
+            except ValueError as err:
+                raise ValueError(f"{err}; {where}") from None
+        node = Node(self, tensors)
+        name = self.name if not self.nodes else f"{self.name}_{len(self.nodes)}"
+        node.output = SymbolicTensor((None, *self.output_shape), self.dtype, name, node)
+        self.nodes.append(node)
+        return node.output
+
+    def _symbolic_input_shape(self, tensors: list[SymbolicTensor]):
+        """The input shape (without the batch axis) that ``tensors`` give this layer."""
+        if len(tensors) != 1:
+            names = ", ".join(producer(t) for t in tensors)
+            raise ValueError(f"{self._describe()} takes one input, got {len(tensors)}: {names}")
+        return tuple(tensors[0].shape[1:])
+
+    @staticmethod
+    def _with_batch(shape):
+        return (None, *shape)
+
+    def get_call_state(self) -> dict:
+        """What the last call kept for :meth:`backward` (:attr:`call_state`)."""
+        return {name: getattr(self, name, None) for name in self.call_state}
+
+    def set_call_state(self, state: dict) -> None:
+        """Put back what :meth:`get_call_state` returned, for the backward pass of that call."""
+        for name, value in state.items():
+            setattr(self, name, value)
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         """Gradient of the loss with respect to the input of the last call."""

@@ -30,6 +30,7 @@ class Conv2D(ActivationLayer):
     """
 
     input_rank = 4
+    call_state = ("_cache",)
 
     def __init__(
         self,

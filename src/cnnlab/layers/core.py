@@ -7,17 +7,41 @@ import numpy as np
 from cnnlab import activations, backend, checks, initializers
 from cnnlab.layers.base import Layer
 from cnnlab.seeding import make_rng
+from cnnlab.symbolic import SymbolicTensor
 
 
-class Input:
-    """The shape of one example, without the batch axis: ``Input(shape=(32, 32, 3))``."""
+class InputLayer(Layer):
+    """The entry of a model: the shape of one example, without the batch axis. Made by
+    :func:`Input`, whose symbolic tensor is its ``output``."""
 
-    def __init__(self, shape: tuple[int, ...], name: str | None = None):
-        shape = tuple(shape)
-        if not shape or not all(isinstance(d, (int, np.integer)) and d > 0 for d in shape):
+    def __init__(self, shape: tuple[int, ...], **kwargs):
+        super().__init__(**kwargs)
+        shape = tuple(shape) if isinstance(shape, (tuple, list)) else (shape,)
+        if not shape or not all(checks.is_positive_int(d) for d in shape):
             raise ValueError(f"Input `shape` must be a tuple of positive ints, got {shape!r}")
-        self.shape = tuple(int(d) for d in shape)
-        self.name = name or "input_layer"
+        self.build(tuple(int(d) for d in shape))
+        self.output = SymbolicTensor((None, *self.input_shape), self.dtype, self.name, layer=self)
+
+    def call(self, x, training=False):
+        return x
+
+    def get_config(self):
+        return {**super().get_config(), "shape": list(self.input_shape)}
+
+
+def Input(  # noqa: N802 - Keras's name: a function that gives a tensor
+    shape: tuple[int, ...],
+    batch_size: int | None = None,
+    dtype: str | None = None,
+    name: str | None = None,
+) -> SymbolicTensor:
+    """The symbolic input of a model: ``Input((32, 32, 3))`` stands for a batch of 32x32 RGB
+    images, shape ``(None, 32, 32, 3)``. Call layers on it, then give both ends to
+    ``Model(inputs, outputs)``; or put it first in a ``Sequential``. ``batch_size`` is
+    accepted for Keras's signature; every batch size runs."""
+    if batch_size is not None:
+        checks.positive_int("batch_size", batch_size)
+    return InputLayer(shape, name=name, dtype=dtype).output
 
 
 class ActivationLayer(Layer):
@@ -32,6 +56,14 @@ class ActivationLayer(Layer):
     @property
     def logits(self) -> np.ndarray:
         return self.activation.x
+
+    def get_call_state(self) -> dict:
+        return {**super().get_call_state(), "activation": (self.activation.x, self.activation.y)}
+
+    def set_call_state(self, state: dict) -> None:
+        state = dict(state)
+        self.activation.x, self.activation.y = state.pop("activation")
+        super().set_call_state(state)
 
     def backward(self, dy: np.ndarray, input_gradient: bool = True) -> np.ndarray | None:
         return self.backward_from_logits(self.activation.backward(dy), input_gradient)
@@ -58,6 +90,7 @@ class Dense(ActivationLayer):
     """
 
     min_rank = 2
+    call_state = ("_cache", "_x_shape")
 
     def __init__(
         self,
@@ -115,6 +148,7 @@ class Flatten(Layer):
     """Flattens each example in row-major (C) order: NHWC ``(N, H, W, C) -> (N, H*W*C)``."""
 
     min_rank = 2
+    call_state = ("_x_shape",)
 
     def compute_output_shape(self, input_shape):
         return (int(np.prod(input_shape)),)

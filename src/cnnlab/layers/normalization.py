@@ -23,6 +23,7 @@ class BatchNormalization(Layer):
     """
 
     min_rank = 2
+    call_state = ("_cache", "_training")
 
     def __init__(self, momentum: float = 0.99, epsilon: float = 1e-3, **kwargs):
         super().__init__(**kwargs)

@@ -9,6 +9,7 @@ from cnnlab.nn.padding import PADDINGS, window_geometry
 
 class _Pooling2D(Layer):
     input_rank = 4
+    call_state = ("_cache",)
 
     def __init__(
         self,
@@ -83,6 +84,7 @@ class GlobalAveragePooling2D(Layer):
     """Mean over height and width: ``(batch, H, W, C) -> (batch, C)``."""
 
     input_rank = 4
+    call_state = ("_cache",)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[-1],)

@@ -17,6 +17,8 @@ class Dropout(Layer):
         seed: seed of the layer's own random generator (None: drawn from the global seed).
     """
 
+    call_state = ("_mask",)
+
     def __init__(self, rate: float, seed: int | None = None, **kwargs):
         super().__init__(**kwargs)
         with self._argument_errors():

@@ -185,7 +185,7 @@ def _image(path: str, model, scale: tuple[float, float]) -> np.ndarray:
 
     from cnnlab.datasets import scale as rescale
 
-    h, w, c = model.input_shape
+    _, h, w, c = model.input_shape
     with Image.open(path) as im:
         pixels = np.asarray(im.convert("L" if c == 1 else "RGB").resize((w, h)))
     return rescale(pixels.reshape(h, w, c), scale)

@@ -154,7 +154,7 @@ def run_sections(run_dir: Path) -> list[tuple[str, str]]:
 
     if show.conv_layers(model):
         filters = _img(show.filters_figure(model), "first-layer filters")
-        image = data[0][0] if data is not None else np.zeros(model.input_shape)
+        image = data[0][0] if data is not None else np.zeros(model.input_shape[1:])
         maps = _img(show.feature_maps_figure(model, image), "feature maps")
     else:
         filters = maps = _note("This model has no Conv2D layer: no filters, no feature maps.")
