@@ -38,6 +38,7 @@ except ImportError as err:  # pragma: no cover - exercised only without torch
     ) from err
 
 from cnnlab import layers as L
+from cnnlab.model import Sequential
 from cnnlab.nn.padding import window_geometry
 
 __all__ = ["load_torch_weights", "to_torch"]
@@ -148,6 +149,54 @@ def _activation(name: str, negative_slope: float) -> nn.Module:
     return modules[name]()
 
 
+class _Merge(nn.Module):
+    """Add, Average or Concatenate (along Keras's axis of the NHWC input)."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.kind = type(layer).__name__
+        self.axis = getattr(layer, "axis", None)
+
+    def forward(self, *xs):
+        if self.kind == "Concatenate":
+            return torch.cat(xs, dim=self.axis)
+        total = sum(xs[1:], start=xs[0])
+        return total / len(xs) if self.kind == "Average" else total
+
+
+class _Graph(nn.Module):
+    """A functional model's graph: a module for each layer, by name, called in the graph's
+    order on the tensors it names; a layer called twice is one module called twice."""
+
+    def __init__(self, model, dtype: torch.dtype):
+        super().__init__()
+        self.layers = nn.ModuleDict(
+            {layer.name: _module(layer, dtype) for layer in _weighted_layers(model)}
+        )
+        keys = {id(t): k for k, t in enumerate(model.inputs)}
+        self.calls = []
+        for node in model._nodes:
+            keys[id(node.output)] = len(keys)
+            self.calls.append(
+                (node.layer.name, [keys[id(t)] for t in node.inputs], keys[id(node.output)])
+            )
+        self.inputs = list(range(len(model.inputs)))
+        self.outputs = [keys[id(t)] for t in model.outputs]
+        self.many_outputs = model._many_outputs
+
+    def forward(self, *xs):
+        values = dict(zip(self.inputs, xs, strict=True))
+        for name, inputs, output in self.calls:
+            values[output] = self.layers[name](*(values[k] for k in inputs))
+        outputs = [values[k] for k in self.outputs]
+        return outputs if self.many_outputs else outputs[0]
+
+
+def _weighted_layers(model) -> list:
+    """The layers a module is made for: all but the inputs."""
+    return [layer for layer in model.layers if not isinstance(layer, L.InputLayer)]
+
+
 def _module(layer, dtype: torch.dtype) -> nn.Module:
     """The torch module computing what ``layer`` computes (weights not yet copied)."""
     if isinstance(layer, L.Conv2D):
@@ -166,12 +215,15 @@ def _module(layer, dtype: torch.dtype) -> nn.Module:
         return nn.Flatten()  # the input is NHWC, so this is Keras's order
     if isinstance(layer, L.Dropout):
         return nn.Dropout(layer.rate)
+    if isinstance(layer, (L.Add, L.Average, L.Concatenate)):
+        return _Merge(layer)
     if isinstance(layer, L.Activation):  # also ReLU, LeakyReLU and Softmax
         return _activation(layer.activation.name, layer.activation.negative_slope)
     raise ValueError(
         f"to_torch cannot translate layer {layer.name!r} of type {type(layer).__name__}; "
         "supported: Conv2D, Dense, BatchNormalization, MaxPooling2D, AveragePooling2D, "
-        "GlobalAveragePooling2D, Flatten, Dropout, Activation, ReLU, LeakyReLU, Softmax"
+        "GlobalAveragePooling2D, Flatten, Dropout, Activation, ReLU, LeakyReLU, Softmax, "
+        "Add, Average, Concatenate"
     )
 
 
@@ -202,32 +254,50 @@ def _check_built(model) -> None:
         )
 
 
-def to_torch(model) -> nn.Sequential:
-    """A ``torch.nn.Sequential`` computing the same function as ``model`` on NHWC input.
+def to_torch(model) -> nn.Module:
+    """A ``torch.nn.Module`` computing the same function as ``model`` on NHWC input.
 
     Args:
-        model: a built :class:`cnnlab.Sequential`.
+        model: a built :class:`cnnlab.Sequential` or functional :class:`cnnlab.Model`.
 
     Returns:
         A module in training mode (call ``.eval()`` for inference), in the dtype of the model's
-        weights, holding copies of them. Input ``(N, H, W, C)``, output as ``model``'s. The
-        "same" padding is worked out from each input's size, so a model without Flatten (one
-        that ends in GlobalAveragePooling2D) also takes other image sizes, padded as Keras would.
+        weights, holding copies of them: an ``nn.Sequential`` of one module per layer for a
+        Sequential model, and for a graph a module that calls its layers' modules in the
+        graph's order (``module(x1, x2)`` for two inputs). Input ``(N, H, W, C)``, output as
+        ``model``'s. The "same" padding is worked out from each input's size, so a model
+        without Flatten (one that ends in GlobalAveragePooling2D) also takes other image
+        sizes, padded as Keras would.
     """
     _check_built(model)
     weights = model.get_weights()
     dtype = torch.from_numpy(np.zeros(0, weights[0].dtype if weights else np.float32)).dtype
-    module = nn.Sequential()
-    for layer in model.layers:
-        module.add_module(layer.name, _module(layer, dtype))
+    if isinstance(model, Sequential):
+        module = nn.Sequential()
+        for layer in model.layers:
+            module.add_module(layer.name, _module(layer, dtype))
+    else:
+        module = _Graph(model, dtype)
     with torch.no_grad():
-        for layer, sub in zip(model.layers, module, strict=True):
+        for layer, sub in _submodules(model, module):
             for name, tensor, to_torch_axes, _ in _pairs(layer, sub):
                 value = layer.weights[name]
                 if to_torch_axes is not None:
                     value = value.transpose(to_torch_axes)
                 tensor.copy_(torch.from_numpy(np.ascontiguousarray(value)))
     return module
+
+
+def _submodules(model, module: nn.Module) -> list[tuple]:
+    """``(layer, its module)`` for each layer of ``model`` in the module :func:`to_torch` made."""
+    layers = _weighted_layers(model)
+    subs = list(module.layers.values()) if isinstance(module, _Graph) else list(module.children())
+    if len(subs) != len(layers):
+        raise ValueError(
+            f"Model '{model.name}' has {len(layers)} layers, but the module has "
+            f"{len(subs)}: pass the module that to_torch made from this model"
+        )
+    return list(zip(layers, subs, strict=True))
 
 
 def load_torch_weights(model, module: nn.Module) -> None:
@@ -237,13 +307,7 @@ def load_torch_weights(model, module: nn.Module) -> None:
     back to cnnlab's layouts and to the model's dtype.
     """
     _check_built(model)
-    subs = list(module.children())
-    if len(subs) != len(model.layers):
-        raise ValueError(
-            f"Model '{model.name}' has {len(model.layers)} layers, but the module has "
-            f"{len(subs)}: pass the module that to_torch made from this model"
-        )
-    for layer, sub in zip(model.layers, subs, strict=True):
+    for layer, sub in _submodules(model, module):
         if type(sub) is not type(_module(layer, torch.float64)):
             raise ValueError(
                 f"Layer {layer.name!r} ({type(layer).__name__}) does not match the module's "
