@@ -717,6 +717,39 @@ def test_cifar10_load_data_gives_keras_arrays(tmp_path, monkeypatch):
     assert x_train[1, 1, 1, 0] == 11 and x_train[1, 31, 0, 1] == 201  # channels last
 
 
+@pytest.mark.parametrize("archived", [False, True])
+def test_cifar10_load_data_reads_a_copy_of_images_on_disk_in_keras_arrays(tmp_path, archived):
+    """Offline, a copy of CIFAR-10 as class folders of images (such as a JPEG copy), in a
+    folder or a .tar.gz, comes back in Keras's format too; other classes are refused."""
+    from PIL import Image
+
+    copy = tmp_path / "cifar10_jpg"
+    for split, count in (("train", 2), ("test", 1)):
+        for label, name in enumerate(datasets.cifar10.CLASSES):
+            folder = copy / split / name
+            folder.mkdir(parents=True)
+            for k in range(count):
+                pixels = np.full((32, 32, 3), 20 * label + k, np.uint8)
+                Image.fromarray(pixels).save(folder / f"{k:04d}.png")
+    path = copy
+    if archived:
+        path = tmp_path / "cifar10_jpg.tar.gz"
+        with tarfile.open(path, "w:gz") as tar:
+            tar.add(copy, arcname="cifar10_jpg")
+    (x_train, y_train), (x_test, y_test) = datasets.cifar10.load_data(data_dir=path)
+    assert x_train.shape == (20, 32, 32, 3) and x_test.shape == (10, 32, 32, 3)
+    assert y_train.shape == (20, 1) and y_test.shape == (10, 1)
+    assert {a.dtype for a in (x_train, y_train, x_test, y_test)} == {np.dtype(np.uint8)}
+    assert y_test[:, 0].tolist() == list(range(10))
+    assert x_test[:, 0, 0, 0].tolist() == [20 * label for label in range(10)]
+    (copy / "train" / "truck").rename(copy / "train" / "lorry")
+    (copy / "test" / "truck").rename(copy / "test" / "lorry")
+    with pytest.raises(
+        ValueError, match=r"holds images of the classes .*'lorry'.*a copy of CIFAR-10"
+    ):
+        datasets.cifar10.load_data(data_dir=copy)
+
+
 def keras_npz(folder: Path, arrays: dict[str, np.ndarray]) -> bytes:
     folder.mkdir(parents=True, exist_ok=True)
     np.savez(

@@ -3,6 +3,7 @@ and the numbers in the explanations are the lecture's."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -10,7 +11,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+import cnnlab
 from cnnlab.cli import main
+from cnnlab.viz import show
 from cnnlab.viz.report import write_comparison, write_report
 
 
@@ -152,3 +155,65 @@ def test_report_escapes_text_from_the_run(run_dir, tmp_path):
 def test_report_of_a_folder_without_a_run_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a run directory: it has no config.json"):
         write_report(tmp_path)
+
+
+RESIDUAL = """
+from cnnlab import layers, models
+
+
+def build_model(input_shape, num_classes):
+    inputs = layers.Input(input_shape)
+    x = layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
+    y = layers.Conv2D(8, 3, padding="same", use_bias=False)(x)
+    y = layers.BatchNormalization()(y)
+    x = layers.ReLU()(layers.Add()([x, y]))
+    wide = layers.Conv2D(4, 1)(x)
+    x = layers.Concatenate()([x, wide])
+    x = layers.GlobalAveragePooling2D()(x)
+    return models.Model(inputs, layers.Dense(num_classes, activation="softmax")(x))
+"""
+
+
+def test_a_functional_run_trains_resumes_and_shows_every_conv_of_its_graph(tmp_path):
+    """`cnnlab train --model file.py` whose build_model returns a graph with a residual
+    connection and a branch: the run, its resume, its pictures and its report."""
+    model_file = tmp_path / "residual.py"
+    model_file.write_text(RESIDUAL)
+    out = tmp_path / "run"
+    quick = ["--dataset", "digits", "--limit", "200", "--quiet"]
+    run_cli("train", "--model", str(model_file), *quick, "--epochs", "1", "--out", str(out))
+    run_cli("train", "--resume", str(out), "--epochs", "2", "--quiet")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["epochs"] == 2
+    output = run_cli("show", str(out), "--out", str(tmp_path / "pictures"))
+    assert "feature-maps.png" in output and "architecture.png" in output
+    model = cnnlab.load_model(out / "model.cnnlab")
+    assert type(model).__name__ == "Model"
+    names = [name for name, _ in show.feature_maps(model, np.zeros((8, 8, 1)))]
+    assert names == [
+        layer.name for layer in model.layers if isinstance(layer, cnnlab.layers.Conv2D)
+    ]
+    assert len(names) == 3
+    boxes, arrows, lanes = show._graph_boxes(model)
+    assert lanes == 3  # the residual branch, then the 1x1 conv's branch
+    assert len(arrows) == len(model._nodes) + 2  # each merge has one arrow more
+    page = write_report(out).read_text(encoding="utf-8")
+    assert "<h2>Feature maps</h2>" in page and "<h2>Architecture</h2>" in page
+
+
+def test_a_report_and_a_model_show_inline_in_jupyter(run_dir):
+    """Jupyter calls ``_repr_html_``: the report as a frame holding the whole page, the model
+    as its summary's table."""
+    import html
+
+    from cnnlab.viz.report import Report
+
+    shown = Report(run_dir)._repr_html_()
+    assert shown.startswith("<iframe") and 'srcdoc="' in shown
+    page = (run_dir / "report.html").read_text(encoding="utf-8")
+    assert html.escape(page) in shown
+    model = cnnlab.load_model(run_dir / "model.cnnlab")
+    table = model._repr_html_()
+    assert "<table>" in table and "conv2d" in table
+    assert f"({model.count_params():,} parameters)" in table
+    assert table.count("<tr>") == 1 + 4  # the header, then the diagram's four layers

@@ -333,6 +333,12 @@ class Model:
     def count_params(self) -> int:
         return sum(sum(layer.count_params()) for layer in self.layers)
 
+    def outputs_of(self, x, layers: list[Layer]) -> list[np.ndarray]:
+        """The outputs of ``layers`` (the first call of each) for the inputs ``x``, at
+        inference: what the feature maps show."""
+        wanted = [next(n.output for n in self._nodes if n.layer is layer) for layer in layers]
+        return Model(self.inputs, wanted).predict(x if self._many_inputs else [x])
+
     def get_layer(self, name: str) -> Layer:
         """The layer called ``name``."""
         for layer in self.layers:

@@ -210,3 +210,24 @@ def write_comparison(run_dirs: list[str | os.PathLike], out: str | os.PathLike) 
     path = out / REPORT if out.is_dir() or not out.suffix else out
     page = _page("cnnlab comparison: " + ", ".join(r[0] for r in rows), sections)
     return write_bytes(path, page.encode("utf-8"))
+
+
+class Report:
+    """A run's report, shown inline by Jupyter: ``Report("runs/cnn")`` as a cell's last line.
+
+    ``path`` is the run's ``report.html``, written when the object is made; in a notebook the
+    page is displayed in a frame of its own (its styles stay inside it).
+    """
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self.path = write_report(run_dir)
+
+    def _repr_html_(self) -> str:
+        page = self.path.read_text(encoding="utf-8")
+        return (
+            f'<iframe title="{html.escape(str(self.path))}" srcdoc="{html.escape(page)}" '
+            'style="width: 100%; height: 900px; border: 1px solid #ccc"></iframe>'
+        )
+
+    def __repr__(self) -> str:
+        return f"Report({str(self.path)!r})"

@@ -36,15 +36,14 @@ def filters_figure(model, max_filters: int = 64):
 
 
 def feature_maps(model, image: np.ndarray) -> list[tuple[str, np.ndarray]]:
-    """``[(layer name, output (H, W, filters)), ...]`` of every Conv2D layer for one image,
-    in inference mode."""
-    x = np.asarray(image, dtype=model.layers[0].dtype)[None]
-    maps = []
-    for layer in model.layers:
-        x = layer(x, training=False)
-        if isinstance(layer, Conv2D):
-            maps.append((layer.name, x[0]))
-    return maps
+    """``[(layer name, output (H, W, filters)), ...]`` of every Conv2D layer of the model's
+    graph for one image, in inference mode."""
+    convs = conv_layers(model)
+    if not convs:
+        return []
+    x = np.asarray(image, dtype=convs[0].dtype)[None]
+    outputs = model.outputs_of(x, convs)
+    return [(layer.name, y[0]) for layer, y in zip(convs, outputs, strict=True)]
 
 
 def feature_maps_figure(model, image: np.ndarray, per_layer: int = 8):
@@ -133,42 +132,80 @@ def curves_figure(rows: list[dict], title: str = ""):
     return fig
 
 
-def architecture_figure(model):
-    """The lecture's CNN diagram: one box per layer, with its output shape and parameters."""
-    entries = [("Input", "", (None, *model.input_shape), 0)]
-    for layer in model.layers:
-        entries.append(
-            (
-                type(layer).__name__,
-                layer.name,
-                (None, *layer.output_shape),
-                sum(layer.count_params()),
-            )
+def _graph_boxes(model) -> tuple[list[dict], list[tuple[int, int]], int]:
+    """One box per input and per layer call, each with its row (the longest path from an
+    input) and its lane: a layer takes the lane of its first input unless another layer took
+    it already, when it opens a lane of its own (a branch). Also the arrows, as pairs of
+    boxes, and the number of lanes."""
+    boxes, where, passed = [], {}, set()
+    for lane, t in enumerate(model.inputs):
+        where[id(t)] = len(boxes)
+        boxes.append({"kind": "Input", "shape": t.shape, "params": 0, "row": 0, "lane": lane})
+    lanes = len(model.inputs)
+    arrows = []
+    for node in model._nodes:
+        sources = [where[id(t)] for t in node.inputs]
+        first = node.inputs[0]
+        if id(first) in passed:
+            lane, lanes = lanes, lanes + 1
+        else:
+            lane = boxes[sources[0]]["lane"]
+            passed.add(id(first))
+        where[id(node.output)] = len(boxes)
+        arrows += [(s, len(boxes)) for s in sources]
+        boxes.append(
+            {
+                "kind": type(node.layer).__name__,
+                "shape": node.output.shape,
+                "params": sum(node.layer.count_params()),
+                "row": 1 + max(boxes[s]["row"] for s in sources),
+                "lane": lane,
+            }
         )
+    return boxes, arrows, lanes
+
+
+def architecture_figure(model):
+    """The lecture's CNN diagram: one box per layer (per call, for a layer called twice),
+    with its output shape and parameters, in the graph's order from the input down; the
+    layers of a branch in a lane of their own, and arrows from each layer to those it feeds."""
+    boxes, arrows, lanes = _graph_boxes(model)
     colours = {"Conv2D": "#9ecae1", "Dense": "#fdae6b", "BatchNormalization": "#c7e9c0"}
-    height = 0.55
-    fig, ax = plt.subplots(figsize=(6.5, 0.62 * len(entries) + 0.6))
-    for i, (kind, _, shape, params) in enumerate(entries):
-        top = len(entries) - 1 - i
+    rows = 1 + max(box["row"] for box in boxes)
+    height, width = 0.55, 0.9 / lanes
+    fig, ax = plt.subplots(figsize=(3.0 + 3.5 * lanes, 0.62 * rows + 0.6))
+    centres = []
+    for box in boxes:
+        top = rows - 1 - box["row"]
+        left = 0.05 + box["lane"] * width
+        kind = box["kind"]
         colour = colours.get(kind, "#dadaeb" if "Pooling" in kind else "#f0f0f0")
         ax.add_patch(
             FancyBboxPatch(
-                (0.05, top + 0.2), 0.9, height, boxstyle="round,pad=0.02", fc=colour, ec="0.3"
+                (left + 0.02, top + 0.2),
+                width - 0.04,
+                height,
+                boxstyle="round,pad=0.01",
+                fc=colour,
+                ec="0.3",
             )
         )
-        dims = "x".join(str(d) for d in shape[1:])
+        dims = "x".join(str(d) for d in box["shape"][1:])
+        params = box["params"]
         text = f"{kind}  {dims}" + (f"  ({params:,} params)" if params else "")
-        ax.text(0.5, top + 0.2 + height / 2, text, ha="center", va="center", fontsize=9)
-        if i:
-            ax.annotate(
-                "",
-                xy=(0.5, top + 0.2 + height + 0.02),
-                xytext=(0.5, top + 1.2),
-                arrowprops={"arrowstyle": "->", "color": "0.4"},
-            )
+        centre = left + width / 2
+        ax.text(centre, top + 0.2 + height / 2, text, ha="center", va="center", fontsize=9)
+        centres.append((centre, top))
+    for source, target in arrows:
+        (x0, top0), (x1, top1) = centres[source], centres[target]
+        ax.annotate(
+            "",
+            xy=(x1, top1 + 0.2 + height + 0.02),
+            xytext=(x0, top0 + 0.18),
+            arrowprops={"arrowstyle": "->", "color": "0.4"},
+        )
     ax.set_xlim(0, 1)
-    ax.set_ylim(0, len(entries))
+    ax.set_ylim(0, rows)
     ax.axis("off")
-    total = model.count_params()
-    ax.set_title(f"{model.name}: {total:,} parameters")
+    ax.set_title(f"{model.name}: {model.count_params():,} parameters")
     return fig
