@@ -35,3 +35,13 @@ def test_readme_digits_example_trains_saves_and_reloads(tmp_path, monkeypatch, c
     assert (tmp_path / "digits.cnnlab").is_file()
     assert (same.predict(x_test) == model.predict(x_test)).all()
     assert "Total params" in capsys.readouterr().out
+
+
+def test_readme_functional_examples_build_the_books_mlp_and_a_residual_block(tmp_path, monkeypatch):
+    blocks = [block for block in _python_blocks() if "models.Model(" in block]
+    assert len(blocks) == 2
+    namespace = _run("\n".join(blocks), tmp_path, monkeypatch)
+    assert namespace["model"].count_params() == 646_260  # the book's MLP
+    assert namespace["block"].output_shape == (None, 32, 32, 16)
+    add = [layer for layer in namespace["block"].layers if type(layer).__name__ == "Add"]
+    assert len(add) == 1

@@ -1,11 +1,12 @@
 """Progress bars where someone watches them: a terminal, or a Jupyter notebook (tqdm's
-widgets there, its text bar where the widgets are not installed); nothing in a log or a pipe,
+widgets there, its text bar where ipywidgets is not installed); nothing in a log or a pipe,
 where a bar redrawn with carriage returns would leave hundreds of frames. The epoch lines of
 :class:`cnnlab.callbacks.ProgressBar` are printed either way.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 
 
@@ -31,9 +32,9 @@ def bar(total: int, desc: str, unit: str, file=None, **kwargs):
     """A tqdm bar (widgets in a notebook), or None where no one would see it move."""
     if not watched(file):
         return None
-    if in_notebook():
-        from tqdm.auto import tqdm
-    else:
+    if in_notebook() and importlib.util.find_spec("ipywidgets") is not None:
+        from tqdm.notebook import tqdm
+    else:  # a terminal, or a notebook without the widgets: the text bar
         from tqdm import tqdm
     return tqdm(
         total=total,
