@@ -585,3 +585,21 @@ def test_classification_report_counts_by_hand():
     assert report["confusion_matrix"] == [[1, 0, 1], [1, 1, 0], [0, 0, 2]]
     assert report["accuracy"] == pytest.approx(4 / 6)
     assert report["per_class_accuracy"] == {"0": 0.5, "1": 0.5, "2": 1.0}
+
+
+def test_bars_are_drawn_only_where_watched(monkeypatch):
+    """No bar in a log or a pipe; tqdm's text bar in a terminal, and in a notebook without
+    ipywidgets; its widgets in a notebook that has them."""
+    from tqdm import tqdm as text_bar
+
+    from cnnlab import progress
+
+    assert progress.bar(10, "x", "img", io.StringIO()) is None
+    bar = progress.bar(10, "x", "img", _Terminal())
+    assert type(bar) is text_bar
+    bar.close()
+    monkeypatch.setattr(progress, "in_notebook", lambda: True)
+    monkeypatch.setattr(progress.importlib.util, "find_spec", lambda name: None)
+    bar = progress.bar(10, "x", "img", io.StringIO())
+    assert type(bar) is text_bar
+    bar.close()
