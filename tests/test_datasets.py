@@ -159,8 +159,17 @@ def find_placements(canvas: np.ndarray, label: int, known: set[bytes]) -> list[t
 def test_shifted_digits_hold_one_enlarged_digit_each_at_varying_places():
     data = datasets.load("shifted_digits")
     (x_train, y_train), (x_test, y_test) = data
-    assert x_train.shape == (1438, 32, 32, 1) and x_test.shape == (359, 32, 32, 1)
+    # Each training digit at 4 places, one after the other; each test digit at one.
+    assert x_train.shape == (4 * 1438, 32, 32, 1) and x_test.shape == (359, 32, 32, 1)
     assert data.name == "shifted_digits"
+    assert data.train_groups.tolist()[:8] == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert len(data.train_groups) == len(x_train) and (y_train[:4] == y_train[0]).all()
+    (digits, _), _ = datasets.load("digits")
+    for k in range(4):  # the first digit, enlarged, at four places
+        ink = x_train[k, ..., 0]
+        rows, cols = np.nonzero(ink.any(axis=1))[0], np.nonzero(ink.any(axis=0))[0]
+        assert ink.sum() == 4 * int(digits[0].astype(np.int64).sum())
+        assert rows[-1] - rows[0] < 16 and cols[-1] - cols[0] < 16
     images, labels = sklearn_digits_scaled()
     known = {img.tobytes() + bytes([lab]) for img, lab in zip(images, labels, strict=True)}
     for i in range(40):
@@ -178,6 +187,22 @@ def test_shifted_digits_are_deterministic_and_follow_the_seed():
     assert np.array_equal(a, c) and np.array_equal(b, d) and np.array_equal(ya, yc)
     (e, _), _ = datasets.load_shifted_digits(seed=3)
     assert not np.array_equal(a, e)
+
+
+def test_a_validation_split_by_groups_keeps_each_digit_on_one_side():
+    data = datasets.load("shifted_digits")
+    (x, y), _ = data
+    index = np.arange(len(x))  # split the images' positions, to see where each went
+    (train, _), (val, y_val) = datasets.train_val_split(
+        index, y, 0.1, seed=0, groups=data.train_groups
+    )
+    assert len(val) == 4 * round(1438 * 0.1) and len(train) + len(val) == len(x)
+    groups = data.train_groups
+    assert not set(groups[train]) & set(groups[val])  # no digit on both sides
+    assert len(set(groups[val])) == round(1438 * 0.1)
+    assert (y_val == y[val]).all()
+    with pytest.raises(ValueError, match="groups must have one id per sample"):
+        datasets.train_val_split(x, y, 0.1, groups=groups[:5])
 
 
 def test_shifted_digits_canvas_size_is_a_choice():

@@ -66,3 +66,45 @@ def test_screenshot_of_the_report_is_not_blank(report, tmp_path):
     # of a page of small text, too near any fixed bound to test.)
     assert dark.any(axis=1).mean() > 0.5, "no dark text or drawing down the page"
     assert all(band.any() for band in np.array_split(dark, 24)), "a blank band on the page"
+
+
+def test_an_experiments_report_loads_in_chromium(tmp_path):
+    out = tmp_path / "experiments"
+    result = CliRunner().invoke(
+        main, ["experiment", "exploding", "--seeds", "1", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    dom = chromium(tmp_path, "--dump-dom", (out / "exploding" / "report.html").as_uri()).stdout
+    assert "<h2>Verdicts</h2>" in dom and "HOLDS" in dom
+    assert 'data-images="loaded"' in dom
+
+
+def test_the_padding_animation_plays_in_chromium(tmp_path):
+    result = CliRunner().invoke(
+        main,
+        [
+            "explain",
+            "padding",
+            "--size",
+            "6",
+            "--kernel",
+            "3",
+            "--stride",
+            "2",
+            "--out",
+            str(tmp_path),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    gif = tmp_path / "padding-6-3-2-same.gif"
+    with Image.open(gif) as im:
+        assert im.n_frames == 9 and im.info.get("loop") == 0  # 3x3 outputs, played in a loop
+    page = tmp_path / "animation.html"
+    page.write_text(
+        '<html><body><img src="padding-6-3-2-same.gif"><script>window.addEventListener("load",'
+        " () => { const im = document.images[0]; document.body.dataset.size ="
+        ' im.naturalWidth + "x" + im.naturalHeight; });</script></body></html>'
+    )
+    dom = chromium(tmp_path, "--dump-dom", page.as_uri()).stdout
+    with Image.open(gif) as im:
+        assert f'data-size="{im.size[0]}x{im.size[1]}"' in dom

@@ -603,3 +603,41 @@ def test_bars_are_drawn_only_where_watched(monkeypatch):
     bar = progress.bar(10, "x", "img", io.StringIO())
     assert type(bar) is text_bar
     bar.close()
+
+
+def test_precise_batch_norm_sets_the_statistics_of_the_end_of_the_epoch_and_nothing_else():
+    """At each epoch's end, before validation: the mean of the batch statistics of the first
+    training batches, run through the model as it is then. Training itself goes on as
+    without the callback (the other weights and the dropout masks, bit for bit)."""
+    from cnnlab.callbacks import PreciseBatchNorm
+
+    x, y = toy_data(48)
+    seen = []
+
+    class Spy(Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append(logs["val_loss"])
+
+    models = []
+    for extra in ([], [PreciseBatchNorm(batches=2), Spy()]):
+        model = small_model()  # seeded: the same weights, then the same shuffles in fit
+        models.append(model)
+        model.compile("adam", "sparse_categorical_crossentropy")
+        model.fit(x, y, batch_size=8, epochs=2, shuffle=True, verbose=0,
+                  validation_data=(x[:16], y[:16]), callbacks=extra)  # fmt: skip
+    plain, precise = models
+    norm = precise.layers[1]
+    trained = [w for layer in precise.layers for n, w in layer.weights.items() if "moving" not in n]
+    others = [w for layer in plain.layers for n, w in layer.weights.items() if "moving" not in n]
+    for a, b in zip(trained, others, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert precise.layers[4].rng.bit_generator.state == plain.layers[4].rng.bit_generator.state
+    # The statistics: the first two batches of 8 through the first conv, channel by channel.
+    conv = precise.layers[0]
+    z = [conv(x[k * 8 : (k + 1) * 8]) for k in range(2)]
+    mean = np.mean([b.mean(axis=(0, 1, 2)) for b in z], axis=0)
+    var = np.mean([b.var(axis=(0, 1, 2)) for b in z], axis=0)
+    np.testing.assert_allclose(norm.weights["moving_mean"], mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(norm.weights["moving_variance"], var, rtol=1e-5, atol=1e-6)
+    assert norm.momentum == 0.99  # put back
+    assert seen[-1] == pytest.approx(precise.evaluate(x[:16], y[:16], verbose=0), rel=1e-6)

@@ -130,6 +130,13 @@ def test_report_is_one_self_contained_page_with_every_section(run_dir):
     assert "http://" not in page and "https://" not in page
 
 
+def test_report_opens_with_the_summary_and_folds_the_config_last(run_dir):
+    page = write_report(run_dir).read_text(encoding="utf-8")
+    titles = re.findall(r"<h2>(.*?)</h2>", page)
+    assert titles[:2] == ["Summary", "Learning curves"] and titles[-1] == "Config"
+    assert "<details><summary>config.json</summary><pre>" in page
+
+
 def test_report_command_and_comparison(run_dir, tmp_path):
     output = run_cli("report", str(run_dir))
     assert output.strip() == f"Report: {run_dir / 'report.html'}"

@@ -2,8 +2,9 @@
 each batch, with Keras's names and semantics.
 
 ``fit`` calls, in order: ``on_train_begin``; per epoch ``on_epoch_begin``, per batch
-``on_train_batch_begin`` / ``on_train_batch_end``, then ``on_epoch_end``; finally
-``on_train_end``, or, when Ctrl-C stops training, ``on_train_interrupted`` (cnnlab only).
+``on_train_batch_begin`` / ``on_train_batch_end``, then ``on_epoch_trained`` (cnnlab only:
+after the last batch, before validation) and ``on_epoch_end``; finally ``on_train_end``, or,
+when Ctrl-C stops training, ``on_train_interrupted`` (cnnlab only).
 A callback stops training by setting ``self.model.stop_training = True``.
 
 Besides the Keras ones (:class:`History`, :class:`ModelCheckpoint`, :class:`EarlyStopping`,
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from cnnlab import checks, modelfile, progress, state
+from cnnlab.layers import BatchNormalization
 
 
 class Callback:
@@ -62,6 +64,9 @@ class Callback:
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         """After the optimizer step of batch ``batch``; ``logs``: the running means."""
+
+    def on_epoch_trained(self, epoch: int) -> None:
+        """After the last batch of epoch ``epoch``, before its validation (cnnlab only)."""
 
     def on_train_interrupted(self, logs: dict | None = None) -> None:
         """Ctrl-C (KeyboardInterrupt) stopped training; fit re-raises it afterwards."""
@@ -116,6 +121,9 @@ class CallbackList:
 
     def on_train_batch_end(self, batch, logs=None):
         self._call("on_train_batch_end", batch, logs)
+
+    def on_epoch_trained(self, epoch):
+        self._call("on_epoch_trained", epoch)
 
     def on_train_interrupted(self, logs=None):
         self._call("on_train_interrupted", logs)
@@ -426,6 +434,42 @@ class EarlyStopping(MonitorCallback):
         self.best_epoch, self.stopped_epoch = state["best_epoch"], state["stopped_epoch"]
 
 
+class PreciseBatchNorm(Callback):
+    """Re-estimate the moving statistics of every BatchNormalization at the end of each epoch,
+    before validation: the mean of the batch statistics of the first ``batches`` training
+    batches, run through the model as it is at the end of the epoch (Wu & Johnson, 2021,
+    "precise BatchNorm").
+
+    During training the moving averages (``momentum=0.99``) follow weights that keep
+    changing; with few steps per epoch and a fast optimizer they lag behind the weights, and
+    the model at inference, which uses them, can be much worse than in training: validation
+    accuracy then jumps from epoch to epoch. The re-estimated statistics are those of the
+    weights that inference will use. The weights are left alone, and so is the random
+    state of Dropout, so training goes on as without this callback.
+    """
+
+    def __init__(self, batches: int = 32):
+        super().__init__()
+        self.batches = checks.positive_int("batches", batches)
+
+    def on_epoch_trained(self, epoch):
+        norms = [layer for layer in self.model.layers if isinstance(layer, BatchNormalization)]
+        if not norms:
+            return
+        draws = state.generator_states(self.model)
+        momenta = [layer.momentum for layer in norms]
+        size = self.loop.batch_size
+        try:
+            for k in range(min(self.batches, self.loop.steps)):
+                for layer in norms:  # moving = mean of the batch statistics so far
+                    layer.momentum = k / (k + 1)
+                self.model([x[k * size : (k + 1) * size] for x in self.loop.x], training=True)
+        finally:
+            for layer, momentum in zip(norms, momenta, strict=True):
+                layer.momentum = momentum
+            state.restore_generators(self.model, draws)
+
+
 # -- the NaN guard ---------------------------------------------------------------------------
 def _magnitude(array: np.ndarray) -> float:
     """``max |a|``, NaN if any element is NaN."""
@@ -562,6 +606,7 @@ __all__ = [
     "History",
     "ModelCheckpoint",
     "MonitorCallback",
+    "PreciseBatchNorm",
     "NaNGuard",
     "ProgressBar",
     "TerminateOnNaN",

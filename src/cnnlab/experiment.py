@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from cnnlab import datasets, optimizers, zoo
-from cnnlab.callbacks import EarlyStopping, NaNGuard
+from cnnlab.callbacks import EarlyStopping, NaNGuard, PreciseBatchNorm
 from cnnlab.model import Model
 from cnnlab.model import from_config as model_from_config
 from cnnlab.runs import RunDirectory
@@ -72,6 +72,7 @@ class Settings:
     early_stopping: int | None = None
     restore_best: bool = False
     monitor: str = "val_loss"
+    precise_bn: int = 0  # batches to re-estimate batch norm's statistics from each epoch
 
     @classmethod
     def from_config(cls, config: dict) -> Settings:
@@ -131,15 +132,17 @@ def prepare(settings: Settings) -> Prepared:
     size = tuple(settings.image_size) if settings.image_size else None
     data = load_dataset(settings.dataset, settings.data_dir, size)
     (x, y), (x_test, y_test) = data
+    groups = data.train_groups
     if settings.limit is not None:
         x, y = x[: settings.limit], y[: settings.limit]
         x_test, y_test = x_test[: settings.limit], y_test[: settings.limit]
+        groups = None if groups is None else groups[: settings.limit]
     feature_range = tuple(settings.scale)
     x, x_test = datasets.scale(x, feature_range), datasets.scale(x_test, feature_range)
     x_val = y_val = None
     if settings.validation_split:
         (x, y), (x_val, y_val) = datasets.train_val_split(
-            x, y, settings.validation_split, seed=settings.seed
+            x, y, settings.validation_split, seed=settings.seed, groups=groups
         )
     return Prepared(
         x, y, x_val, y_val, x_test, y_test, list(data.class_names), dataset_key(settings.dataset)
@@ -249,6 +252,8 @@ def train_run(
         restore_best=settings.restore_best or settings.early_stopping is not None,
     )
     callbacks = [guard, run]
+    if settings.precise_bn:
+        callbacks.insert(0, PreciseBatchNorm(settings.precise_bn))
     if settings.early_stopping is not None:
         callbacks.append(EarlyStopping(patience=settings.early_stopping, verbose=verbose))
     validation = None if data.x_val is None else (data.x_val, data.y_val)

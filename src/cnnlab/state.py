@@ -41,8 +41,13 @@ def capture(model) -> ModelState:
             for layer in model.layers
         ],
         optimizer=None if optimizer is None else optimizer.get_state(),
-        generators=[(layer.name, layer.rng.bit_generator.state) for layer in random_layers(model)],
+        generators=generator_states(model),
     )
+
+
+def generator_states(model) -> list[tuple[str, dict]]:
+    """``(layer name, bit_generator.state)`` of each layer with a generator of its own."""
+    return [(layer.name, layer.rng.bit_generator.state) for layer in random_layers(model)]
 
 
 def restore(model, state: ModelState, source: str = "the saved state") -> None:
@@ -55,7 +60,12 @@ def restore(model, state: ModelState, source: str = "the saved state") -> None:
     optimizer = getattr(model, "optimizer", None)
     if optimizer is not None and state.optimizer is not None:
         optimizer.set_state(state.optimizer)
-    for layer, (_, rng_state) in zip(random_layers(model), state.generators, strict=False):
+    restore_generators(model, state.generators)
+
+
+def restore_generators(model, generators: list[tuple[str, dict]]) -> None:
+    """Put back the generators' states of :func:`generator_states` (the draws so far)."""
+    for layer, (_, rng_state) in zip(random_layers(model), generators, strict=False):
         layer.rng.bit_generator.state = rng_state
 
 

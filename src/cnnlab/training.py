@@ -349,6 +349,7 @@ class FitLoop:
             if model.stop_training:
                 return  # an unfinished epoch leaves no record and no epoch-end checkpoint
 
+        callbacks.on_epoch_trained(self.epoch)
         logs = self._running_logs()
         if self.validation_data is not None:
             val = evaluate(model, *self.validation_data, batch_size=size)

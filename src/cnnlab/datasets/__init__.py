@@ -23,12 +23,12 @@ import os
 from cnnlab.datasets import cifar10, fashion_mnist, mnist  # Keras's load_data() namespaces
 from cnnlab.datasets.cifar import load_cifar10
 from cnnlab.datasets.dataset import Dataset
-from cnnlab.datasets.digits import load_digits, load_shifted_digits
+from cnnlab.datasets.digits import load_centred_digits, load_digits, load_shifted_digits
 from cnnlab.datasets.folder import image_folder
 from cnnlab.datasets.mnist import load_fashion_mnist, load_mnist
 from cnnlab.datasets.preprocessing import augment, one_hot, scale, train_val_split
 
-NAMES = ("cifar10", "digits", "fashion_mnist", "mnist", "shifted_digits")
+NAMES = ("centred_digits", "cifar10", "digits", "fashion_mnist", "mnist", "shifted_digits")
 
 
 def load(name: str, data_dir: str | os.PathLike | None = None) -> Dataset:
@@ -40,7 +40,9 @@ def load(name: str, data_dir: str | os.PathLike | None = None) -> Dataset:
     - ``"mnist"``, ``"fashion_mnist"``: (60000 | 10000, 28, 28, 1), the official idx files
       (Fashion-MNIST is also found where Debian's ``dataset-fashion-mnist`` installs it);
     - ``"digits"``: (1438 | 359, 8, 8, 1), scikit-learn's bundled digits, no download;
-    - ``"shifted_digits"``: (1438 | 359, 32, 32, 1), those digits enlarged x2 at random places.
+    - ``"shifted_digits"``: (5752 | 359, 32, 32, 1), those digits enlarged x2 at random places
+      on a 32x32 canvas, each training digit at 4 of them;
+    - ``"centred_digits"``: (1438 | 359, 32, 32, 1), the enlarged digits in the middle.
 
     Hyphens may stand for underscores (``"shifted-digits"``). ``data_dir``: a folder already
     holding the official files; nothing is downloaded then.
@@ -51,13 +53,18 @@ def load(name: str, data_dir: str | os.PathLike | None = None) -> Dataset:
             f"The 'name' parameter of load must be one of {', '.join(map(repr, NAMES))}; "
             f"got {name!r} instead. For your own images use image_folder(path)."
         )
-    if key in ("digits", "shifted_digits"):
+    bundled = {
+        "digits": load_digits,
+        "shifted_digits": load_shifted_digits,
+        "centred_digits": load_centred_digits,
+    }
+    if key in bundled:
         if data_dir is not None:
             raise ValueError(
                 f"{key!r} is bundled with scikit-learn and reads no files: leave data_dir unset "
                 f"(got data_dir={str(data_dir)!r})"
             )
-        return load_digits() if key == "digits" else load_shifted_digits()
+        return bundled[key]()
     if key == "cifar10":
         return load_cifar10(data_dir)
     return load_mnist(data_dir) if key == "mnist" else load_fashion_mnist(data_dir)
@@ -71,6 +78,7 @@ __all__ = [
     "fashion_mnist",
     "image_folder",
     "load",
+    "load_centred_digits",
     "load_cifar10",
     "load_digits",
     "load_fashion_mnist",

@@ -20,13 +20,22 @@ class Dataset(tuple):
     ``y``: (N,) int64 labels, indices into ``class_names``.
 
     It is a tuple of exactly those two pairs, with ``class_names`` (list of str) and ``name``
-    attached, and ``train`` / ``test`` as names for its two items.
+    attached, and ``train`` / ``test`` as names for its two items. ``train_groups``, where it
+    is not None, gives the source of each training image (images made from one source, such
+    as a digit placed at several places, share it), for :func:`train_val_split`.
     """
 
     class_names: list[str]
     name: str
 
-    def __new__(cls, train: Split, test: Split, class_names: Sequence[str], name: str) -> Dataset:
+    def __new__(
+        cls,
+        train: Split,
+        test: Split,
+        class_names: Sequence[str],
+        name: str,
+        train_groups: np.ndarray | None = None,
+    ) -> Dataset:
         class_names = [str(c) for c in class_names]
         pairs = []
         for split, pair in (("train", train), ("test", test)):
@@ -36,10 +45,13 @@ class Dataset(tuple):
         self = super().__new__(cls, pairs)
         self.class_names = class_names
         self.name = name
+        # For training images made from one source (a digit at several places): the source
+        # of each, so that a validation split keeps every source on one side.
+        self.train_groups = train_groups
         return self
 
     def __getnewargs__(self) -> tuple:
-        return (self[0], self[1], self.class_names, self.name)
+        return (self[0], self[1], self.class_names, self.name, self.train_groups)
 
     @property
     def train(self) -> Split:

@@ -44,28 +44,47 @@ def one_hot(y: np.ndarray, num_classes: int) -> np.ndarray:
 
 
 def train_val_split(
-    x: np.ndarray, y: np.ndarray, validation_split: float, seed: int | None = None
+    x: np.ndarray,
+    y: np.ndarray,
+    validation_split: float,
+    seed: int | None = None,
+    groups: np.ndarray | None = None,
 ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """Shuffle ``(x, y)`` with ``seed`` and hold out ``validation_split`` of it.
 
     Returns ``(x_train, y_train), (x_val, y_val)`` with ``round(N * validation_split)``
-    validation samples. ``seed=None`` draws from cnnlab's global seed
-    (:func:`cnnlab.set_random_seed`).
+    validation samples. ``groups`` (one id per sample): hold out that share of the groups
+    instead, each whole, so that samples made from one source never fall on both sides.
+    ``seed=None`` draws from cnnlab's global seed (:func:`cnnlab.set_random_seed`).
     """
     if len(x) != len(y):
         raise ValueError(f"x and y must have the same length, got {len(x)} and {len(y)}")
     if not 0.0 < validation_split < 1.0:
         raise ValueError(f"validation_split must lie in (0, 1), got {validation_split!r}")
-    n = len(x)
+    if groups is None:
+        n = len(x)
+        n_val = _held_out(n, validation_split, "samples")
+        order = make_rng(seed).permutation(n)
+        train, val = order[n_val:], order[:n_val]
+        return (x[train], y[train]), (x[val], y[val])
+    groups = np.asarray(groups)
+    if len(groups) != len(x):
+        raise ValueError(f"groups must have one id per sample ({len(x)}), got {len(groups)}")
+    names = np.unique(groups)
+    n_val = _held_out(len(names), validation_split, "groups")
+    held = np.isin(groups, names[make_rng(seed).permutation(len(names))[:n_val]])
+    return (x[~held], y[~held]), (x[held], y[held])
+
+
+def _held_out(n: int, validation_split: float, what: str) -> int:
+    """``round(n * validation_split)``, checked to leave at least one on each side."""
     n_val = int(round(n * validation_split))
     if not 0 < n_val < n:
         raise ValueError(
-            f"validation_split={validation_split} of {n} samples leaves {n_val} for validation "
+            f"validation_split={validation_split} of {n} {what} leaves {n_val} for validation "
             f"and {n - n_val} for training; both must be at least 1"
         )
-    order = make_rng(seed).permutation(n)
-    train, val = order[n_val:], order[:n_val]
-    return (x[train], y[train]), (x[val], y[val])
+    return n_val
 
 
 def augment(

@@ -85,7 +85,8 @@ def filters(image: str | None, filter_text: str | None, out: str) -> None:
 @out_option
 def padding(size: int, kernel: int, stride: int, padding: str, out: str) -> None:
     """Every position of the kernel over the (padded) input, and the output size."""
-    from cnnlab.viz.explain import explain_padding
+    from cnnlab.viz.explain import explain_padding, padding_animation
+    from cnnlab.viz.figures import write_bytes
 
     if padding == "valid" and kernel > size:
         raise click.BadParameter(
@@ -96,11 +97,11 @@ def padding(size: int, kernel: int, stride: int, padding: str, out: str) -> None
         raise click.BadParameter(
             f"at most 12, to keep the picture readable; got {size}", param_hint="'--size'"
         )
-    _emit(
-        explain_padding(size, kernel, stride, padding),
-        out,
-        f"padding-{size}-{kernel}-{stride}-{padding}.png",
-    )
+    name = f"padding-{size}-{kernel}-{stride}-{padding}"
+    _emit(explain_padding(size, kernel, stride, padding), out, f"{name}.png")
+    gif, frames = padding_animation(size, kernel, stride, padding)
+    path = write_bytes(Path(out) / f"{name}.gif", gif)
+    click.echo(f"Animation: {path} ({frames} frames)")
 
 
 @explain.command()

@@ -27,13 +27,24 @@ def _matrix_text(m: np.ndarray, fmt: str = "{:5.1f}") -> list[str]:
 
 
 def _show_matrix(ax, m: np.ndarray, title: str, fmt: str = "{:.1f}", cmap="coolwarm") -> None:
-    limit = float(np.abs(m).max()) or 1.0
-    ax.imshow(m, cmap=cmap, vmin=-limit, vmax=limit)
+    if cmap in ("coolwarm", "bwr"):  # diverging: zero in the middle
+        limit = float(np.abs(m).max()) or 1.0
+        image = ax.imshow(m, cmap=cmap, vmin=-limit, vmax=limit)
+    else:  # sequential: the values' own range
+        image = ax.imshow(m, cmap=cmap, vmin=float(m.min()), vmax=float(m.max()))
     for (i, j), v in np.ndenumerate(m):
-        ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=10)
+        colour = "white" if text_on_dark(image.cmap(image.norm(v))) else "black"
+        ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=10, color=colour)
     ax.set_title(title, fontsize=10)
     ax.set_xticks([])
     ax.set_yticks([])
+
+
+def text_on_dark(rgba) -> bool:
+    """Whether a cell of colour ``rgba`` is dark enough to want white text (its relative
+    luminance, ITU-R BT.709, below 0.45)."""
+    r, g, b = rgba[:3]
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b < 0.45
 
 
 def explain_conv():
@@ -148,6 +159,58 @@ def explain_padding(size: int = 5, kernel: int = 3, stride: int = 1, padding: st
         f"  output: {out_h}x{out_w} ({frames} kernel positions)"
     )
     return text, fig
+
+
+def padding_animation(size: int = 5, kernel: int = 3, stride: int = 1, padding: str = "same"):
+    """The kernel moving over the padded input, one frame per output pixel, and the output
+    filling in beside it, as the lecture's figure: the GIF's bytes and the number of frames."""
+    import io
+
+    from PIL import Image
+
+    (out_h, out_w), ((top, bottom), (left, right)) = window_geometry(
+        (size, size), (kernel, kernel), (stride, stride), padding
+    )
+    padded = (size + top + bottom, size + left + right)
+    frames = []
+    fig, (inp, outp) = plt.subplots(
+        1, 2, figsize=(7.5, 4.2), gridspec_kw={"width_ratios": [padded[1], max(out_w, 2)]}
+    )
+    for k in range(out_h * out_w):
+        i, j = divmod(k, out_w)
+        for ax in (inp, outp):
+            ax.clear()
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_aspect("equal")
+        inp.set_xlim(-0.5, padded[1] - 0.5)
+        inp.set_ylim(padded[0] - 0.5, -0.5)
+        for r in range(padded[0]):
+            for c in range(padded[1]):
+                inside = top <= r < top + size and left <= c < left + size
+                colour = "#9ecae1" if inside else "white"
+                inp.add_patch(Rectangle((c - 0.5, r - 0.5), 1, 1, fc=colour, ec="0.6"))
+        box = Rectangle(
+            (j * stride - 0.5, i * stride - 0.5), kernel, kernel, fc="none", ec="red", lw=3
+        )
+        inp.add_patch(box)
+        inp.set_title(f"input {size}x{size} (blue), padding (white)", fontsize=9)
+        outp.set_xlim(-0.5, out_w - 0.5)
+        outp.set_ylim(out_h - 0.5, -0.5)
+        for q in range(out_h * out_w):
+            r, c = divmod(q, out_w)
+            colour = "#fd8d3c" if q == k else ("#a1d99b" if q < k else "white")
+            outp.add_patch(Rectangle((c - 0.5, r - 0.5), 1, 1, fc=colour, ec="0.6"))
+        outp.set_title(f"output {out_h}x{out_w}: pixel ({i}, {j})", fontsize=9)
+        fig.suptitle(f"{kernel}x{kernel} kernel, stride {stride}, padding '{padding}'", fontsize=11)
+        fig.canvas.draw()
+        frames.append(Image.fromarray(np.asarray(fig.canvas.buffer_rgba())[..., :3]))
+    plt.close(fig)
+    buffer = io.BytesIO()
+    frames[0].save(
+        buffer, format="GIF", save_all=True, append_images=frames[1:], duration=600, loop=0
+    )
+    return buffer.getvalue(), len(frames)
 
 
 def _pool(x: np.ndarray, kind: str, pool_size: int = 2) -> np.ndarray:

@@ -1,7 +1,9 @@
 """One self-contained HTML page per training run, and one per comparison of runs.
 
-The page holds the run's config, summary, learning curves, confusion matrix, a prediction grid,
-the first layer's filters, the feature maps and the architecture; every picture is embedded as
+The page opens with the run's summary and learning curves, then the confusion matrix, a
+prediction grid (wrong predictions in red, with what was predicted), the first layer's
+filters, the feature maps and the architecture, and ends with the full config, folded; every
+picture is embedded as
 a base64 PNG, so the single file can be mailed or opened offline. A small script marks the
 page ``data-images="loaded"`` once every picture has decoded (the browser test checks it).
 """
@@ -108,9 +110,7 @@ def run_sections(run_dir: Path) -> list[tuple[str, str]]:
     summary = _read_json(run_dir / "summary.json")
     model = _load_run(run_dir)
     test = summary.get("test", {})
-    sections = [
-        ("Config", f"<pre>{html.escape(json.dumps(config, indent=2))}</pre>"),
-    ]
+    sections = []
     rows = [
         ["status", summary.get("status", "n/a")],
         ["epochs", summary.get("epochs", "n/a")],
@@ -161,6 +161,10 @@ def run_sections(run_dir: Path) -> list[tuple[str, str]]:
     sections.append(("Filters", filters))
     sections.append(("Feature maps", maps))
     sections.append(("Architecture", _img(show.architecture_figure(model), "architecture")))
+    folded = html.escape(json.dumps(config, indent=2))
+    sections.append(
+        ("Config", f"<details><summary>config.json</summary><pre>{folded}</pre></details>")
+    )
     return sections
 
 
