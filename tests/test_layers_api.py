@@ -352,7 +352,7 @@ def test_padding_is_case_insensitive():
     ],
 )
 def test_unknown_activation(make):
-    with pytest.raises(ValueError, match=r"'L'.*Unknown activation 'swish'.*'relu'"):
+    with pytest.raises(ValueError, match=r"'L'.*`activation` must be one of .*'relu'.*got 'swish'"):
         make()
 
 

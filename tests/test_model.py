@@ -127,7 +127,7 @@ def test_model_rejects_wrong_input_shape():
     model = zoo.mlp()
     with pytest.raises(
         ValueError,
-        match=r"Model 'mlp' expects input of shape \(None, 32, 32, 3\), "
+        match=r"Model 'mlp' expects `x` of shape \(None, 32, 32, 3\), "
         r"got shape \(2, 28, 28, 1\)",
     ):
         model.predict(np.zeros((2, 28, 28, 1)))

@@ -162,8 +162,14 @@ def test_optimizer_from_config():
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda: optimizers.SGD(learning_rate=0), r"`learning_rate` must be > 0, got 0"),
-        (lambda: optimizers.Adam(learning_rate=-1), r"`learning_rate` must be > 0, got -1"),
+        (lambda: optimizers.SGD(learning_rate=0), r"`learning_rate` must be in \(0, 1000\], got 0"),
+        (
+            lambda: optimizers.Adam(learning_rate=-1),
+            r"`learning_rate` must be in \(0, 1000\], got -1",
+        ),
+        (lambda: optimizers.SGD(learning_rate=float("inf")), r"must be in \(0, 1000\], got inf"),
+        (lambda: optimizers.Adam(learning_rate=1e300), r"must be in \(0, 1000\], got 1e\+300"),
+        (lambda: optimizers.SGD(clipnorm=float("nan")), r"`clipnorm` must be > 0 or None, got nan"),
         (lambda: optimizers.SGD(momentum=1.5), r"`momentum` must be in \[0, 1\], got 1.5"),
         (lambda: optimizers.SGD(clipnorm=0), r"`clipnorm` must be > 0 or None, got 0"),
         (lambda: optimizers.Adam(clipvalue=-1.0), r"`clipvalue` must be > 0 or None, got -1.0"),

@@ -19,7 +19,7 @@ class Activation:
 
     def __init__(self, name: str, negative_slope: float = 0.2):
         if name not in NAMES:
-            raise ValueError(f"Unknown activation {name!r}; expected one of {NAMES}")
+            raise ValueError(f"`activation` must be one of {NAMES}, got {name!r}")
         self.name = name
         self.negative_slope = negative_slope  # leaky_relu only; Keras's default is 0.2
         self.x: np.ndarray | None = None

@@ -61,6 +61,11 @@ class SparseCategoricalCrossentropy(Loss):
                 f"{y_pred.shape[:1]}, got shape {y_true.shape}; for one-hot labels use "
                 "categorical_crossentropy"
             )
+        if y_true.dtype.kind == "f" and not np.array_equal(y_true, np.round(y_true)):
+            first = y_true[y_true != np.round(y_true)][0]
+            raise ValueError(
+                f"sparse_categorical_crossentropy expects whole-number class labels, got {first}"
+            )
         if y_true.size and (y_true.min() < 0 or y_true.max() >= y_pred.shape[1]):
             raise ValueError(
                 f"sparse_categorical_crossentropy expects labels in [0, {y_pred.shape[1]}), "

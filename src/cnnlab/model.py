@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cnnlab import backend, losses, modelfile, optimizers
+from cnnlab import arrays, backend, checks, losses, modelfile, optimizers
 from cnnlab import metrics as metrics_lib
 from cnnlab.layers import InputLayer, Layer, deserialize, serialize
 from cnnlab.layers.base import auto_name
@@ -118,18 +118,27 @@ class Model:
         if not isinstance(data, (list, tuple)) or len(data) != len(tensors):
             count = len(data) if isinstance(data, (list, tuple)) else 1
             raise ValueError(f"Model '{self.name}' expects {len(tensors)} {what}, got {count}")
-        return [np.asarray(d) for d in data]
+        argument = "`x`" if what == "inputs" else "`y`"
+        names = [t.layer.name for t in tensors]
+        label = (
+            (lambda k: argument)
+            if len(tensors) == 1
+            else (lambda k: f"{argument} ({what[:-1]} {names[k]!r})")
+        )
+        return [arrays.finite(arrays.numbers(d, label(k)), label(k)) for k, d in enumerate(data)]
 
     def _as_inputs(self, x) -> list[np.ndarray]:
+        """``x`` as one checked array per input: numbers, finite, of the input's shape."""
         xs = self._arrays(x, self.inputs, "inputs")
         for t, v in zip(self.inputs, xs, strict=True):
             if v.ndim < 1 or v.shape[1:] != t.shape[1:]:
                 raise ValueError(
-                    f"Model '{self.name}' expects input of shape {t.shape}, got shape {v.shape}"
+                    f"Model '{self.name}' expects `x` of shape {t.shape}, got shape {v.shape}"
                 )
         return xs
 
     def _as_targets(self, y) -> list[np.ndarray]:
+        """``y`` as one checked array per output: numbers, finite."""
         return self._arrays(y, self.outputs, "targets")
 
     def _result(self, values: list):
@@ -155,13 +164,12 @@ class Model:
             outputs, self._states = self._plan(training, fused=False).forward(xs, training)
         return self._result(outputs)
 
-    def _run_steps(self, x, training: bool = False) -> list[np.ndarray]:
-        """The outputs, as training and inference compute them: on the fast engine with
-        each batch norm and the activation after it as one op, and at inference the
-        convolution before them too (:mod:`cnnlab.fusion`). The numbers of
-        ``self(x, training)``, bit for bit in training and up to rounding at inference; only
-        a training step's backward pass may follow."""
-        xs = self._as_inputs(x)
+    def _run_steps(self, xs: list[np.ndarray], training: bool = False) -> list[np.ndarray]:
+        """The outputs for checked inputs (:meth:`_as_inputs`), as training and inference
+        compute them: on the fast engine with each batch norm and the activation after it as
+        one op, and at inference the convolution before them too (:mod:`cnnlab.fusion`). The
+        numbers of ``self(x, training)``, bit for bit in training and up to rounding at
+        inference; only a training step's backward pass may follow."""
         with backend.running():
             outputs, self._states = self._plan(training, fused=True).forward(xs, training)
         return outputs
@@ -177,6 +185,7 @@ class Model:
 
     def predict(self, x, batch_size: int = 32, verbose="auto"):
         """Outputs for ``x`` in inference mode, computed ``batch_size`` examples at a time."""
+        checks.positive_int("batch_size", batch_size)
         xs = self._as_inputs(x)
         n = len(xs[0])
         if n == 0:
@@ -267,7 +276,10 @@ class Model:
     def train_step(self, x, y) -> dict[str, float]:
         """Forward, loss, backward and one optimizer step on a batch; returns the metrics."""
         self._check_compiled()
-        xs, ys = self._as_inputs(x), self._as_targets(y)
+        return self._train_step(self._as_inputs(x), self._as_targets(y))
+
+    def _train_step(self, xs: list[np.ndarray], ys: list[np.ndarray]) -> dict[str, float]:
+        """:meth:`train_step` on checked arrays (the fit loop checks its data once)."""
         with backend.running():
             plan = self._plan(True, fused=True)
             preds, states = plan.forward(xs, training=True)
@@ -280,8 +292,11 @@ class Model:
     def test_step(self, x, y) -> dict[str, float]:
         """Loss and metrics on a batch in inference mode."""
         self._check_compiled()
-        ys = self._as_targets(y)
-        preds = self._run_steps(x)
+        return self._test_step(self._as_inputs(x), self._as_targets(y))
+
+    def _test_step(self, xs: list[np.ndarray], ys: list[np.ndarray]) -> dict[str, float]:
+        """:meth:`test_step` on checked arrays."""
+        preds = self._run_steps(xs)
         return self._results(self._losses(ys, preds)[0], ys, preds)
 
     def train_on_batch(self, x, y):
@@ -543,7 +558,7 @@ class Sequential(Model):
 
     @property
     def output_shape(self):
-        return (None, *self.layers[-1].output_shape) if self.built else None
+        return super().output_shape if self.built else None
 
     def _as_inputs(self, x) -> list[np.ndarray]:
         if not self.built:
@@ -584,9 +599,37 @@ class Sequential(Model):
 
 
 def from_config(config: dict) -> Model:
-    """The model a :meth:`Model.get_config` describes, functional or Sequential."""
+    """The model a :meth:`Model.get_config` describes, functional or Sequential; a
+    ValueError says what is missing or malformed."""
+    if not isinstance(config, dict):
+        raise ValueError(f"a model's config must be a dict, got {type(config).__name__}")
+    if not isinstance(config.get("layers"), list):
+        got = type(config.get("layers")).__name__ if "layers" in config else "nothing"
+        raise ValueError(f"a model's config must hold a list of 'layers', got {got}")
+    if config.get("class_name") in ("Model", "Functional"):
+        for key in ("nodes", "inputs", "outputs"):
+            if not isinstance(config.get(key), list):
+                raise ValueError(f"a graph's config must hold a list of {key!r}")
+        for node in config["nodes"]:
+            ok = isinstance(node, list) and len(node) == 2 and isinstance(node[1], list)
+            if not ok or not all(_is_reference(r) for r in node[1]):
+                raise ValueError(
+                    f"a graph's node must be [layer, [[layer, call], ...]], got {node!r:.80}"
+                )
+        if not all(_is_reference(r) for r in config["inputs"] + config["outputs"]):
+            raise ValueError("a graph's inputs and outputs must be [layer, call] pairs")
     kind = config.get("class_name", "Sequential")
     classes = {"Model": Model, "Functional": Model, "Sequential": Sequential}
     if kind not in classes:
         raise ValueError(f"Unknown model class {kind!r}; expected one of {sorted(classes)}")
     return classes[kind].from_config(config)
+
+
+def _is_reference(value) -> bool:
+    """``[layer name, call index]``."""
+    return (
+        isinstance(value, list)
+        and len(value) == 2
+        and isinstance(value[0], str)
+        and isinstance(value[1], int)
+    )

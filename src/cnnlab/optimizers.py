@@ -14,6 +14,9 @@ import numpy as np
 
 from cnnlab import backend, checks
 
+# Larger steps than this are a typo, not a schedule (the exploding study's 10 is far too large).
+MAX_LEARNING_RATE = 1e3
+
 
 class Optimizer:
     name = "optimizer"
@@ -25,11 +28,22 @@ class Optimizer:
         clipnorm: float | None = None,
         clipvalue: float | None = None,
     ):
-        self.learning_rate = checks.positive_number("learning_rate", learning_rate)
+        self.learning_rate = learning_rate
         self.clipnorm = checks.optional_positive_number("clipnorm", clipnorm)
         self.clipvalue = checks.optional_positive_number("clipvalue", clipvalue)
         self.iterations = 0
         self.slots: dict[str, list[np.ndarray]] = {}
+
+    @property
+    def learning_rate(self) -> float:
+        """The step size, in (0, :data:`MAX_LEARNING_RATE`]; checked whenever it is set."""
+        return self._learning_rate
+
+    @learning_rate.setter
+    def learning_rate(self, value: float) -> None:
+        self._learning_rate = checks.number_in(
+            "learning_rate", value, 0, MAX_LEARNING_RATE, low_open=True
+        )
 
     def apply(self, grads: list[np.ndarray], weights: list[np.ndarray]) -> None:
         """One step: update every weight in place from its gradient."""

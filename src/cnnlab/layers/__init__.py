@@ -48,9 +48,18 @@ def serialize(layer: Layer) -> dict:
 
 def deserialize(spec: dict) -> Layer:
     """Rebuild a layer from :func:`serialize`'s output."""
+    if not isinstance(spec, dict) or not isinstance(spec.get("config"), dict):
+        shown = repr(spec) if len(repr(spec)) < 80 else repr(spec)[:77] + "..."
+        raise ValueError(
+            "a layer must be described as {'class_name': ..., 'config': {...}}, got " + shown
+        )
     cls = _CLASSES.get(spec.get("class_name"))
     if cls is None:
         raise ValueError(
             f"Unknown layer class {spec.get('class_name')!r}; expected one of {sorted(_CLASSES)}"
         )
-    return cls(**spec["config"])
+    try:
+        return cls(**spec["config"])
+    except TypeError as err:  # an argument the class does not take, or one it needs
+        name = spec["config"].get("name", "?")
+        raise ValueError(f"layer {name!r} ({spec['class_name']}): {err}") from None

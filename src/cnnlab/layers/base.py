@@ -2,18 +2,36 @@
 
 from __future__ import annotations
 
+import contextvars
+import math
 import re
 from collections import defaultdict
 from contextlib import contextmanager
 
 import numpy as np
 
+from cnnlab import arrays
 from cnnlab.config import resolve_dtype
 from cnnlab.symbolic import Node, SymbolicTensor, is_symbolic, producer
 
 _name_counts: defaultdict[str, int] = defaultdict(int)
 
 _AXES = {2: "batch, features", 4: "batch, height, width, channels"}
+
+# [weights left, where they come from], while a model file is read (weight_budget).
+_budget: contextvars.ContextVar[list | None] = contextvars.ContextVar("budget", default=None)
+
+
+@contextmanager
+def weight_budget(elements: int, source: str):
+    """Within the block, the layers built may create ``elements`` weights in all: a layer
+    that would create more raises a ValueError naming ``source``, before it allocates them
+    (a model file whose config asks for more weights than it holds)."""
+    token = _budget.set([int(elements), source])
+    try:
+        yield
+    finally:
+        _budget.reset(token)
 
 
 def auto_name(cls_name: str) -> str:
@@ -63,9 +81,27 @@ class Layer:
         self._check_rank(len(input_shape) + 1, (None, *input_shape))
         self.dtype = resolve_dtype(self._dtype_arg)
         self.output_shape = self.compute_output_shape(input_shape)
+        self._spend(self.weight_shapes(input_shape))
         self.input_shape = input_shape
         self.build_weights(input_shape)
         self.built = True
+
+    def weight_shapes(self, input_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+        """The shape of each weight :meth:`build_weights` creates, by name (none here)."""
+        return {}
+
+    def _spend(self, shapes: dict[str, tuple[int, ...]]) -> None:
+        budget = _budget.get()
+        if budget is None:
+            return
+        count = sum(math.prod(shape) for shape in shapes.values())
+        if count > budget[0]:
+            raise ValueError(
+                f"{budget[1]} asks {self._describe()} for {count:,} weights "
+                f"({', '.join(f'{n} {s}' for n, s in shapes.items())}), more than the file "
+                f"holds ({budget[0]:,} left)"
+            )
+        budget[0] -= count
 
     def build_weights(self, input_shape: tuple[int, ...]) -> None:
         """Create weights with :meth:`add_weight`; layers without weights do nothing."""
@@ -186,14 +222,18 @@ class Layer:
                 f"{self._describe()} expects {len(self.weights)} weights "
                 f"({', '.join(self.weights)}), got {len(weights)}"
             )
+        checked = []
         for (name, current), new in zip(self.weights.items(), weights, strict=True):
-            new = np.asarray(new)
+            what = f"weight '{name}' of {self._describe()}"
+            new = arrays.finite(arrays.numbers(new, what), what)
             if new.shape != current.shape:
                 raise ValueError(
                     f"{self._describe()} expects weight '{name}' of shape {current.shape}, "
                     f"got shape {new.shape}"
                 )
-            current[...] = new
+            checked.append(new)
+        for current, new in zip(self.weights.values(), checked, strict=True):
+            current[...] = new  # all checked first: a refused list changes nothing
 
     def count_params(self) -> tuple[int, int]:
         """``(trainable, non_trainable)`` parameter counts."""

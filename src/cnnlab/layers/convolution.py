@@ -64,12 +64,16 @@ class Conv2D(ActivationLayer):
             )
         return (oh, ow, self.filters)
 
+    def weight_shapes(self, input_shape):
+        shapes = {"kernel": (*self.kernel_size, input_shape[-1], self.filters)}
+        return {**shapes, "bias": (self.filters,)} if self.use_bias else shapes
+
     def build_weights(self, input_shape):
-        shape = (*self.kernel_size, input_shape[-1], self.filters)
+        shapes = self.weight_shapes(input_shape)
         init = initializers.get(self.kernel_initializer)
-        self.add_weight("kernel", init(shape, make_rng(), self.dtype))
+        self.add_weight("kernel", init(shapes["kernel"], make_rng(), self.dtype))
         if self.use_bias:
-            self.add_weight("bias", np.zeros(self.filters))
+            self.add_weight("bias", np.zeros(shapes["bias"]))
 
     def call(self, x, training=False):
         kernel, bias = self.weights["kernel"], self.weights.get("bias")

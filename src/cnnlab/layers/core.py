@@ -111,12 +111,16 @@ class Dense(ActivationLayer):
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], self.units)
 
+    def weight_shapes(self, input_shape):
+        shapes = {"kernel": (input_shape[-1], self.units)}
+        return {**shapes, "bias": (self.units,)} if self.use_bias else shapes
+
     def build_weights(self, input_shape):
-        rng = make_rng()
+        shapes = self.weight_shapes(input_shape)
         init = initializers.get(self.kernel_initializer)
-        self.add_weight("kernel", init((input_shape[-1], self.units), rng, self.dtype))
+        self.add_weight("kernel", init(shapes["kernel"], make_rng(), self.dtype))
         if self.use_bias:
-            self.add_weight("bias", np.zeros(self.units))
+            self.add_weight("bias", np.zeros(shapes["bias"]))
 
     def call(self, x, training=False):
         x2 = x.reshape(-1, x.shape[-1])

@@ -33,6 +33,11 @@ class BatchNormalization(Layer):
         self._cache = None
         self._training = False
 
+    def weight_shapes(self, input_shape):
+        return {
+            name: (input_shape[-1],) for name in ("gamma", "beta", "moving_mean", "moving_variance")
+        }
+
     def build_weights(self, input_shape):
         c = input_shape[-1]
         self.add_weight("gamma", np.ones(c))
