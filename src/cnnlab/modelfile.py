@@ -61,13 +61,28 @@ def write_npz_atomic(path, arrays: dict[str, np.ndarray]) -> None:
         np.savez(f, **arrays)
 
 
+# Bounds on what a model file may declare, checked before anything is allocated.
+MAX_ARRAY_BYTES = 2**31  # one array
+MAX_TOTAL_BYTES = 2**32  # all of them
+MAX_HEADER_BYTES = 2**24  # the JSON header
+
+
 def read(path) -> tuple[dict, dict[str, np.ndarray]]:
-    """The header and the arrays of a model file; ``ValueError`` for anything else."""
+    """The header and the arrays of a model file; ``ValueError`` for anything else.
+
+    Nothing is allocated before it is checked: the file must be a zip archive of ``.npy``
+    arrays (no pickled objects) whose headers declare sizes that the archive holds and that
+    stay within :data:`MAX_ARRAY_BYTES` each and :data:`MAX_TOTAL_BYTES` in all.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No model file at {path}")
     what = f"{path} is not a cnnlab model file (expected one written by model.save)"
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{what}: it is not a zip archive of arrays")
     try:
+        with zipfile.ZipFile(path) as archive:
+            _check_members(archive, what)
         with np.load(path, allow_pickle=False) as archive:
             if HEADER not in archive.files:
                 raise ValueError(f"{what}: it has no {HEADER!r} entry")
@@ -87,7 +102,57 @@ def read(path) -> tuple[dict, dict[str, np.ndarray]]:
             f"{path} has model-file version {header.get('version')!r}; "
             f"this cnnlab reads version {VERSION}"
         )
+    if not isinstance(header.get("model"), dict):
+        raise ValueError(f"{path} is damaged: its header's 'model' is not a model's config")
     return header, arrays
+
+
+def _check_members(archive: zipfile.ZipFile, what: str) -> None:
+    """Every member is a ``.npy`` array of plain numbers whose declared size the archive
+    holds, within the bounds."""
+    total = 0
+    for info in archive.infolist():
+        if not info.filename.endswith(".npy"):
+            raise ValueError(f"{what}: it holds {info.filename!r}, which is not an array")
+        if info.flag_bits & 0x1 or info.compress_type not in (
+            zipfile.ZIP_STORED,
+            zipfile.ZIP_DEFLATED,
+        ):
+            raise ValueError(
+                f"{what} or it is damaged: {info.filename!r} is encrypted or compressed in a "
+                "way NumPy does not write"
+            )
+        with archive.open(info) as member:
+            version = np.lib.format.read_magic(member)
+            read_header = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, _, dtype = read_header(member, max_header_size=10_000)
+            start = member.tell()
+        name = info.filename[: -len(".npy")]
+        if dtype.hasobject:
+            raise ValueError(
+                f"{what}: its array {name!r} holds Python objects, which cnnlab never reads"
+            )
+        nbytes = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+        bound = MAX_HEADER_BYTES if name == HEADER else MAX_ARRAY_BYTES
+        if nbytes > bound:
+            raise ValueError(
+                f"{what}: its array {name!r} declares {nbytes:,} bytes (shape {shape}), more "
+                f"than the {bound:,} cnnlab reads"
+            )
+        if start + nbytes != info.file_size:
+            raise ValueError(
+                f"{what} or it is damaged: its array {name!r} declares shape {shape} "
+                f"({nbytes:,} bytes) but holds {info.file_size - start:,}"
+            )
+        total += nbytes
+        if total > MAX_TOTAL_BYTES:
+            raise ValueError(
+                f"{what}: its arrays declare more than {MAX_TOTAL_BYTES:,} bytes in all"
+            )
 
 
 def saved_state(path, header: dict, arrays: dict[str, np.ndarray]) -> state.ModelState:
@@ -99,7 +164,7 @@ def saved_state(path, header: dict, arrays: dict[str, np.ndarray]) -> state.Mode
             _, layer, weight = key.split("/", 2)
             weights[layer][weight] = arrays[key]
         generators = list(header["rng"].items())
-    except (KeyError, TypeError, ValueError) as err:
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
         raise ValueError(f"{path} is damaged: missing or malformed entry {err}") from None
     optimizer = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("optimizer/")}
     return state.ModelState(list(weights.items()), optimizer or None, generators)

@@ -5,6 +5,7 @@ architecture, the weights, the optimizer and its state, in one file (:mod:`cnnla
 from __future__ import annotations
 
 from cnnlab import losses, modelfile, optimizers, state
+from cnnlab.layers.base import weight_budget
 from cnnlab.model import from_config
 from cnnlab.modelfile import save_model
 
@@ -12,23 +13,27 @@ __all__ = ["load", "load_model", "save_model"]
 
 
 def load(path) -> tuple:
-    """Read a model file: ``(model, extra)``. Raises ``ValueError`` for anything else."""
+    """Read a model file: ``(model, extra)``. Raises ``ValueError``, naming the file, for
+    anything else: the config is built with no more weights than the file holds, and the
+    weights put in must be finite."""
     header, arrays = modelfile.read(path)
     saved = modelfile.saved_state(path, header, arrays)
+    held = sum(a.size for key, a in arrays.items() if key.startswith("weights/"))
     try:
-        model = from_config(header["model"])
-    except (KeyError, TypeError) as err:
+        with weight_budget(held, "the file"):
+            model = from_config(header["model"])
+        compiled = header.get("compile")
+        if compiled is not None:
+            model.compile(
+                optimizer=optimizers.get(compiled["optimizer"]),
+                loss=_losses(compiled["loss"]),
+                metrics=compiled["metrics"],
+            )
+        state.restore(model, saved, source="the file")
+    except (KeyError, TypeError, AttributeError, IndexError, OverflowError) as err:
         raise ValueError(f"{path} is damaged: missing or malformed entry {err}") from None
     except ValueError as err:
         raise ValueError(f"{path} holds a model that cannot be built: {err}") from None
-    compiled = header.get("compile")
-    if compiled is not None:
-        model.compile(
-            optimizer=optimizers.get(compiled["optimizer"]),
-            loss=_losses(compiled["loss"]),
-            metrics=compiled["metrics"],
-        )
-    state.restore(model, saved, source=str(path))
     return model, header.get("extra", {})
 
 

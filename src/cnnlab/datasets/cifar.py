@@ -39,6 +39,7 @@ META = "batches.meta.txt"
 HEIGHT = WIDTH = 32
 CHANNELS = 3
 RECORD_BYTES = 1 + CHANNELS * HEIGHT * WIDTH  # 3073
+MAX_MEMBER_BYTES = 10_000 * RECORD_BYTES  # a batch; checked before a file is read
 
 _BATCH_SHA256 = {
     "data_batch_1.bin": "cee916563c9f80d84e3cc88e17fdc0941787f1244f00a67874d45b261883ada5",
@@ -95,6 +96,7 @@ def _read_folder(folder: Path) -> dict[str, bytes]:
                 f"and {META}. Extract {ARCHIVE.filename} again, or pass data_dir= the folder "
                 f"holding the archive itself."
             )
+        _check_size(str(path), path.stat().st_size)
         if name in BATCHES:
             verify(path, BATCHES[name])
         members[name] = path.read_bytes()
@@ -109,6 +111,7 @@ def _read_archive(path: Path) -> dict[str, bytes]:
         with tarfile.open(path, "r:gz") as tar:
             for member in tar:
                 if member.isfile() and member.name in wanted:
+                    _check_size(f"{path}:{member.name}", member.size)
                     members[wanted[member.name]] = tar.extractfile(member).read()
     except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
         raise ValueError(
@@ -124,8 +127,20 @@ def _read_archive(path: Path) -> dict[str, bytes]:
     return members
 
 
+def _check_size(name: str, size: int) -> None:
+    if size > MAX_MEMBER_BYTES:
+        raise ValueError(
+            f"{name} is not a CIFAR-10 file: it is {size:,} bytes, more than a batch of 10,000 "
+            f"images ({MAX_MEMBER_BYTES:,})"
+        )
+
+
 def _to_dataset(members: dict[str, bytes], source: str) -> Dataset:
-    class_names = [line.strip() for line in members[META].decode("ascii").splitlines()]
+    try:
+        text = members[META].decode("ascii")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{source}: {META} is not ASCII text (byte {err.start})") from None
+    class_names = [line.strip() for line in text.splitlines()]
     class_names = [name for name in class_names if name]
     train = [parse_batch(members[name], f"{source}: {name}") for name in TRAIN_BATCHES]
     x_train = np.concatenate([x for x, _ in train])

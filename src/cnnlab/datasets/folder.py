@@ -15,7 +15,6 @@ JPEGs of a 19 MB archive takes about 8 s on a laptop CPU, so no decoded copy is 
 
 from __future__ import annotations
 
-import io
 import os
 import tarfile
 import zlib
@@ -25,12 +24,14 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from cnnlab.datasets.dataset import Dataset
+from cnnlab.datasets.images import check_file_size, check_size, read_image
 
 SPLITS = ("train", "test")
 IMAGE_SUFFIXES = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 )
 _ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+MAX_BYTES = 8 * 2**30  # the decoded pixels of a whole dataset
 
 
 def image_folder(
@@ -44,7 +45,7 @@ def image_folder(
     size already.
     """
     path = Path(path).expanduser()
-    size = _as_size(image_size)
+    size = check_size(image_size)
     if path.is_dir():
         entries = _folder_entries(path)
         name = path.name
@@ -56,12 +57,32 @@ def image_folder(
 
     images: dict[str, list[tuple[str, str, np.ndarray]]] = {split: [] for split in SPLITS}
     classes: dict[str, set[str]] = {split: set() for split in SPLITS}
+    decoded = 0
     for split, class_name, file_name, read in entries:
         classes[split].add(class_name)
         if file_name is not None:
-            images[split].append((class_name, file_name, _decode(read(), size, file_name)))
+            image = read_image(read(), "RGB", size, name=file_name)
+            decoded += image.nbytes
+            if decoded > MAX_BYTES:
+                raise ValueError(
+                    f"image_folder: the images of {path} decode to more than "
+                    f"{MAX_BYTES / 2**30:.0f} GiB of pixels (at {image.shape[0]}x"
+                    f"{image.shape[1]} each); pass a smaller image_size (--image-size)"
+                )
+            images[split].append((class_name, file_name, image))
 
     class_names = sorted(classes["train"])
+    empty = sorted({c for c in classes["train"]} - {c for c, _, _ in images["train"]})
+    if empty:
+        raise ValueError(
+            f"image_folder: {path} has class folders with no image under train/: {empty}. "
+            "Remove them, or put that class's images in them."
+        )
+    if len(class_names) < 2:
+        raise ValueError(
+            f"image_folder: {path} has {len(class_names)} class under train/ "
+            f"({', '.join(class_names) or 'none'}); a classifier needs at least two"
+        )
     for split in SPLITS:
         if not images[split]:
             raise ValueError(
@@ -89,17 +110,6 @@ def image_folder(
             f"image_size=(height, width) to resize them all."
         )
     return Dataset(splits[0], splits[1], class_names, name)
-
-
-def _as_size(image_size) -> tuple[int, int] | None:
-    if image_size is None:
-        return None
-    size = (image_size, image_size) if np.isscalar(image_size) else tuple(image_size)
-    if len(size) != 2 or not all(isinstance(v, (int, np.integer)) and v > 0 for v in size):
-        raise ValueError(
-            f"image_size must be a positive int or (height, width), got {image_size!r}"
-        )
-    return int(size[0]), int(size[1])
 
 
 def _strip_archive_suffix(name: str) -> str:
@@ -133,6 +143,7 @@ def _folder_entries(root: Path) -> Iterator[Entry]:
             yield split, class_dir.name, None, None
             for file in sorted(class_dir.iterdir()):
                 if file.is_file() and _is_image(file.name):
+                    check_file_size(str(file), file.stat().st_size)
                     yield split, class_dir.name, str(file), file.read_bytes
 
 
@@ -146,26 +157,15 @@ def _archive_entries(archive: Path) -> Iterator[Entry]:
                         yield parts[-2], parts[-1], None, None
                 elif member.isfile() and len(parts) >= 3 and parts[-3] in SPLITS:
                     if _is_image(parts[-1]) and not parts[-2].startswith("."):
+                        name = f"{archive}:{member.name}"
+                        check_file_size(name, member.size)
                         data = tar.extractfile(member).read()
-                        yield parts[-3], parts[-2], f"{archive}:{member.name}", lambda d=data: d
+                        yield parts[-3], parts[-2], name, lambda d=data: d
     except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
         raise ValueError(
             f"image_folder: {archive} is not a readable tar archive ({error}). Pass a folder "
             f"or a .tar/.tar.gz of train/<class>/<image> and test/<class>/<image>."
         ) from error
-
-
-def _decode(data: bytes, size: tuple[int, int] | None, source: str) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image = image.convert("RGB")
-            if size is not None and image.size != (size[1], size[0]):
-                image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-            return np.asarray(image, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as error:
-        raise ValueError(f"image_folder: cannot decode {source}: {error}") from error
 
 
 def _stack(named: list[tuple[str, np.ndarray]]) -> np.ndarray:

@@ -15,7 +15,6 @@ labels 0x00000801 (uint8, 1-D: N).
 
 from __future__ import annotations
 
-import gzip
 import math
 import os
 import struct
@@ -33,6 +32,7 @@ _TYPES = {
     0x0E: np.dtype(">f8"),
 }
 _GZIP_MAGIC = b"\x1f\x8b"
+MAX_BYTES = 2**31  # an idx file once gunzipped (Fashion-MNIST's largest is 47 MB)
 
 
 def parse_idx(data: bytes, source: str = "idx data") -> np.ndarray:
@@ -73,10 +73,22 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     data = path.read_bytes()
     if data[:2] == _GZIP_MAGIC:
         try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as error:
+            data = _gunzip(data, path)
+        except zlib.error as error:
             raise ValueError(
                 f"{path} is not a whole gzip file ({error}). Delete it and load again, or "
                 f"replace it with the official file."
             ) from error
     return parse_idx(data, source=str(path))
+
+
+def _gunzip(data: bytes, path: Path) -> bytes:
+    """The gunzipped ``data``, at most :data:`MAX_BYTES` of it (a small file cannot unpack to
+    gigabytes)."""
+    stream = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    out = stream.decompress(data, MAX_BYTES + 1)
+    if len(out) > MAX_BYTES:
+        raise ValueError(f"{path} unpacks to more than {MAX_BYTES:,} bytes: it is no idx file")
+    if not stream.eof:
+        raise zlib.error("the gzip stream ends before its end marker")
+    return out

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -25,6 +24,7 @@ import numpy as np
 from cnnlab import optimizers
 from cnnlab.callbacks import Callback, PreciseBatchNorm
 from cnnlab.experiment import Prepared, Settings, prepare
+from cnnlab.files import read_json
 from cnnlab.runs import write_json, write_text
 from cnnlab.seeding import set_random_seed
 
@@ -235,6 +235,6 @@ def write(result: Result, out: Path) -> Path:
 
 def read(out: Path) -> Result:
     """The :class:`Result` that :func:`write` left in ``out``."""
-    raw = json.loads((Path(out) / "result.json").read_text(encoding="utf-8"))
+    raw = read_json(Path(out) / "result.json")
     raw["verdict"] = Verdict(**raw["verdict"])
     return Result(**raw)

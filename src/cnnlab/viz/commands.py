@@ -64,10 +64,9 @@ def filters(image: str | None, filter_text: str | None, out: str) -> None:
 
     photo = None
     if image:
-        from PIL import Image
+        from cnnlab.datasets.images import read_image
 
-        with Image.open(image) as im:
-            photo = np.asarray(im.convert("L"), dtype=np.float64)[..., None] / 255.0
+        photo = read_image(image, "L").astype(np.float64) / 255.0
     chosen = None
     if filter_text:
         try:
@@ -144,9 +143,8 @@ def show(model_path: str, image: str | None, out: str) -> None:
     """Pictures of a trained MODEL (a .cnnlab file or a run directory): its filters, feature
     maps and architecture; for a run directory also its learning curves, confusion matrix and
     a prediction grid."""
-    import json
-
     from cnnlab import load_model
+    from cnnlab.files import read_json
     from cnnlab.runs import find_model_file, read_metrics
     from cnnlab.viz import show as pictures
     from cnnlab.viz.report import _test_data
@@ -157,20 +155,23 @@ def show(model_path: str, image: str | None, out: str) -> None:
     _save(pictures.architecture_figure(model), out, "architecture.png")
     data = None
     if run_dir is not None and (run_dir / "config.json").is_file():
-        config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+        config = read_json(run_dir / "config.json")
         scale = tuple(config.get("scale", scale))
         data = _test_data(config)
         if (run_dir / "metrics.csv").is_file():
             _save(pictures.curves_figure(read_metrics(run_dir / "metrics.csv")), out, "curves.png")
         summary_path = run_dir / "summary.json"
-        test = (
-            json.loads(summary_path.read_text()).get("test", {}) if summary_path.is_file() else {}
-        )
+        test = read_json(summary_path).get("test", {}) if summary_path.is_file() else {}
         if "confusion_matrix" in test:
             fig = pictures.confusion_figure(test["confusion_matrix"], test["class_names"])
             _save(fig, out, "confusion.png")
         if data is not None:
             _save(pictures.predictions_figure(model, *data), out, "predictions.png")
+    if image and not pictures.conv_layers(model):
+        raise click.BadParameter(
+            f"{model.name!r} has no Conv2D layer, so no feature maps to draw an image's",
+            param_hint="'--image'",
+        )
     if pictures.conv_layers(model):
         _save(pictures.filters_figure(model), out, "filters.png")
         picture = _image(image, model, scale) if image else (data[0][0] if data else None)
@@ -182,14 +183,11 @@ def show(model_path: str, image: str | None, out: str) -> None:
 
 def _image(path: str, model, scale: tuple[float, float]) -> np.ndarray:
     """An image file resized to the model's input, its pixels scaled to ``scale``."""
-    from PIL import Image
-
     from cnnlab.datasets import scale as rescale
+    from cnnlab.datasets.images import read_image
 
     _, h, w, c = model.input_shape
-    with Image.open(path) as im:
-        pixels = np.asarray(im.convert("L" if c == 1 else "RGB").resize((w, h)))
-    return rescale(pixels.reshape(h, w, c), scale)
+    return rescale(read_image(path, "L" if c == 1 else "RGB", (h, w)), scale)
 
 
 @click.command()

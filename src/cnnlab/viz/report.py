@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cnnlab.files import read_json
 from cnnlab.viz import show
 from cnnlab.viz.figures import png_bytes, write_bytes
 
@@ -77,7 +78,7 @@ def _note(text: str) -> str:
 
 
 def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    return read_json(path) if path.is_file() else {}
 
 
 def _load_run(run_dir: Path):
