@@ -86,10 +86,13 @@ def test_usage_errors_print_one_line_and_exit_2(args, fragment):
     assert fragment in one_error_line(result)
 
 
-def test_resume_takes_only_epochs_and_quiet(run_dir):
-    result = invoke("train", "--resume", run_dir, "--lr", "0.1")
+def test_resume_takes_only_epochs_lr_clipnorm_and_quiet(run_dir):
+    result = invoke("train", "--resume", run_dir, "--batch-size", "8", "--optimizer", "sgd")
     assert result.exit_code == 2
-    assert "it takes only --epochs and --quiet, not --lr" in one_error_line(result)
+    assert (
+        "it takes only --epochs, --lr, --clipnorm and --quiet, not --batch-size, --optimizer"
+        in one_error_line(result)
+    )
 
 
 def test_runtime_errors_print_one_clear_line_and_exit_1(tmp_path):

@@ -511,6 +511,7 @@ def test_run_directory_holds_config_metrics_checkpoints_model_and_summary(tmp_pa
                         callbacks=[run])  # fmt: skip
     files = sorted(p.relative_to(run.path).as_posix() for p in run.path.rglob("*"))
     assert files == [
+        ".lock",
         "checkpoints",
         "checkpoints/best.cnnlab",
         "checkpoints/latest.cnnlab",

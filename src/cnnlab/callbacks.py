@@ -71,6 +71,12 @@ class Callback:
     def on_train_interrupted(self, logs: dict | None = None) -> None:
         """Ctrl-C (KeyboardInterrupt) stopped training; fit re-raises it afterwards."""
 
+    def on_train_exit(self) -> None:
+        """Last, however training ended (also by an exception): release what
+        ``on_train_begin`` took, such as a lock (cnnlab only)."""
+
+    STATE: dict | None = None  # the form of get_state's dict (checks.matches), checked on resume
+
     def get_state(self) -> dict | None:
         """JSON-able state a resumed run needs, or None (the default: stateless)."""
         return None
@@ -128,6 +134,9 @@ class CallbackList:
     def on_train_interrupted(self, logs=None):
         self._call("on_train_interrupted", logs)
 
+    def on_train_exit(self):
+        self._call("on_train_exit")
+
 
 class History(Callback):
     """What ``fit`` returns: ``history.history["loss"]`` etc., one value per epoch, and
@@ -144,10 +153,21 @@ class History(Callback):
         self.times: list[float] = []
 
     def append(self, epoch: int, logs: dict[str, float], seconds: float = float("nan")) -> None:
+        """Record one epoch; every list keeps one value per epoch (NaN where a key is
+        missing), so the record stays a table."""
+        before = len(self.epoch)
         self.epoch.append(epoch)
         self.times.append(seconds)
-        for key, value in logs.items():
-            self.history.setdefault(key, []).append(value)
+        for key in logs:
+            self.history.setdefault(key, [float("nan")] * before)
+        for key, values in self.history.items():
+            values.append(logs.get(key, float("nan")))
+
+    STATE = {
+        "epoch": [checks.COUNT],
+        "times": [checks.NUMBER],
+        "history": {str: [checks.NUMBER]},
+    }
 
     def get_state(self) -> dict:
         return {
@@ -346,6 +366,8 @@ class ModelCheckpoint(MonitorCallback):
         if self.verbose:
             print(f"Epoch {epoch + 1}: saved the model to {path}")
 
+    STATE = {"best": (checks.NUMBER, None), "batches": checks.COUNT}
+
     def get_state(self):
         return {"best": self.best, "batches": self._batches}
 
@@ -421,6 +443,13 @@ class EarlyStopping(MonitorCallback):
                 print(f"Restoring the weights of the best epoch: {self.best_epoch + 1}")
             self.model.set_weights(self.best_weights)
 
+    STATE = {
+        "wait": checks.COUNT,
+        "best": (checks.NUMBER, None),
+        "best_epoch": (checks.COUNT, None),
+        "stopped_epoch": checks.COUNT,
+    }
+
     def get_state(self):
         return {
             "wait": self.wait,
@@ -472,16 +501,18 @@ class PreciseBatchNorm(Callback):
 
 # -- the NaN guard ---------------------------------------------------------------------------
 def _magnitude(array: np.ndarray) -> float:
-    """``max |a|``, NaN if any element is NaN."""
-    return float(max(array.max(), -array.min())) if array.size else 0.0
+    """The L2 norm ``||w||``, by one dot product: NaN or inf if any element is."""
+    flat = array.reshape(-1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return float(np.sqrt(flat @ flat)) if flat.size else 0.0
 
 
 class NaNGuard(Callback):
     """Stop training when the loss or a weight stops being finite, and explain why.
 
     The lecture: a loss turning NaN means the weights grew too large. After each batch the
-    guard checks the loss and the size ``max |w|`` of every trainable weight. When something
-    is no longer finite it
+    guard checks the loss and the size (the L2 norm ``||w||``) of every trainable weight. When
+    something is no longer finite it
 
     - stops training (``model.stop_training``) and marks the run "diverged";
     - puts back the last good state, the one at the start of the epoch (weights, optimizer,
@@ -548,8 +579,8 @@ class NaNGuard(Callback):
             "nonfinite_gradients": bad_grads,
             "nonfinite_weights": bad_weights,
             "largest_weight": grew,
-            "max_abs_at_epoch_start": None if grew is None else self._start[grew],
-            "max_abs_last_finite": None if grew is None else self._last[grew],
+            "norm_at_epoch_start": None if grew is None else self._start[grew],
+            "norm_last_finite": None if grew is None else self._last[grew],
             "last_finite_step": self._last_step,
             "learning_rate": lr,
         }
@@ -560,7 +591,7 @@ class NaNGuard(Callback):
         if grew is not None:
             lines.append(
                 f"  The largest weights were in layer {grew.split('/')[0]!r}: {grew} went from "
-                f"max |w| = {self._start[grew]:.3g} at the start of the epoch to "
+                f"||w|| = {self._start[grew]:.3g} at the start of the epoch to "
                 f"{self._last[grew]:.3g} at step {self._last_step}, the last finite one."
             )
         if bad_grads:

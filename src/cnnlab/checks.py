@@ -50,9 +50,10 @@ def number_in(
     low_open: bool = False,
     high_open: bool = False,
 ) -> float:
-    """``value`` as a float, if it is a real number in the interval from ``low`` to ``high``
-    (either None: unbounded; ``*_open``: the end itself excluded). NaN is never in it."""
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isnan(value)
+    """``value`` as a float, if it is a finite real number in the interval from ``low`` to
+    ``high`` (either None: no bound but finiteness; ``*_open``: the end itself excluded). NaN
+    and the infinities are never in it."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
     if ok and low is not None:
         ok = value > low if low_open else value >= low
     if ok and high is not None:
@@ -103,3 +104,55 @@ def int_pair(name: str, value) -> tuple[int, int]:
 def is_positive_int(value) -> bool:
     """Whether ``value`` is an integer (not a bool) of at least 1."""
     return _is_int(value) and value > 0
+
+
+# -- saved state read back from a file ------------------------------------------------------
+COUNT, NUMBER = "count", "number"  # an int >= 0; a real number (NaN and inf included)
+
+
+def matches(value, schema, where: str) -> None:
+    """Raise a ValueError naming ``where`` (e.g. ``state['epoch']``) unless ``value`` has the
+    form ``schema`` gives: :data:`COUNT`, :data:`NUMBER`, ``bool``, ``str``, ``dict`` (any
+    dict), a tuple of alternatives (``(NUMBER, None)``), ``[schema]`` (a list of those) or
+    ``{key: schema}`` (a dict with those keys, ``str: schema`` for any string keys)."""
+    if isinstance(schema, tuple):
+        problems = []
+        for alternative in schema:
+            try:
+                return matches(value, alternative, where)
+            except ValueError as err:
+                problems.append(err)
+        raise problems[0]
+    if isinstance(schema, list):
+        _expect(isinstance(value, list), where, "a list", value)
+        for i, item in enumerate(value):
+            matches(item, schema[0], f"{where}[{i}]")
+    elif isinstance(schema, dict):
+        _expect(isinstance(value, dict), where, "a dict", value)
+        if str in schema:
+            for key, item in value.items():
+                _expect(isinstance(key, str), where, "string keys", key)
+                matches(item, schema[str], f"{where}[{key!r}]")
+        else:
+            for key, item_schema in schema.items():
+                _expect(key in value, where, f"an entry {key!r}", value)
+                matches(value[key], item_schema, f"{where}[{key!r}]")
+    elif schema == COUNT:
+        _expect(_is_int(value) and value >= 0, where, "an int >= 0", value)
+    elif schema == NUMBER:
+        _expect(
+            isinstance(value, numbers.Real) and not isinstance(value, bool),
+            where,
+            "a number",
+            value,
+        )
+    elif schema is None:
+        _expect(value is None, where, "null", value)
+    else:
+        _expect(isinstance(value, schema), where, schema.__name__, value)
+
+
+def _expect(ok: bool, where: str, expected: str, value) -> None:
+    if not ok:
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        raise ValueError(f"{where} must be {expected}, got {shown}")

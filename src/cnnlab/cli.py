@@ -16,7 +16,7 @@ A usage error prints one line and exits 2; a failure prints one line (the traceb
 
 from __future__ import annotations
 
-import json
+import math
 import sys
 from dataclasses import asdict
 from datetime import datetime
@@ -25,7 +25,8 @@ from pathlib import Path
 import click
 import numpy as np
 
-from cnnlab import backend
+from cnnlab import backend, datasets
+from cnnlab.datasets.images import MAX_SIDE
 from cnnlab.experiment import (
     Result,
     RunInterrupted,
@@ -40,9 +41,11 @@ from cnnlab.experiment import (
     load_dataset,
     train_run,
 )
+from cnnlab.files import read_json
 from cnnlab.lecture import STUDIES
 from cnnlab.lecture.study import Options, markdown
 from cnnlab.lecture.study import write as write_study
+from cnnlab.optimizers import MAX_LEARNING_RATE
 from cnnlab.viz import report as reports
 from cnnlab.viz import studies as study_pictures
 from cnnlab.viz.commands import explain, report, show
@@ -156,6 +159,40 @@ def _default_out(*parts: str) -> Path:
 
 
 # -- click parameter types -------------------------------------------------------------------
+class _Number(click.ParamType):
+    """A finite float in an interval, described as the option's help says it (NaN and the
+    infinities are refused: click's FloatRange lets NaN through)."""
+
+    name = "float"
+
+    def __init__(self, low=None, high=None, low_open=False, high_open=False):
+        self.bounds = (low, high, low_open, high_open)
+
+    def convert(self, value, param, ctx):
+        low, high, low_open, high_open = self.bounds
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        if low is not None and (number <= low if low_open else number < low):
+            self.fail(f"{value!r} is not in {self._interval()}", param, ctx)
+        if high is not None and (number >= high if high_open else number > high):
+            self.fail(f"{value!r} is not in {self._interval()}", param, ctx)
+        return number
+
+    def _interval(self) -> str:
+        low, high, low_open, high_open = self.bounds
+        parts = []
+        if low is not None:
+            parts.append(f"{low:g}{'<' if low_open else '<='}")
+        parts.append("x")
+        if high is not None:
+            parts.append(f"{'<' if high_open else '<='}{high:g}")
+        return "the range " + "".join(parts)
+
+
 class _IntList(click.ParamType):
     name = "H,W"
 
@@ -166,8 +203,10 @@ class _IntList(click.ParamType):
             numbers = [int(v) for v in str(value).split(",")]
         except ValueError:
             self.fail(f"expected integers separated by commas, got {value!r}", param, ctx)
-        if not numbers or any(n <= 0 for n in numbers):
-            self.fail(f"expected positive integers, got {value!r}", param, ctx)
+        if not numbers or any(not 0 < n <= MAX_SIDE for n in numbers):
+            self.fail(
+                f"expected positive integers of at most {MAX_SIDE}, got {value!r}", param, ctx
+            )
         return numbers
 
 
@@ -189,7 +228,7 @@ def training_options(f):
         click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True),
         click.option(
             "--lr",
-            type=click.FloatRange(min=0, min_open=True),
+            type=_Number(0, MAX_LEARNING_RATE, low_open=True),
             default=5e-4,
             show_default=True,
             help="Learning rate.",
@@ -199,7 +238,7 @@ def training_options(f):
         ),
         click.option(
             "--clipnorm",
-            type=click.FloatRange(min=0, min_open=True),
+            type=_Number(0, low_open=True),
             help="Clip each gradient to this L2 norm.",
         ),
         click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True),
@@ -217,7 +256,7 @@ def training_options(f):
         ),
         click.option(
             "--validation-split",
-            type=click.FloatRange(0, 1, max_open=True),
+            type=_Number(0, 1, high_open=True),
             default=0.1,
             show_default=True,
             help="Fraction of the training images held out for validation.",
@@ -256,6 +295,11 @@ def _settings(model: str, kw: dict) -> Settings:
         image_size = image_size * 2
     if image_size is not None and len(image_size) != 2:
         raise click.BadParameter("expected H,W or one size", param_hint="'--image-size'")
+    if image_size is not None and dataset_key(kw["dataset"]) in datasets.NAMES:
+        raise click.UsageError(
+            f"--image-size resizes the images of a folder or archive; {kw['dataset']!r} has a "
+            "size of its own"
+        )
     if kw["early_stopping"] is not None and not kw["validation_split"]:
         raise click.UsageError("--early-stopping watches val_loss: it needs --validation-split > 0")
     return Settings(
@@ -302,7 +346,8 @@ def _accuracy(summary: dict | None) -> str:
     "--resume",
     type=click.Path(exists=True, file_okay=False),
     metavar="RUN_DIR",
-    help="Continue RUN_DIR from its last checkpoint, with its saved settings.",
+    help="Continue RUN_DIR from its last checkpoint, with its saved settings (--epochs, --lr "
+    "and --clipnorm may change).",
 )
 @engine_option
 @debug_option
@@ -313,7 +358,7 @@ def train(ctx: click.Context, model: str, out: str | None, resume: str | None, *
     """
     quiet = kw.pop("quiet")
     if resume is not None:
-        allowed = {"epochs", "resume", "quiet"}
+        allowed = {"epochs", "resume", "quiet", "lr", "clipnorm"}
         given = [
             name
             for name in ctx.params
@@ -323,17 +368,18 @@ def train(ctx: click.Context, model: str, out: str | None, resume: str | None, *
         if given:
             flags = ", ".join("--" + name.replace("_", "-") for name in given)
             raise click.UsageError(
-                f"--resume continues a run with its saved settings; it takes only --epochs "
-                f"and --quiet, not {flags}",
+                f"--resume continues a run with its saved settings; it takes only --epochs, "
+                f"--lr, --clipnorm and --quiet, not {flags}",
                 ctx=ctx,
             )
         out_dir = Path(resume)
         config_path = out_dir / "config.json"
         if not config_path.is_file():
             raise FileNotFoundError(f"{out_dir} is not a run directory: no config.json")
-        settings = Settings.from_config(json.loads(config_path.read_text()))
-        if ctx.get_parameter_source("epochs") == click.core.ParameterSource.COMMANDLINE:
-            settings.epochs = kw["epochs"]
+        settings = Settings.from_config(read_json(config_path))
+        for name in ("epochs", "lr", "clipnorm"):
+            if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE:
+                setattr(settings, name, kw[name])
     else:
         settings = _settings(model, kw)
         out_dir = Path(out) if out else _default_out(model, dataset_key(settings.dataset))
@@ -357,7 +403,7 @@ def _load(model_path: str):
     config = {}
     for candidate in (path.parent / "config.json", path.parent.parent / "config.json"):
         if candidate.is_file():
-            config = json.loads(candidate.read_text())
+            config = read_json(candidate)
             break
     info = {
         "class_names": extra.get("class_names") or config.get("class_names"),
@@ -446,22 +492,13 @@ def _confusion_text(report: dict) -> str:
 def predict(model_path: str, images: tuple[str, ...], top_k: int) -> None:
     """The top-k classes of each IMAGE, with their probabilities. Images are read with
     Pillow, resized to MODEL's input and scaled as in training."""
-    from PIL import Image, UnidentifiedImageError
-
     from cnnlab.datasets import scale
+    from cnnlab.datasets.images import read_image
 
     _, model, info = _load(model_path)
     _, height, width, channels = model.input_shape
-    batch = []
-    for image_path in images:
-        try:
-            with Image.open(image_path) as image:
-                image = image.convert("L" if channels == 1 else "RGB")
-                image = image.resize((width, height), Image.Resampling.BILINEAR)
-                pixels = np.asarray(image, dtype=np.uint8)
-        except (UnidentifiedImageError, OSError) as err:
-            raise ValueError(f"Cannot read {image_path} as an image: {err}") from None
-        batch.append(pixels[..., None] if channels == 1 else pixels)
+    mode = "L" if channels == 1 else "RGB"
+    batch = [read_image(path, mode, (height, width)) for path in images]
     probs = model.predict(scale(np.stack(batch), tuple(info["scale"])))
     names = info["class_names"] or [str(k) for k in range(probs.shape[-1])]
     for image_path, p in zip(images, probs, strict=True):

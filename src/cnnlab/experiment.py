@@ -14,14 +14,14 @@ message that says what was kept and what to do.
 from __future__ import annotations
 
 import importlib.util
-import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
-from cnnlab import datasets, optimizers, zoo
+from cnnlab import checks, datasets, optimizers, zoo
 from cnnlab.callbacks import EarlyStopping, NaNGuard, PreciseBatchNorm
+from cnnlab.files import read_json
 from cnnlab.model import Model
 from cnnlab.model import from_config as model_from_config
 from cnnlab.runs import RunDirectory
@@ -175,12 +175,15 @@ def build_model(spec: str, input_shape: tuple[int, ...], num_classes: int):
                 f"{type(model).__name__}"
             )
     elif path.suffix == ".json":
-        config = json.loads(path.read_text())
+        config = read_json(path)
         if not isinstance(config, dict) or "layers" not in config:
             raise ValueError(
                 f"{path} should hold a model config (model.get_config()) with a 'layers' list"
             )
-        model = model_from_config(config)
+        try:
+            model = model_from_config(config)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
     else:
         model = load_model(path)
     if not model.built:
@@ -220,8 +223,11 @@ def train_run(
     set_random_seed(settings.seed)
     data = prepare(settings)
     input_shape, num_classes = data.x_train.shape[1:], len(data.class_names)
-    if resume:
-        model = load_model(out / "checkpoints" / "latest.cnnlab")
+    latest = out / "checkpoints" / "latest.cnnlab"
+    if resume and latest.is_file():
+        model = load_model(latest)
+        model.optimizer.learning_rate = settings.lr  # a resumed run may lower them
+        model.optimizer.clipnorm = checks.optional_positive_number("clipnorm", settings.clipnorm)
     else:
         model = build_model(settings.model, input_shape, num_classes)
         optimizer = optimizers.get(
@@ -261,17 +267,16 @@ def train_run(
     if settings.augment:
         augment = augmenter(settings.scale[0], flip=data.dataset not in DIGIT_DATASETS)
     try:
-        with np.errstate(over="ignore", invalid="ignore"):  # the NaN guard reports blow-ups
-            history = model.fit(
-                data.x_train,
-                data.y_train,
-                batch_size=settings.batch_size,
-                epochs=settings.epochs,
-                verbose=verbose,
-                callbacks=callbacks,
-                validation_data=validation,
-                augment=augment,
-            )
+        history = model.fit(
+            data.x_train,
+            data.y_train,
+            batch_size=settings.batch_size,
+            epochs=settings.epochs,
+            verbose=verbose,
+            callbacks=callbacks,
+            validation_data=validation,
+            augment=augment,
+        )
     except KeyboardInterrupt:
         if run.interrupted_at is None:
             message = f"Interrupted in the middle of a step; the last checkpoint in {out} is kept"
@@ -281,9 +286,10 @@ def train_run(
             message += str(run.latest_path)
         raise RunInterrupted(f"{message}. Continue with: cnnlab train --resume {out}") from None
     if guard.message is not None:
-        last = run.latest_path if run.latest_path.is_file() else "none (first epoch)"
         raise TrainingDiverged(
-            f"training diverged at step {guard.report['step']}; the last good checkpoint is {last}",
+            f"training diverged at step {guard.report['step']}; the last good checkpoint is "
+            f"{run.latest_path}. Continue from it with a lower learning rate: "
+            f"cnnlab train --resume {out} --lr {settings.lr / 10:g}",
             guard.message,
         )
     return Result(

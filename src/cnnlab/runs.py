@@ -14,14 +14,23 @@
                                   confusion matrix
 
 Every file is written to a temporary file first and renamed over the old one, so a crash or
-Ctrl-C never leaves a half-written file. Checkpoints hold the model, its optimizer state, its
-Dropout generators and the fit loop's position: ``RunDirectory(path, resume=True)`` continues
-a run exactly where its last checkpoint left it.
+Ctrl-C never leaves a half-written file; the temporaries a killed run left are removed when the
+folder is next claimed. One run at a time owns a folder: it holds a lock on ``RUN_DIR/.lock``
+from the start of ``fit`` to its end (released by the system if the process dies), so two runs
+started at the same instant cannot both write it. Before the first epoch the run writes
+``checkpoints/latest.cnnlab`` (epoch 0): a folder it cannot write, or a full disk, is found out
+then, and a run stopped during its first epoch resumes from its beginning.
+
+Checkpoints hold the model, its optimizer state, its Dropout generators and the fit loop's
+position: ``RunDirectory(path, resume=True)`` continues a run exactly where its last checkpoint
+left it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import glob
 import io
 import json
 import os
@@ -32,11 +41,11 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnlab import __version__, backend, modelfile, state
+from cnnlab import __version__, backend, checks, modelfile, state
 from cnnlab.callbacks import MonitorCallback
-from cnnlab.files import atomic_open
+from cnnlab.files import atomic_open, read_json, temporary_prefix
 from cnnlab.modelfile import save_model
-from cnnlab.training import evaluate
+from cnnlab.training import OtherData, evaluate
 
 CONFIG = "config.json"
 METRICS = "metrics.csv"
@@ -44,6 +53,7 @@ LATEST = "checkpoints/latest.cnnlab"
 BEST = "checkpoints/best.cnnlab"
 MODEL = "model.cnnlab"
 SUMMARY = "summary.json"
+LOCK = ".lock"
 
 
 class RunDirectory(MonitorCallback):
@@ -91,6 +101,8 @@ class RunDirectory(MonitorCallback):
         self.summary: dict | None = None
         self.interrupted_at: tuple[int, int] | None = None
         self.resumed_from: tuple[int, int] | None = None
+        self._lock_fd: int | None = None
+        self._created: list[Path] = []
 
     # -- paths -------------------------------------------------------------------------------
     @property
@@ -107,47 +119,141 @@ class RunDirectory(MonitorCallback):
 
     # -- callback ----------------------------------------------------------------------------
     def on_train_begin(self, logs=None):
-        if self.resume:
-            self._resume()
-        else:
-            self._start()
+        self._claim()
+        try:
+            self._remove_temporaries()
+            if not self.resume:
+                self._start()
+            elif self.latest_path.is_file():
+                self._resume()
+            elif (self.path / CONFIG).is_file():
+                self._restart()
+            else:
+                raise FileNotFoundError(
+                    f"Nothing to resume in {self.path}: it holds no run (no {CONFIG}, no "
+                    f"{LATEST}). Start a new run there instead (without --resume)."
+                )
+        except BaseException:
+            self._release()
+            raise
+
+    def on_train_exit(self):
+        self._release()
+
+    # -- claiming the folder -----------------------------------------------------------------
+    def _claim(self) -> None:
+        """Create the folder if needed and take its lock, or say who holds it."""
+        self._created = [] if self.path.is_dir() else _missing_parents(self.path)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as err:
+            raise type(err)(
+                err.errno, f"Cannot write the run directory {self.path}: {err.strerror}"
+            ) from None
+        if not _try_lock(fd):
+            os.close(fd)
+            raise BlockingIOError(
+                f"{self.path} is in use: another training run holds its lock ({LOCK}). Wait "
+                "for it to end or choose another folder."
+            )
+        self._lock_fd = fd
+
+    def _release(self) -> None:
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)  # closing the file releases the lock
+
+    def _remove_temporaries(self) -> None:
+        """Delete the temporary files a killed run left (we hold the lock: none is in use)."""
+        for name in (CONFIG, METRICS, MODEL, SUMMARY, LATEST, BEST):
+            target = self.path / name
+            for tmp in target.parent.glob(f"{glob.escape(temporary_prefix(target))}*.tmp"):
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+
+    def _undo_claim(self) -> None:
+        """Remove what a failed start created, so that the folder is as it was."""
+        with contextlib.suppress(OSError):
+            (self.path / "checkpoints").rmdir()
+        self._release()
+        for path in (self.path / LOCK, *self._created):
+            with contextlib.suppress(OSError):
+                path.unlink() if path.name == LOCK else path.rmdir()
 
     def _start(self) -> None:
         existing = [n for n in (CONFIG, METRICS, MODEL, "checkpoints") if (self.path / n).exists()]
+        if (self.path / CONFIG).is_file() and not self.latest_path.exists():
+            raise FileExistsError(
+                f"{self.path} holds a run that stopped before its first checkpoint: run it "
+                "again from the beginning with --resume / RunDirectory(resume=True), or choose "
+                "another folder"
+            )
         if existing:
             raise FileExistsError(
                 f"{self.path} already holds a run ({', '.join(existing)}): resume it "
                 "(--resume / RunDirectory(resume=True)) or choose another folder"
             )
-        (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)
-        config = {"created": _now(), **self.config}
-        config.update(
-            model_config=self.model.get_config(),
-            compile=self.model.compile_config(),
-            fit={k: self.params[k] for k in ("epochs", "batch_size", "samples", "shuffle")}
+        config = {"created": _now(), **self._new_config()}
+        try:
+            write_json(self.path / CONFIG, config)
+            (self.path / "checkpoints").mkdir()
+            self._checkpoint(self.latest_path)  # finds out now if the disk takes no checkpoint
+        except BaseException:
+            for name in (LATEST, CONFIG):
+                with contextlib.suppress(FileNotFoundError):
+                    (self.path / name).unlink()
+            self._undo_claim()
+            raise
+
+    def _new_config(self) -> dict:
+        return {
+            **self.config,
+            "model_config": self.model.get_config(),
+            "compile": self.model.compile_config(),
+            "fit": {k: self.params[k] for k in ("epochs", "batch_size", "samples", "shuffle")}
             | {"validation_samples": self.params["validation_samples"]},
-            versions=versions(),
-        )
-        write_json(self.path / CONFIG, config)
+            "versions": versions(),
+        }
+
+    def _restart(self) -> None:
+        """A run with a config.json but no checkpoint (stopped before its first one): start
+        it again from the beginning, in the same folder, with the settings given now."""
+        config_path = self.path / CONFIG
+        config = read_json(config_path)
+        (self.path / "checkpoints").mkdir(exist_ok=True)
+        self._checkpoint(self.latest_path)  # finds out now if the disk takes no checkpoint
+        config.update(self._new_config())
+        config.setdefault("resumed", []).append({"at": _now(), "epoch": 0, "batch": 0})
+        write_json(config_path, config)
 
     def _resume(self) -> None:
-        if not self.latest_path.is_file():
-            raise FileNotFoundError(
-                f"Nothing to resume in {self.path}: no {LATEST} (a run writes it at the end of "
-                "each epoch and when Ctrl-C stops it)"
-            )
-        extra = restore_model(self.model, self.latest_path)
-        if "training" not in extra:
-            raise ValueError(f"{self.latest_path} has no training state to resume from")
-        self.loop.restore(extra["training"])
-        run = extra.get("run", {})
-        self.best, self.best_epoch = run.get("best"), run.get("best_epoch")
+        try:
+            extra = restore_model(self.model, self.latest_path)
+            if not isinstance(extra, dict) or not isinstance(extra.get("training"), dict):
+                raise ValueError("it holds no training state")
+            self.loop.restore(extra["training"])
+            run = extra.get("run", {})
+            checks.matches(run, {str: object}, "the run state")
+            self.best, self.best_epoch = run.get("best"), run.get("best_epoch")
+            checks.matches(self.best, (checks.NUMBER, None), "the run state['best']")
+            checks.matches(self.best_epoch, (checks.COUNT, None), "the run state['best_epoch']")
+        except OtherData as err:
+            raise OtherData(f"{self.latest_path}: {err}") from None
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as err:
+            if str(self.latest_path) in str(err):
+                raise
+            raise ValueError(
+                f"{self.latest_path} cannot be resumed from: {type(err).__name__}: {err}"
+            ) from None
         self.resumed_from = (self.loop.epoch, self.loop.batch)
-        self._write_metrics()
         config_path = self.path / CONFIG
-        if config_path.is_file():
-            config = json.loads(config_path.read_text())
+        config = read_json(config_path) if config_path.is_file() else None
+        self._checkpoint(self.latest_path)  # finds out now if the disk takes no checkpoint
+        self._write_metrics()
+        if config is not None:
             config.update(self.config)
+            config["compile"] = self.model.compile_config()  # --lr may have changed
             config.setdefault("resumed", []).append(
                 {"at": _now(), "epoch": self.loop.epoch, "batch": self.loop.batch}
             )
@@ -285,17 +391,23 @@ def restore_model(model, path: str | os.PathLike) -> dict:
     """Put a checkpoint's state (weights, optimizer state, Dropout generators) into ``model``,
     which must have the same architecture and optimizer; returns the checkpoint's ``extra``."""
     header, arrays = modelfile.read(path)
-    compiled = header.get("compile") or {}
-    if model.optimizer is not None and compiled.get("optimizer") not in (
-        None,
-        model.optimizer.get_config(),
-    ):
-        raise ValueError(
-            f"{path} was trained with optimizer {compiled['optimizer']}, "
-            f"this model is compiled with {model.optimizer.get_config()}"
-        )
+    saved = (header.get("compile") or {}).get("optimizer")
+    if model.optimizer is not None and saved is not None:
+        now = model.optimizer.get_config()
+        if _without_step_size(saved) != _without_step_size(now):
+            raise ValueError(
+                f"{path} was trained with optimizer {saved}, this model is compiled with {now}"
+            )
     state.restore(model, modelfile.saved_state(path, header, arrays), source=str(path))
     return header.get("extra", {})
+
+
+def _without_step_size(config) -> dict:
+    """An optimizer's config less what a resumed run may change: the learning rate and the
+    gradient clipping (what to lower after a divergence)."""
+    if not isinstance(config, dict):
+        return {"config": config}
+    return {k: v for k, v in config.items() if k not in ("learning_rate", "clipnorm", "clipvalue")}
 
 
 def find_model_file(path: str | os.PathLike) -> Path:
@@ -310,6 +422,32 @@ def find_model_file(path: str | os.PathLike) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"No model file or run directory at {path}")
     return path
+
+
+def _missing_parents(path: Path) -> list[Path]:
+    """The folders ``path.mkdir(parents=True)`` would create, deepest first."""
+    missing = []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+def _try_lock(fd: int) -> bool:
+    """Take the exclusive lock of an open file without waiting; False if another holds it.
+
+    ``flock`` locks belong to the open file, so a second claim in the same process is refused
+    too; where the system has no ``flock`` (Windows) the folder is not locked.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on Linux or macOS
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 def versions() -> dict[str, str]:

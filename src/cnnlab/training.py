@@ -28,7 +28,14 @@ from collections.abc import Callable
 import numpy as np
 
 from cnnlab import checks, progress
-from cnnlab.callbacks import Callback, CallbackList, History, ProgressBar, format_logs
+from cnnlab.callbacks import (
+    Callback,
+    CallbackList,
+    History,
+    NaNGuard,
+    ProgressBar,
+    format_logs,
+)
 from cnnlab.memory import keep_freed_memory
 from cnnlab.seeding import make_rng
 
@@ -64,6 +71,11 @@ def fit(
         initial_epoch: the epoch to start from (0-based); ``epochs`` is the epoch to end at.
         augment: ``augment(x_batch, rng) -> x_batch``, applied to every training batch with
             the loop's own generator (saved in checkpoints).
+
+    Every fit is watched by a :class:`cnnlab.callbacks.NaNGuard` (unless ``callbacks`` holds
+    one): when the loss or a weight stops being finite it stops training, puts back the last
+    good weights and says which layer blew up and what to try (on stderr unless
+    ``verbose=0``; the loop's ``status`` is then "diverged").
 
     Returns:
         History: ``history.history["loss"]``, ``["accuracy"]``, ``["val_loss"]``, ...
@@ -130,6 +142,7 @@ def evaluate(model, x, y, batch_size: int = 32, verbose=0) -> dict[str, float]:
     if verbose not in (0, 1, 2):
         raise ValueError(f"`verbose` must be 0, 1, 2 or 'auto', got {verbose!r}")
     checks.positive_int("batch_size", batch_size)
+    model._check_compiled()
     xs, ys = _data(model, x, y, "")
     n = len(xs[0])
     steps = math.ceil(n / batch_size)
@@ -139,7 +152,7 @@ def evaluate(model, x, y, batch_size: int = 32, verbose=0) -> dict[str, float]:
     for i in range(0, n, batch_size):
         batch = slice(i, i + batch_size)
         size = min(batch_size, n - i)
-        for key, value in model.test_step([a[batch] for a in xs], [a[batch] for a in ys]).items():
+        for key, value in model._test_step([a[batch] for a in xs], [a[batch] for a in ys]).items():
             totals[key] = totals.get(key, 0.0) + value * size
         if bar is not None:
             bar.update(1)
@@ -163,6 +176,10 @@ def _data(model, x, y, what: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
     if lengths[0] == 0:
         raise ValueError(f"{what}expected at least one example, got none")
     return xs, ys
+
+
+class OtherData(ValueError):
+    """A checkpoint's loop was training on other data, or in other batches, than this fit."""
 
 
 class FitLoop:
@@ -215,6 +232,8 @@ class FitLoop:
         self._consistent = True
 
         user = list(callbacks or [])
+        if not any(isinstance(c, NaNGuard) for c in user):  # every fit is watched
+            user.insert(0, NaNGuard(verbose=1 if verbose else 0))
         has_bar = any(isinstance(c, ProgressBar) for c in user)
         self.callbacks = CallbackList(
             ([ProgressBar(verbose)] if verbose and not has_bar else []) + user
@@ -261,13 +280,39 @@ class FitLoop:
             },
         }
 
+    STATE = {
+        **dict.fromkeys(("epoch", "batch", "samples", "batch_size", "seen"), checks.COUNT),
+        "shuffle": bool,
+        "shuffle_rng": dict,
+        "augment_rng": dict,
+        "totals": {str: checks.NUMBER},
+        "elapsed": checks.NUMBER,
+        "history": History.STATE,
+        "callbacks": {str: dict},
+    }
+
     def restore(self, state: dict) -> None:
-        """Continue from ``state`` (from :meth:`state`); the data must be the same."""
+        """Continue from ``state`` (from :meth:`state`); the data must be the same. A state of
+        the wrong form raises a ValueError naming the entry before anything changes."""
+        checks.matches(state, self.STATE, "the training state")
+        saved = state["callbacks"]
+        for key, callback in self._keyed_callbacks():
+            if key in saved and callback.STATE is not None:
+                checks.matches(saved[key], callback.STATE, f"the state of callback {key}")
         if state["samples"] != self.samples or state["batch_size"] != self.batch_size:
-            raise ValueError(
+            raise OtherData(
                 f"The checkpoint was written while training on {state['samples']} examples in "
                 f"batches of {state['batch_size']}; this fit has {self.samples} examples in "
                 f"batches of {self.batch_size}. Resume with the same data and batch size."
+            )
+        history = state["history"]
+        lengths = {len(history["epoch"]), len(history["times"])}
+        lengths.update(len(v) for v in history["history"].values())
+        if state["batch"] > self.steps or state["seen"] > self.samples or len(lengths) > 1:
+            raise ValueError(
+                f"the training state is inconsistent: batch {state['batch']} of {self.steps} "
+                f"per epoch, {state['seen']} of {self.samples} examples seen, history lists of "
+                f"lengths {sorted(lengths)}"
             )
         self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
         self.shuffle_rng.bit_generator.state = state["shuffle_rng"]
@@ -278,7 +323,6 @@ class FitLoop:
         self.elapsed = float(state["elapsed"])
         self._started = None
         self.history.set_state(state["history"])
-        saved = state.get("callbacks", {})
         for key, callback in self._keyed_callbacks():
             if key in saved:
                 callback.set_state(saved[key])
@@ -306,19 +350,23 @@ class FitLoop:
         model = self.model
         model.stop_training = False
         self.status = "running"
-        with _InterruptLatch() as latch:
-            try:
-                self.callbacks.on_train_begin()
-                while self.epoch < self.epochs and not model.stop_training:
-                    self._run_epoch(latch)
-            except KeyboardInterrupt:
-                self.status = "interrupted"
-                self.callbacks.on_train_interrupted({"resumable": self.resumable})
-                raise
-        if self.status == "running":
-            self.status = "completed" if self.epoch >= self.epochs else "stopped"
-        last = {k: v[-1] for k, v in self.history.history.items()} if self.history.epoch else {}
-        self.callbacks.on_train_end(last)
+        try:  # NumPy's overflow warnings are left to the NaN guard, which explains them
+            with _InterruptLatch() as latch, np.errstate(over="ignore", invalid="ignore"):
+                try:
+                    self.callbacks.on_train_begin()
+                    while self.epoch < self.epochs and not model.stop_training:
+                        self._run_epoch(latch)
+                except KeyboardInterrupt:
+                    self.status = "interrupted"
+                    self.callbacks.on_train_interrupted({"resumable": self.resumable})
+                    raise
+            if self.status == "running":
+                self.status = "completed" if self.epoch >= self.epochs else "stopped"
+            history = self.history.history
+            last = {k: v[-1] for k, v in history.items()} if self.history.epoch else {}
+            self.callbacks.on_train_end(last)
+        finally:
+            self.callbacks.on_train_exit()
         return self.history
 
     def _run_epoch(self, latch: _InterruptLatch) -> None:
@@ -339,7 +387,7 @@ class FitLoop:
             xb, yb = [a[idx] for a in self.x], [a[idx] for a in self.y]
             if self.augment is not None:
                 xb = [self.augment(xb[0], self.augment_rng)]
-            for key, value in model.train_step(xb, yb).items():
+            for key, value in model._train_step(xb, yb).items():
                 self.totals[key] = self.totals.get(key, 0.0) + value * len(yb[0])
             self.seen += len(yb[0])
             self.batch = b + 1
