@@ -15,7 +15,6 @@ import gzip
 import io
 import os
 import tarfile
-import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from test_hostile import header_of, rewrite
+from test_hostile import MAX_MEGABYTES, header_of, rewrite, within_memory
 
 import cnnlab
 from cnnlab import layers
@@ -43,21 +42,6 @@ settings.register_profile(
 )
 settings.register_profile("long", parent=settings.get_profile("ci"), max_examples=2000)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
-
-MAX_MEGABYTES = 64  # what parsing a file of a few kilobytes may allocate
-
-
-def within_memory(function, *args):
-    """Call ``function``; fail if it allocated more than :data:`MAX_MEGABYTES` (NumPy's and
-    Python's allocations, as tracemalloc sees them)."""
-    tracemalloc.start()
-    try:
-        return function(*args)
-    finally:
-        peak = tracemalloc.get_traced_memory()[1] / 2**20
-        tracemalloc.stop()
-        assert peak < MAX_MEGABYTES, f"{function.__name__} allocated {peak:.0f} MiB"
-
 
 # == Random layer stacks and arguments ========================================================
 bad_ints = st.sampled_from([0, -1, -(2**40), 2.5, "3", None, True, float("nan"), [2, 2, 2]])
