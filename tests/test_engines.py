@@ -82,7 +82,9 @@ def test_the_switch_gives_each_engine_its_functions():
 
 
 def test_an_unknown_engine_is_refused_with_the_choices():
-    with pytest.raises(ValueError, match=r"`engine` must be one of \('reference', 'fast'\)"):
+    with pytest.raises(
+        ValueError, match=r"`engine` must be one of \('reference', 'fast', 'torch'\)"
+    ):
         cnnlab.set_engine("gpu")
     code = "import cnnlab; print(cnnlab.get_engine())"
     env = {**os.environ, "CNNLAB_ENGINE": "reference"}
@@ -91,7 +93,9 @@ def test_an_unknown_engine_is_refused_with_the_choices():
     env["CNNLAB_ENGINE"] = "quick"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert done.returncode != 0
-    assert "`CNNLAB_ENGINE` must be one of ('reference', 'fast'), got 'quick'" in done.stderr
+    assert (
+        "`CNNLAB_ENGINE` must be one of ('reference', 'fast', 'torch'), got 'quick'" in done.stderr
+    )
 
 
 def _copies(model_name: str, dtype: str, optimizer):

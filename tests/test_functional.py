@@ -267,7 +267,8 @@ def test_several_inputs_and_outputs_train_with_a_loss_each():
 @pytest.mark.parametrize("build", [residual_block, two_branches])
 def test_graph_models_match_torch_in_float64(build):
     torch = pytest.importorskip("torch", reason="the PyTorch parity tests need torch")
-    from cnnlab.torch import _pairs, _submodules, to_torch
+    from cnnlab.torch import _submodules, to_torch
+    from cnnlab.torch_engine import weight_pairs
 
     cnnlab.set_random_seed(0)
     model = build()
@@ -292,7 +293,7 @@ def test_graph_models_match_torch_in_float64(build):
         assert error(dx, t.grad.numpy()) < 1e-8
     checked = 0
     for layer, sub in _submodules(model, module):
-        for name, tensor, _, axes in _pairs(layer, sub):
+        for name, tensor, _, axes in weight_pairs(layer, sub):
             if name in layer.trainable_names:
                 grad = tensor.grad.numpy()
                 assert (

@@ -20,7 +20,8 @@ torch = pytest.importorskip(
 
 import cnnlab  # noqa: E402
 from cnnlab import layers as L  # noqa: E402
-from cnnlab.torch import _pairs, to_torch  # noqa: E402
+from cnnlab.torch import to_torch  # noqa: E402
+from cnnlab.torch_engine import weight_pairs  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("each_engine")
 
@@ -58,7 +59,7 @@ def compare_layer(layer, x: np.ndarray, training: bool = True, seed: int = 1) ->
         "output": relative_error(y, yt.detach().numpy()),
         "input gradient": relative_error(dx, xt.grad.numpy()),
     }
-    for name, tensor, _, axes in _pairs(layer, module[0]):
+    for name, tensor, _, axes in weight_pairs(layer, module[0]):
         if name in layer.trainable_names:
             grad = tensor.grad.numpy()
             errors[f"{name} gradient"] = relative_error(
@@ -311,7 +312,7 @@ def test_book_models_train_like_torch(name, optimizer):
 
         assert abs(loss - torch_loss.item()) < FORWARD_TOL * abs(torch_loss.item())
         for layer, sub in zip(model.layers, module, strict=True):
-            for weight, tensor, _, axes in _pairs(layer, sub):
+            for weight, tensor, _, axes in weight_pairs(layer, sub):
                 value = tensor.detach().numpy()
                 value = value if axes is None else value.transpose(axes)
                 # A conv bias right before batch norm has a zero gradient in exact arithmetic:

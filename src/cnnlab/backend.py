@@ -8,6 +8,9 @@
 - ``"reference"``: every op is the plain NumPy function of :mod:`cnnlab.nn`, each layer on
   its own: slower, the same numbers up to rounding, and what a student steps through in a
   debugger.
+- ``"torch"``: a model's training and inference steps run in PyTorch, on the model's own
+  weights (:mod:`cnnlab.torch_engine`; needs ``pip install "cnnlab[torch]"``); other ops run
+  as on "fast".
 
 ``cnnlab.set_engine(name)``, or the environment variable ``CNNLAB_ENGINE``, chooses; the
 command line's ``--engine``, too. Everything else (fit, evaluate, predict, saving, resuming,
@@ -17,13 +20,14 @@ the NaN guard, the pictures) works the same on either.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 from collections.abc import Iterator
 from types import SimpleNamespace
 
 from cnnlab import checks, nn
 
-ENGINES = ("reference", "fast")
+ENGINES = ("reference", "fast", "torch")
 _engine: str | None = None
 _ops: dict[str, SimpleNamespace] = {}
 
@@ -39,9 +43,14 @@ def get_engine() -> str:
 
 
 def set_engine(name: str) -> None:
-    """Run every layer's ops on engine ``name`` from now on: "fast" or "reference"."""
+    """Run every layer's ops on engine ``name`` from now on: "fast", "reference" or "torch"."""
     global _engine
-    _engine = checks.choice("engine", name, ENGINES)
+    name = checks.choice("engine", name, ENGINES)
+    if name == "torch" and importlib.util.find_spec("torch") is None:
+        raise ImportError(
+            'The torch engine needs PyTorch, which is not installed: pip install "cnnlab[torch]"'
+        )
+    _engine = name
 
 
 @contextlib.contextmanager
@@ -61,7 +70,7 @@ def ops() -> SimpleNamespace:
     name = get_engine()
     if name not in _ops:
         functions = {key: getattr(nn, key) for key in nn.__all__}
-        if name == "fast":
+        if name in ("fast", "torch"):  # the torch engine's other ops are the fast ones
             from cnnlab import engine as fast
 
             functions.update((f.__name__, f) for f in fast.FAST)

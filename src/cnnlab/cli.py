@@ -135,7 +135,8 @@ def engine_option(f):
         is_eager=True,
         callback=_set_engine,
         help="fast: the tuned engine (cnnlab.engine); reference: the plain NumPy of cnnlab.nn, "
-        "slower, to step through [default: $CNNLAB_ENGINE, else fast].",
+        "slower, to step through; torch: each step run by PyTorch (cnnlab[torch]) "
+        "[default: $CNNLAB_ENGINE, else fast].",
     )(f)
 
 

@@ -170,9 +170,19 @@ class Model:
         one op, and at inference the convolution before them too (:mod:`cnnlab.fusion`). The
         numbers of ``self(x, training)``, bit for bit in training and up to rounding at
         inference; only a training step's backward pass may follow."""
+        if (runner := self._torch_runner()) is not None:
+            return runner.outputs(xs, training)
         with backend.running():
             outputs, self._states = self._plan(training, fused=True).forward(xs, training)
         return outputs
+
+    def _torch_runner(self):
+        """On the torch engine, what runs this model's steps (:mod:`cnnlab.torch_engine`)."""
+        if backend.get_engine() != "torch":
+            return None
+        from cnnlab import torch_engine  # below this module: it imports the layers only
+
+        return torch_engine.runner(self)
 
     def backward(self, dy):
         """Backpropagate ``dy`` (the gradient of the output, a list for several) through the
@@ -280,6 +290,8 @@ class Model:
 
     def _train_step(self, xs: list[np.ndarray], ys: list[np.ndarray]) -> dict[str, float]:
         """:meth:`train_step` on checked arrays (the fit loop checks its data once)."""
+        if (runner := self._torch_runner()) is not None:
+            return runner.train_step(xs, ys)
         with backend.running():
             plan = self._plan(True, fused=True)
             preds, states = plan.forward(xs, training=True)
@@ -296,6 +308,8 @@ class Model:
 
     def _test_step(self, xs: list[np.ndarray], ys: list[np.ndarray]) -> dict[str, float]:
         """:meth:`test_step` on checked arrays."""
+        if (runner := self._torch_runner()) is not None:
+            return runner.test_step(xs, ys)
         preds = self._run_steps(xs)
         return self._results(self._losses(ys, preds)[0], ys, preds)
 

@@ -1,0 +1,377 @@
+"""The torch engine: a model's training and inference steps run by PyTorch, on the model's
+own weights.
+
+``cnnlab.set_engine("torch")`` (or ``--engine torch``) makes ``fit``, ``evaluate`` and
+``predict`` run each step's forward and backward pass in PyTorch, on the CPU. Each layer
+becomes the torch module of :func:`module_for`, which keeps every Keras convention (see
+:mod:`cnnlab.torch`); its parameters and batch-norm buffers are *views* of the layer's NumPy
+arrays (``torch.from_numpy``, permuted to torch's layouts), so the two never need copying:
+what torch updates is what a checkpoint saves, the NaN guard checks and ``--resume`` puts
+back. The gradients come back to ``layer.grads`` and cnnlab's own optimizer steps
+(:mod:`cnnlab.optimizers`: Keras's Adam and SGD, clipnorm), Dropout draws its masks from the
+layer's generator as :mod:`cnnlab.nn` does, and the loss is Keras's (from the softmax's logits
+where cnnlab's is): so both engines compute the same function, to rounding.
+
+Everything else (the fit loop, callbacks, run directories, the pictures) is the same on every
+engine; the rest of the ops run as on the "fast" engine.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+try:
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+except ImportError as err:  # pragma: no cover - exercised only without torch
+    raise ImportError(
+        "the torch engine needs PyTorch, which is not installed; install it with: "
+        'pip install "cnnlab[torch]"'
+    ) from err
+
+from cnnlab import layers as L
+from cnnlab.nn.losses import EPSILON
+from cnnlab.nn.padding import window_geometry
+
+
+def _pads(x, window: tuple[int, int], strides: tuple[int, int], padding: str) -> tuple[int, ...]:
+    """Keras's padding for the NHWC input ``x``, in F.pad's order (left, right, top, bottom).
+
+    Computed from the size of each input, so the module follows Keras's rule for any image size.
+    """
+    size = (int(x.shape[1]), int(x.shape[2]))
+    _, ((top, bottom), (left, right)) = window_geometry(size, window, strides, padding)
+    return left, right, top, bottom
+
+
+class _Conv2d(nn.Module):
+    """Conv2D on NHWC input: explicit Keras padding, then an unpadded ``nn.Conv2d``."""
+
+    def __init__(self, layer: L.Conv2D, dtype: torch.dtype):
+        super().__init__()
+        kh, kw, c, f = layer.weights["kernel"].shape
+        self.conv = nn.Conv2d(c, f, (kh, kw), layer.strides, bias=layer.use_bias, dtype=dtype)
+        self.window, self.strides, self.padding = (kh, kw), layer.strides, layer.padding
+        self.activation = _activation(layer.activation.name, layer.activation.negative_slope)
+
+    def logits(self, x):
+        """The output before the activation."""
+        pads = _pads(x, self.window, self.strides, self.padding)
+        x = F.pad(x.permute(0, 3, 1, 2), pads)
+        return self.conv(x).permute(0, 2, 3, 1)
+
+    def forward(self, x):
+        return self.activation(self.logits(x))
+
+
+class _Pool2d(nn.Module):
+    """Max or average pooling on NHWC input with Keras's padding and counting rules."""
+
+    def __init__(self, layer, kind: str):
+        super().__init__()
+        self.kind, self.pool_size, self.strides = kind, layer.pool_size, layer.strides
+        self.padding = layer.padding
+
+    def forward(self, x):
+        pads = _pads(x, self.pool_size, self.strides, self.padding)
+        x = x.permute(0, 3, 1, 2)
+        if self.kind == "max":
+            y = F.max_pool2d(F.pad(x, pads, value=-torch.inf), self.pool_size, self.strides)
+        else:
+            # Sum over the window, divided by how many real (unpadded) values it covers.
+            total = F.avg_pool2d(F.pad(x, pads), self.pool_size, self.strides)
+            ones = F.pad(torch.ones_like(x[:1, :1]), pads)
+            real = F.avg_pool2d(ones, self.pool_size, self.strides)
+            y = total / real
+        return y.permute(0, 2, 3, 1)
+
+
+class _BatchNorm(nn.Module):
+    """Batch normalization with Keras's rules, over the last axis of (N, F) or (N, H, W, C).
+
+    Training: ``y = gamma * (x - mean) / sqrt(var + epsilon) + beta`` with the batch mean and
+    biased variance per channel, and ``moving = moving * momentum + batch * (1 - momentum)``.
+    Inference: the same with ``moving_mean`` and ``moving_variance``.
+    """
+
+    def __init__(self, layer: L.BatchNormalization, dtype: torch.dtype):
+        super().__init__()
+        c = layer.weights["gamma"].shape[0]
+        self.momentum, self.epsilon = layer.momentum, layer.epsilon
+        self.gamma = nn.Parameter(torch.ones(c, dtype=dtype))
+        self.beta = nn.Parameter(torch.zeros(c, dtype=dtype))
+        self.register_buffer("moving_mean", torch.zeros(c, dtype=dtype))
+        self.register_buffer("moving_variance", torch.ones(c, dtype=dtype))
+
+    def forward(self, x):
+        if self.training:
+            axes = tuple(range(x.dim() - 1))
+            mean = x.mean(dim=axes)
+            var = x.var(dim=axes, unbiased=False)
+            with torch.no_grad():
+                self.moving_mean.mul_(self.momentum).add_(mean.detach() * (1 - self.momentum))
+                self.moving_variance.mul_(self.momentum).add_(var.detach() * (1 - self.momentum))
+        else:
+            mean, var = self.moving_mean, self.moving_variance
+        return self.gamma * (x - mean) / torch.sqrt(var + self.epsilon) + self.beta
+
+
+class _Dense(nn.Module):
+    """Dense on the last axis, with its activation."""
+
+    def __init__(self, layer: L.Dense, dtype: torch.dtype):
+        super().__init__()
+        n_in, units = layer.weights["kernel"].shape
+        self.linear = nn.Linear(n_in, units, bias=layer.use_bias, dtype=dtype)
+        self.activation = _activation(layer.activation.name, layer.activation.negative_slope)
+
+    def logits(self, x):
+        """The output before the activation."""
+        return self.linear(x)
+
+    def forward(self, x):
+        return self.activation(self.linear(x))
+
+
+def _activation(name: str, negative_slope: float) -> nn.Module:
+    modules = {
+        "linear": nn.Identity,
+        "relu": nn.ReLU,
+        "sigmoid": nn.Sigmoid,
+        "tanh": nn.Tanh,
+    }
+    if name == "leaky_relu":
+        return nn.LeakyReLU(negative_slope)
+    if name == "softmax":
+        return nn.Softmax(dim=-1)
+    return modules[name]()
+
+
+class _Merge(nn.Module):
+    """Add, Average or Concatenate (along Keras's axis of the NHWC input)."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.kind = type(layer).__name__
+        self.axis = getattr(layer, "axis", None)
+
+    def forward(self, *xs):
+        if self.kind == "Concatenate":
+            return torch.cat(xs, dim=self.axis)
+        total = sum(xs[1:], start=xs[0])
+        return total / len(xs) if self.kind == "Average" else total
+
+
+def module_for(layer, dtype: torch.dtype, own_dropout: bool = False) -> nn.Module:
+    """The torch module computing what ``layer`` computes (weights not yet copied).
+
+    ``own_dropout``: Dropout draws its masks from the layer's own generator, as
+    :func:`cnnlab.nn.dropout.dropout_forward` does (the torch engine); else it is torch's.
+    """
+    if isinstance(layer, L.Conv2D):
+        return _Conv2d(layer, dtype)
+    if isinstance(layer, L.Dense):
+        return _Dense(layer, dtype)
+    if isinstance(layer, L.BatchNormalization):
+        return _BatchNorm(layer, dtype)
+    if isinstance(layer, L.MaxPooling2D):
+        return _Pool2d(layer, "max")
+    if isinstance(layer, L.AveragePooling2D):
+        return _Pool2d(layer, "average")
+    if isinstance(layer, L.GlobalAveragePooling2D):
+        return _GlobalAveragePool()
+    if isinstance(layer, L.Flatten):
+        return nn.Flatten()  # the input is NHWC, so this is Keras's order
+    if isinstance(layer, L.Dropout):
+        return _Dropout(layer) if own_dropout else nn.Dropout(layer.rate)
+    if isinstance(layer, (L.Add, L.Average, L.Concatenate)):
+        return _Merge(layer)
+    if isinstance(layer, L.Activation):  # also ReLU, LeakyReLU and Softmax
+        return _activation(layer.activation.name, layer.activation.negative_slope)
+    raise ValueError(
+        f"to_torch cannot translate layer {layer.name!r} of type {type(layer).__name__}; "
+        "supported: Conv2D, Dense, BatchNormalization, MaxPooling2D, AveragePooling2D, "
+        "GlobalAveragePooling2D, Flatten, Dropout, Activation, ReLU, LeakyReLU, Softmax, "
+        "Add, Average, Concatenate"
+    )
+
+
+class _GlobalAveragePool(nn.Module):
+    def forward(self, x):
+        return x.mean(dim=(1, 2))
+
+
+def weight_pairs(layer, module: nn.Module):
+    """``(cnnlab name, torch tensor, axes to torch, axes back)`` for each weight of ``layer``."""
+    if isinstance(module, _Conv2d):
+        yield "kernel", module.conv.weight, (3, 2, 0, 1), (2, 3, 1, 0)
+        if module.conv.bias is not None:
+            yield "bias", module.conv.bias, None, None
+    elif isinstance(module, _Dense):
+        yield "kernel", module.linear.weight, (1, 0), (1, 0)
+        if module.linear.bias is not None:
+            yield "bias", module.linear.bias, None, None
+    elif isinstance(module, _BatchNorm):
+        for name in ("gamma", "beta", "moving_mean", "moving_variance"):
+            yield name, getattr(module, name), None, None
+
+
+class _Dropout(nn.Module):
+    """Dropout with the masks of :func:`cnnlab.nn.dropout.dropout_forward`, drawn from the
+    layer's own generator: the same masks on every engine, and saved in checkpoints."""
+
+    def __init__(self, layer: L.Dropout):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x):
+        rate = self.layer.rate
+        if not self.training or rate == 0:
+            return x
+        dtype = np.float64 if x.dtype == torch.float64 else np.float32
+        keep = self.layer.rng.random(tuple(x.shape), dtype=dtype)
+        mask = (keep >= rate).astype(dtype) / dtype(1.0 - rate)
+        return x * torch.from_numpy(mask)
+
+
+# -- the steps -------------------------------------------------------------------------------
+class Runner:
+    """Runs ``model``'s steps in PyTorch: :meth:`train_step`, :meth:`test_step`, :meth:`outputs`
+    (the model calls them on the torch engine, with its checked arrays)."""
+
+    def __init__(self, model):
+        self.model = model
+        self.layers = {node.layer.name: node.layer for node in model._nodes}
+        dtype = torch.float32
+        weights = model.get_weights()
+        if weights:
+            dtype = torch.from_numpy(np.zeros(0, weights[0].dtype)).dtype
+        self.dtype = dtype
+        self.modules = {
+            name: module_for(layer, dtype, own_dropout=True) for name, layer in self.layers.items()
+        }
+
+    def _bind(self) -> list[tuple]:
+        """Point every parameter and buffer at its layer's array (again, if an array was
+        replaced); returns ``(layer, name, parameter, axes back)`` for the trainable ones."""
+        trainable = []
+        for name, layer in self.layers.items():
+            for weight, tensor, to_torch, back in weight_pairs(layer, self.modules[name]):
+                view = torch.from_numpy(layer.weights[weight])
+                if to_torch is not None:
+                    view = view.permute(to_torch)
+                if tensor.data_ptr() != view.data_ptr() or tensor.stride() != view.stride():
+                    tensor.data = view
+                if weight in layer.trainable_names:
+                    trainable.append((layer, weight, tensor, back))
+        return trainable
+
+    def _tensors(self, arrays: list[np.ndarray]) -> list:
+        dtype = torch.empty(0, dtype=self.dtype).numpy().dtype
+        out = []
+        for x in arrays:
+            x = np.asarray(x, dtype=dtype)
+            out.append(torch.from_numpy(x if x.flags.writeable else x.copy()))
+        return out
+
+    def _forward(self, xs: list[np.ndarray], training: bool, logits_for: set[int]):
+        """The outputs; for the outputs in ``logits_for`` (ids), also the logits before their
+        softmax."""
+        for module in self.modules.values():
+            module.train(training)
+        model = self.model
+        values = {id(t): x for t, x in zip(model.inputs, self._tensors(xs), strict=True)}
+        logits = {}
+        for node in model._nodes:
+            module = self.modules[node.layer.name]
+            args = [values[id(t)] for t in node.inputs]
+            if id(node.output) in logits_for:
+                z = module.logits(*args) if hasattr(module, "logits") else args[0]
+                logits[id(node.output)] = z
+                values[id(node.output)] = torch.softmax(z, dim=-1)
+            else:
+                values[id(node.output)] = module(*args)
+        return [values[id(t)] for t in model.outputs], logits
+
+    def _logits_for(self) -> set[int]:
+        model = self.model
+        return {id(t) for i, t in enumerate(model.outputs) if model._logits_layer(i) is not None}
+
+    def _loss(self, ys: list[np.ndarray], preds: list, logits: dict):
+        """Keras's loss (the sum over the outputs) as a tensor, and the logs' losses."""
+        model, total, logs = self.model, 0.0, {"loss": 0.0}
+        for i, (t, y, pred) in enumerate(zip(model.outputs, ys, preds, strict=True)):
+            loss = model._loss_list[i]
+            loss.check_labels(y, pred)
+            z = logits.get(id(t), pred if loss.from_logits else None)
+            value = _crossentropy_from_logits(z, y) if z is not None else _crossentropy(pred, y)
+            total = total + value
+            logs["loss"] += value.item()
+            if model._many_outputs:
+                logs[f"{t.layer.name}_loss"] = value.item()
+        return total, logs
+
+    def train_step(self, xs: list[np.ndarray], ys: list[np.ndarray]) -> dict[str, float]:
+        """Forward and backward in torch, then cnnlab's optimizer on the gradients."""
+        model = self.model
+        trainable = self._bind()
+        preds, logits = self._forward(xs, True, self._logits_for())
+        total, logs = self._loss(ys, preds, logits)
+        for _, _, tensor, _ in trainable:
+            tensor.grad = None
+        total.backward()
+        for layer, name, tensor, back in trainable:
+            grad = tensor.grad
+            if grad is None:  # a weight the loss does not reach
+                layer.grads[name] = np.zeros_like(layer.weights[name])
+            else:
+                layer.grads[name] = (grad if back is None else grad.permute(back)).numpy()
+        weights, gradients = model.trainable_weights_and_grads()
+        model.optimizer.apply(gradients, weights)
+        return model._results(logs, ys, [p.detach().numpy() for p in preds])
+
+    def test_step(self, xs: list[np.ndarray], ys: list[np.ndarray]) -> dict[str, float]:
+        """Loss and metrics in inference mode."""
+        self._bind()
+        with torch.no_grad():
+            preds, logits = self._forward(xs, False, self._logits_for())
+            _, logs = self._loss(ys, preds, logits)
+        return self.model._results(logs, ys, [p.numpy() for p in preds])
+
+    def outputs(self, xs: list[np.ndarray], training: bool = False) -> list[np.ndarray]:
+        """The outputs for ``xs`` (no gradients)."""
+        self._bind()
+        with torch.no_grad():
+            preds, _ = self._forward(xs, training, set())
+        return [p.numpy() for p in preds]
+
+
+def _one_hot(y: np.ndarray, k: int, dtype) -> torch.Tensor:
+    if y.ndim == 2:
+        return torch.from_numpy(np.asarray(y)).to(dtype)
+    return F.one_hot(torch.from_numpy(np.asarray(y, dtype=np.int64)), k).to(dtype)
+
+
+def _crossentropy_from_logits(z, y: np.ndarray):
+    """Softmax cross-entropy from the logits, the mean over the batch."""
+    target = _one_hot(y, z.shape[-1], z.dtype)
+    return -(target * torch.log_softmax(z, dim=-1)).sum() / z.shape[0]
+
+
+def _crossentropy(p, y: np.ndarray):
+    """Keras's cross-entropy of probabilities: each row divided by its sum, clipped to
+    ``[EPSILON, 1 - EPSILON]``."""
+    target = _one_hot(y, p.shape[-1], p.dtype)
+    q = p / p.sum(dim=-1, keepdim=True)
+    return -(target * torch.log(q.clamp(EPSILON, 1 - EPSILON))).sum() / p.shape[0]
+
+
+def runner(model) -> Runner:
+    """The model's runner, made on first use and kept with the model."""
+    key = tuple(id(node.layer) for node in model._nodes)
+    cached = getattr(model, "_torch_steps", None)
+    if cached is None or cached[0] != key:
+        cached = (key, Runner(model))
+        model._torch_steps = cached
+    return cached[1]

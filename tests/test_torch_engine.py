@@ -1,0 +1,171 @@
+"""The torch engine: the same training as the NumPy engines, and runs that move between them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip(
+    "torch", reason="the torch engine tests need torch: pip install 'cnnlab[torch]'"
+)
+
+from test_cli import QUICK, invoke  # noqa: E402
+
+import cnnlab  # noqa: E402
+from cnnlab import backend, zoo  # noqa: E402
+from cnnlab import layers as L  # noqa: E402
+from cnnlab.runs import RunDirectory  # noqa: E402
+from cnnlab.saving import load  # noqa: E402
+
+
+def _cifar_batches(steps: int = 5, batch: int = 32):
+    rng = np.random.default_rng(1)
+    x = rng.uniform(-1, 1, size=(steps * batch, 32, 32, 3)).astype(np.float32)
+    return x, rng.integers(0, 10, size=steps * batch)
+
+
+def _losses(engine: str, model_name: str, steps: int = 5):
+    """The loss of each of the first ``steps`` Adam steps of the book's model, from seed 0."""
+    backend.set_engine(engine)
+    cnnlab.set_random_seed(0)
+    model = zoo.get(model_name)
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    x, y = _cifar_batches(steps)
+    losses = [model.train_step(x[i * 32 : (i + 1) * 32], y[i * 32 : (i + 1) * 32])["loss"]
+              for i in range(steps)]  # fmt: skip
+    return np.array(losses), model
+
+
+@pytest.mark.parametrize("model_name", ["cnn", "mlp"])
+def test_the_book_models_give_the_same_losses_on_torch_as_on_numpy(model_name):
+    """The same seed and batches: the five losses agree to 1e-4 (float32); Dropout's masks
+    and the optimizer are the same, only the rounding of the convolutions differs."""
+    fast, _ = _losses("fast", model_name)
+    on_torch, model = _losses("torch", model_name)
+    assert fast[-1] != fast[0]  # the model did learn something in five steps
+    np.testing.assert_allclose(on_torch, fast, rtol=0, atol=1e-4)
+    assert model.optimizer.iterations == 5
+
+
+def test_a_functional_graph_trains_alike_on_torch():
+    def build():
+        cnnlab.set_random_seed(0)
+        image = L.Input((8, 8, 1), name="image")
+        extra = L.Input((3,), name="extra")
+        x = L.Conv2D(4, 3, padding="same", activation="relu")(image)
+        x = L.BatchNormalization()(x)
+        x = L.Flatten()(L.MaxPooling2D()(x))
+        x = L.Concatenate()([x, L.Dense(4, activation="relu")(extra)])
+        kind = L.Dense(3, activation="softmax", name="kind")(x)
+        size = L.Dense(2, activation="softmax", name="size")(L.Dropout(0.3)(x))
+        model = cnnlab.Model([image, extra], [kind, size])
+        model.compile("adam", ["sparse_categorical_crossentropy"] * 2, metrics=["accuracy"])
+        return model
+
+    rng = np.random.default_rng(0)
+    xs = [rng.normal(size=(64, 8, 8, 1)).astype(np.float32), rng.normal(size=(64, 3))]
+    ys = [rng.integers(0, 3, 64), rng.integers(0, 2, 64)]
+    histories = []
+    for engine in ("fast", "torch"):
+        backend.set_engine(engine)
+        histories.append(build().fit(xs, ys, epochs=3, batch_size=16, verbose=0).history)
+    fast, on_torch = histories
+    assert fast.keys() == on_torch.keys()
+    assert fast["loss"] != on_torch["loss"]  # two computations, equal to rounding
+    for key in fast:
+        np.testing.assert_allclose(on_torch[key], fast[key], rtol=0, atol=1e-4, err_msg=key)
+
+
+def test_a_checkpoint_predicts_alike_on_every_engine(tmp_path):
+    backend.set_engine("torch")
+    cnnlab.set_random_seed(0)
+    model = zoo.get("cnn")
+    model.compile("adam", "sparse_categorical_crossentropy")
+    x, y = _cifar_batches(2)
+    model.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[RunDirectory(tmp_path / "r")])
+    checkpoint = tmp_path / "r" / "checkpoints" / "latest.cnnlab"
+    predictions = {}
+    for engine in backend.ENGINES:
+        backend.set_engine(engine)
+        loaded, _ = load(checkpoint)
+        predictions[engine] = loaded.predict(x, verbose=0)
+    for engine in ("reference", "fast"):
+        np.testing.assert_allclose(predictions["torch"], predictions[engine], rtol=0, atol=1e-5)
+
+
+def test_a_run_trained_on_torch_resumes_and_evaluates_on_numpy_and_back(tmp_path):
+    out = tmp_path / "run"
+    assert invoke("train", "--model", "cnn", *QUICK, "--epochs", "1", "--engine", "torch",
+                  "--out", out).exit_code == 0  # fmt: skip
+    result = invoke("train", "--resume", out, "--epochs", "2", "--engine", "fast", "--quiet")
+    assert result.exit_code == 0, result.output
+    result = invoke("train", "--resume", out, "--epochs", "3", "--engine", "torch", "--quiet")
+    assert result.exit_code == 0, result.output
+    lines = {}
+    for engine in ("torch", "fast"):
+        result = invoke("evaluate", out, "--dataset", "digits", "--engine", engine)
+        assert result.exit_code == 0, result.output
+        lines[engine] = result.output
+    assert lines["torch"] == lines["fast"]  # the same accuracy, printed to four places
+
+
+def test_resuming_on_torch_ends_as_an_uninterrupted_run_does(tmp_path):
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(96, 8, 8, 1)).astype(np.float32), rng.integers(0, 3, 96)
+
+    def build():
+        cnnlab.set_random_seed(0)
+        model = cnnlab.Sequential([L.Input((8, 8, 1)), L.Conv2D(4, 3, activation="relu"),
+                                   L.BatchNormalization(), L.Flatten(), L.Dropout(0.3),
+                                   L.Dense(3, activation="softmax")])  # fmt: skip
+        model.compile("adam", "sparse_categorical_crossentropy")
+        return model
+
+    backend.set_engine("torch")
+    alone = build()
+    alone.fit(x, y, epochs=4, batch_size=16, verbose=0)
+    build().fit(x, y, epochs=2, batch_size=16, verbose=0,
+                callbacks=[RunDirectory(tmp_path / "run")])  # fmt: skip
+    resumed = build()
+    resumed.fit(x, y, epochs=4, batch_size=16, verbose=0,
+                callbacks=[RunDirectory(tmp_path / "run", resume=True)])  # fmt: skip
+    for mine, theirs in zip(resumed.get_weights(), alone.get_weights(), strict=True):
+        np.testing.assert_array_equal(mine, theirs)
+
+
+def test_the_nan_guard_watches_the_torch_engine_too():
+    backend.set_engine("torch")
+    cnnlab.set_random_seed(0)
+    model = zoo.get("mlp", input_shape=(8, 8, 1), num_classes=3)
+    model.compile(cnnlab.optimizers.SGD(learning_rate=900.0), "sparse_categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 8, 8, 1)).astype(np.float32) * 1e3
+    history = model.fit(x, rng.integers(0, 3, 64), epochs=3, batch_size=16, verbose=0)
+    assert history.loop.status == "diverged"
+    assert all(np.isfinite(w).all() for w in model.get_weights())
+
+
+def test_without_torch_the_torch_engine_says_how_to_install_it():
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "import cnnlab\n"
+        "try:\n    cnnlab.set_engine('torch')\n"
+        "except ImportError as err:\n    print(err)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    assert (
+        'The torch engine needs PyTorch, which is not installed: pip install "cnnlab[torch]"' in out
+    )
+    code = "import sys; sys.modules['torch'] = None\nfrom cnnlab.cli import main\nmain()"
+    done = subprocess.run(
+        [sys.executable, "-c", code, "train", *QUICK, "--engine", "torch"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode in (1, 2)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and 'pip install "cnnlab[torch]"' in lines[0], done.stderr
