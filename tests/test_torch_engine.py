@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -169,3 +170,111 @@ def test_without_torch_the_torch_engine_says_how_to_install_it():
     assert done.returncode in (1, 2)
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and 'pip install "cnnlab[torch]"' in lines[0], done.stderr
+
+
+# -- several processes: torchrun, gloo ----------------------------------------------------------
+PLAIN = """
+from cnnlab import layers
+from cnnlab.model import Sequential
+
+
+def build_model(input_shape, num_classes):
+    return Sequential([
+        layers.Input(shape=input_shape),
+        layers.Conv2D(8, 3, padding="same", activation="relu"),
+        layers.MaxPooling2D(),
+        layers.Flatten(),
+        layers.Dense(num_classes, activation="softmax"),
+    ])
+"""
+WITH_BATCH_NORM = PLAIN.replace(
+    'layers.Conv2D(8, 3, padding="same", activation="relu"),',
+    'layers.Conv2D(8, 3, padding="same"), layers.BatchNormalization(), layers.ReLU(),',
+)
+# 320 digits in batches of 32: 10 steps an epoch.
+TEN_STEPS = ["--dataset", "digits", "--limit", "320", "--batch-size", "32",
+             "--validation-split", "0", "--engine", "torch", "--quiet"]  # fmt: skip
+
+
+def torchrun(*args, processes: int = 2, **popen) -> subprocess.Popen:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node", str(processes), "-m", "cnnlab", *map(str, args)]  # fmt: skip
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, **popen)  # fmt: skip
+
+
+def _finished(process: subprocess.Popen) -> str:
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr
+    return stderr
+
+
+def _weights(run) -> list[np.ndarray]:
+    model, _ = load(run / "model.cnnlab")
+    return model.get_weights()
+
+
+def _model_file(tmp_path, source: str):
+    path = tmp_path / "model.py"
+    path.write_text(source)
+    return path
+
+
+def test_two_processes_under_torchrun_train_as_one_process_does(tmp_path):
+    model = _model_file(tmp_path, PLAIN)
+    two = torchrun(
+        "train", "--model", model, *TEN_STEPS, "--epochs", "1", "--out", tmp_path / "two"
+    )
+    _finished(two)
+    assert invoke("train", "--model", model, *TEN_STEPS, "--epochs", "1",
+                  "--out", tmp_path / "one").exit_code == 0  # fmt: skip
+    for mine, theirs in zip(_weights(tmp_path / "two"), _weights(tmp_path / "one"), strict=True):
+        np.testing.assert_allclose(mine, theirs, rtol=0, atol=1e-5)
+    config = json.loads((tmp_path / "two" / "config.json").read_text())
+    assert config["distributed"]["processes"] == 2
+    assert "own batch statistics" in config["distributed"]["batch_norm"]
+
+
+def test_with_batch_norm_two_processes_differ_by_their_own_statistics(tmp_path):
+    """Each process normalizes its half of the batch with that half's statistics. Measured on
+    the 2-core EPYC: after 10 Adam steps (lr 5e-4) the weights differ by at most 3.7e-3 while
+    they moved by up to 5e-3; the test holds the difference below 1e-2, and above 1e-5 (it is
+    not the plain model's agreement)."""
+    model = _model_file(tmp_path, WITH_BATCH_NORM)
+    _finished(torchrun("train", "--model", model, *TEN_STEPS, "--epochs", "1",
+                       "--out", tmp_path / "two"))  # fmt: skip
+    assert invoke("train", "--model", model, *TEN_STEPS, "--epochs", "1",
+                  "--out", tmp_path / "one").exit_code == 0  # fmt: skip
+    pairs = zip(_weights(tmp_path / "two"), _weights(tmp_path / "one"), strict=True)
+    gap = max(float(np.abs(a - b).max()) for a, b in pairs)
+    assert 1e-5 < gap < 1e-2
+
+
+def test_a_torchrun_job_killed_with_sigkill_resumes_and_ends_as_an_uninterrupted_one(tmp_path):
+    import os
+    import signal
+    import time
+
+    model = _model_file(tmp_path, PLAIN)
+    args = ["--model", model, *TEN_STEPS, "--epochs", "6"]
+    _finished(torchrun("train", *args, "--out", tmp_path / "whole"))
+
+    out = tmp_path / "killed"
+    job = torchrun("train", *args, "--out", out, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and job.poll() is None:
+            metrics = out / "metrics.csv"
+            if metrics.is_file() and len(metrics.read_text().splitlines()) >= 3:  # 2 epochs
+                break
+            time.sleep(0.02)
+        os.killpg(job.pid, signal.SIGKILL)  # the launcher and both workers
+        job.wait(timeout=60)
+    finally:
+        with __import__("contextlib").suppress(ProcessLookupError):
+            os.killpg(job.pid, signal.SIGKILL)
+    assert not (out / "model.cnnlab").exists()  # it really was cut short
+    _finished(torchrun("train", "--resume", out, "--engine", "torch", "--quiet"))
+    for mine, theirs in zip(_weights(out), _weights(tmp_path / "whole"), strict=True):
+        np.testing.assert_allclose(mine, theirs, rtol=0, atol=1e-5)

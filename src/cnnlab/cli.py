@@ -385,6 +385,8 @@ def train(ctx: click.Context, model: str, out: str | None, resume: str | None, *
         settings = _settings(model, kw)
         out_dir = Path(out) if out else _default_out(model, dataset_key(settings.dataset))
     result = train_run(settings, out_dir, resume=resume is not None, verbose=0 if quiet else 1)
+    if not result.writer:
+        return
     summary = result.summary or {}
     click.echo(f"Test accuracy: {_accuracy(summary)}")
     click.echo(

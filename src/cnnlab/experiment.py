@@ -103,6 +103,7 @@ class Result:
     history: object
     summary: dict
     settings: Settings
+    writer: bool = True  # False on the ranks of a torchrun job that do not write the run
 
 
 def dataset_key(dataset: str) -> str:
@@ -219,7 +220,11 @@ def train_run(
     verbose: int = 1,
     config_extra: dict | None = None,
 ) -> Result:
-    """Train one model as `cnnlab train` does, writing the run directory ``out``."""
+    """Train one model as `cnnlab train` does, writing the run directory ``out`` (under
+    torchrun, rank 0 writes it and the others only train)."""
+    rank, processes = _place()
+    if rank:
+        verbose = 0
     set_random_seed(settings.seed)
     data = prepare(settings)
     input_shape, num_classes = data.x_train.shape[1:], len(data.class_names)
@@ -246,6 +251,14 @@ def train_run(
         "class_names": data.class_names,
         **(config_extra or {}),
     }
+    if processes > 1:
+        config["distributed"] = {
+            "processes": processes,
+            "backend": "gloo",
+            "batch": "each process trains on 1/N of every batch of --batch-size",
+            "batch_norm": "each process keeps its own batch statistics (SyncBatchNorm needs "
+            "CUDA); the moving averages saved are rank 0's",
+        }
     guard = NaNGuard(verbose=0)
     run = RunDirectory(
         out,
@@ -256,6 +269,7 @@ def train_run(
         monitor=settings.monitor if data.x_val is not None else "loss",
         model_extra={"scale": list(settings.scale), "dataset": data.dataset},
         restore_best=settings.restore_best or settings.early_stopping is not None,
+        write=rank == 0,
     )
     callbacks = [guard, run]
     if settings.precise_bn:
@@ -299,7 +313,20 @@ def train_run(
         history=history,
         summary=run.summary,
         settings=settings,
+        writer=rank == 0,
     )
+
+
+def _place() -> tuple[int, int]:
+    """``(rank, processes)`` of this process in a torchrun job on the torch engine, else
+    ``(0, 1)``."""
+    from cnnlab import backend
+
+    if backend.get_engine() != "torch":
+        return 0, 1
+    from cnnlab.torch_engine import world
+
+    return world()
 
 
 def compare_runs(

@@ -74,6 +74,8 @@ class RunDirectory(MonitorCallback):
         model_extra: more JSON-able facts stored in every model file (e.g. the input scaling).
         restore_best: at the end, put the best checkpoint's weights back before writing the
             final model (what early stopping wants).
+        write: False for a process that trains alongside the one writing the folder (the
+            ranks other than 0 under ``torchrun``): it only reads, to resume.
     """
 
     def __init__(
@@ -88,8 +90,10 @@ class RunDirectory(MonitorCallback):
         class_names: list[str] | None = None,
         model_extra: dict | None = None,
         restore_best: bool = False,
+        write: bool = True,
     ):
         super().__init__(monitor, mode)
+        self.write = write
         self.path = Path(path)
         self.config = dict(config or {})
         self.resume = resume
@@ -119,6 +123,15 @@ class RunDirectory(MonitorCallback):
 
     # -- callback ----------------------------------------------------------------------------
     def on_train_begin(self, logs=None):
+        if not self.write:  # another process writes the folder; this one only reads
+            if self.resume and self.latest_path.is_file():
+                self._restore()
+            elif self.resume and not (self.path / CONFIG).is_file():
+                raise FileNotFoundError(
+                    f"This process cannot see the run in {self.path} (no {LATEST}, no {CONFIG}): "
+                    "to resume on several machines, put the run directory on a folder they share"
+                )
+            return
         self._claim()
         try:
             self._remove_temporaries()
@@ -228,6 +241,11 @@ class RunDirectory(MonitorCallback):
         write_json(config_path, config)
 
     def _resume(self) -> None:
+        self._restore()
+        self._write_resumed()
+
+    def _restore(self) -> None:
+        """Put back the state of ``checkpoints/latest.cnnlab``: the model's and the loop's."""
         try:
             extra = restore_model(self.model, self.latest_path)
             if not isinstance(extra, dict) or not isinstance(extra.get("training"), dict):
@@ -247,6 +265,8 @@ class RunDirectory(MonitorCallback):
                 f"{self.latest_path} cannot be resumed from: {type(err).__name__}: {err}"
             ) from None
         self.resumed_from = (self.loop.epoch, self.loop.batch)
+
+    def _write_resumed(self) -> None:
         config_path = self.path / CONFIG
         config = read_json(config_path) if config_path.is_file() else None
         self._checkpoint(self.latest_path)  # finds out now if the disk takes no checkpoint
@@ -264,18 +284,22 @@ class RunDirectory(MonitorCallback):
         logs = logs or {}
         key = self.monitor if self.monitor in logs else self.monitor.removeprefix("val_")
         improved = self.improved(logs.get(key), epoch)
+        if not self.write:
+            return
         self._checkpoint(self.latest_path)
         if improved:
             self._checkpoint(self.best_path)
         self._write_metrics()
 
     def on_train_interrupted(self, logs=None):
-        if self.loop.resumable and self.path.is_dir():
+        if self.write and self.loop.resumable and self.path.is_dir():
             self._checkpoint(self.latest_path)
             self._write_metrics()
             self.interrupted_at = (self.loop.epoch, self.loop.batch)
 
     def on_train_end(self, logs=None):
+        if not self.write:
+            return
         status = self.loop.status
         if status in ("completed", "stopped"):
             if self.restore_best and self.best_path.is_file():

@@ -14,9 +14,21 @@ where cnnlab's is): so both engines compute the same function, to rounding.
 
 Everything else (the fit loop, callbacks, run directories, the pictures) is the same on every
 engine; the rest of the ops run as on the "fast" engine.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1) the processes join one group (gloo, on the CPU) and
+split each batch of the fit loop, whose order every rank draws alike from the same seed: rank
+``r`` of ``R`` trains on examples ``r, r + R, ...`` of it. The gradients are summed over the
+ranks by ``all_reduce``, weighted so that the step is the one a single process takes on the
+whole batch, and the logged loss and metrics are the whole batch's. Batch normalization keeps
+each rank's own statistics (SyncBatchNorm needs CUDA): with it, R processes approach one
+process, without it they equal it to rounding. Evaluation and prediction run whole on every
+rank.
 """
 
 from __future__ import annotations
+
+import atexit
+import os
 
 import numpy as np
 
@@ -251,6 +263,7 @@ class Runner:
         self.modules = {
             name: module_for(layer, dtype, own_dropout=True) for name, layer in self.layers.items()
         }
+        self.rank, self.world_size = world()
 
     def _bind(self) -> list[tuple]:
         """Point every parameter and buffer at its layer's array (again, if an array was
@@ -313,23 +326,38 @@ class Runner:
         return total, logs
 
     def train_step(self, xs: list[np.ndarray], ys: list[np.ndarray]) -> dict[str, float]:
-        """Forward and backward in torch, then cnnlab's optimizer on the gradients."""
-        model = self.model
+        """Forward and backward in torch, then cnnlab's optimizer on the gradients; under
+        torchrun, on this rank's share of the batch, the gradients summed over the ranks."""
+        model, n = self.model, len(xs[0])
+        if self.world_size > 1:
+            if n < self.world_size:
+                raise ValueError(
+                    f"a batch of {n} examples cannot be split over {self.world_size} processes: "
+                    "use a batch size of at least the number of processes"
+                )
+            xs = [x[self.rank :: self.world_size] for x in xs]
+            ys = [y[self.rank :: self.world_size] for y in ys]
+        share = len(xs[0]) / n  # of the whole batch's mean loss
         trainable = self._bind()
         preds, logits = self._forward(xs, True, self._logits_for())
         total, logs = self._loss(ys, preds, logits)
         for _, _, tensor, _ in trainable:
             tensor.grad = None
-        total.backward()
-        for layer, name, tensor, back in trainable:
+        (total * share if self.world_size > 1 else total).backward()
+        grads = []
+        for _, _, tensor, back in trainable:
             grad = tensor.grad
             if grad is None:  # a weight the loss does not reach
-                layer.grads[name] = np.zeros_like(layer.weights[name])
-            else:
-                layer.grads[name] = (grad if back is None else grad.permute(back)).numpy()
+                grad = torch.zeros_like(tensor)
+            grads.append(grad if back is None else grad.permute(back))
+        if self.world_size > 1:
+            _sum_over_ranks(grads)
+        for (layer, name, _, _), grad in zip(trainable, grads, strict=True):
+            layer.grads[name] = grad.numpy()
         weights, gradients = model.trainable_weights_and_grads()
         model.optimizer.apply(gradients, weights)
-        return model._results(logs, ys, [p.detach().numpy() for p in preds])
+        results = model._results(logs, ys, [p.detach().numpy() for p in preds])
+        return _mean_over_ranks(results, share) if self.world_size > 1 else results
 
     def test_step(self, xs: list[np.ndarray], ys: list[np.ndarray]) -> dict[str, float]:
         """Loss and metrics in inference mode."""
@@ -345,6 +373,48 @@ class Runner:
         with torch.no_grad():
             preds, _ = self._forward(xs, training, set())
         return [p.numpy() for p in preds]
+
+
+def world() -> tuple[int, int]:
+    """``(rank, number of processes)``: ``(0, 1)`` alone; under ``torchrun``, this process's
+    place in the group, which it joins on the first call (gloo: CPU tensors)."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+        atexit.register(_leave_group)  # else gloo's threads abort the process at its exit
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _leave_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _sum_over_ranks(grads: list) -> None:
+    """Replace each gradient by its sum over the ranks: one ``all_reduce`` of them all."""
+    import torch.distributed as dist
+
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    start = 0
+    for i, g in enumerate(grads):
+        grads[i] = flat[start : start + g.numel()].view(g.shape)
+        start += g.numel()
+
+
+def _mean_over_ranks(results: dict[str, float], share: float) -> dict[str, float]:
+    """The whole batch's means, from each rank's means over its ``share`` of the batch."""
+    import torch.distributed as dist
+
+    values = torch.tensor([v * share for v in results.values()], dtype=torch.float64)
+    dist.all_reduce(values)
+    return dict(zip(results, values.tolist(), strict=True))
 
 
 def _one_hot(y: np.ndarray, k: int, dtype) -> torch.Tensor:
