@@ -39,10 +39,15 @@ def one_error_line(result) -> str:
     return lines[0]
 
 
-def scaled_digits_test(limit: int = 300) -> tuple[np.ndarray, np.ndarray]:
-    """The digits test split as training scaled it: pixels 0..255 -> [-1, 1]."""
+def scaled_digits_test(limit: int = 300, first: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The digits test split as training scaled it (pixels 0..255 -> [-1, 1]): the ``limit``
+    images ``--limit`` draws (seed 0, in their order), or the ``first`` ones."""
     (_, _), (x, y) = load_dataset("digits")
-    return x[:limit].astype(np.float32) / 127.5 - 1.0, y[:limit]
+    if first:
+        keep = np.arange(limit)
+    else:
+        keep = np.sort(np.random.default_rng(0).permutation(len(x))[:limit])
+    return x[keep].astype(np.float32) / 127.5 - 1.0, y[keep]
 
 
 @pytest.fixture(scope="module")
@@ -336,7 +341,7 @@ def test_evaluate_prints_accuracy_per_class_and_confusion_matrix(run_dir):
 def test_predict_gives_the_top_k_classes_with_probabilities(run_dir, tmp_path):
     from PIL import Image
 
-    x, y = scaled_digits_test(3)
+    x, y = scaled_digits_test(3, first=True)
     (_, _), (raw, _) = load_dataset("digits")
     paths = []
     for i in range(3):

@@ -1160,3 +1160,33 @@ def test_augment_crops_are_shifts_with_zero_padding():
         offsets.add(matches[0])
     assert len(offsets) >= 15  # of the 25 possible shifts
     assert (0, 0) in offsets and any(dy == -2 for dy, _ in offsets)
+
+
+def test_take_draws_the_same_paired_samples_in_their_order():
+    x = np.arange(100)
+    y = 10 * np.arange(100)
+    x30, y30 = datasets.take(30, x, y)
+    assert len(x30) == 30 and np.array_equal(y30, 10 * x30)
+    assert np.all(np.diff(x30) > 0)  # in their order, no repeats
+    assert x30.max() > 50  # drawn from the whole, not the first 30
+    assert np.array_equal(datasets.take(30, x, y)[0], x30)  # the same draw every time
+    assert datasets.take(None, x, y)[0] is x and datasets.take(100, x, y)[0] is x
+    with pytest.raises(ValueError, match=r"same length, got \[100, 5\]"):
+        datasets.take(3, x, y[:5])
+
+
+def test_limit_on_a_folder_ordered_by_class_keeps_every_class(tmp_path):
+    from cnnlab.experiment import Settings, prepare
+
+    for c, name in enumerate(["a", "b", "c", "d"]):
+        for i in range(25):
+            for split in ("train", "test"):
+                path = tmp_path / "set" / split / name / f"{i:02d}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(png(np.full((4, 4), 60 * c, np.uint8), mode="L"))
+    settings = Settings(dataset=str(tmp_path / "set"), limit=20, validation_split=0.0)
+    data = prepare(settings)
+    assert len(data.x_train) == 20 and len(data.x_test) == 20
+    # The first 20 images are all class "a"; a draw of 20 holds every class.
+    assert set(data.y_train.tolist()) == {0, 1, 2, 3}
+    assert set(data.y_test.tolist()) == {0, 1, 2, 3}

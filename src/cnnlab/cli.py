@@ -272,7 +272,7 @@ def training_options(f):
         click.option(
             "--limit",
             type=click.IntRange(min=1),
-            help="Use only the first N training (and test) images.",
+            help="Use only N training (and test) images, the same random draw each time.",
         ),
         click.option(
             "--precise-bn",
@@ -432,7 +432,11 @@ def _match_channels(x: np.ndarray, channels: int) -> np.ndarray:
 @click.argument("model_path", metavar="MODEL")
 @click.option("--dataset", help="Dataset to evaluate on [default: the one it was trained on].")
 @click.option("--data-dir", type=click.Path(), help="Folder with the dataset's files.")
-@click.option("--limit", type=click.IntRange(min=1), help="Use only the first N test images.")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    help="Use only N test images (the same random draw as train's --limit).",
+)
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
 @engine_option
 @debug_option
@@ -448,8 +452,7 @@ def evaluate(model_path: str, dataset: str | None, data_dir, limit, batch_size) 
         raise click.UsageError("MODEL does not say which dataset it was trained on: give --dataset")
     data = load_dataset(dataset, data_dir, image_size=model.input_shape[1:3])
     x, y = data.test
-    if limit is not None:
-        x, y = x[:limit], y[:limit]
+    x, y = datasets.take(limit, x, y)
     x = scale(_match_channels(x, model.input_shape[-1]), tuple(info["scale"]))
     report = classification_report(model, x, y, data.class_names, batch_size=batch_size)
     click.echo(f"{path} on {dataset_key(dataset)} ({report['examples']} test images)")
@@ -605,7 +608,9 @@ DEMO = Settings(
 
 @main.command()
 @click.option("--epochs", type=click.IntRange(min=1), default=DEMO.epochs, show_default=True)
-@click.option("--limit", type=click.IntRange(min=1), help="Use only the first N images.")
+@click.option(
+    "--limit", type=click.IntRange(min=1), help="Use only N images, the same random draw each time."
+)
 @click.option(
     "--out", type=click.Path(file_okay=False), help="Folder for the runs [default: runs/demo-TIME]."
 )
@@ -658,7 +663,9 @@ def demo(epochs: int, limit: int | None, out: str | None, quiet: bool) -> None:
 @click.option("--data-dir", type=click.Path(), help="Folder with the dataset's files.")
 @click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--epochs", type=click.IntRange(min=1), help="[default: each study's own]")
-@click.option("--limit", type=click.IntRange(min=1), help="Use only the first N images.")
+@click.option(
+    "--limit", type=click.IntRange(min=1), help="Use only N images, the same random draw each time."
+)
 @click.option(
     "--out",
     type=click.Path(file_okay=False),

@@ -129,15 +129,17 @@ def load_dataset(dataset: str, data_dir: str | None = None, image_size=None):
 
 
 def prepare(settings: Settings) -> Prepared:
-    """Load, cut to ``limit``, scale to ``settings.scale`` and split off validation data."""
+    """Load, keep ``limit`` images (:func:`cnnlab.datasets.take`), scale to ``settings.scale``
+    and split off validation data."""
     size = tuple(settings.image_size) if settings.image_size else None
     data = load_dataset(settings.dataset, settings.data_dir, size)
     (x, y), (x_test, y_test) = data
     groups = data.train_groups
-    if settings.limit is not None:
-        x, y = x[: settings.limit], y[: settings.limit]
-        x_test, y_test = x_test[: settings.limit], y_test[: settings.limit]
-        groups = None if groups is None else groups[: settings.limit]
+    if groups is None:
+        x, y = datasets.take(settings.limit, x, y)
+    else:
+        x, y, groups = datasets.take(settings.limit, x, y, groups)
+    x_test, y_test = datasets.take(settings.limit, x_test, y_test)
     feature_range = tuple(settings.scale)
     x, x_test = datasets.scale(x, feature_range), datasets.scale(x_test, feature_range)
     x_val = y_val = None

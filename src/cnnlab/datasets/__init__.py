@@ -26,7 +26,7 @@ from cnnlab.datasets.dataset import Dataset
 from cnnlab.datasets.digits import load_centred_digits, load_digits, load_shifted_digits
 from cnnlab.datasets.folder import image_folder
 from cnnlab.datasets.mnist import load_fashion_mnist, load_mnist
-from cnnlab.datasets.preprocessing import augment, one_hot, scale, train_val_split
+from cnnlab.datasets.preprocessing import augment, one_hot, scale, take, train_val_split
 
 NAMES = ("centred_digits", "cifar10", "digits", "fashion_mnist", "mnist", "shifted_digits")
 
@@ -87,5 +87,6 @@ __all__ = [
     "mnist",
     "one_hot",
     "scale",
+    "take",
     "train_val_split",
 ]

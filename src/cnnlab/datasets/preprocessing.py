@@ -43,6 +43,20 @@ def one_hot(y: np.ndarray, num_classes: int) -> np.ndarray:
     return encoded
 
 
+def take(limit: int | None, *arrays: np.ndarray, seed: int = 0) -> tuple[np.ndarray, ...]:
+    """The same ``limit`` samples of each array (``--limit``): drawn at random by ``seed``, the
+    same draw every time, kept in their order; every sample when ``limit`` is None or not
+    smaller than their number. Drawn rather than the first ``limit``: an image folder comes
+    ordered by class, and its first images would hold only the first classes."""
+    n = len(arrays[0])
+    if any(len(a) != n for a in arrays):
+        raise ValueError(f"the arrays must have the same length, got {[len(a) for a in arrays]}")
+    if limit is None or limit >= n:
+        return arrays
+    keep = np.sort(np.random.default_rng(seed).permutation(n)[:limit])
+    return tuple(a[keep] for a in arrays)
+
+
 def train_val_split(
     x: np.ndarray,
     y: np.ndarray,

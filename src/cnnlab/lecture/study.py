@@ -37,8 +37,8 @@ class Options:
 
     ``dataset``: None for the study's bundled default (offline, within two minutes on two
     cores), else a dataset name or an image folder as ``cnnlab train --dataset`` takes it.
-    ``epochs``: None for the study's own number. ``limit``: use only the first N training and
-    test images.
+    ``epochs``: None for the study's own number. ``limit``: use only N training and test
+    images, the same random draw for every seed (:func:`cnnlab.datasets.take`).
     """
 
     dataset: str | None = None
