@@ -80,6 +80,29 @@ def test_a_functional_graph_trains_alike_on_torch():
         np.testing.assert_allclose(on_torch[key], fast[key], rtol=0, atol=1e-4, err_msg=key)
 
 
+@pytest.mark.parametrize("batch", [1, 6])
+def test_batch_norm_trains_alike_on_torch_also_with_one_value_per_channel(batch):
+    """Batch norm after a Dense layer at batch 1: one value per channel, which PyTorch's own
+    batch norm refuses in training and Keras normalizes with a variance of 0."""
+
+    def trained():
+        cnnlab.set_random_seed(0)
+        model = cnnlab.Sequential(
+            [L.Input((5,)), L.Dense(4), L.BatchNormalization(momentum=0.5), L.Dense(3, "softmax")]
+        )
+        model.compile(cnnlab.optimizers.SGD(0.1), "sparse_categorical_crossentropy")
+        rng = np.random.default_rng(1)
+        for _ in range(3):
+            model.train_on_batch(rng.normal(size=(batch, 5)), rng.integers(0, 3, batch))
+        return model.get_weights()
+
+    backend.set_engine("fast")
+    fast = trained()
+    backend.set_engine("torch")
+    for got, want in zip(trained(), fast, strict=True):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+
+
 def test_a_checkpoint_predicts_alike_on_every_engine(tmp_path):
     backend.set_engine("torch")
     cnnlab.set_random_seed(0)

@@ -117,16 +117,33 @@ class _BatchNorm(nn.Module):
         self.register_buffer("moving_variance", torch.ones(c, dtype=dtype))
 
     def forward(self, x):
-        if self.training:
-            axes = tuple(range(x.dim() - 1))
-            mean = x.mean(dim=axes)
-            var = x.var(dim=axes, unbiased=False)
-            with torch.no_grad():
-                self.moving_mean.mul_(self.momentum).add_(mean.detach() * (1 - self.momentum))
-                self.moving_variance.mul_(self.momentum).add_(var.detach() * (1 - self.momentum))
+        # PyTorch's fused batch norm, on x seen as (N, C, ...): a quarter of the time of the
+        # formula written out, forward and backward (its reductions over N, H and W are slow).
+        d = x.dim()
+        to_first, back = (0, d - 1, *range(1, d - 1)), (0, *range(2, d), 1)
+        n = x.numel() // x.shape[-1]
+        if not self.training:
+            y = F.batch_norm(
+                x.permute(to_first), self.moving_mean, self.moving_variance,
+                self.gamma, self.beta, False, 0.0, self.epsilon,
+            )  # fmt: skip
+            return y.permute(back)
+        if n < 2:  # PyTorch refuses one value per channel; Keras's variance is then 0
+            mean, var = x.mean(dim=tuple(range(d - 1))), torch.zeros_like(self.gamma)
+            y = self.gamma * (x - mean) / torch.sqrt(var + self.epsilon) + self.beta
         else:
-            mean, var = self.moving_mean, self.moving_variance
-        return self.gamma * (x - mean) / torch.sqrt(var + self.epsilon) + self.beta
+            # With momentum 1 the "running" statistics it writes are this batch's: the mean,
+            # and the variance with Bessel's correction, which Keras's rule does not use.
+            mean = torch.zeros_like(self.moving_mean)  # (0 * NaN would be NaN)
+            var = torch.zeros_like(self.moving_variance)
+            y = F.batch_norm(
+                x.permute(to_first), mean, var, self.gamma, self.beta, True, 1.0, self.epsilon
+            ).permute(back)
+            var = var * ((n - 1) / n)
+        with torch.no_grad():
+            self.moving_mean.mul_(self.momentum).add_(mean.detach() * (1 - self.momentum))
+            self.moving_variance.mul_(self.momentum).add_(var.detach() * (1 - self.momentum))
+        return y
 
 
 class _Dense(nn.Module):
