@@ -1,7 +1,6 @@
 """cnnlab against PyTorch on the CPU: the book's CNN and MLP, training and inference.
 
     python benchmarks/bench.py             # batch 32 and 128, 5 repeats (a few minutes)
-    python benchmarks/bench.py --quick     # one repeat, fewer steps: under a minute
     python benchmarks/bench.py --scaling   # image sizes 32/64/128 x batch sizes 1/32/128/512
 
 Each measurement runs in a fresh subprocess, so that each framework's peak memory (RSS) is its
@@ -240,15 +239,25 @@ def sgemm_peak(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
+def copy_bandwidth(mib: int = 256, repeats: int = 5) -> float:
+    """GB/s of a large copy, bytes read plus bytes written (the median): the memory speed
+    that batch norm, the activations and im2col run at."""
+    src = np.ones(mib << 18, np.float32)
+    dst = np.empty_like(src)
+    np.copyto(dst, src)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        np.copyto(dst, src)
+        times.append(time.perf_counter() - start)
+    return 2 * src.nbytes / statistics.median(times) / 1e9
+
+
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    """The CPU, its caches and cores; Python, NumPy, torch and NumPy's BLAS kernel."""
+    from cnnlab.engine import machine as this
+
+    caches = ", ".join(f"{level} {size}" for level, size in this.caches().items())
     versions = [f"Python {platform.python_version()}", f"NumPy {np.__version__}"]
     try:
         import torch
@@ -256,35 +265,25 @@ def machine() -> str:
         versions.append(f"torch {torch.__version__}")
     except ImportError:
         pass
-    return f"{cpu}, {os.cpu_count()} cores; " + ", ".join(versions) + f"; {numpy_blas()}"
-
-
-def numpy_blas() -> str:
-    """NumPy's BLAS library and the kernel it chose for this CPU (OpenBLAS picks one at start,
-    unless ``OPENBLAS_CORETYPE`` forces one: some machines set it to work around old builds)."""
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        return "NumPy's BLAS: unknown (threadpoolctl not installed)"
-    for lib in threadpool_info():
-        if lib["user_api"] == "blas" and "numpy" in lib["filepath"]:
-            said = f"NumPy's BLAS: {lib['internal_api']} {lib['version']}"
-            kernel = lib.get("architecture")
-            forced = os.environ.get("OPENBLAS_CORETYPE")
-            if kernel:
-                said += f", kernel {kernel}" + (" (forced by OPENBLAS_CORETYPE)" if forced else "")
-            return said
-    return "NumPy's BLAS: not found"
+    blas = this.numpy_blas()
+    if os.environ.get("OPENBLAS_CORETYPE"):
+        blas += " (forced by OPENBLAS_CORETYPE)"
+    return (
+        f"{this.cpu_model()} ({caches or 'caches unknown'}), {os.cpu_count()} cores; "
+        + ", ".join(versions)
+        + f"; NumPy's BLAS: {blas}"
+    )
 
 
 # -- the tables ---------------------------------------------------------------------------------
 def main_table(args) -> list[dict]:
     rows = []
-    peak = sgemm_peak(1024 if args.quick else 2048)
+    peak = sgemm_peak()
     print(f"Machine: {machine()}")
     print(
         f"Threads: {args.threads}; memory: {args.memory}; "
-        f"float32 matrix-product peak (NumPy): {peak:.0f} GFLOP/s\n"
+        f"float32 matrix-product peak (NumPy): {peak:.0f} GFLOP/s; "
+        f"memory bandwidth (a 256 MiB copy, read + write): {copy_bandwidth():.1f} GB/s\n"
     )
     header = (
         "| model | batch | cnnlab train img/s | torch train img/s | ratio | cnnlab infer img/s "
@@ -347,7 +346,6 @@ def scaling_table(args) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--worker", nargs=4, metavar=("FRAMEWORK", "MODEL", "BATCH", "SIZE"))
-    parser.add_argument("--quick", action="store_true", help="one repeat, fewer steps (< 1 min)")
     parser.add_argument("--scaling", action="store_true", help="image and batch size sweep")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--steps", type=int, default=10)
@@ -367,10 +365,10 @@ def main() -> None:
         print(json.dumps(result))
         return
     if args.repeats is None:
-        args.repeats = 1 if args.quick else 5
+        args.repeats = 5
     args.models = ["cnn", "mlp"]
     args.batch_sizes = [32, 128]
-    args.images = 256 if args.quick else 1024  # images per timed run
+    args.images = 1024  # images per timed run
     rows = scaling_table(args) if args.scaling else main_table(args)
     if args.json:
         tmp = args.json.with_suffix(args.json.suffix + ".tmp")

@@ -15,8 +15,6 @@ repeats' ratios minus one.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import time
 
@@ -86,9 +84,9 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
+    from bench import machine
 
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"torch {torch.__version__} ({torch.get_num_threads()} threads)")  # fmt: skip
+    print(f"# {machine()}; torch on {torch.get_num_threads()} threads")
     print("| model | batch | cnnlab --engine torch | hand-written torch | overhead |")
     print("|---|---:|---:|---:|---:|")
     for name in args.models.split(","):

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import pytest
+
+# The fast engine's defaults, not choices measured on a busy test machine (tests/test_tuning.py
+# turns tuning on); and never the user's own cache folder. Set here, before any test, so that
+# the commands the tests start in subprocesses inherit them.
+os.environ["CNNLAB_TUNE"] = "off"
+os.environ["CNNLAB_TUNE_DIR"] = tempfile.mkdtemp(prefix="cnnlab-tuning-")
 
 from cnnlab import backend
 

@@ -11,6 +11,7 @@ import pytest
 
 from cnnlab import nn
 from cnnlab.engine import activations, batchnorm, blas, conv, parallel, sums
+from cnnlab.engine.tuning import ConvPlan
 
 
 @pytest.fixture(params=["compiled", "numpy"])
@@ -67,7 +68,8 @@ def test_fast_conv_in_many_chunks_matches_reference(
 ):
     """A chunk of one image's im2col matrix at a time, on each core's slice of 7 images: the
     chunks and their sums over the kernel gradient give the whole batch's numbers."""
-    monkeypatch.setattr(conv, "_CHUNK_BYTES", 1)
+    one_image = ConvPlan(winograd=False, chunk_bytes=1)
+    monkeypatch.setattr(conv.tuning, "conv_plan", lambda *shapes: one_image)
     before = parallel.num_threads()
     parallel.set_num_threads(n_threads)
     try:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cnnlab import fusion, nn, zoo
-from cnnlab.engine import blas, conv, parallel, winograd
+from cnnlab.engine import blas, conv, parallel, tuning, winograd
 from cnnlab.nn import winograd as plain
 
 needs_blas = pytest.mark.skipif(
@@ -107,6 +107,7 @@ def test_winograd_is_chosen_for_3x3_stride_1_convs_with_enough_channels(by_winog
     assert not winograd.applies((3, 3, 32, 64), (2, 2), np.float32)  # strides 2
     assert not winograd.applies((5, 5, 32, 64), (1, 1), np.float32)  # 5x5 filters
     assert not winograd.applies((3, 3, 3, 32), (1, 1), np.float32)  # the image's 3 channels
+    assert winograd.possible((3, 3, 3, 32), (1, 1), np.float32)  # which the tuner may try
     assert not winograd.applies((3, 3, 32, 64), (1, 1), np.int32)  # no BLAS product
     # In the book's CNN: the third conv (16x16x32 -> 64, strides 1) only, at inference and
     # in training.
@@ -156,7 +157,7 @@ def test_the_conv_ops_by_winograd_give_the_reference_forward_and_backward(
     x = rng.normal(size=(3, 9, 10, 16)).astype(dtype)
     kernel = (rng.normal(size=(3, 3, 16, 5)) / 12).astype(dtype)
     bias = rng.normal(size=5).astype(dtype)
-    assert conv._by_winograd(x, kernel, (1, 1))
+    assert conv._by_winograd(x, kernel, (1, 1), tuning.default_plan(kernel.shape, (1, 1), dtype))
     y, cache = conv.conv2d_forward(x, kernel, bias, (1, 1), padding)
     dy = rng.normal(size=y.shape).astype(dtype)
     dx, dkernel, dbias = conv.conv2d_backward(dy, cache)

@@ -538,6 +538,66 @@ def summary(name: str, input_shape: list[int], num_classes: int) -> None:
     model.summary(print_fn=click.echo)
 
 
+# -- tune ------------------------------------------------------------------------------------
+@main.command()
+@click.argument("name", default="cnn")
+@click.option(
+    "--input-shape",
+    type=_IntList(),
+    default="32,32,3",
+    show_default=True,
+    help="H,W,C for a zoo model or a model file without an Input.",
+)
+@click.option("--num-classes", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option(
+    "--batch-size",
+    "batch_sizes",
+    type=_IntList(),
+    default="32,128",
+    show_default=True,
+    help="The batch sizes to tune for, separated by commas.",
+)
+@engine_option
+@debug_option
+def tune(name: str, input_shape: list[int], num_classes: int, batch_sizes: list[int]) -> None:
+    """Measure how the conv layers of NAME (a zoo model, a .py / .json model definition, a model
+    file or a run directory) run fastest on this machine, keep the choices for every later run
+    here, and print them with the times that decided. Training and inference both use them;
+    CNNLAB_TUNE=off keeps the defaults."""
+    from cnnlab import zoo
+    from cnnlab.engine import tuning
+
+    if not tuning.enabled():
+        raise click.UsageError("CNNLAB_TUNE is off, so no choice would be used: unset it first.")
+    if backend.get_engine() != "fast":
+        raise click.UsageError(f"only the fast engine is tuned, not {backend.get_engine()!r}")
+    path = Path(name)
+    if name in zoo.MODELS or path.suffix in (".py", ".json"):
+        model = build_model(name, tuple(input_shape), num_classes)
+    else:
+        model = _load(name)[1]
+    if model._many_inputs or model._many_outputs:
+        raise click.UsageError("cnnlab tune takes a model of one input and one output")
+    model.compile(optimizer="adam", loss="categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    classes = model.output_shape[-1]
+    dtype = model.get_weights()[0].dtype if model.get_weights() else np.float32
+    done = len(tuning.measurements)
+    with tuning.remeasuring():
+        for batch in batch_sizes:
+            x = rng.uniform(-1, 1, (batch, *model.input_shape[1:])).astype(dtype)
+            y = np.eye(classes, dtype=dtype)[rng.integers(0, classes, batch)]
+            model.train_on_batch(x, y)
+            model.predict(x, batch_size=batch, verbose=0)
+    measured = tuning.measurements[done:]
+    click.echo(tuning.table(measured))
+    if any(m.noise <= tuning.MAX_NOISE for m in measured):
+        click.echo(f"Kept in {tuning.cache_file()}")
+    else:
+        click.echo("Nothing kept: " + ("every measurement was disturbed" if measured else
+                   "no conv layer large enough to matter"))  # fmt: skip
+
+
 # -- compare and demo ------------------------------------------------------------------------
 def _finish_comparison(results: list[Result], out: Path) -> list[dict]:
     from cnnlab.runs import write_json

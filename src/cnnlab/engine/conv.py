@@ -8,9 +8,11 @@ batch's im2col matrix. The forward pass runs a core's chunks as one compiled loo
 NumPy's own BLAS (:func:`cnnlab.engine.kernels.conv_forward_images`,
 :mod:`cnnlab.engine.blas`), whose ``memcpy`` im2col reads the input itself and writes zeros
 for the padding; where that BLAS is not found, as NumPy calls on a padded copy. 3x3
-convolutions with strides 1 and enough channels run by Winograd's minimal filtering instead,
-forward and for the input gradient (:mod:`cnnlab.engine.winograd`). Buffers are kept from call
-to call (:mod:`cnnlab.engine.scratch`), and col2im is a compiled loop
+convolutions with strides 1 can run by Winograd's minimal filtering instead, forward and for
+the input gradient (:mod:`cnnlab.engine.winograd`). How many images a chunk holds, and whether
+a convolution goes by Winograd, is its shape's :class:`~cnnlab.engine.tuning.ConvPlan`, measured
+on this machine the first time the shape is met (:mod:`cnnlab.engine.tuning`). Buffers are
+kept from call to call (:mod:`cnnlab.engine.scratch`), and col2im is a compiled loop
 (:func:`cnnlab.engine.kernels.col2im`) that adds straight into the unpadded input gradient.
 """
 
@@ -20,31 +22,33 @@ from collections.abc import Callable
 
 import numpy as np
 
-from cnnlab.engine import blas, kernels, parallel, scratch, winograd
+from cnnlab.engine import blas, kernels, parallel, scratch, tuning, winograd
 from cnnlab.engine.sums import column_sums
+from cnnlab.engine.tuning import ConvPlan
 from cnnlab.nn.conv import ConvCache
 from cnnlab.nn.padding import Pads, window_geometry
 from cnnlab.nn.windows import windows
-
-# Images per chunk: enough that a chunk's im2col matrix fills about this many bytes, so that
-# it is written, multiplied and (in the backward pass) read again while it is in the core's
-# cache, instead of going out to main memory and back. Measured on whole training steps of
-# the book's CNN (2 cores, 1 MiB of L2 each): 1 MiB beat 0.5, 2 and 4 MiB at batch 32 and 128.
-_CHUNK_BYTES = 1 << 20
 
 
 def _chunks(start: int, stop: int, step: int) -> list[tuple[int, int]]:
     return [(a, min(a + step, stop)) for a in range(start, stop, step)]
 
 
-def _images_per_chunk(out_hw: tuple[int, int], k: int, itemsize: int) -> int:
-    return max(1, _CHUNK_BYTES // (out_hw[0] * out_hw[1] * k * itemsize))
+def _plan(x: np.ndarray, kernel: np.ndarray, strides, pads, plan: ConvPlan | None) -> ConvPlan:
+    """``plan``, or this shape's on this machine (:func:`cnnlab.engine.tuning.conv_plan`)."""
+    if plan is None:
+        plan = tuning.conv_plan(x.shape, kernel.shape, tuple(strides), pads, x.dtype)
+    return plan
 
 
-def _by_winograd(x: np.ndarray, kernel: np.ndarray, strides: tuple[int, int]) -> bool:
-    """Whether the convolution runs by :mod:`cnnlab.engine.winograd` (3x3 filters, strides 1,
-    enough channels, one dtype, NumPy's BLAS found)."""
-    return x.dtype == kernel.dtype and winograd.applies(kernel.shape, strides, x.dtype)
+def _by_winograd(x: np.ndarray, kernel: np.ndarray, strides, plan: ConvPlan) -> bool:
+    """Whether the convolution runs by :mod:`cnnlab.engine.winograd`: the plan says so, and it
+    can (3x3 filters, strides 1, one dtype, NumPy's BLAS found)."""
+    return (
+        plan.winograd
+        and x.dtype == kernel.dtype
+        and winograd.possible(kernel.shape, strides, x.dtype)
+    )
 
 
 def _compiled_products(x: np.ndarray, kernel: np.ndarray) -> bool:
@@ -60,6 +64,7 @@ def conv2d_forward(
     padding: str = "valid",
     *,
     normalize: tuple | None = None,
+    plan: ConvPlan | None = None,
 ) -> tuple[np.ndarray, ConvCache]:
     """Fast :func:`cnnlab.nn.conv.conv2d_forward`, a few images at a time on every core.
 
@@ -68,15 +73,16 @@ def conv2d_forward(
     the windows, one matrix product, add the bias; in one compiled call where NumPy's BLAS is
     found (:func:`_compiled_products`), else in NumPy calls. The compiled im2col reads ``x``
     itself and writes zeros for the padding; there is no padded copy of the input. 3x3 filters
-    with strides 1 and enough channels (:func:`_by_winograd`) go by
-    :mod:`cnnlab.engine.winograd` instead, the bias as its epilogue.
+    with strides 1 go by :mod:`cnnlab.engine.winograd` instead where the plan says so
+    (:func:`_by_winograd`), the bias as its epilogue. ``plan``: the chunk size and the method
+    (:class:`cnnlab.engine.tuning.ConvPlan`); by default, this shape's on this machine.
 
     ``normalize = (mean, scale, beta, slope)``, for inference, replaces the bias: each chunk's
     output becomes ``leaky((y - mean) * scale + beta)`` while it is in the cache
     (:func:`cnnlab.engine.kernels.normalize_in_place`). That is batch norm with its moving
     statistics and the (leaky) ReLU after it, with the convolution's bias folded into ``mean``.
     """
-    y, images, cache = conv2d_forward_plan(x, kernel, bias, strides, padding, normalize)
+    y, images, cache = conv2d_forward_plan(x, kernel, bias, strides, padding, normalize, plan)
     parallel.over_batch(images, len(x))
     return y, cache
 
@@ -88,6 +94,7 @@ def conv2d_forward_plan(
     strides: tuple[int, int] = (1, 1),
     padding: str = "valid",
     normalize: tuple | None = None,
+    plan: ConvPlan | None = None,
 ) -> tuple[np.ndarray, Callable[[int, int], None], ConvCache]:
     """:func:`conv2d_forward` before it runs: the output ``y``, not yet filled, the function
     ``images(start, stop)`` that fills ``y[start:stop]`` (from ``x[start:stop]``, which need
@@ -98,7 +105,8 @@ def conv2d_forward_plan(
     kh, kw, _, f = kernel.shape
     k = kh * kw * c
     (oh, ow), pads = window_geometry((h, w), (kh, kw), strides, padding)
-    if _by_winograd(x, kernel, strides):
+    plan = _plan(x, kernel, strides, pads, plan)
+    if _by_winograd(x, kernel, strides, plan):
         if normalize is None and bias is not None:  # y + bias, as the epilogue computes it
             ones = np.ones_like(kernel, shape=f)
             normalize = (-np.asarray(bias, x.dtype), ones, ones * 0, x.dtype.type(1))
@@ -107,7 +115,7 @@ def conv2d_forward_plan(
         y, images = winograd.conv3x3_forward_plan(x, u, padding, normalize)
         return y, images, ConvCache(x, kernel, tuple(strides), pads)
     (top, _), (left, _) = pads
-    step = _images_per_chunk((oh, ow), k, x.itemsize)
+    step = tuning.images_per_chunk(plan, (oh, ow), k, x.itemsize)
     kmat = kernel.reshape(k, f)
     y = np.empty((n, oh, ow, f), dtype=np.result_type(x, kernel))
     compiled = _compiled_products(x, kernel)
@@ -154,7 +162,11 @@ def _padded(x: np.ndarray, pads: Pads) -> np.ndarray:
 
 
 def conv2d_backward(
-    dy: np.ndarray, cache: ConvCache, input_gradient: bool = True
+    dy: np.ndarray,
+    cache: ConvCache,
+    input_gradient: bool = True,
+    *,
+    plan: ConvPlan | None = None,
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """Fast :func:`cnnlab.nn.conv.conv2d_backward`, a few images at a time on every core.
 
@@ -164,12 +176,13 @@ def conv2d_backward(
     straight into the unpadded ``dx``. The slices' kernel gradients are added up in slice
     order. Where the forward pass ran by Winograd (:func:`_by_winograd`), so does ``dx``
     (:func:`cnnlab.engine.winograd.conv3x3_backward_input`), and the chunks make only the
-    kernel gradient.
+    kernel gradient. ``plan`` as in :func:`conv2d_forward`: the same shape's, by default.
     """
     x, kernel, strides, pads = cache
-    if input_gradient and _by_winograd(x, kernel, strides):
+    plan = _plan(x, kernel, strides, pads, plan)
+    if input_gradient and _by_winograd(x, kernel, strides, plan):
         dx = winograd.conv3x3_backward_input(dy, kernel, pads, x.shape)
-        _, dkernel, dbias = conv2d_backward(dy, cache, input_gradient=False)
+        _, dkernel, dbias = conv2d_backward(dy, cache, input_gradient=False, plan=plan)
         return dx, dkernel, dbias
     n, h, w, _ = x.shape
     _, oh, ow, f = dy.shape
@@ -178,7 +191,7 @@ def conv2d_backward(
     kmat_t = kernel.reshape(k, f).T
     dtype = np.result_type(dy, kernel)
     dy = np.ascontiguousarray(dy)
-    step = _images_per_chunk((oh, ow), k, x.itemsize)
+    step = tuning.images_per_chunk(plan, (oh, ow), k, x.itemsize)
     xp = _padded(x, pads)
     patches = windows(xp, (kh, kw), strides, (oh, ow))
     (top, _), (left, _) = pads

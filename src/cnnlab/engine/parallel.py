@@ -119,6 +119,12 @@ def one_blas_thread() -> Iterator[None]:
             _state.held = False
 
 
+def inside_slice() -> bool:
+    """Whether this thread is running a slice of an op (where nothing may wait for the
+    threads)."""
+    return getattr(_state, "inside", False)
+
+
 def over_batch(run: Callable[[int, int], T], n: int, grain: int = 1) -> list[T]:
     """``[run(start, stop) for each slice of range(n)]``, the slices on separate threads.
 

@@ -184,16 +184,17 @@ def forward_images(gemm, x, top, left, start, stop, u, v, m, norm, y):
                     t += 1
 
 
+def possible(kernel_shape: tuple, strides: tuple[int, int], dtype) -> bool:
+    """Whether a conv layer can run this way: 3x3 filters, strides 1, and NumPy's BLAS found
+    for the dtype."""
+    kh, kw, _, _ = kernel_shape
+    return (kh, kw) == (3, 3) and tuple(strides) == (1, 1) and blas.gemm(dtype) is not None
+
+
 def applies(kernel_shape: tuple, strides: tuple[int, int], dtype) -> bool:
-    """Whether a conv layer runs this way (:mod:`cnnlab.engine.conv` asks): 3x3 filters, strides
-    1, at least :data:`MIN_CHANNELS` input channels, and NumPy's BLAS found for the dtype."""
-    kh, kw, c, _ = kernel_shape
-    return (
-        (kh, kw) == (3, 3)
-        and tuple(strides) == (1, 1)
-        and c >= MIN_CHANNELS
-        and (blas.gemm(dtype) is not None)
-    )
+    """Whether a conv layer runs this way untuned (:func:`cnnlab.engine.tuning.default_plan`):
+    where it is :func:`possible`, with at least :data:`MIN_CHANNELS` input channels."""
+    return possible(kernel_shape, strides, dtype) and kernel_shape[2] >= MIN_CHANNELS
 
 
 def transformed(kernel: np.ndarray) -> np.ndarray:

@@ -1,0 +1,383 @@
+"""The fast convolution's choices that depend on the machine, measured on the machine.
+
+How a conv layer of a given shape runs fastest depends on the CPU it runs on: how many bytes
+of im2col matrix a chunk of images should fill so that it stays in the core's cache between
+its copy and its matrix products (``chunk_bytes``), and whether Winograd's F(4x4, 3x3) beats
+im2col for a 3x3 convolution with strides 1 (fewer multiplications, more passes over memory).
+The defaults (:func:`default_plan`: 1 MiB chunks, Winograd from
+:data:`cnnlab.engine.winograd.MIN_CHANNELS` input channels) were measured on one machine.
+
+So the first time a shape is met, :func:`conv_plan` times the candidates on random data of
+that shape, the forward and the backward pass on every thread, as FFTW's wisdom and cuDNN's
+benchmark mode do, and keeps the fastest unless the default is within
+:data:`KEEP_DEFAULT_WITHIN` of it. The choice goes into a file for this machine
+(:func:`cnnlab.engine.machine.description`) in the user's cache folder, or
+``$CNNLAB_TUNE_DIR``: a shape is measured once per machine, and every run there makes the same
+choice, so the same seed still gives the same numbers run after run. The first choice written
+for a shape stays; a process that measured the same shape at the same time takes it. A file
+this version did not write for this machine, or cannot read, is ignored and written anew.
+
+Shapes too small for the choice to matter (the im2col matrix of the images measured fits in
+the smallest chunk) keep the defaults unmeasured. ``CNNLAB_TUNE=off`` keeps the defaults for
+every shape; ``cnnlab tune`` measures a model's shapes again and prints what it chose and why.
+Every candidate gives the numbers of :func:`cnnlab.nn.conv.conv2d_forward` and
+:func:`~cnnlab.nn.conv.conv2d_backward` to rounding: they add the same products in other orders.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import os
+import statistics
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from cnnlab import files
+from cnnlab.engine import machine, parallel, winograd
+
+FORMAT = 1  # bump when a kernel changes what a choice means
+DEFAULT_CHUNK_BYTES = 1 << 20
+CHUNK_BYTES = (1 << 18, 1 << 19, 1 << 20, 1 << 21, 1 << 22)
+MAX_IMAGES = 64  # a shape is measured, and keyed, on at most this many images
+ROUNDS = 5  # timed rounds of every candidate, after one untimed
+KEEP_DEFAULT_WITHIN = 0.05  # the default stays unless another candidate is 5 % faster
+# A measurement whose rounds spread more than this (the median round over the best, for some
+# candidate) was disturbed, by another program say: the default is used and nothing is kept,
+# so that the next process measures again.
+MAX_NOISE = 0.25
+_MAX_FILE_BYTES = 4 << 20
+
+
+class ConvPlan(NamedTuple):
+    """How :mod:`cnnlab.engine.conv` runs one conv shape."""
+
+    winograd: bool  # forward and input gradient by Winograd's F(4x4, 3x3)
+    chunk_bytes: int  # the im2col matrix of a chunk of images fills about this many bytes
+
+    def __str__(self) -> str:
+        method = "Winograd" if self.winograd else "im2col"
+        return f"{method}, {self.chunk_bytes >> 10} KiB chunks"
+
+
+@dataclass
+class Measurement:
+    """What :func:`conv_plan` timed for one shape: seconds of a forward and backward pass for
+    each candidate (the best of :data:`ROUNDS`), the default and the choice."""
+
+    shape: str
+    seconds: dict[ConvPlan, float]
+    default: ConvPlan
+    chosen: ConvPlan
+    noise: float  # the largest spread of a candidate's rounds: median / best - 1
+
+
+measurements: list[Measurement] = []  # this process's, in order, for ``cnnlab tune``
+_loaded: dict[Path, dict[str, ConvPlan]] = {}  # each file's choices, as read and written
+_memo: dict[tuple, ConvPlan] = {}  # conv_plan's arguments -> its answer, in this process
+_lock = threading.Lock()
+_remeasure: set[str] | None = None  # inside remeasuring(): the shapes measured again so far
+_warned = False
+
+
+def enabled() -> bool:
+    """Whether shapes are tuned: ``CNNLAB_TUNE`` is ``on`` (the default) or ``off``."""
+    value = os.environ.get("CNNLAB_TUNE", "on").strip().lower()
+    if value in ("on", "1", "true", "yes", ""):
+        return True
+    if value in ("off", "0", "false", "no"):
+        return False
+    raise ValueError(f"CNNLAB_TUNE must be 'on' or 'off', got {value!r}")
+
+
+def default_plan(kernel_shape: tuple, strides: tuple[int, int], dtype) -> ConvPlan:
+    """The choice without tuning: 1 MiB chunks, and Winograd where
+    :func:`cnnlab.engine.winograd.applies` says so."""
+    return ConvPlan(winograd.applies(kernel_shape, strides, dtype), DEFAULT_CHUNK_BYTES)
+
+
+def images_per_chunk(plan: ConvPlan, out_hw: tuple[int, int], k: int, itemsize: int) -> int:
+    """Images whose im2col matrix, ``out_hw`` windows of ``k`` values each, fills about
+    ``plan.chunk_bytes``; at least one."""
+    return max(1, plan.chunk_bytes // (out_hw[0] * out_hw[1] * k * itemsize))
+
+
+def conv_plan(
+    x_shape: tuple, kernel_shape: tuple, strides: tuple[int, int], pads: tuple, dtype
+) -> ConvPlan:
+    """The plan for a convolution of ``x: x_shape`` (N, H, W, C) with ``kernel: kernel_shape``
+    (kh, kw, C, F) at ``strides`` with ``pads`` ((top, bottom), (left, right)): the one kept for
+    this machine, else measured now (see the module's docstring), else the default."""
+    if not enabled() or parallel.inside_slice():
+        return default_plan(kernel_shape, strides, dtype)
+    asked = (x_shape, kernel_shape, strides, pads, dtype, _path())
+    if _remeasure is None and asked in _memo:  # the plan met before in this process
+        return _memo[asked]
+    _memo[asked] = plan = _conv_plan(x_shape, kernel_shape, strides, pads, dtype)
+    return plan
+
+
+def _conv_plan(x_shape, kernel_shape, strides, pads, dtype) -> ConvPlan:
+    default = default_plan(kernel_shape, strides, dtype)
+    n = min(int(x_shape[0]), MAX_IMAGES)
+    shape = (n, *x_shape[1:])
+    key = _key(shape, kernel_shape, strides, pads, dtype)
+    with _lock:
+        path = _path()
+        plans = _plans(path)
+        again = _remeasure is not None and key not in _remeasure
+        if key in plans and not again:
+            return plans[key]
+        candidates = _candidates(shape, kernel_shape, strides, pads, dtype)
+        if len(candidates) < 2:
+            return default
+        seconds, noise = _measure(candidates, shape, kernel_shape, strides, pads, dtype)
+        if noise > MAX_NOISE:
+            chosen = default
+        else:
+            chosen = _keep(path, key, _choose(seconds, default), replace=again)
+        _plans(path)[key] = chosen
+        if again:
+            _remeasure.add(key)
+        measurements.append(Measurement(key, seconds, default, chosen, noise))
+        return chosen
+
+
+@contextlib.contextmanager
+def remeasuring() -> Iterator[None]:
+    """Inside the block, every shape met is measured again (once) and its kept choice
+    replaced."""
+    global _remeasure
+    _remeasure = set()
+    try:
+        yield
+    finally:
+        _remeasure = None
+
+
+def forget() -> None:
+    """Forget what this process read, measured and chose, as a new process starts."""
+    _loaded.clear()
+    _memo.clear()
+
+
+def cache_file() -> Path:
+    """The file this machine's choices are kept in."""
+    return _path()
+
+
+def table(measured: list[Measurement]) -> str:
+    """The measurements as a markdown table: for each shape, the choice, the default and why."""
+    lines = [
+        "| conv: dtype, images x H x W x C, kh x kw x filters, strides, pads | chosen | "
+        "ms | default | ms | why |",
+        "|---|---|---:|---|---:|---|",
+    ]
+    for m in measured:
+        fastest = min(m.seconds, key=m.seconds.get)
+        default_ms = f"{m.seconds[m.default] * 1e3:.2f}" if m.default in m.seconds else "-"
+        if m.noise > MAX_NOISE:
+            why = (
+                f"disturbed (rounds spread {m.noise:.0%}): the default, kept for this process "
+                "only; measure again on a quiet machine"
+            )
+        elif m.chosen == m.default and fastest != m.default:
+            why = f"the default is within {KEEP_DEFAULT_WITHIN:.0%} of the fastest"
+        elif m.chosen == m.default:
+            why = "the default is the fastest"
+        elif m.default in m.seconds:
+            why = f"{m.seconds[m.default] / m.seconds[m.chosen]:.2f}x as fast as the default"
+        else:
+            why = "the fastest"
+        lines.append(
+            f"| {m.shape} | {m.chosen} | {m.seconds[m.chosen] * 1e3:.2f} | {m.default} | "
+            f"{default_ms} | {why} |"
+        )
+    return "\n".join(lines)
+
+
+# -- the candidates and their timing --------------------------------------------------------
+def _geometry(shape, kernel_shape, strides, pads) -> tuple[tuple[int, int], int]:
+    _, h, w, c = shape
+    kh, kw = kernel_shape[:2]
+    (top, bottom), (left, right) = pads
+    oh = (h + top + bottom - kh) // strides[0] + 1
+    ow = (w + left + right - kw) // strides[1] + 1
+    return (oh, ow), kh * kw * c
+
+
+def _candidates(shape, kernel_shape, strides, pads, dtype) -> list[ConvPlan]:
+    """im2col with every chunk size that gives a different number of images per chunk for a
+    core's slice, and Winograd where it can run; none when the measured images' im2col matrix
+    fits in the smallest chunk."""
+    out_hw, k = _geometry(shape, kernel_shape, strides, pads)
+    itemsize = np.dtype(dtype).itemsize
+    if shape[0] * out_hw[0] * out_hw[1] * k * itemsize <= CHUNK_BYTES[0]:
+        return []
+    per_core = -(-shape[0] // parallel.num_threads())
+    by_step: dict[int, int] = {}  # images per chunk -> the chunk size that gives it
+    for chunk in CHUNK_BYTES:
+        step = min(per_core, images_per_chunk(ConvPlan(False, chunk), out_hw, k, itemsize))
+        if step not in by_step or chunk == DEFAULT_CHUNK_BYTES:  # the default's, where alike
+            by_step[step] = chunk
+    plans = [ConvPlan(False, chunk) for chunk in sorted(by_step.values())]
+    if winograd.possible(kernel_shape, strides, dtype):
+        plans += [ConvPlan(True, plan.chunk_bytes) for plan in plans]
+    return plans
+
+
+def _measure(candidates, shape, kernel_shape, strides, pads, dtype):
+    """Seconds of a forward and backward pass for each candidate, the best of :data:`ROUNDS`
+    after an untimed one, the candidates taken in turn in every round; and the noise, the
+    largest ``median / best - 1`` of a candidate's rounds."""
+    from cnnlab.engine import conv
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape).astype(dtype)
+    kernel = (rng.standard_normal(kernel_shape) * 0.1).astype(dtype)
+    bias = np.zeros(kernel_shape[3], dtype)
+    padding = "same" if any(map(any, pads)) else "valid"
+    out_hw, _ = _geometry(shape, kernel_shape, strides, pads)
+    dy = rng.standard_normal((shape[0], *out_hw, kernel_shape[3])).astype(dtype)
+    rounds = {plan: [] for plan in candidates}
+    with parallel.one_blas_thread():
+        for round_ in range(ROUNDS + 1):
+            for plan in candidates:
+                start = time.perf_counter()
+                _, cache = conv.conv2d_forward(x, kernel, bias, strides, padding, plan=plan)
+                conv.conv2d_backward(dy, cache, plan=plan)
+                if round_:
+                    rounds[plan].append(time.perf_counter() - start)
+    best = {plan: min(times) for plan, times in rounds.items()}
+    noise = max(statistics.median(times) / min(times) - 1 for times in rounds.values())
+    return best, noise
+
+
+def _choose(seconds: dict[ConvPlan, float], default: ConvPlan) -> ConvPlan:
+    """The fastest candidate, unless the default (or, where the default was not a candidate,
+    the candidate that behaves as it does) is within :data:`KEEP_DEFAULT_WITHIN` of it."""
+    fastest = min(seconds, key=seconds.get)
+    if default in seconds and seconds[default] <= seconds[fastest] * (1 + KEEP_DEFAULT_WITHIN):
+        return default
+    return fastest
+
+
+# -- the file ---------------------------------------------------------------------------------
+def _tune_dir() -> Path:
+    env = os.environ.get("CNNLAB_TUNE_DIR")
+    if env:
+        return Path(env).expanduser()
+    import pooch
+
+    return Path(pooch.os_cache("cnnlab")) / "tuning"
+
+
+def _path() -> Path:
+    return _path_for(parallel.num_threads(), os.environ.get("CNNLAB_TUNE_DIR", ""))
+
+
+@functools.cache
+def _path_for(threads: int, folder: str) -> Path:
+    """The file for this machine with ``threads`` threads in ``folder`` (kept: a conv op asks
+    at every call)."""
+    digest = hashlib.sha256(json.dumps(machine.description(), sort_keys=True).encode())
+    return _tune_dir() / f"conv-{digest.hexdigest()[:16]}.json"
+
+
+def _key(shape, kernel_shape, strides, pads, dtype) -> str:
+    n, h, w, c = shape
+    kh, kw, _, f = kernel_shape
+    (top, bottom), (left, right) = pads
+    return (
+        f"{np.dtype(dtype).name} x{n}x{h}x{w}x{c} k{kh}x{kw}x{f} "
+        f"s{strides[0]}x{strides[1]} p{top},{bottom},{left},{right}"
+    )
+
+
+def _plans(path: Path) -> dict[str, ConvPlan]:
+    if path not in _loaded:
+        _loaded[path] = _read(path)
+    return _loaded[path]
+
+
+def _read(path: Path) -> dict[str, ConvPlan]:
+    """The valid choices in ``path``; none if it is missing, damaged, of another format or
+    written for another machine."""
+    try:
+        if path.stat().st_size > _MAX_FILE_BYTES:
+            return {}
+        data = files.read_json(path)
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        return {}
+    if data.get("machine") != json.loads(json.dumps(machine.description())):
+        return {}
+    entries = data.get("conv")
+    if not isinstance(entries, dict):
+        return {}
+    plans = {}
+    for key, entry in entries.items():
+        if not isinstance(entry, dict):
+            continue
+        use_winograd, chunk = entry.get("winograd"), entry.get("chunk_bytes")
+        if isinstance(use_winograd, bool) and chunk in CHUNK_BYTES and type(chunk) is int:
+            plans[key] = ConvPlan(use_winograd, chunk)
+    return plans
+
+
+def _keep(path: Path, key: str, plan: ConvPlan, replace: bool) -> ConvPlan:
+    """Write ``plan`` for ``key`` into ``path`` and return it; if the file already holds a
+    choice for ``key`` (another process measured it), that one, unless ``replace``. Where the
+    folder cannot be written, the choice is kept for this process only, with one warning."""
+    global _warned
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _file_lock(path.with_suffix(".lock")):
+            plans = _read(path)
+            if key in plans and not replace:
+                return plans[key]
+            plans[key] = plan
+            data = {
+                "format": FORMAT,
+                "machine": machine.description(),
+                "conv": {k: p._asdict() for k, p in sorted(plans.items())},
+            }
+            with files.atomic_open(path, "w") as stream:
+                json.dump(data, stream, indent=1)
+            _loaded[path] = {**_loaded.get(path, {}), **plans}  # and those kept in memory only
+    except OSError as err:
+        if not _warned:
+            _warned = True
+            warnings.warn(
+                f"cnnlab could not keep its tuning in {path.parent} ({err}); each process "
+                "measures its conv shapes again. Set CNNLAB_TUNE_DIR to a writable folder, "
+                "or CNNLAB_TUNE=off.",
+                stacklevel=2,
+            )
+    return plan
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path``, waited for (not on Windows, which has none)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on Linux or macOS
+        yield
+        return
+    with open(path, "a") as stream:
+        fcntl.flock(stream.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(stream.fileno(), fcntl.LOCK_UN)

@@ -1,0 +1,295 @@
+"""The tuner (cnnlab.engine.tuning): conv shapes measured once per machine, the choice kept in
+a file that is trusted only when it is whole and this machine's, every choice giving the
+plain ops' numbers."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cnnlab import nn, zoo
+from cnnlab.cli import main
+from cnnlab.engine import blas, conv, machine, parallel, tuning
+from cnnlab.engine.tuning import ConvPlan
+
+needs_blas = pytest.mark.skipif(
+    blas.gemm(np.float32) is None, reason="NumPy's BLAS is not OpenBLAS: no Winograd path"
+)
+
+# The book's third conv at batch 32: 16x16x32 -> 64, strides 1, "same" (Winograd by default).
+SHAPE = ((32, 16, 16, 32), (3, 3, 32, 64), (1, 1), ((1, 1), (1, 1)), np.float32)
+DEFAULT = ConvPlan(winograd=True, chunk_bytes=1 << 20)
+
+
+@pytest.fixture
+def tuned(tmp_path, monkeypatch):
+    """Tuning on, in a folder of the test's own, with nothing loaded yet."""
+    monkeypatch.setenv("CNNLAB_TUNE", "on")
+    monkeypatch.setenv("CNNLAB_TUNE_DIR", str(tmp_path / "tuning"))
+    monkeypatch.setattr(tuning, "_loaded", {})
+    monkeypatch.setattr(tuning, "_memo", {})
+    monkeypatch.setattr(tuning, "measurements", [])
+    monkeypatch.setattr(tuning, "_warned", False)
+    return tmp_path / "tuning"
+
+
+@pytest.fixture
+def timed(monkeypatch):
+    """Measurements made up: each candidate's seconds from ``times``, a dict (1.0 where
+    absent) or a function of the plan; the noise from ``noise``; ``calls`` counts the
+    measurements."""
+
+    class Timer:
+        times: dict[ConvPlan, float] = {}
+        noise = 0.0
+        calls = 0
+
+        def __call__(self, candidates, *shape):
+            self.calls += 1
+            time = self.times if callable(self.times) else lambda p: self.times.get(p, 1.0)
+            return {plan: time(plan) for plan in candidates}, self.noise
+
+    timer = Timer()
+    monkeypatch.setattr(tuning, "_measure", timer)
+    return timer
+
+
+@needs_blas
+def test_a_shape_is_measured_once_kept_in_the_file_and_read_back(tuned, timed, monkeypatch):
+    faster = ConvPlan(False, 1 << 18)
+    timed.times = {faster: 0.5}
+    assert tuning.default_plan(*SHAPE[1:3], SHAPE[4]) == DEFAULT
+    assert tuning.conv_plan(*SHAPE) == faster
+    assert tuning.conv_plan(*SHAPE) == faster
+    assert timed.calls == 1
+    [path] = tuned.glob("conv-*.json")
+    assert path == tuning.cache_file()
+    data = json.loads(path.read_text())
+    assert data["format"] == tuning.FORMAT
+    assert data["machine"]["cpu"] == machine.cpu_model()
+    assert data["conv"] == {
+        "float32 x32x16x16x32 k3x3x64 s1x1 p1,1,1,1": {"winograd": False, "chunk_bytes": 262144}
+    }
+    tuning.forget()
+    assert tuning.conv_plan(*SHAPE) == faster  # a new process reads it
+    assert timed.calls == 1
+    [m] = tuning.measurements
+    assert m.chosen == faster and m.default == DEFAULT and m.seconds[faster] == 0.5
+
+
+@needs_blas
+def test_the_default_stays_unless_another_is_measurably_faster(tuned, timed):
+    timed.times = {DEFAULT: 1.0, ConvPlan(False, 1 << 18): 0.97}  # 3 % faster: noise
+    assert tuning.conv_plan(*SHAPE) == DEFAULT
+    assert "within 5% of the fastest" in tuning.table(tuning.measurements)
+
+
+@needs_blas
+def test_a_disturbed_measurement_gives_the_default_and_keeps_nothing(tuned, timed, monkeypatch):
+    timed.times, timed.noise = {ConvPlan(False, 1 << 18): 0.5}, 0.6
+    assert tuning.conv_plan(*SHAPE) == DEFAULT
+    assert tuning.conv_plan(*SHAPE) == DEFAULT and timed.calls == 1  # not again in this process
+    assert not tuned.exists() or not list(tuned.glob("conv-*.json"))
+    assert "disturbed (rounds spread 60%)" in tuning.table(tuning.measurements)
+    tuning.forget()
+    timed.noise = 0.0
+    assert tuning.conv_plan(*SHAPE) == ConvPlan(False, 1 << 18)  # the next process measures
+
+
+@needs_blas
+def test_off_keeps_the_defaults_and_writes_nothing(tuned, timed, monkeypatch):
+    monkeypatch.setenv("CNNLAB_TUNE", "off")
+    assert tuning.conv_plan(*SHAPE) == DEFAULT
+    assert timed.calls == 0 and not tuned.exists()
+    monkeypatch.setenv("CNNLAB_TUNE", "sometimes")
+    with pytest.raises(ValueError, match="CNNLAB_TUNE must be 'on' or 'off', got 'sometimes'"):
+        tuning.conv_plan(*SHAPE)
+
+
+def test_shapes_too_small_to_matter_are_not_measured(tuned, timed):
+    small = ((2, 6, 6, 16), (3, 3, 16, 8), (1, 1), ((1, 1), (1, 1)), np.float32)
+    assert tuning.conv_plan(*small) == tuning.default_plan((3, 3, 16, 8), (1, 1), np.float32)
+    assert timed.calls == 0
+
+
+@needs_blas
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda data: b"\x00\xff not json",
+        lambda data: json.dumps({**data, "format": tuning.FORMAT + 1}).encode(),
+        lambda data: json.dumps({**data, "machine": {**data["machine"], "cpu": "other"}}).encode(),
+        lambda data: json.dumps({**data, "conv": "notadict"}).encode(),
+        lambda data: json.dumps([data]).encode(),
+    ],
+    ids=["bytes", "format", "machine", "entries", "list"],
+)
+def test_a_damaged_or_foreign_file_is_ignored_and_written_anew(tuned, timed, monkeypatch, damage):
+    timed.times = {ConvPlan(False, 1 << 18): 0.5}
+    tuning.conv_plan(*SHAPE)
+    path = tuning.cache_file()
+    path.write_bytes(damage(json.loads(path.read_text())))
+    tuning.forget()
+    timed.times = {ConvPlan(False, 1 << 21): 0.5}
+    assert tuning.conv_plan(*SHAPE) == ConvPlan(False, 1 << 21)  # measured again
+    assert timed.calls == 2
+    data = json.loads(path.read_text())
+    assert data["format"] == tuning.FORMAT and data["machine"]["cpu"] == machine.cpu_model()
+    assert list(data["conv"].values()) == [{"winograd": False, "chunk_bytes": 1 << 21}]
+
+
+@needs_blas
+def test_entries_that_are_not_choices_are_dropped(tuned, timed, monkeypatch):
+    timed.times = {ConvPlan(False, 1 << 18): 0.5}
+    tuning.conv_plan(*SHAPE)
+    path = tuning.cache_file()
+    data = json.loads(path.read_text())
+    [key] = data["conv"]
+    for bad in ({"winograd": "yes", "chunk_bytes": 1 << 18}, {"winograd": False, "chunk_bytes": 3},
+                {"winograd": False, "chunk_bytes": True}, [1, 2]):  # fmt: skip
+        path.write_text(json.dumps({**data, "conv": {key: bad}}))
+        tuning.forget()
+        assert key not in tuning._read(path)
+
+
+@needs_blas
+def test_the_first_choice_written_for_a_shape_stays(tuned, timed, monkeypatch):
+    """Two processes measure one shape at once: the one that writes second takes the first
+    one's choice, so that both run alike."""
+    timed.times = {ConvPlan(False, 1 << 18): 0.5}
+    tuning.conv_plan(*SHAPE)  # the other process, first
+    tuning.forget()
+    tuning._loaded[tuning.cache_file()] = {}  # read before that
+    timed.times = {ConvPlan(False, 1 << 21): 0.5}
+    assert tuning.conv_plan(*SHAPE) == ConvPlan(False, 1 << 18)
+    assert timed.calls == 2
+    assert list(tuning._read(tuning.cache_file()).values()) == [ConvPlan(False, 1 << 18)]
+
+
+@needs_blas
+def test_cnnlab_tune_measures_again_and_replaces_the_choice(tuned, timed):
+    timed.times = {ConvPlan(False, 1 << 18): 0.5}
+    tuning.conv_plan(*SHAPE)
+    with tuning.remeasuring():
+        timed.times = {ConvPlan(False, 1 << 21): 0.5}
+        assert tuning.conv_plan(*SHAPE) == ConvPlan(False, 1 << 21)
+        assert tuning.conv_plan(*SHAPE) == ConvPlan(False, 1 << 21)
+    assert timed.calls == 2  # once again inside the block, not at every call
+    assert list(tuning._read(tuning.cache_file()).values()) == [ConvPlan(False, 1 << 21)]
+
+
+@needs_blas
+def test_an_unwritable_folder_warns_once_and_tunes_in_memory(tuned, timed, monkeypatch):
+    tuned.parent.joinpath("tuning").write_text("a file where the folder should be")
+    timed.times = {ConvPlan(False, 1 << 18): 0.5}
+    with pytest.warns(UserWarning, match="could not keep its tuning in .*CNNLAB_TUNE_DIR"):
+        assert tuning.conv_plan(*SHAPE) == ConvPlan(False, 1 << 18)
+    other = (SHAPE[0], (3, 3, 32, 32), *SHAPE[2:])
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tuning.conv_plan(*other)  # no second warning
+
+
+def test_the_machine_key_holds_the_threads(tuned):
+    before = parallel.num_threads()
+    first = tuning.cache_file()
+    parallel.set_num_threads(1 if before > 1 else 2)
+    try:
+        assert tuning.cache_file() != first
+    finally:
+        parallel.set_num_threads(before)
+    assert tuning.cache_file() == first
+
+
+# -- every candidate gives the plain numbers ----------------------------------------------------
+CASES = [
+    # (x shape, kernel shape, strides, padding): the book's CNN's convs, smaller batches
+    ((5, 12, 12, 3), (3, 3, 3, 8), (1, 1), "same"),
+    ((5, 12, 12, 16), (3, 3, 16, 8), (2, 2), "same"),
+    ((5, 9, 10, 16), (3, 3, 16, 12), (1, 1), "same"),
+    ((5, 9, 10, 4), (3, 3, 4, 6), (1, 1), "valid"),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}x{c[1]}s{c[2][0]}{c[3]}")
+def test_every_candidate_gives_the_plain_forward_and_backward(case, dtype):
+    x_shape, kernel_shape, strides, padding = case
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=x_shape).astype(dtype)
+    kernel = (rng.normal(size=kernel_shape) / 6).astype(dtype)
+    bias = rng.normal(size=kernel_shape[3]).astype(dtype)
+    wide = [a.astype(np.float64) for a in (x, kernel, bias)]
+    y_ref, cache_ref = nn.conv2d_forward(*wide, strides, padding)
+    dy = rng.normal(size=y_ref.shape)
+    refs = (y_ref, *nn.conv2d_backward(dy, cache_ref))
+    plans = [ConvPlan(False, c) for c in (1, *tuning.CHUNK_BYTES)]
+    if tuning.winograd.possible(kernel_shape, strides, dtype):
+        plans += [ConvPlan(True, 1), ConvPlan(True, 1 << 20)]
+    tolerance = 1e-12 if dtype == np.float64 else 3e-5
+    for plan in plans:
+        y, cache = conv.conv2d_forward(x, kernel, bias, strides, padding, plan=plan)
+        got = (y, *conv.conv2d_backward(dy.astype(dtype), cache, plan=plan))
+        for value, ref in zip(got, refs, strict=True):
+            assert value.dtype == dtype
+            scale = max(1.0, np.abs(ref).max())
+            assert np.abs(value - ref).max() <= tolerance * scale, plan
+
+
+def test_a_tuned_training_step_gives_the_untuned_numbers(tuned, monkeypatch):
+    """The book's CNN, one training step at batch 32 with tuning on (really measured) and off."""
+    import cnnlab
+
+    def step():
+        cnnlab.set_random_seed(0)
+        model = zoo.cnn(input_shape=(16, 16, 3))
+        model.compile(cnnlab.optimizers.SGD(0.01), "sparse_categorical_crossentropy")
+        rng = np.random.default_rng(0)
+        x = rng.uniform(-1, 1, (32, 16, 16, 3)).astype(np.float32)
+        model.train_on_batch(x, rng.integers(0, 10, 32))
+        return model.get_weights(), model.predict(x, verbose=0)
+
+    weights, predicted = step()
+    monkeypatch.setenv("CNNLAB_TUNE", "off")
+    weights_off, predicted_off = step()
+    for a, b in zip(weights, weights_off, strict=True):
+        assert np.abs(a - b).max() <= 1e-5 * max(1.0, np.abs(b).max())
+    assert np.abs(predicted - predicted_off).max() <= 1e-5
+
+
+@needs_blas
+def test_cnnlab_tune_prints_each_conv_shape_and_keeps_the_choices(tuned, timed):
+    timed.times = lambda plan: 0.5 if plan.winograd else 1.0
+    result = CliRunner().invoke(
+        main, ["tune", "cnn", "--input-shape", "16,16,3", "--batch-size", "16"], prog_name="cnnlab"
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("| conv: dtype, images x H x W x C")
+    # The book's CNN's four convs, each measured once (in training; inference takes the choice).
+    assert [line.split(" | ")[0] for line in lines[2:-1]] == [
+        "| float32 x16x16x16x3 k3x3x32 s1x1 p1,1,1,1",
+        "| float32 x16x16x16x32 k3x3x32 s2x2 p0,1,0,1",
+        "| float32 x16x8x8x32 k3x3x64 s1x1 p1,1,1,1",
+        "| float32 x16x8x8x64 k3x3x64 s2x2 p0,1,0,1",
+    ]
+    # The first conv (3 channels) is im2col's by default, and Winograd's here: "2x as fast".
+    assert "| Winograd, 1024 KiB chunks | 500.00 | im2col, 1024 KiB chunks | 1000.00 |" in lines[2]
+    assert lines[2].endswith("| 2.00x as fast as the default |")
+    assert all("| the default is " in line for line in lines[3:-1])
+    assert lines[-1] == f"Kept in {tuning.cache_file()}"
+    assert len(tuning._read(tuning.cache_file())) == 4
+
+
+def test_cnnlab_tune_refuses_when_tuning_is_off(tuned, monkeypatch):
+    monkeypatch.setenv("CNNLAB_TUNE", "off")
+    result = CliRunner().invoke(main, ["tune"], prog_name="cnnlab")
+    assert result.exit_code == 2
+    assert "CNNLAB_TUNE is off" in result.stderr
+    assert not os.path.exists(tuned)
