@@ -89,15 +89,16 @@ def test_the_default_stays_unless_another_is_measurably_faster(tuned, timed):
 
 
 @needs_blas
-def test_a_disturbed_measurement_gives_the_default_and_keeps_nothing(tuned, timed, monkeypatch):
+def test_a_disturbed_measurement_keeps_the_default(tuned, timed):
+    """Another program made the rounds spread: the default is kept for good, so that a later
+    run does not choose otherwise (and get other numbers to rounding)."""
     timed.times, timed.noise = {ConvPlan(False, 1 << 18): 0.5}, 0.6
     assert tuning.conv_plan(*SHAPE) == DEFAULT
-    assert tuning.conv_plan(*SHAPE) == DEFAULT and timed.calls == 1  # not again in this process
-    assert not tuned.exists() or not list(tuned.glob("conv-*.json"))
     assert "disturbed (rounds spread 60%)" in tuning.table(tuning.measurements)
     tuning.forget()
     timed.noise = 0.0
-    assert tuning.conv_plan(*SHAPE) == ConvPlan(False, 1 << 18)  # the next process measures
+    assert tuning.conv_plan(*SHAPE) == DEFAULT  # the next process reads it
+    assert timed.calls == 1
 
 
 @needs_blas

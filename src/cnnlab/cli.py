@@ -591,11 +591,10 @@ def tune(name: str, input_shape: list[int], num_classes: int, batch_sizes: list[
             model.predict(x, batch_size=batch, verbose=0)
     measured = tuning.measurements[done:]
     click.echo(tuning.table(measured))
-    if any(m.noise <= tuning.MAX_NOISE for m in measured):
+    if measured:
         click.echo(f"Kept in {tuning.cache_file()}")
     else:
-        click.echo("Nothing kept: " + ("every measurement was disturbed" if measured else
-                   "no conv layer large enough to matter"))  # fmt: skip
+        click.echo("No conv layer large enough for the choice to matter: nothing measured.")
 
 
 # -- compare and demo ------------------------------------------------------------------------

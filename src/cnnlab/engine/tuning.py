@@ -13,7 +13,8 @@ benchmark mode do, and keeps the fastest unless the default is within
 :data:`KEEP_DEFAULT_WITHIN` of it. The choice goes into a file for this machine
 (:func:`cnnlab.engine.machine.description`) in the user's cache folder, or
 ``$CNNLAB_TUNE_DIR``: a shape is measured once per machine, and every run there makes the same
-choice, so the same seed still gives the same numbers run after run. The first choice written
+choice, so the same seed still gives the same numbers run after run. A measurement disturbed
+by another program (:data:`MAX_NOISE`) keeps the default. The first choice written
 for a shape stays; a process that measured the same shape at the same time takes it. A file
 this version did not write for this machine, or cannot read, is ignored and written anew.
 
@@ -52,8 +53,8 @@ MAX_IMAGES = 64  # a shape is measured, and keyed, on at most this many images
 ROUNDS = 5  # timed rounds of every candidate, after one untimed
 KEEP_DEFAULT_WITHIN = 0.05  # the default stays unless another candidate is 5 % faster
 # A measurement whose rounds spread more than this (the median round over the best, for some
-# candidate) was disturbed, by another program say: the default is used and nothing is kept,
-# so that the next process measures again.
+# candidate) was disturbed, by another program say: the default is kept for the shape, as if
+# untuned, so that every later run makes the same choice (`cnnlab tune` measures again).
 MAX_NOISE = 0.25
 _MAX_FILE_BYTES = 4 << 20
 
@@ -141,10 +142,8 @@ def _conv_plan(x_shape, kernel_shape, strides, pads, dtype) -> ConvPlan:
         if len(candidates) < 2:
             return default
         seconds, noise = _measure(candidates, shape, kernel_shape, strides, pads, dtype)
-        if noise > MAX_NOISE:
-            chosen = default
-        else:
-            chosen = _keep(path, key, _choose(seconds, default), replace=again)
+        chosen = default if noise > MAX_NOISE else _choose(seconds, default)
+        chosen = _keep(path, key, chosen, replace=again)
         _plans(path)[key] = chosen
         if again:
             _remeasure.add(key)
@@ -187,8 +186,8 @@ def table(measured: list[Measurement]) -> str:
         default_ms = f"{m.seconds[m.default] * 1e3:.2f}" if m.default in m.seconds else "-"
         if m.noise > MAX_NOISE:
             why = (
-                f"disturbed (rounds spread {m.noise:.0%}): the default, kept for this process "
-                "only; measure again on a quiet machine"
+                f"disturbed (rounds spread {m.noise:.0%}): the default; measure again on a "
+                "quiet machine"
             )
         elif m.chosen == m.default and fastest != m.default:
             why = f"the default is within {KEEP_DEFAULT_WITHIN:.0%} of the fastest"
