@@ -513,42 +513,46 @@ def predict(model_path: str, images: tuple[str, ...], top_k: int) -> None:
             click.echo(f"  {rank}. {names[k]:<12} {p[k]:.4f}")
 
 
-# -- summary ---------------------------------------------------------------------------------
+# -- summary and tune ------------------------------------------------------------------------
+def model_options(f):
+    """NAME and the shape options of a command that builds or loads a model."""
+    options = [
+        click.option(
+            "--input-shape",
+            type=_IntList(),
+            default="32,32,3",
+            show_default=True,
+            help="H,W,C for a zoo model or a model file without an Input.",
+        ),
+        click.option("--num-classes", type=click.IntRange(min=1), default=10, show_default=True),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _named_model(name: str, input_shape: list[int], num_classes: int):
+    """A zoo model, a .py / .json model definition, a model file or a run directory's."""
+    from cnnlab import zoo
+
+    if name in zoo.MODELS or Path(name).suffix in (".py", ".json"):
+        return build_model(name, tuple(input_shape), num_classes)
+    return _load(name)[1]
+
+
 @main.command()
 @click.argument("name")
-@click.option(
-    "--input-shape",
-    type=_IntList(),
-    default="32,32,3",
-    show_default=True,
-    help="H,W,C for a zoo model or a model file without an Input.",
-)
-@click.option("--num-classes", type=click.IntRange(min=1), default=10, show_default=True)
+@model_options
 @debug_option
 def summary(name: str, input_shape: list[int], num_classes: int) -> None:
     """Layers, output shapes and parameter counts of NAME: a zoo model (mlp, cnn, diagram),
     a .py / .json model definition, a model file or a run directory."""
-    from cnnlab import zoo
-
-    path = Path(name)
-    if name in zoo.MODELS or path.suffix in (".py", ".json"):
-        model = build_model(name, tuple(input_shape), num_classes)
-    else:
-        model = _load(name)[1]
-    model.summary(print_fn=click.echo)
+    _named_model(name, input_shape, num_classes).summary(print_fn=click.echo)
 
 
-# -- tune ------------------------------------------------------------------------------------
 @main.command()
 @click.argument("name", default="cnn")
-@click.option(
-    "--input-shape",
-    type=_IntList(),
-    default="32,32,3",
-    show_default=True,
-    help="H,W,C for a zoo model or a model file without an Input.",
-)
-@click.option("--num-classes", type=click.IntRange(min=1), default=10, show_default=True)
+@model_options
 @click.option(
     "--batch-size",
     "batch_sizes",
@@ -564,18 +568,13 @@ def tune(name: str, input_shape: list[int], num_classes: int, batch_sizes: list[
     file or a run directory) run fastest on this machine, keep the choices for every later run
     here, and print them with the times that decided. Training and inference both use them;
     CNNLAB_TUNE=off keeps the defaults."""
-    from cnnlab import zoo
     from cnnlab.engine import tuning
 
     if not tuning.enabled():
         raise click.UsageError("CNNLAB_TUNE is off, so no choice would be used: unset it first.")
     if backend.get_engine() != "fast":
         raise click.UsageError(f"only the fast engine is tuned, not {backend.get_engine()!r}")
-    path = Path(name)
-    if name in zoo.MODELS or path.suffix in (".py", ".json"):
-        model = build_model(name, tuple(input_shape), num_classes)
-    else:
-        model = _load(name)[1]
+    model = _named_model(name, input_shape, num_classes)
     if model._many_inputs or model._many_outputs:
         raise click.UsageError("cnnlab tune takes a model of one input and one output")
     model.compile(optimizer="adam", loss="categorical_crossentropy")
