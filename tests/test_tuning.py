@@ -21,7 +21,7 @@ needs_blas = pytest.mark.skipif(
 )
 
 # The book's third conv at batch 32: 16x16x32 -> 64, strides 1, "same" (Winograd by default).
-SHAPE = ((32, 16, 16, 32), (3, 3, 32, 64), (1, 1), ((1, 1), (1, 1)), np.float32)
+SHAPE = ((32, 16, 16, 32), (3, 3, 32, 64), (1, 1), ((1, 1), (1, 1)), np.float32, conv.trial)
 DEFAULT = ConvPlan(winograd=True, chunk_bytes=1 << 20)
 
 
@@ -48,7 +48,7 @@ def timed(monkeypatch):
         noise = 0.0
         calls = 0
 
-        def __call__(self, candidates, *shape):
+        def __call__(self, candidates, run):
             self.calls += 1
             time = self.times if callable(self.times) else lambda p: self.times.get(p, 1.0)
             return {plan: time(plan) for plan in candidates}, self.noise
@@ -62,7 +62,7 @@ def timed(monkeypatch):
 def test_a_shape_is_measured_once_kept_in_the_file_and_read_back(tuned, timed, monkeypatch):
     faster = ConvPlan(False, 1 << 18)
     timed.times = {faster: 0.5}
-    assert tuning.default_plan(*SHAPE[1:3], SHAPE[4]) == DEFAULT
+    assert tuning.default_plan(SHAPE[1], SHAPE[2], SHAPE[4]) == DEFAULT
     assert tuning.conv_plan(*SHAPE) == faster
     assert tuning.conv_plan(*SHAPE) == faster
     assert timed.calls == 1
@@ -112,7 +112,7 @@ def test_off_keeps_the_defaults_and_writes_nothing(tuned, timed, monkeypatch):
 
 
 def test_shapes_too_small_to_matter_are_not_measured(tuned, timed):
-    small = ((2, 6, 6, 16), (3, 3, 16, 8), (1, 1), ((1, 1), (1, 1)), np.float32)
+    small = ((2, 6, 6, 16), (3, 3, 16, 8), (1, 1), ((1, 1), (1, 1)), np.float32, conv.trial)
     assert tuning.conv_plan(*small) == tuning.default_plan((3, 3, 16, 8), (1, 1), np.float32)
     assert timed.calls == 0
 

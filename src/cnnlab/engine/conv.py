@@ -37,8 +37,26 @@ def _chunks(start: int, stop: int, step: int) -> list[tuple[int, int]]:
 def _plan(x: np.ndarray, kernel: np.ndarray, strides, pads, plan: ConvPlan | None) -> ConvPlan:
     """``plan``, or this shape's on this machine (:func:`cnnlab.engine.tuning.conv_plan`)."""
     if plan is None:
-        plan = tuning.conv_plan(x.shape, kernel.shape, tuple(strides), pads, x.dtype)
+        plan = tuning.conv_plan(x.shape, kernel.shape, tuple(strides), pads, x.dtype, trial)
     return plan
+
+
+def trial(x_shape, kernel_shape, strides, pads, dtype) -> Callable[[ConvPlan], None]:
+    """For the tuner: ``run(plan)``, a forward and a backward pass of this shape with ``plan``,
+    on random data made once."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    kernel = (rng.standard_normal(kernel_shape) * 0.1).astype(dtype)
+    bias = np.zeros(kernel_shape[3], dtype)
+    padding = "same" if any(map(any, pads)) else "valid"
+    (oh, ow), _ = window_geometry(x_shape[1:3], kernel_shape[:2], strides, padding)
+    dy = rng.standard_normal((x_shape[0], oh, ow, kernel_shape[3])).astype(dtype)
+
+    def run(plan: ConvPlan) -> None:
+        _, cache = conv2d_forward(x, kernel, bias, strides, padding, plan=plan)
+        conv2d_backward(dy, cache, plan=plan)
+
+    return run
 
 
 def _by_winograd(x: np.ndarray, kernel: np.ndarray, strides, plan: ConvPlan) -> bool:

@@ -36,7 +36,7 @@ import statistics
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -112,22 +112,33 @@ def images_per_chunk(plan: ConvPlan, out_hw: tuple[int, int], k: int, itemsize: 
     return max(1, plan.chunk_bytes // (out_hw[0] * out_hw[1] * k * itemsize))
 
 
+# A conv shape's trial: given the shape, a function that runs one forward and backward pass
+# with a plan (:func:`cnnlab.engine.conv.trial`, passed in: conv asks, tuning times).
+Trial = Callable[[tuple, tuple, tuple, tuple, np.dtype], Callable[[ConvPlan], None]]
+
+
 def conv_plan(
-    x_shape: tuple, kernel_shape: tuple, strides: tuple[int, int], pads: tuple, dtype
+    x_shape: tuple,
+    kernel_shape: tuple,
+    strides: tuple[int, int],
+    pads: tuple,
+    dtype,
+    trial: Trial,
 ) -> ConvPlan:
     """The plan for a convolution of ``x: x_shape`` (N, H, W, C) with ``kernel: kernel_shape``
     (kh, kw, C, F) at ``strides`` with ``pads`` ((top, bottom), (left, right)): the one kept for
-    this machine, else measured now (see the module's docstring), else the default."""
+    this machine, else measured now by timing ``trial``'s passes (see the module's docstring),
+    else the default."""
     if not enabled() or parallel.inside_slice():
         return default_plan(kernel_shape, strides, dtype)
     asked = (x_shape, kernel_shape, strides, pads, dtype, _path())
     if _remeasure is None and asked in _memo:  # the plan met before in this process
         return _memo[asked]
-    _memo[asked] = plan = _conv_plan(x_shape, kernel_shape, strides, pads, dtype)
+    _memo[asked] = plan = _conv_plan(x_shape, kernel_shape, strides, pads, dtype, trial)
     return plan
 
 
-def _conv_plan(x_shape, kernel_shape, strides, pads, dtype) -> ConvPlan:
+def _conv_plan(x_shape, kernel_shape, strides, pads, dtype, trial: Trial) -> ConvPlan:
     default = default_plan(kernel_shape, strides, dtype)
     n = min(int(x_shape[0]), MAX_IMAGES)
     shape = (n, *x_shape[1:])
@@ -141,7 +152,8 @@ def _conv_plan(x_shape, kernel_shape, strides, pads, dtype) -> ConvPlan:
         candidates = _candidates(shape, kernel_shape, strides, pads, dtype)
         if len(candidates) < 2:
             return default
-        seconds, noise = _measure(candidates, shape, kernel_shape, strides, pads, dtype)
+        run = trial(shape, kernel_shape, strides, pads, np.dtype(dtype))
+        seconds, noise = _measure(candidates, run)
         chosen = default if noise > MAX_NOISE else _choose(seconds, default)
         chosen = _keep(path, key, chosen, replace=again)
         _plans(path)[key] = chosen
@@ -234,26 +246,16 @@ def _candidates(shape, kernel_shape, strides, pads, dtype) -> list[ConvPlan]:
     return plans
 
 
-def _measure(candidates, shape, kernel_shape, strides, pads, dtype):
-    """Seconds of a forward and backward pass for each candidate, the best of :data:`ROUNDS`
-    after an untimed one, the candidates taken in turn in every round; and the noise, the
-    largest ``median / best - 1`` of a candidate's rounds."""
-    from cnnlab.engine import conv
-
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal(shape).astype(dtype)
-    kernel = (rng.standard_normal(kernel_shape) * 0.1).astype(dtype)
-    bias = np.zeros(kernel_shape[3], dtype)
-    padding = "same" if any(map(any, pads)) else "valid"
-    out_hw, _ = _geometry(shape, kernel_shape, strides, pads)
-    dy = rng.standard_normal((shape[0], *out_hw, kernel_shape[3])).astype(dtype)
+def _measure(candidates: list[ConvPlan], run: Callable[[ConvPlan], None]):
+    """Seconds of ``run(plan)`` for each candidate, the best of :data:`ROUNDS` after an untimed
+    one, the candidates taken in turn in every round; and the noise, the largest
+    ``median / best - 1`` of a candidate's rounds."""
     rounds = {plan: [] for plan in candidates}
     with parallel.one_blas_thread():
         for round_ in range(ROUNDS + 1):
             for plan in candidates:
                 start = time.perf_counter()
-                _, cache = conv.conv2d_forward(x, kernel, bias, strides, padding, plan=plan)
-                conv.conv2d_backward(dy, cache, plan=plan)
+                run(plan)
                 if round_:
                     rounds[plan].append(time.perf_counter() - start)
     best = {plan: min(times) for plan, times in rounds.items()}
