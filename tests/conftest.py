@@ -18,11 +18,13 @@ from cnnlab import backend
 
 @pytest.fixture(autouse=True)
 def _engine_restored():
-    """Whatever engine a test (or a command it runs) switches to, the next test starts on the
-    one before it."""
-    before = backend.get_engine()
+    """Whatever engine, device or precision a test (or a command it runs) switches to, the
+    next test starts on the one before it."""
+    before = backend.get_engine(), backend.get_device(), backend.get_precision()
     yield
-    backend.set_engine(before)
+    backend.set_engine(before[0])
+    backend.set_device(before[1])
+    backend.set_precision(before[2])
 
 
 @pytest.fixture(params=["reference", "fast"])

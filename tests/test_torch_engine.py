@@ -16,7 +16,7 @@ torch = pytest.importorskip(
 from test_cli import QUICK, invoke  # noqa: E402
 
 import cnnlab  # noqa: E402
-from cnnlab import backend, zoo  # noqa: E402
+from cnnlab import backend, torch_engine, zoo  # noqa: E402
 from cnnlab import layers as L  # noqa: E402
 from cnnlab.runs import RunDirectory  # noqa: E402
 from cnnlab.saving import load  # noqa: E402
@@ -101,6 +101,73 @@ def test_batch_norm_trains_alike_on_torch_also_with_one_value_per_channel(batch)
     backend.set_engine("torch")
     for got, want in zip(trained(), fast, strict=True):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+
+
+def _fit_cnn(precision: str = "float32", shared: bool = True):
+    """The book's CNN (batch norm, dropout) after 2 epochs on the torch engine, with the
+    parameters as views of the arrays (the CPU) or, as on a GPU, copies synced every step."""
+    backend.set_precision(precision)
+    cnnlab.set_random_seed(0)
+    model = zoo.get("cnn")
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    torch_engine.runner(model).shared = shared
+    x, y = _cifar_batches(4, 16)
+    history = model.fit(x, y, batch_size=16, epochs=2, verbose=0, validation_data=(x, y))
+    return history.history, model.get_weights(), model.predict(x, verbose=0)
+
+
+def test_on_a_device_the_copied_parameters_train_as_the_shared_ones_do():
+    """Off the CPU the parameters and batch-norm statistics are copies, moved there before a
+    step and back after it; run that way on the CPU, it gives the shared arrays' numbers bit
+    for bit: the weights, the moving statistics, the logs and the predictions."""
+    backend.set_engine("torch")
+    shared, copied = _fit_cnn(shared=True), _fit_cnn(shared=False)
+    assert shared[0] == copied[0]
+    for a, b in zip(shared[1], copied[1], strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(shared[2], copied[2])
+
+
+def test_bf16_trains_close_to_float32():
+    backend.set_engine("torch")
+    exact, half = _fit_cnn("float32"), _fit_cnn("bf16")
+    assert exact[0]["loss"] != half[0]["loss"]
+    np.testing.assert_allclose(half[0]["loss"], exact[0]["loss"], rtol=2e-2)
+    assert all(w.dtype == np.float32 for w in half[1])  # the weights stay float32
+    assert np.abs(half[2] - exact[2]).max() < 2e-2
+
+
+def test_a_device_or_precision_that_cannot_be_used_is_a_usage_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = ["train", "--model", "mlp", *QUICK, "--epochs", "1"]
+    for extra, says in [
+        (["--engine", "torch", "--device", "cuda"], "PyTorch finds no CUDA device here"),
+        (["--engine", "torch", "--device", "cuda:1"], "PyTorch finds no CUDA device here"),
+        (["--engine", "torch", "--device", "tpu"], "must be 'auto', 'cpu', 'cuda', 'cuda:N'"),
+        (["--device", "cuda"], "is the torch engine's: add --engine torch"),
+        (["--precision", "bf16"], "is the torch engine's: add --engine torch"),
+    ]:
+        backend.set_engine("fast")  # as a new process starts, without --engine
+        result = invoke(*args, *extra)
+        assert result.exit_code == 2, (extra, result.output)
+        assert says in result.output and "Traceback" not in result.output, result.output
+    with pytest.raises(ValueError, match="`device` must be 'auto', 'cpu'.*got 'gpu'"):
+        cnnlab.set_device("gpu")
+    with pytest.raises(ValueError, match="`precision` must be one of"):
+        cnnlab.set_precision("fp8")
+
+
+def test_auto_takes_the_cpu_here_and_the_run_records_device_and_precision(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch_engine, "_mps_available", lambda: False)
+    assert torch_engine.resolve_device("auto") == torch.device("cpu")
+    out = tmp_path / "run"
+    result = invoke("train", "--model", "mlp", *QUICK, "--epochs", "1", "--engine", "torch",
+                    "--device", "auto", "--precision", "bf16", "--out", out)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    versions = json.loads((out / "config.json").read_text())["versions"]
+    assert versions["engine"] == "torch" and versions["device"] == "cpu"
+    assert versions["precision"] == "bf16"
 
 
 def test_a_checkpoint_predicts_alike_on_every_engine(tmp_path):

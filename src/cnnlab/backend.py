@@ -13,8 +13,11 @@
   as on "fast".
 
 ``cnnlab.set_engine(name)``, or the environment variable ``CNNLAB_ENGINE``, chooses; the
-command line's ``--engine``, too. Everything else (fit, evaluate, predict, saving, resuming,
-the NaN guard, the pictures) works the same on either.
+command line's ``--engine``, too. The torch engine also takes a device
+(``cnnlab.set_device``, ``CNNLAB_DEVICE``, ``--device``: auto, cpu, cuda, cuda:N, mps) and a
+precision (``cnnlab.set_precision``, ``CNNLAB_PRECISION``, ``--precision``: float32, bf16).
+Everything else (fit, evaluate, predict, saving, resuming, the NaN guard, the pictures) works
+the same on every engine.
 """
 
 from __future__ import annotations
@@ -28,7 +31,10 @@ from types import SimpleNamespace
 from cnnlab import checks, nn
 
 ENGINES = ("reference", "fast", "torch")
+PRECISIONS = ("float32", "bf16")
 _engine: str | None = None
+_device: str | None = None
+_precision: str | None = None
 _ops: dict[str, SimpleNamespace] = {}
 
 
@@ -51,6 +57,48 @@ def set_engine(name: str) -> None:
             'The torch engine needs PyTorch, which is not installed: pip install "cnnlab[torch]"'
         )
     _engine = name
+
+
+def get_device() -> str:
+    """Where the torch engine runs: "auto" (a GPU if PyTorch finds one, else the CPU) unless
+    :func:`set_device` or ``CNNLAB_DEVICE`` said otherwise."""
+    global _device
+    if _device is None:
+        _device = _device_name("CNNLAB_DEVICE", os.environ.get("CNNLAB_DEVICE", "auto"))
+    return _device
+
+
+def set_device(device: str) -> None:
+    """Run the torch engine's steps on ``device`` from now on: "auto", "cpu", "cuda",
+    "cuda:N" or "mps" (checked against what PyTorch finds when a model runs)."""
+    global _device
+    _device = _device_name("device", device)
+
+
+def _device_name(name: str, value) -> str:
+    text = value.strip().lower() if isinstance(value, str) else value
+    index = text.partition(":")[2] if isinstance(text, str) else ""
+    if text in ("auto", "cpu", "cuda", "mps") or (
+        isinstance(text, str) and text.startswith("cuda:") and index.isdigit()
+    ):
+        return text
+    raise ValueError(f"`{name}` must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {value!r}")
+
+
+def get_precision() -> str:
+    """The torch engine's arithmetic: "float32" (the model's own dtype), or "bf16" (convolutions
+    and matrix products in bfloat16 under PyTorch's autocast)."""
+    global _precision
+    if _precision is None:
+        value = os.environ.get("CNNLAB_PRECISION", "float32")
+        _precision = checks.choice("CNNLAB_PRECISION", value, PRECISIONS)
+    return _precision
+
+
+def set_precision(precision: str) -> None:
+    """ "float32" or "bf16" for the torch engine's steps from now on."""
+    global _precision
+    _precision = checks.choice("precision", precision, PRECISIONS)
 
 
 @contextlib.contextmanager

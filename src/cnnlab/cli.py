@@ -127,7 +127,50 @@ def _set_engine(ctx: click.Context, param, value: str | None) -> str | None:
     return value
 
 
+def _set_device(ctx: click.Context, param, value: str | None) -> None:
+    if value is None:
+        return
+    try:
+        backend.set_device(value)
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from None
+    if backend.get_engine() != "torch":
+        if value.lower() not in ("auto", "cpu"):
+            raise click.BadParameter("is the torch engine's: add --engine torch")
+        return
+    from cnnlab.torch_engine import resolve_device
+
+    try:
+        resolve_device(backend.get_device())
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from None
+
+
+def _set_precision(ctx: click.Context, param, value: str | None) -> None:
+    if value is None:
+        return
+    if backend.get_engine() != "torch" and value != "float32":
+        raise click.BadParameter("is the torch engine's: add --engine torch")
+    backend.set_precision(value)
+
+
 def engine_option(f):
+    """--engine, and the torch engine's --device and --precision."""
+    f = click.option(
+        "--precision",
+        type=click.Choice(backend.PRECISIONS),
+        expose_value=False,
+        callback=_set_precision,
+        help="The torch engine's arithmetic: float32, or bf16 (PyTorch's autocast for the "
+        "convolutions and matrix products) [default: $CNNLAB_PRECISION, else float32].",
+    )(f)
+    f = click.option(
+        "--device",
+        expose_value=False,
+        callback=_set_device,
+        help="Where the torch engine runs: auto (a GPU if PyTorch finds one), cpu, cuda, "
+        "cuda:N or mps [default: $CNNLAB_DEVICE, else auto].",
+    )(f)
     return click.option(
         "--engine",
         type=click.Choice(backend.ENGINES),

@@ -258,8 +258,8 @@ def train_run(
             "processes": processes,
             "backend": "gloo",
             "batch": "each process trains on 1/N of every batch of --batch-size",
-            "batch_norm": "each process keeps its own batch statistics (SyncBatchNorm needs "
-            "CUDA); the moving averages saved are rank 0's",
+            "batch_norm": "each process keeps its own batch statistics (not synchronized "
+            "over the processes); the moving averages saved are rank 0's",
         }
     guard = NaNGuard(verbose=0)
     run = RunDirectory(

@@ -475,13 +475,22 @@ def _try_lock(fd: int) -> bool:
 
 
 def versions() -> dict[str, str]:
-    return {
+    found = {
         "cnnlab": __version__,
         "engine": backend.get_engine(),
         "numpy": np.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
     }
+    if found["engine"] == "torch":
+        import torch
+
+        from cnnlab.torch_engine import resolve_device
+
+        found["torch"] = torch.__version__
+        found["device"] = str(resolve_device(backend.get_device()))
+        found["precision"] = backend.get_precision()
+    return found
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

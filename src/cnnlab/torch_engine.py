@@ -2,12 +2,18 @@
 own weights.
 
 ``cnnlab.set_engine("torch")`` (or ``--engine torch``) makes ``fit``, ``evaluate`` and
-``predict`` run each step's forward and backward pass in PyTorch, on the CPU. Each layer
-becomes the torch module of :func:`module_for`, which keeps every Keras convention (see
-:mod:`cnnlab.torch`); its parameters and batch-norm buffers are *views* of the layer's NumPy
-arrays (``torch.from_numpy``, permuted to torch's layouts), so the two never need copying:
-what torch updates is what a checkpoint saves, the NaN guard checks and ``--resume`` puts
-back. The gradients come back to ``layer.grads`` and cnnlab's own optimizer steps
+``predict`` run each step's forward and backward pass in PyTorch, on the device of
+``cnnlab.set_device`` (``--device``; :func:`resolve_device`). Each layer becomes the torch
+module of :func:`module_for`, which keeps every Keras convention (see :mod:`cnnlab.torch`). On
+the CPU its parameters and batch-norm buffers are *views* of the layer's NumPy arrays
+(``torch.from_numpy``, permuted to torch's layouts), so the two never need copying: what torch
+updates is what a checkpoint saves, the NaN guard checks and ``--resume`` puts back. On a GPU
+they are copies, moved there before each step, the gradients and the batch-norm statistics
+moved back after it: the arrays stay the model's state on every device, at the cost of two
+copies of the weights per step. The images stay NHWC, so on the device the convolutions see
+channels-last tensors. ``--precision bf16`` runs the forward pass under PyTorch's autocast
+(convolutions and matrix products in bfloat16), the weights, the loss and the optimizer in
+float32. The gradients come back to ``layer.grads`` and cnnlab's own optimizer steps
 (:mod:`cnnlab.optimizers`: Keras's Adam and SGD, clipnorm), Dropout draws its masks from the
 layer's generator as :mod:`cnnlab.nn` does, and the loss is Keras's (from the softmax's logits
 where cnnlab's is): so both engines compute the same function, to rounding.
@@ -20,9 +26,9 @@ split each batch of the fit loop, whose order every rank draws alike from the sa
 ``r`` of ``R`` trains on examples ``r, r + R, ...`` of it. The gradients are summed over the
 ranks by ``all_reduce``, weighted so that the step is the one a single process takes on the
 whole batch, and the logged loss and metrics are the whole batch's. Batch normalization keeps
-each rank's own statistics (SyncBatchNorm needs CUDA): with it, R processes approach one
-process, without it they equal it to rounding. Evaluation and prediction run whole on every
-rank.
+each rank's own statistics (not synchronized, on any device): with it, R processes approach
+one process, without it they equal it to rounding. Evaluation and prediction run whole on
+every rank. With ``--device cuda`` each process takes the GPU of its ``LOCAL_RANK``.
 """
 
 from __future__ import annotations
@@ -261,7 +267,7 @@ class _Dropout(nn.Module):
         dtype = np.float64 if x.dtype == torch.float64 else np.float32
         keep = self.layer.rng.random(tuple(x.shape), dtype=dtype)
         mask = (keep >= rate).astype(dtype) / dtype(1.0 - rate)
-        return x * torch.from_numpy(mask)
+        return x * torch.from_numpy(mask).to(x.device)
 
 
 # -- the steps -------------------------------------------------------------------------------
@@ -269,14 +275,18 @@ class Runner:
     """Runs ``model``'s steps in PyTorch: :meth:`train_step`, :meth:`test_step`, :meth:`outputs`
     (the model calls them on the torch engine, with its checked arrays)."""
 
-    def __init__(self, model):
+    def __init__(self, model, device: torch.device, precision: str):
         self.model = model
         self.layers = {node.layer.name: node.layer for node in model._nodes}
         dtype = torch.float32
         weights = model.get_weights()
         if weights:
             dtype = torch.from_numpy(np.zeros(0, weights[0].dtype)).dtype
-        self.dtype = dtype
+        if precision == "bf16" and dtype != torch.float32:
+            raise ValueError(f"precision 'bf16' needs a float32 model, got {dtype}")
+        self.dtype, self.device, self.precision = dtype, device, precision
+        # On the CPU the parameters are views of the layers' arrays; on a GPU, copies.
+        self.shared = device.type == "cpu"
         self.modules = {
             name: module_for(layer, dtype, own_dropout=True) for name, layer in self.layers.items()
         }
@@ -284,26 +294,47 @@ class Runner:
 
     def _bind(self) -> list[tuple]:
         """Point every parameter and buffer at its layer's array (again, if an array was
-        replaced); returns ``(layer, name, parameter, axes back)`` for the trainable ones."""
+        replaced), or on a device copy it there; returns ``(layer, name, parameter, axes
+        back)`` for the trainable ones."""
         trainable = []
         for name, layer in self.layers.items():
             for weight, tensor, to_torch, back in weight_pairs(layer, self.modules[name]):
                 view = torch.from_numpy(layer.weights[weight])
                 if to_torch is not None:
                     view = view.permute(to_torch)
-                if tensor.data_ptr() != view.data_ptr() or tensor.stride() != view.stride():
+                if not self.shared:
+                    tensor.data = view.to(self.device, copy=True)
+                elif tensor.data_ptr() != view.data_ptr() or tensor.stride() != view.stride():
                     tensor.data = view
                 if weight in layer.trainable_names:
                     trainable.append((layer, weight, tensor, back))
         return trainable
+
+    def _buffers_back(self) -> None:
+        """On a device: the batch-norm statistics it updated, back into the layers' arrays."""
+        if self.shared:
+            return
+        for name, layer in self.layers.items():
+            for weight, tensor, _, _ in weight_pairs(layer, self.modules[name]):
+                if weight not in layer.trainable_names:
+                    layer.weights[weight][...] = tensor.detach().cpu().numpy()
 
     def _tensors(self, arrays: list[np.ndarray]) -> list:
         dtype = torch.empty(0, dtype=self.dtype).numpy().dtype
         out = []
         for x in arrays:
             x = np.asarray(x, dtype=dtype)
-            out.append(torch.from_numpy(x if x.flags.writeable else x.copy()))
+            t = torch.from_numpy(x if x.flags.writeable else x.copy())
+            out.append(t if self.shared else t.to(self.device))
         return out
+
+    def _autocast(self):
+        """bfloat16 for the convolutions and matrix products, with ``--precision bf16``."""
+        on = self.precision == "bf16"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=on)
+
+    def _numpy(self, t) -> np.ndarray:
+        return t.detach().to(self.dtype).cpu().numpy()
 
     def _forward(self, xs: list[np.ndarray], training: bool, logits_for: set[int]):
         """The outputs; for the outputs in ``logits_for`` (ids), also the logits before their
@@ -313,16 +344,18 @@ class Runner:
         model = self.model
         values = {id(t): x for t, x in zip(model.inputs, self._tensors(xs), strict=True)}
         logits = {}
-        for node in model._nodes:
-            module = self.modules[node.layer.name]
-            args = [values[id(t)] for t in node.inputs]
-            if id(node.output) in logits_for:
-                z = module.logits(*args) if hasattr(module, "logits") else args[0]
-                logits[id(node.output)] = z
-                values[id(node.output)] = torch.softmax(z, dim=-1)
-            else:
-                values[id(node.output)] = module(*args)
-        return [values[id(t)] for t in model.outputs], logits
+        with self._autocast():
+            for node in model._nodes:
+                module = self.modules[node.layer.name]
+                args = [values[id(t)] for t in node.inputs]
+                if id(node.output) in logits_for:
+                    z = module.logits(*args) if hasattr(module, "logits") else args[0]
+                    logits[id(node.output)] = z = z.to(self.dtype)
+                    values[id(node.output)] = torch.softmax(z, dim=-1)
+                else:
+                    values[id(node.output)] = module(*args)
+        outputs = [values[id(t)].to(self.dtype) for t in model.outputs]
+        return outputs, logits
 
     def _logits_for(self) -> set[int]:
         model = self.model
@@ -370,10 +403,11 @@ class Runner:
         if self.world_size > 1:
             _sum_over_ranks(grads)
         for (layer, name, _, _), grad in zip(trainable, grads, strict=True):
-            layer.grads[name] = grad.numpy()
+            layer.grads[name] = self._numpy(grad)
+        self._buffers_back()
         weights, gradients = model.trainable_weights_and_grads()
         model.optimizer.apply(gradients, weights)
-        results = model._results(logs, ys, [p.detach().numpy() for p in preds])
+        results = model._results(logs, ys, [self._numpy(p) for p in preds])
         return _mean_over_ranks(results, share) if self.world_size > 1 else results
 
     def test_step(self, xs: list[np.ndarray], ys: list[np.ndarray]) -> dict[str, float]:
@@ -382,14 +416,16 @@ class Runner:
         with torch.no_grad():
             preds, logits = self._forward(xs, False, self._logits_for())
             _, logs = self._loss(ys, preds, logits)
-        return self.model._results(logs, ys, [p.numpy() for p in preds])
+        return self.model._results(logs, ys, [self._numpy(p) for p in preds])
 
     def outputs(self, xs: list[np.ndarray], training: bool = False) -> list[np.ndarray]:
         """The outputs for ``xs`` (no gradients)."""
         self._bind()
         with torch.no_grad():
             preds, _ = self._forward(xs, training, set())
-        return [p.numpy() for p in preds]
+        if training:  # Keras's model(x, training=True) updates batch norm's statistics
+            self._buffers_back()
+        return [self._numpy(p) for p in preds]
 
 
 def world() -> tuple[int, int]:
@@ -434,31 +470,66 @@ def _mean_over_ranks(results: dict[str, float], share: float) -> dict[str, float
     return dict(zip(results, values.tolist(), strict=True))
 
 
-def _one_hot(y: np.ndarray, k: int, dtype) -> torch.Tensor:
+def _one_hot(y: np.ndarray, k: int, like: torch.Tensor) -> torch.Tensor:
+    """The labels as one-hot rows of ``like``'s dtype, on its device."""
     if y.ndim == 2:
-        return torch.from_numpy(np.asarray(y)).to(dtype)
-    return F.one_hot(torch.from_numpy(np.asarray(y, dtype=np.int64)), k).to(dtype)
+        return torch.from_numpy(np.asarray(y)).to(like.device, like.dtype)
+    labels = torch.from_numpy(np.asarray(y, dtype=np.int64)).to(like.device)
+    return F.one_hot(labels, k).to(like.dtype)
 
 
 def _crossentropy_from_logits(z, y: np.ndarray):
     """Softmax cross-entropy from the logits, the mean over the batch."""
-    target = _one_hot(y, z.shape[-1], z.dtype)
+    target = _one_hot(y, z.shape[-1], z)
     return -(target * torch.log_softmax(z, dim=-1)).sum() / z.shape[0]
 
 
 def _crossentropy(p, y: np.ndarray):
     """Keras's cross-entropy of probabilities: each row divided by its sum, clipped to
     ``[EPSILON, 1 - EPSILON]``."""
-    target = _one_hot(y, p.shape[-1], p.dtype)
+    target = _one_hot(y, p.shape[-1], p)
     q = p / p.sum(dim=-1, keepdim=True)
     return -(target * torch.log(q.clamp(EPSILON, 1 - EPSILON))).sum() / p.shape[0]
 
 
 def runner(model) -> Runner:
-    """The model's runner, made on first use and kept with the model."""
-    key = tuple(id(node.layer) for node in model._nodes)
+    """The model's runner on the device and precision set now, made on first use and kept with
+    the model."""
+    from cnnlab import backend
+
+    device, precision = resolve_device(backend.get_device()), backend.get_precision()
+    key = (tuple(id(node.layer) for node in model._nodes), device, precision)
     cached = getattr(model, "_torch_steps", None)
     if cached is None or cached[0] != key:
-        cached = (key, Runner(model))
+        cached = (key, Runner(model, device, precision))
         model._torch_steps = cached
     return cached[1]
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device for ``--device name``: "auto" is CUDA (this process's GPU under
+    torchrun), else Apple's MPS, else the CPU; a device PyTorch does not find is refused."""
+    cuda, mps = torch.cuda.is_available(), _mps_available()
+    if name == "auto":
+        name = "cuda" if cuda else "mps" if mps else "cpu"
+    if name.startswith("cuda"):
+        if not cuda:
+            raise ValueError(
+                f"device {name!r}: PyTorch finds no CUDA device here (torch.cuda.is_available() "
+                "is False); use 'cpu' or 'auto'"
+            )
+        if name == "cuda" and "LOCAL_RANK" in os.environ:  # one GPU per process
+            name = f"cuda:{int(os.environ['LOCAL_RANK']) % torch.cuda.device_count()}"
+        index = int(name.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {name!r}: PyTorch finds {torch.cuda.device_count()} CUDA device(s)"
+            )
+    if name == "mps" and not mps:
+        raise ValueError("device 'mps': PyTorch finds no Apple GPU (MPS) here; use 'cpu' or 'auto'")
+    return torch.device(name)
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
