@@ -126,8 +126,9 @@ def test_shapes_too_small_to_matter_are_not_measured(tuned, timed):
         lambda data: json.dumps({**data, "machine": {**data["machine"], "cpu": "other"}}).encode(),
         lambda data: json.dumps({**data, "conv": "notadict"}).encode(),
         lambda data: json.dumps([data]).encode(),
+        lambda data: b"[" * 200_000,  # nested past Python's recursion limit
     ],
-    ids=["bytes", "format", "machine", "entries", "list"],
+    ids=["bytes", "format", "machine", "entries", "list", "deep"],
 )
 def test_a_damaged_or_foreign_file_is_ignored_and_written_anew(tuned, timed, monkeypatch, damage):
     timed.times = {ConvPlan(False, 1 << 18): 0.5}
@@ -189,6 +190,7 @@ def test_an_unwritable_folder_warns_once_and_tunes_in_memory(tuned, timed, monke
     timed.times = {ConvPlan(False, 1 << 18): 0.5}
     with pytest.warns(UserWarning, match="could not keep its tuning in .*CNNLAB_TUNE_DIR"):
         assert tuning.conv_plan(*SHAPE) == ConvPlan(False, 1 << 18)
+    assert not tuning.measurements[-1].kept
     other = (SHAPE[0], (3, 3, 32, 32), *SHAPE[2:])
     import warnings
 
@@ -243,9 +245,16 @@ def test_every_candidate_gives_the_plain_forward_and_backward(case, dtype):
             assert np.abs(value - ref).max() <= tolerance * scale, plan
 
 
-def test_a_tuned_training_step_gives_the_untuned_numbers(tuned, monkeypatch):
-    """The book's CNN, one training step at batch 32 with tuning on (really measured) and off."""
+@needs_blas
+def test_a_tuned_training_step_gives_the_untuned_numbers(tuned, timed, monkeypatch):
+    """The book's CNN, one training step and a prediction at batch 32, tuned to plans other
+    than the defaults (the smallest chunks, and Winograd where the default is im2col and the
+    other way round) and untuned: the same numbers to rounding."""
     import cnnlab
+
+    timed.times = lambda plan: 0.5 if plan.chunk_bytes == 1 << 18 else 1.0
+    monkeypatch.setattr(tuning, "_choose", lambda seconds, default: min(
+        seconds, key=lambda p: (p.winograd == default.winograd, seconds[p])))  # fmt: skip
 
     def step():
         cnnlab.set_random_seed(0)
@@ -257,11 +266,51 @@ def test_a_tuned_training_step_gives_the_untuned_numbers(tuned, monkeypatch):
         return model.get_weights(), model.predict(x, verbose=0)
 
     weights, predicted = step()
+    assert len(tuning.measurements) == 4
+    assert all(m.chosen.winograd != m.default.winograd for m in tuning.measurements[::2])
+    assert all(m.chosen != m.default for m in tuning.measurements)
     monkeypatch.setenv("CNNLAB_TUNE", "off")
     weights_off, predicted_off = step()
     for a, b in zip(weights, weights_off, strict=True):
         assert np.abs(a - b).max() <= 1e-5 * max(1.0, np.abs(b).max())
     assert np.abs(predicted - predicted_off).max() <= 1e-5
+
+
+@needs_blas
+def test_a_real_measurement_times_every_candidate(tuned):
+    """Without made-up times: each candidate run and timed, the spread of its rounds known."""
+    assert tuning.conv_plan(*SHAPE) in tuning.measurements[0].seconds
+    [m] = tuning.measurements
+    assert set(m.seconds) == set(tuning._candidates(*SHAPE[:5]))
+    assert all(0 < t < 10 for t in m.seconds.values()) and m.noise >= 0
+    assert m.kept == (m.shape in tuning._read(tuning.cache_file()))
+
+
+@needs_blas
+def test_measuring_waits_for_the_threads_another_caller_holds(tuned, timed):
+    """Timed while another thread's op holds the workers, a trial would run on one thread and
+    be kept for two: the default is used, nothing kept, and the shape measured later."""
+    with parallel._using_workers:
+        assert tuning.conv_plan(*SHAPE) == DEFAULT
+    assert timed.calls == 0 and not tuned.exists()
+    timed.times = {ConvPlan(False, 1 << 18): 0.5}
+    assert tuning.conv_plan(*SHAPE) == ConvPlan(False, 1 << 18)
+
+
+@needs_blas
+def test_a_disturbed_remeasurement_keeps_the_choice_kept(tuned, timed):
+    timed.times = {ConvPlan(False, 1 << 18): 0.5}
+    tuning.conv_plan(*SHAPE)
+    timed.noise = 0.6
+    with tuning.remeasuring():
+        assert tuning.conv_plan(*SHAPE) == ConvPlan(False, 1 << 18)
+    assert list(tuning._read(tuning.cache_file()).values()) == [ConvPlan(False, 1 << 18)]
+
+
+def test_a_batch_is_measured_for_the_next_power_of_two_images():
+    assert [tuning._images(n) for n in (1, 2, 3, 16, 20, 32, 33, 64, 128, 50000)] == [
+        1, 2, 4, 16, 32, 32, 64, 64, 64, 64
+    ]  # fmt: skip
 
 
 @needs_blas

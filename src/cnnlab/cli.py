@@ -123,25 +123,31 @@ def debug_option(f):
 
 def _set_engine(ctx: click.Context, param, value: str | None) -> str | None:
     if value is not None:
-        backend.set_engine(value)
+        try:
+            backend.set_engine(value)
+        except ImportError as err:  # torch not installed
+            raise click.BadParameter(str(err)) from None
     return value
+
+
+def _needs_torch(value: str, default: tuple[str, ...]) -> None:
+    engine = backend.get_engine()
+    if engine != "torch" and value.lower() not in default:
+        raise click.BadParameter(
+            f"{value!r} needs the torch engine, and the engine is {engine!r}: add --engine torch"
+        )
 
 
 def _set_device(ctx: click.Context, param, value: str | None) -> None:
     if value is None:
         return
+    _needs_torch(value, ("auto", "cpu"))
     try:
         backend.set_device(value)
-    except ValueError as err:
-        raise click.BadParameter(str(err)) from None
-    if backend.get_engine() != "torch":
-        if value.lower() not in ("auto", "cpu"):
-            raise click.BadParameter("is the torch engine's: add --engine torch")
-        return
-    from cnnlab.torch_engine import resolve_device
+        if backend.get_engine() == "torch":
+            from cnnlab.torch_engine import resolve_device
 
-    try:
-        resolve_device(backend.get_device())
+            resolve_device(backend.get_device())
     except ValueError as err:
         raise click.BadParameter(str(err)) from None
 
@@ -149,8 +155,7 @@ def _set_device(ctx: click.Context, param, value: str | None) -> None:
 def _set_precision(ctx: click.Context, param, value: str | None) -> None:
     if value is None:
         return
-    if backend.get_engine() != "torch" and value != "float32":
-        raise click.BadParameter("is the torch engine's: add --engine torch")
+    _needs_torch(value, ("float32",))
     backend.set_precision(value)
 
 
@@ -633,8 +638,10 @@ def tune(name: str, input_shape: list[int], num_classes: int, batch_sizes: list[
             model.predict(x, batch_size=batch, verbose=0)
     measured = tuning.measurements[done:]
     click.echo(tuning.table(measured))
-    if measured:
+    if measured and all(m.kept for m in measured):
         click.echo(f"Kept in {tuning.cache_file()}")
+    elif measured:
+        click.echo(f"Not kept: {tuning.cache_file()} could not be written")
     else:
         click.echo("No conv layer large enough for the choice to matter: nothing measured.")
 

@@ -401,6 +401,7 @@ class Runner:
                 grad = torch.zeros_like(tensor)
             grads.append(grad if back is None else grad.permute(back))
         if self.world_size > 1:
+            grads = [grad.cpu() for grad in grads]  # gloo's all_reduce, on the CPU
             _sum_over_ranks(grads)
         for (layer, name, _, _), grad in zip(trainable, grads, strict=True):
             layer.grads[name] = self._numpy(grad)

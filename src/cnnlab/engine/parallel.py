@@ -125,6 +125,11 @@ def inside_slice() -> bool:
     return getattr(_state, "inside", False)
 
 
+def workers_busy() -> bool:
+    """Whether another caller's op holds the threads now (an op would run on one)."""
+    return _using_workers.locked()
+
+
 def over_batch(run: Callable[[int, int], T], n: int, grain: int = 1) -> list[T]:
     """``[run(start, stop) for each slice of range(n)]``, the slices on separate threads.
 

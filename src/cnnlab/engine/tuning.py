@@ -80,6 +80,7 @@ class Measurement:
     default: ConvPlan
     chosen: ConvPlan
     noise: float  # the largest spread of a candidate's rounds: median / best - 1
+    kept: bool  # in the file (False: its folder could not be written)
 
 
 measurements: list[Measurement] = []  # this process's, in order, for ``cnnlab tune``
@@ -131,17 +132,25 @@ def conv_plan(
     else the default."""
     if not enabled() or parallel.inside_slice():
         return default_plan(kernel_shape, strides, dtype)
-    asked = (x_shape, kernel_shape, strides, pads, dtype, _path())
+    shape = (_images(x_shape[0]), *x_shape[1:])
+    asked = (shape, kernel_shape, strides, pads, dtype, _path())
     if _remeasure is None and asked in _memo:  # the plan met before in this process
         return _memo[asked]
-    _memo[asked] = plan = _conv_plan(x_shape, kernel_shape, strides, pads, dtype, trial)
+    plan = _conv_plan(shape, kernel_shape, strides, pads, dtype, trial)
+    if plan is None:  # the threads are busy with another caller's op: measure another time
+        return default_plan(kernel_shape, strides, dtype)
+    _memo[asked] = plan
     return plan
 
 
-def _conv_plan(x_shape, kernel_shape, strides, pads, dtype, trial: Trial) -> ConvPlan:
+def _images(n: int) -> int:
+    """The images a batch of ``n`` is measured and kept for: the next power of two, at most
+    :data:`MAX_IMAGES` (so that an epoch's last, smaller batch seldom needs a measurement)."""
+    return min(MAX_IMAGES, 1 << max(0, int(n) - 1).bit_length())
+
+
+def _conv_plan(shape, kernel_shape, strides, pads, dtype, trial: Trial) -> ConvPlan | None:
     default = default_plan(kernel_shape, strides, dtype)
-    n = min(int(x_shape[0]), MAX_IMAGES)
-    shape = (n, *x_shape[1:])
     key = _key(shape, kernel_shape, strides, pads, dtype)
     with _lock:
         path = _path()
@@ -152,14 +161,20 @@ def _conv_plan(x_shape, kernel_shape, strides, pads, dtype, trial: Trial) -> Con
         candidates = _candidates(shape, kernel_shape, strides, pads, dtype)
         if len(candidates) < 2:
             return default
+        if parallel.workers_busy():  # the trial would run on one thread only
+            return None
         run = trial(shape, kernel_shape, strides, pads, np.dtype(dtype))
         seconds, noise = _measure(candidates, run)
-        chosen = default if noise > MAX_NOISE else _choose(seconds, default)
-        chosen = _keep(path, key, chosen, replace=again)
+        if noise <= MAX_NOISE:
+            chosen, kept = _keep(path, key, _choose(seconds, default), replace=again)
+        elif key in plans:  # `cnnlab tune` on a busy machine: the choice kept stays
+            chosen, kept = plans[key], True
+        else:
+            chosen, kept = _keep(path, key, default, replace=again)
         _plans(path)[key] = chosen
         if again:
             _remeasure.add(key)
-        measurements.append(Measurement(key, seconds, default, chosen, noise))
+        measurements.append(Measurement(key, seconds, default, chosen, noise, kept))
         return chosen
 
 
@@ -168,11 +183,13 @@ def remeasuring() -> Iterator[None]:
     """Inside the block, every shape met is measured again (once) and its kept choice
     replaced."""
     global _remeasure
-    _remeasure = set()
+    with _lock:
+        _remeasure = set()
     try:
         yield
     finally:
-        _remeasure = None
+        with _lock:
+            _remeasure = None
 
 
 def forget() -> None:
@@ -317,7 +334,7 @@ def _read(path: Path) -> dict[str, ConvPlan]:
         if path.stat().st_size > _MAX_FILE_BYTES:
             return {}
         data = files.read_json(path)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: JSON nested too deep
         return {}
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         return {}
@@ -336,17 +353,18 @@ def _read(path: Path) -> dict[str, ConvPlan]:
     return plans
 
 
-def _keep(path: Path, key: str, plan: ConvPlan, replace: bool) -> ConvPlan:
-    """Write ``plan`` for ``key`` into ``path`` and return it; if the file already holds a
-    choice for ``key`` (another process measured it), that one, unless ``replace``. Where the
-    folder cannot be written, the choice is kept for this process only, with one warning."""
+def _keep(path: Path, key: str, plan: ConvPlan, replace: bool) -> tuple[ConvPlan, bool]:
+    """Write ``plan`` for ``key`` into ``path``; ``(the plan, True)``, or if the file already
+    holds a choice for ``key`` (another process measured it), that one, unless ``replace``.
+    Where the folder cannot be written, ``(plan, False)``: the choice holds for this process
+    only, with one warning."""
     global _warned
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with _file_lock(path.with_suffix(".lock")):
             plans = _read(path)
             if key in plans and not replace:
-                return plans[key]
+                return plans[key], True
             plans[key] = plan
             data = {
                 "format": FORMAT,
@@ -365,7 +383,8 @@ def _keep(path: Path, key: str, plan: ConvPlan, replace: bool) -> ConvPlan:
                 "or CNNLAB_TUNE=off.",
                 stacklevel=2,
             )
-    return plan
+        return plan, False
+    return plan, True
 
 
 @contextlib.contextmanager
