@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import html
 import json
+import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -193,3 +195,30 @@ def test_experiment_all_writes_one_report_with_every_study(tmp_path):
         assert (tmp_path / module.NAME / "results.csv").is_file()
     assert page.count("<img") >= len(STUDIES)
     assert sum(f"{name}: " in result.output for name in STUDIES) == len(STUDIES)
+
+
+def test_the_verdicts_table_of_the_readme_puts_runs_side_by_side(tmp_path, capsys, monkeypatch):
+    """docs/verdicts.py, which makes the README's table from `experiment all` folders: one
+    column per run, named after its data, each study's verdict and then its reasons."""
+    import runpy
+
+    from cnnlab.lecture import STUDIES
+    from cnnlab.lecture.study import Result, Verdict, write
+
+    for run, dataset, holds in (("a", "digits", True), ("b", "fashion_mnist", False)):
+        for name, module in STUDIES.items():
+            verdict = Verdict(module.CLAIM, module.RULE, holds, f"{name} on {dataset}")
+            table = [{"accuracy": 0.5, "accuracy_sd": 0.0, "seeds": 1}]
+            result = Result(name, name, dataset, [0], [], table, verdict, seconds=60.0)
+            write(result, tmp_path / run / name)
+    script = Path(__file__).parent.parent / "docs" / "verdicts.py"
+    monkeypatch.setattr(sys, "argv", ["verdicts.py", str(tmp_path / "a"), str(tmp_path / "b")])
+    runpy.run_path(str(script), run_name="__main__")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "| study: the claim | bundled digits | fashion_mnist |"
+    assert lines[2] == (
+        f"| `mlp-vs-cnn`: {STUDIES['mlp-vs-cnn'].CLAIM} | holds | **does not hold** |"
+    )
+    assert len([line for line in lines if line.startswith("| `")]) == len(STUDIES)
+    assert "Time for all seven: bundled digits 7 min, fashion_mnist 7 min" in lines
+    assert "  - fashion_mnist: **does not hold**, dropout on fashion_mnist." in lines
