@@ -139,6 +139,34 @@ def test_normalization_verdict():
     assert not normalization.judge(_losses(2.3, 0.4, sd=1.5)).holds
 
 
+def test_a_run_that_diverges_ends_diverged_and_the_study_goes_on(monkeypatch):
+    """On data where SGD on raw pixels blows up (Fashion-MNIST did), the run stops at its first
+    non-finite loss: the normalization study records a NaN loss for it, which counts as
+    higher, instead of failing; and a study's training measures the model as it ended, not
+    one put back from an epoch before."""
+    import math
+
+    import numpy as np
+
+    from cnnlab import zoo
+    from cnnlab.lecture.study import Options, data, train
+
+    monkeypatch.setattr(normalization, "OPTIMIZERS", {
+        "sgd": {"name": "sgd", "learning_rate": 1e2}, "adam": {"name": "adam"}})  # fmt: skip
+    result = normalization.run(Options(seeds=(0,), epochs=1, verbose=False))
+    raw = [r for r in result.rows if r["optimizer"] == "sgd" and r["pixels"] == "0-255"]
+    assert len(raw) == 1 and math.isnan(raw[0]["train_loss"])
+    assert result.verdict.holds
+
+    d = data(Options(), default="digits")
+    model, history = train(
+        lambda: zoo.mlp(input_shape=d.x_train.shape[1:], num_classes=10), 0,
+        d.x_train * 255, d.y_train, epochs=3, optimizer={"name": "sgd", "learning_rate": 1e2},
+    )  # fmt: skip
+    assert history.history == {}  # stopped in its first epoch
+    assert max(float(np.abs(w).max()) for w in model.get_weights()) > 1e6  # not put back
+
+
 def test_filters_verdict_and_the_edge_score():
     start = {"stage": "initialisation", "edge_score": 0.45, "edge_score_sd": 0.01}
     assert filters.judge(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 
 from cnnlab import zoo
+from cnnlab.callbacks import NaNGuard
 from cnnlab.lecture.study import (
     Clock,
     Options,
@@ -52,6 +53,7 @@ def run(options: Options) -> Result:
         shape, classes = d.x_train.shape[1:], len(d.class_names)
         for optimizer, config in OPTIMIZERS.items():
             for seed in options.seeds:
+                guard = NaNGuard(verbose=0, restore=False)
                 _, history = train(
                     lambda shape=shape, classes=classes: zoo.mlp(
                         input_shape=shape, num_classes=classes
@@ -62,15 +64,20 @@ def run(options: Options) -> Result:
                     epochs=options.epochs or EPOCHS,
                     optimizer=config,
                     validation=(d.x_val, d.y_val),
+                    callbacks=[guard],
                 )
-                losses = history.history["loss"]
+                losses = history.history.get("loss", [])
+                diverged = guard.report is not None or not losses
                 rows.append(
                     {
                         "optimizer": optimizer,
                         "pixels": scale,
                         "seed": seed,
-                        "train_loss": losses[-1] if losses else float("inf"),
-                        "val_accuracy": history.history["val_accuracy"][-1] if losses else 0.0,
+                        # A loss that stopped being finite ends the run: it ends at NaN.
+                        "train_loss": float("nan") if diverged else losses[-1],
+                        "val_accuracy": float("nan")
+                        if diverged
+                        else history.history["val_accuracy"][-1],
                     }
                 )
                 curves.setdefault(f"{optimizer}, {scale}", []).append(losses)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from cnnlab import optimizers
-from cnnlab.callbacks import Callback, PreciseBatchNorm
+from cnnlab.callbacks import Callback, NaNGuard, PreciseBatchNorm
 from cnnlab.experiment import Prepared, Settings, prepare
 from cnnlab.files import read_json
 from cnnlab.runs import write_json, write_text
@@ -153,11 +153,18 @@ def train(
 ):
     """Seed cnnlab, build the model, compile it (sparse cross-entropy, accuracy), and fit it
     quietly; returns the model and its History. ``optimizer``: a config such as
-    ``{"name": "adam", "learning_rate": 1e-3}``."""
+    ``{"name": "adam", "learning_rate": 1e-3}``.
+
+    A run whose loss stops being finite ends there, as it is: a NaN guard that does not put
+    back the last good weights watches it (unless ``callbacks`` brings a guard of its own,
+    whose ``report`` then says whether it diverged), so that the study measures the diverged
+    model, not the one of an epoch before."""
     set_random_seed(seed)
     model = build()
     model.compile(optimizers.get(dict(optimizer)), "sparse_categorical_crossentropy", ["accuracy"])
     extra = [PreciseBatchNorm(precise_bn)] if precise_bn else []
+    if not any(isinstance(c, NaNGuard) for c in callbacks or []):
+        extra.append(NaNGuard(verbose=0, restore=False))
     with np.errstate(over="ignore", invalid="ignore"):  # a diverging run is measured, not warned
         history = model.fit(
             x,
