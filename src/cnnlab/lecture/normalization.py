@@ -105,8 +105,14 @@ def judge(table: list[dict]) -> Verdict:
     margin = 2 * max(raw["train_loss_sd"], scaled["train_loss_sd"])
     # A seed whose loss is not finite makes the mean NaN: it counts as higher.
     holds = not math.isfinite(raw["train_loss"]) or worse > margin
-    because = (
-        f"with SGD the training loss ends at {fmt(raw['train_loss'])} on raw pixels and "
-        f"{fmt(scaled['train_loss'])} on [-1, 1] (twice the spread: {fmt(margin)})"
-    )
+    if math.isfinite(raw["train_loss"]):
+        because = (
+            f"with SGD the training loss ends at {fmt(raw['train_loss'])} on raw pixels and "
+            f"{fmt(scaled['train_loss'])} on [-1, 1] (twice the spread: {fmt(margin)})"
+        )
+    else:
+        because = (
+            "with SGD on raw pixels the training loss stopped being finite in some seed; on "
+            f"[-1, 1] it ends at {fmt(scaled['train_loss'])}"
+        )
     return Verdict(CLAIM, RULE, bool(holds), because)
