@@ -43,7 +43,10 @@ def _data(run: dict) -> str:
     """The run's data, by the dataset of its first study that does not use a bundled set."""
     datasets = {result.dataset for result in run.values()}
     bundled = {"digits", "shifted_digits", "centred_digits"}
-    return "bundled digits" if datasets <= bundled else sorted(datasets - bundled)[0]
+    if datasets <= bundled:
+        return "bundled digits"
+    name = Path(sorted(datasets - bundled)[0]).name  # a folder or archive: its name
+    return name.removesuffix(".gz").removesuffix(".tar").removesuffix(".tgz")
 
 
 def _word(holds: bool) -> str:

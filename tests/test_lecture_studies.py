@@ -238,20 +238,21 @@ def test_the_verdicts_table_of_the_readme_puts_runs_side_by_side(tmp_path, capsy
     from cnnlab.lecture import STUDIES
     from cnnlab.lecture.study import Result, Verdict, write
 
-    for run, dataset, holds in (("a", "digits", True), ("b", "fashion_mnist", False)):
+    runs = (("a", "digits", True), ("b", "fashion_mnist", False), ("c", "/data/cifar.tar.gz", True))
+    for run, dataset, holds in runs:
         for name, module in STUDIES.items():
             verdict = Verdict(module.CLAIM, module.RULE, holds, f"{name} on {dataset}")
             table = [{"accuracy": 0.5, "accuracy_sd": 0.0, "seeds": 1}]
             result = Result(name, name, dataset, [0], [], table, verdict, seconds=60.0)
             write(result, tmp_path / run / name)
     script = Path(__file__).parent.parent / "docs" / "verdicts.py"
-    monkeypatch.setattr(sys, "argv", ["verdicts.py", str(tmp_path / "a"), str(tmp_path / "b")])
+    monkeypatch.setattr(sys, "argv", ["verdicts.py", *(str(tmp_path / r[0]) for r in runs)])
     runpy.run_path(str(script), run_name="__main__")
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "| study: the claim | bundled digits | fashion_mnist |"
+    assert lines[0] == "| study: the claim | bundled digits | fashion_mnist | cifar |"
     assert lines[2] == (
-        f"| `mlp-vs-cnn`: {STUDIES['mlp-vs-cnn'].CLAIM} | holds | **does not hold** |"
+        f"| `mlp-vs-cnn`: {STUDIES['mlp-vs-cnn'].CLAIM} | holds | **does not hold** | holds |"
     )
     assert len([line for line in lines if line.startswith("| `")]) == len(STUDIES)
-    assert "Time for all seven: bundled digits 7 min, fashion_mnist 7 min" in lines
+    assert "Time for all seven: bundled digits 7 min, fashion_mnist 7 min, cifar 7 min" in lines
     assert "  - fashion_mnist: **does not hold**, dropout on fashion_mnist." in lines
