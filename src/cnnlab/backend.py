@@ -32,73 +32,72 @@ from cnnlab import checks, nn
 
 ENGINES = ("reference", "fast", "torch")
 PRECISIONS = ("float32", "bf16")
-_engine: str | None = None
-_device: str | None = None
-_precision: str | None = None
+# "engine", "device", "precision": as last set, or as read from the environment.
+_settings: dict[str, str] = {}
 _ops: dict[str, SimpleNamespace] = {}
 
 
-def get_engine() -> str:
-    """The engine the ops run on: "fast" unless :func:`set_engine` or ``CNNLAB_ENGINE`` said
-    otherwise."""
-    global _engine
-    if _engine is None:
-        name = os.environ.get("CNNLAB_ENGINE", "fast")
-        _engine = checks.choice("CNNLAB_ENGINE", name, ENGINES)
-    return _engine
+def _setting(key: str, variable: str, default: str, check) -> str:
+    """The setting ``key``: as last set, else ``check(variable, $variable or default)``."""
+    if key not in _settings:
+        _settings[key] = check(variable, os.environ.get(variable, default))
+    return _settings[key]
 
 
-def set_engine(name: str) -> None:
-    """Run every layer's ops on engine ``name`` from now on: "fast", "reference" or "torch"."""
-    global _engine
-    name = checks.choice("engine", name, ENGINES)
-    if name == "torch" and importlib.util.find_spec("torch") is None:
-        raise ImportError(
-            'The torch engine needs PyTorch, which is not installed: pip install "cnnlab[torch]"'
-        )
-    _engine = name
+def _engine_name(name: str, value) -> str:
+    return checks.choice(name, value, ENGINES)
 
 
-def get_device() -> str:
-    """Where the torch engine runs: "auto" (a GPU if PyTorch finds one, else the CPU) unless
-    :func:`set_device` or ``CNNLAB_DEVICE`` said otherwise."""
-    global _device
-    if _device is None:
-        _device = _device_name("CNNLAB_DEVICE", os.environ.get("CNNLAB_DEVICE", "auto"))
-    return _device
-
-
-def set_device(device: str) -> None:
-    """Run the torch engine's steps on ``device`` from now on: "auto", "cpu", "cuda",
-    "cuda:N" or "mps" (checked against what PyTorch finds when a model runs)."""
-    global _device
-    _device = _device_name("device", device)
+def _precision_name(name: str, value) -> str:
+    return checks.choice(name, value, PRECISIONS)
 
 
 def _device_name(name: str, value) -> str:
-    text = value.strip().lower() if isinstance(value, str) else value
-    index = text.partition(":")[2] if isinstance(text, str) else ""
+    text = value.strip().lower() if isinstance(value, str) else None
     if text in ("auto", "cpu", "cuda", "mps") or (
-        isinstance(text, str) and text.startswith("cuda:") and index.isdigit()
+        text and text.startswith("cuda:") and text[5:].isdigit()
     ):
         return text
     raise ValueError(f"`{name}` must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {value!r}")
 
 
+def get_engine() -> str:
+    """The engine the ops run on: "fast" unless :func:`set_engine` or ``CNNLAB_ENGINE`` said
+    otherwise."""
+    return _setting("engine", "CNNLAB_ENGINE", "fast", _engine_name)
+
+
+def set_engine(name: str) -> None:
+    """Run every layer's ops on engine ``name`` from now on: "fast", "reference" or "torch"."""
+    name = _engine_name("engine", name)
+    if name == "torch" and importlib.util.find_spec("torch") is None:
+        raise ImportError(
+            'The torch engine needs PyTorch, which is not installed: pip install "cnnlab[torch]"'
+        )
+    _settings["engine"] = name
+
+
+def get_device() -> str:
+    """Where the torch engine runs: "auto" (a GPU if PyTorch finds one, else the CPU) unless
+    :func:`set_device` or ``CNNLAB_DEVICE`` said otherwise."""
+    return _setting("device", "CNNLAB_DEVICE", "auto", _device_name)
+
+
+def set_device(device: str) -> None:
+    """Run the torch engine's steps on ``device`` from now on: "auto", "cpu", "cuda",
+    "cuda:N" or "mps" (checked against what PyTorch finds when a model runs)."""
+    _settings["device"] = _device_name("device", device)
+
+
 def get_precision() -> str:
     """The torch engine's arithmetic: "float32" (the model's own dtype), or "bf16" (convolutions
     and matrix products in bfloat16 under PyTorch's autocast)."""
-    global _precision
-    if _precision is None:
-        value = os.environ.get("CNNLAB_PRECISION", "float32")
-        _precision = checks.choice("CNNLAB_PRECISION", value, PRECISIONS)
-    return _precision
+    return _setting("precision", "CNNLAB_PRECISION", "float32", _precision_name)
 
 
 def set_precision(precision: str) -> None:
     """ "float32" or "bf16" for the torch engine's steps from now on."""
-    global _precision
-    _precision = checks.choice("precision", precision, PRECISIONS)
+    _settings["precision"] = _precision_name("precision", precision)
 
 
 @contextlib.contextmanager
