@@ -1,7 +1,7 @@
 """Where does a training step's time go? Times every layer's forward and backward pass.
 
-Runs the training step of a zoo model (``Sequential.train_step``, unrolled so each step can
-be timed on its own) on random data, and prints one row per step: forward ms, backward ms,
+Runs the training step of a zoo model (the plan ``train_step`` runs, each of its steps timed
+on its own) on random data, and prints one row per step: forward ms, backward ms,
 their sum, and the share of the whole step. A step is a layer, or a batch norm and the
 activation after it, which the model runs as one op (``cnnlab.fusion``). The loss and the
 optimizer update get their own rows. Medians over the timed steps.
@@ -28,52 +28,79 @@ from cnnlab.memory import keep_freed_memory
 from cnnlab.seeding import set_random_seed
 
 
-def _timed(fn, *args):
-    start = time.perf_counter()
-    out = fn(*args)
-    return out, time.perf_counter() - start
+class _Timed:
+    """A plan step's op, timed: seconds of its forward and backward calls since the last
+    :meth:`reset` (``isinstance`` sees the op's own class, as the plan checks it)."""
+
+    def __init__(self, op):
+        self.op = op
+        self.reset()
+
+    def reset(self) -> None:
+        self.forward = self.backward_time = 0.0
+
+    @property
+    def __class__(self):
+        return type(self.op)
+
+    def __getattr__(self, name):
+        return getattr(self.op, name)
+
+    def __call__(self, *args, **kwargs):
+        start = time.perf_counter()
+        out = self.op(*args, **kwargs)
+        self.forward += time.perf_counter() - start
+        return out
+
+    def backward(self, *args, **kwargs):
+        return self._backward(self.op.backward, *args, **kwargs)
+
+    def backward_from_logits(self, *args, **kwargs):
+        return self._backward(self.op.backward_from_logits, *args, **kwargs)
+
+    def _backward(self, fn, *args, **kwargs):
+        start = time.perf_counter()
+        out = fn(*args, **kwargs)
+        self.backward_time += time.perf_counter() - start
+        return out
+
+
+def _timed_plan(model, training: bool):
+    """The plan ``fit`` (or ``predict``) runs, each step's op wrapped in :class:`_Timed`."""
+    plan = model._plan(training, fused=True)
+    for step in plan.steps:
+        if type(step.op) is not _Timed:  # (isinstance would see the op's class)
+            step.op = _Timed(step.op)
+    return plan
 
 
 def profile_step(model, x: np.ndarray, y: np.ndarray, training: bool = True) -> dict:
-    """One step, timed per layer: ``{"forward": [...], "backward": [...], "loss", "update"}``.
+    """One step as ``train_step`` (or ``predict``) runs it, timed per plan step:
+    ``{"forward": [...], "backward": [...], "loss", "update"}``.
 
     BLAS is held to one thread for the whole step, as the model's own calls hold it.
     """
+    plan = _timed_plan(model, training)
+    for step in plan.steps:
+        step.op.reset()
     with one_blas_thread():
-        return _profile_step(model, x, y, training)
-
-
-def _profile_step(model, x: np.ndarray, y: np.ndarray, training: bool) -> dict:
-    fwd = []
-    out = x
-    for step in model._steps(training):
-        out, dt = _timed(step, out, training)
-        fwd.append(dt)
-    if not training:
-        return {"forward": fwd, "backward": [0.0] * len(fwd), "loss": 0.0, "update": 0.0}
-    start = time.perf_counter()
-    _, dy = model._loss(y, out)
-    loss_time = time.perf_counter() - start
-    last = model.layers[-1]
-    if model._uses_logits():
-        dy, dt = _timed(last.backward_from_logits, dy)
-    else:
-        dy, dt = _timed(last.backward, dy)
-    bwd_rev = [dt]
-    # As train_step does: no backward pass below the first layer with weights, and only that
-    # layer's weight gradients.
-    for layer, input_gradient in model._backward_plan():
-        if input_gradient:
-            dy, dt = _timed(layer.backward, dy)
-        else:
-            _, dt = _timed(layer.backward, dy, False)
-        bwd_rev.append(dt)
-    bwd_rev += [0.0] * (len(fwd) - len(bwd_rev))
-    start = time.perf_counter()
-    weights, grads = model.trainable_weights_and_grads()
-    model.optimizer.apply(grads, weights)
-    update = time.perf_counter() - start
-    return {"forward": fwd, "backward": bwd_rev[::-1], "loss": loss_time, "update": update}
+        preds, states = plan.forward([x], training=training)
+        loss_time = update = 0.0
+        if training:
+            start = time.perf_counter()
+            _, grads, logit_grads = model._losses([y], preds)
+            loss_time = time.perf_counter() - start
+            plan.backward(grads, logit_grads, states, input_gradients=False)
+            start = time.perf_counter()
+            weights, gradients = model.trainable_weights_and_grads()
+            model.optimizer.apply(gradients, weights)
+            update = time.perf_counter() - start
+    return {
+        "forward": [step.op.forward for step in plan.steps],
+        "backward": [step.op.backward_time for step in plan.steps],
+        "loss": loss_time,
+        "update": update,
+    }
 
 
 def profile(model_name: str, batch_size: int, image_size: int, steps: int, training: bool):
@@ -101,7 +128,8 @@ def format_table(model, med: dict, batch_size: int, training: bool = True) -> st
     total = float(np.sum(fwd) + np.sum(bwd) + med["loss"] + med["update"])
     rows = [("layer", "output shape", "fwd ms", "bwd ms", "sum ms", "% step")]
     for step, f, b in zip(model._steps(training), fwd, bwd, strict=True):
-        shape = "x".join(str(d) for d in step.output_shape)
+        step = getattr(step, "op", step)  # unwrapped
+        shape = "x".join(str(d) for d in step.output_shape if d is not None)
         rows.append(
             (
                 _describe(step),

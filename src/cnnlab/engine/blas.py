@@ -26,7 +26,7 @@ import functools
 
 import numpy as np
 
-ROW_MAJOR, NO_TRANS = 101, 111  # CBLAS's enum values
+ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112  # CBLAS's enum values
 
 # OpenBLAS's names: NumPy >= 2 wheels (scipy-openblas64), NumPy 1.x wheels (openblas64_), a
 # scipy-openblas32 build, a plain build. A trailing "64_" marks 64-bit integer arguments.

@@ -188,10 +188,11 @@ def conv2d_backward(
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """Fast :func:`cnnlab.nn.conv.conv2d_backward`, a few images at a time on every core.
 
-    Each core pads its slice of the cached input, and for each chunk of its images copies the
-    windows again (im2col), adds ``cols.T @ dy`` to the kernel gradient, and ``dcols = dy @
-    kernel.T``, which col2im (a compiled loop, :func:`cnnlab.engine.kernels.col2im`) adds
-    straight into the unpadded ``dx``. The slices' kernel gradients are added up in slice
+    For each chunk of its images each core copies the windows again (im2col), adds ``cols.T @
+    dy`` to the kernel gradient, and ``dcols = dy @ kernel.T``, which col2im adds straight into
+    the unpadded ``dx``: as one compiled loop that reads the input itself and calls NumPy's
+    BLAS (:func:`cnnlab.engine.kernels.conv_backward_images`), or where that BLAS is not
+    found, in NumPy calls on a padded copy. The slices' kernel gradients are added up in slice
     order. Where the forward pass ran by Winograd (:func:`_by_winograd`), so does ``dx``
     (:func:`cnnlab.engine.winograd.conv3x3_backward_input`), and the chunks make only the
     kernel gradient. ``plan`` as in :func:`conv2d_forward`: the same shape's, by default.
@@ -202,18 +203,60 @@ def conv2d_backward(
         dx = winograd.conv3x3_backward_input(dy, kernel, pads, x.shape)
         _, dkernel, dbias = conv2d_backward(dy, cache, input_gradient=False, plan=plan)
         return dx, dkernel, dbias
+    n = x.shape[0]
+    _, oh, ow, _ = dy.shape
+    kh, kw, c, _ = kernel.shape
+    dy = np.ascontiguousarray(dy)
+    step = tuning.images_per_chunk(plan, (oh, ow), kh * kw * c, x.itemsize)
+    (top, _), (left, _) = pads
+    dx = np.empty(x.shape, dtype=np.result_type(dy, kernel)) if input_gradient else None
+    if _compiled_products(x, kernel) and dy.dtype == x.dtype:
+        parts = parallel.over_batch(
+            _compiled_backward(x, kernel, dy, strides, (top, left), step, dx), n
+        )
+    else:
+        parts = parallel.over_batch(_numpy_backward(x, kernel, dy, strides, pads, step, dx), n)
+    dkernel = sum(part[0] for part in parts)
+    dbias = sum(part[1] for part in parts)
+    return dx, dkernel.reshape(kernel.shape), dbias
+
+
+def _compiled_backward(x, kernel, dy, strides, corner, step, dx) -> Callable:
+    """``images(start, stop)`` of :func:`conv2d_backward` as one compiled loop
+    (:func:`cnnlab.engine.kernels.conv_backward_images`): im2col straight from ``x``, and
+    NumPy's BLAS; ``(kernel gradient, bias gradient)`` of the slice."""
+    x = np.ascontiguousarray(x)
+    kh, kw, c, f = kernel.shape
+    k = kh * kw * c
+    kmat = np.ascontiguousarray(kernel.reshape(k, f))
+    _, oh, ow, _ = dy.shape
+    gemm, copy = blas.gemm(x.dtype), blas.memcpy()
+
+    def images(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        cols = scratch.buffer("conv cols", (step, oh, ow, kh, kw, c), x.dtype)
+        dcols = None if dx is None else scratch.buffer("conv dcols", cols.shape, x.dtype)
+        dkernel = np.empty((k, f), x.dtype)
+        kernels.conv_backward_images(
+            gemm, copy, x, corner, tuple(strides), start, stop, dy, kmat, cols, dcols, dkernel, dx
+        )
+        return dkernel, column_sums(dy[start:stop].reshape(-1, f))
+
+    return images
+
+
+def _numpy_backward(x, kernel, dy, strides, pads, step, dx) -> Callable:
+    """``images(start, stop)`` of :func:`conv2d_backward` in NumPy calls, on a padded copy
+    (where NumPy's BLAS is not found, or the dtypes differ)."""
     n, h, w, _ = x.shape
     _, oh, ow, f = dy.shape
     kh, kw, c, _ = kernel.shape
     k = kh * kw * c
     kmat_t = kernel.reshape(k, f).T
     dtype = np.result_type(dy, kernel)
-    dy = np.ascontiguousarray(dy)
-    step = tuning.images_per_chunk(plan, (oh, ow), k, x.itemsize)
+    input_gradient = dx is not None
     xp = _padded(x, pads)
     patches = windows(xp, (kh, kw), strides, (oh, ow))
     (top, _), (left, _) = pads
-    dx = np.empty(x.shape, dtype=dtype) if input_gradient else None
     copy = blas.memcpy() if x.flags.c_contiguous else None
 
     def images(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
@@ -234,7 +277,4 @@ def conv2d_backward(
                 kernels.col2im(dcols[: b - a], *strides, top, left, dx[a:b])
         return dkernel, column_sums(dy[start:stop].reshape(-1, f))
 
-    parts = parallel.over_batch(images, n)
-    dkernel = sum(part[0] for part in parts)
-    dbias = sum(part[1] for part in parts)
-    return dx, dkernel.reshape(kernel.shape), dbias
+    return images

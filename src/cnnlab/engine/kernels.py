@@ -164,13 +164,43 @@ def pad_images(memcpy, x, xp, top, left, start, stop):
 
 
 @_compiled
+def _im2col(memcpy, x, top, left, sh, sw, a, b, cols):
+    """``cols[: b - a]``, the windows of images ``a:b`` of ``x``: one ``memcpy`` per window row
+    (``kw * C`` consecutive values of ``x``), zeros where the row or part of it falls on the
+    padding (``top`` rows above, ``left`` columns before)."""
+    _, h, w, c = x.shape
+    _, oh, ow, kh, kw, _ = cols.shape
+    size = x.itemsize
+    flat = cols.reshape(-1)
+    x_at, cols_at = x.ctypes.data, cols.ctypes.data
+    dst = 0
+    for img in range(a, b):
+        for i in range(oh):
+            for j in range(ow):
+                q = j * sw - left  # the window's first column, maybe on the padding
+                lo, hi = max(q, 0), min(q + kw, w)
+                for p in range(kh):
+                    r = i * sh + p - top
+                    if 0 <= r < h and lo == q and hi == q + kw:
+                        src = ((img * h + r) * w + q) * c
+                        memcpy(cols_at + dst * size, x_at + src * size, kw * c * size)
+                    else:
+                        for e in range(dst, dst + kw * c):
+                            flat[e] = 0
+                        if 0 <= r < h and lo < hi:
+                            src = ((img * h + r) * w + lo) * c
+                            at = dst + (lo - q) * c
+                            memcpy(cols_at + at * size, x_at + src * size, (hi - lo) * c * size)
+                    dst += kw * c
+
+
+@_compiled
 def conv_forward_images(gemm, memcpy, x, pads, strides, start, stop, kmat, cols, bias, norm, y):
     """Images ``start:stop`` of a convolution, a chunk of ``len(cols)`` images at a time, each
     chunk copied into the cache, multiplied and finished there, all without the GIL.
 
-    For each chunk: im2col, one ``memcpy`` per window row (``kw * C`` consecutive values of
-    ``x``), zeros where the row or part of it falls on the padding; ``y = cols @ kmat`` by
-    BLAS's ``gemm``; then either ``y += bias`` or, with ``norm = (mean, scale, beta, slope)``,
+    For each chunk: im2col (:func:`_im2col`); ``y = cols @ kmat`` by BLAS's ``gemm``; then
+    either ``y += bias`` or, with ``norm = (mean, scale, beta, slope)``,
     ``y = leaky((y - mean) * scale + beta)`` (:func:`normalize_in_place`).
 
     ``x: (N, H, W, C)``, ``kmat: (kh*kw*C, F)``, ``cols: (step, oh, ow, kh, kw, C)``,
@@ -178,46 +208,52 @@ def conv_forward_images(gemm, memcpy, x, pads, strides, start, stop, kmat, cols,
     ``cblas_sgemm`` or ``cblas_dgemm`` to match). ``pads = (top, left)``, ``strides = (sh,
     sw)``; ``bias`` may be None.
     """
-    n, h, w, c = x.shape
-    step, oh, ow, kh, kw, _ = cols.shape
+    n = x.shape[0]
+    step, oh, ow = cols.shape[0], cols.shape[1], cols.shape[2]
     k, f = kmat.shape
-    top, left = pads
-    sh, sw = strides
-    size = x.itemsize
     per_image = oh * ow
     y2 = y.reshape(n * per_image, f)
-    flat = cols.reshape(-1)
-    x_at, cols_at = x.ctypes.data, cols.ctypes.data
     for a in range(start, stop, step):
         b = min(a + step, stop)
-        dst = 0
-        for img in range(a, b):
-            for i in range(oh):
-                for j in range(ow):
-                    q = j * sw - left  # the window's first column, maybe on the padding
-                    lo, hi = max(q, 0), min(q + kw, w)
-                    for p in range(kh):
-                        r = i * sh + p - top
-                        if 0 <= r < h and lo == q and hi == q + kw:
-                            src = ((img * h + r) * w + q) * c
-                            memcpy(cols_at + dst * size, x_at + src * size, kw * c * size)
-                        else:
-                            for e in range(dst, dst + kw * c):
-                                flat[e] = 0
-                            if 0 <= r < h and lo < hi:
-                                src = ((img * h + r) * w + lo) * c
-                                at = dst + (lo - q) * c
-                                memcpy(cols_at + at * size, x_at + src * size, (hi - lo) * c * size)
-                        dst += kw * c
+        _im2col(memcpy, x, pads[0], pads[1], strides[0], strides[1], a, b, cols)
         m = (b - a) * per_image
         out = y2[a * per_image : b * per_image]
-        _matmul(gemm, cols_at, kmat.ctypes.data, out.ctypes.data, m, k, f)
+        _matmul(gemm, cols.ctypes.data, kmat.ctypes.data, out.ctypes.data, m, k, f)
         if norm is not None:
             normalize_in_place(out, norm[0], norm[1], norm[2], norm[3])
         elif bias is not None:
             for i in range(m):
                 for j in range(f):
                     out[i, j] += bias[j]
+
+
+@_compiled
+def conv_backward_images(gemm, memcpy, x, pads, strides, start, stop, dy, kmat, cols, dcols,
+                         dkernel, dx):  # fmt: skip
+    """The kernel gradient of images ``start:stop`` of a convolution, and with ``dx`` (not
+    None) their input gradient, a chunk of ``len(cols)`` images at a time, without the GIL.
+
+    For each chunk: im2col (:func:`_im2col`); ``dkernel += cols.T @ dy`` by ``gemm``; and
+    ``dcols = dy @ kmat.T``, which :func:`col2im` adds into ``dx``. ``dkernel: (kh*kw*C, F)``
+    is overwritten with the sum over the chunks; the shapes and dtypes are those of
+    :func:`conv_forward_images`, ``dy: (N, oh, ow, F)``, ``dcols`` as ``cols``.
+    """
+    step, oh, ow = cols.shape[0], cols.shape[1], cols.shape[2]
+    k, f = kmat.shape
+    per_image = oh * ow
+    dy2 = dy.reshape(dy.shape[0] * per_image, f)
+    for a in range(start, stop, step):
+        b = min(a + step, stop)
+        _im2col(memcpy, x, pads[0], pads[1], strides[0], strides[1], a, b, cols)
+        m = (b - a) * per_image
+        g = dy2[a * per_image : b * per_image]
+        accumulate = 0.0 if a == start else 1.0
+        gemm(blas.ROW_MAJOR, blas.TRANS, blas.NO_TRANS, k, f, m, 1.0, cols.ctypes.data, k,
+             g.ctypes.data, f, accumulate, dkernel.ctypes.data, f)  # fmt: skip
+        if dx is not None:
+            gemm(blas.ROW_MAJOR, blas.NO_TRANS, blas.TRANS, m, k, f, 1.0, g.ctypes.data, f,
+                 kmat.ctypes.data, f, 0.0, dcols.ctypes.data, k)  # fmt: skip
+            col2im(dcols[: b - a], strides[0], strides[1], pads[0], pads[1], dx[a:b])
 
 
 @_compiled
