@@ -289,7 +289,7 @@ TEN_STEPS = ["--dataset", "digits", "--limit", "320", "--batch-size", "32",
 
 def torchrun(*args, processes: int = 2, **popen) -> subprocess.Popen:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc_per_node", str(processes), "-m", "cnnlab", *map(str, args)]  # fmt: skip
+               "--nproc_per_node", str(processes), "-m", "cnnlab.cli", *map(str, args)]  # fmt: skip
     env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env, **popen)  # fmt: skip
