@@ -24,6 +24,7 @@ from cnnlab.lecture.study import (
     pick,
     summarize,
     train,
+    twice_the_spread,
 )
 from cnnlab.model import Sequential
 
@@ -111,7 +112,7 @@ def judge(table: list[dict]) -> Verdict:
     """The verdict of :data:`RULE` from the mean and spread of the final gap at each rate."""
     none, half = pick(table, rate=0.0), pick(table, rate=0.5)
     narrower = none["gap"] - half["gap"]
-    margin = 2 * max(none["gap_sd"], half["gap_sd"])
+    margin = twice_the_spread("gap", none, half)
     because = (
         f"the gap is {fmt(none['gap'])} without dropout and {fmt(half['gap'])} at rate 0.5 "
         f"(narrower by {fmt(narrower)}; twice the spread: {fmt(margin)})"

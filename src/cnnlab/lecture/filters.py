@@ -19,8 +19,10 @@ from cnnlab.lecture.study import (
     Verdict,
     data,
     fmt,
+    pick,
     summarize,
     train,
+    twice_the_spread,
 )
 from cnnlab.seeding import set_random_seed
 
@@ -102,9 +104,9 @@ def _maps(model, image: np.ndarray) -> list:
 
 def judge(table: list[dict]) -> Verdict:
     """The verdict of :data:`RULE` from the mean and spread of the edge score."""
-    start, end = (next(r for r in table if r["stage"] == s) for s in ("initialisation", "trained"))
+    start, end = pick(table, stage="initialisation"), pick(table, stage="trained")
     rise = end["edge_score"] - start["edge_score"]
-    margin = 2 * max(start["edge_score_sd"], end["edge_score_sd"])
+    margin = twice_the_spread("edge_score", start, end)
     because = (
         f"the mean edge score is {fmt(start['edge_score'])} at initialisation and "
         f"{fmt(end['edge_score'])} after training (twice the spread: {fmt(margin)})"

@@ -25,6 +25,7 @@ from cnnlab.lecture.study import (
     pick,
     summarize,
     train,
+    twice_the_spread,
 )
 
 NAME = "normalization"
@@ -102,7 +103,7 @@ def judge(table: list[dict]) -> Verdict:
         pick(table, optimizer="sgd", pixels="[-1, 1]"),
     )
     worse = raw["train_loss"] - scaled["train_loss"]
-    margin = 2 * max(raw["train_loss_sd"], scaled["train_loss_sd"])
+    margin = twice_the_spread("train_loss", raw, scaled)
     # A seed whose loss is not finite makes the mean NaN: it counts as higher.
     holds = not math.isfinite(raw["train_loss"]) or worse > margin
     if math.isfinite(raw["train_loss"]):

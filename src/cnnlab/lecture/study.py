@@ -116,6 +116,11 @@ def pick(table: list[dict], **where) -> dict:
     raise KeyError(f"no row with {where}")
 
 
+def twice_the_spread(key: str, *rows: dict) -> float:
+    """The rules' margin: twice the larger spread over the seeds (``<key>_sd``) of ``rows``."""
+    return 2 * max(row[f"{key}_sd"] for row in rows)
+
+
 def fmt(value: float, digits: int = 3) -> str:
     """A number for a table: ``digits`` decimals, or powers of ten beyond 1e5."""
     if value is None or not math.isfinite(value):

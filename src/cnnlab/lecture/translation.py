@@ -24,6 +24,7 @@ from cnnlab.lecture.study import (
     pick,
     summarize,
     train,
+    twice_the_spread,
 )
 from cnnlab.model import Sequential
 
@@ -132,7 +133,7 @@ def judge(table: list[dict]) -> Verdict:
     """The verdict of :data:`RULE` from the mean and spread of the share each model keeps."""
     pooled, mlp = pick(table, model="max pooling"), pick(table, model="mlp")
     gain = pooled["kept_1_to_4"] - mlp["kept_1_to_4"]
-    margin = 2 * max(pooled["kept_1_to_4_sd"], mlp["kept_1_to_4_sd"])
+    margin = twice_the_spread("kept_1_to_4", pooled, mlp)
     because = (
         f"moved 1 to 4 pixels, the CNN with max pooling keeps {fmt(pooled['kept_1_to_4'])} of "
         f"its accuracy, the MLP {fmt(mlp['kept_1_to_4'])} (difference {fmt(gain)}, twice the "
