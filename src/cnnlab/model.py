@@ -164,16 +164,15 @@ class Model:
             outputs, self._states = self._plan(training, fused=False).forward(xs, training)
         return self._result(outputs)
 
-    def _run_steps(self, xs: list[np.ndarray], training: bool = False) -> list[np.ndarray]:
-        """The outputs for checked inputs (:meth:`_as_inputs`), as training and inference
-        compute them: on the fast engine with each batch norm and the activation after it as
-        one op, and at inference the convolution before them too (:mod:`cnnlab.fusion`). The
-        numbers of ``self(x, training)``, bit for bit in training and up to rounding at
-        inference; only a training step's backward pass may follow."""
+    def _run_steps(self, xs: list[np.ndarray]) -> list[np.ndarray]:
+        """The outputs at inference for checked inputs (:meth:`_as_inputs`), as ``predict``
+        and ``evaluate`` compute them: on the fast engine with each convolution, batch norm
+        and the activation after them as one op (:mod:`cnnlab.fusion`). The numbers of
+        ``self(x)`` up to rounding."""
         if (runner := self._torch_runner()) is not None:
-            return runner.outputs(xs, training)
+            return runner.outputs(xs)
         with backend.running():
-            outputs, self._states = self._plan(training, fused=True).forward(xs, training)
+            outputs, self._states = self._plan(False, fused=True).forward(xs, False)
         return outputs
 
     def _torch_runner(self):

@@ -419,13 +419,11 @@ class Runner:
             _, logs = self._loss(ys, preds, logits)
         return self.model._results(logs, ys, [self._numpy(p) for p in preds])
 
-    def outputs(self, xs: list[np.ndarray], training: bool = False) -> list[np.ndarray]:
-        """The outputs for ``xs`` (no gradients)."""
+    def outputs(self, xs: list[np.ndarray]) -> list[np.ndarray]:
+        """The outputs for ``xs`` at inference (no gradients)."""
         self._bind()
         with torch.no_grad():
-            preds, _ = self._forward(xs, training, set())
-        if training:  # Keras's model(x, training=True) updates batch norm's statistics
-            self._buffers_back()
+            preds, _ = self._forward(xs, False, set())
         return [self._numpy(p) for p in preds]
 
 
