@@ -27,7 +27,10 @@ def chromium(tmp_path, *args: str) -> subprocess.CompletedProcess:
     profile = tmp_path / "profile"  # a fresh profile for every run
     command = [
         CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={profile}",
-        "--virtual-time-budget=5000", *args,
+        "--virtual-time-budget=5000",
+        # Raster every tile before the screenshot: without it the last row of 256-pixel tiles
+        # was sometimes still blank (2 runs in 12 here), and the test saw "a blank band".
+        "--run-all-compositor-stages-before-draw", *args,
     ]  # fmt: skip
     return subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
 
