@@ -39,6 +39,7 @@ def test_batchnorm_defaults_are_keras():
     layer = layers.BatchNormalization()
     assert layer.momentum == 0.99
     assert layer.epsilon == 1e-3
+    assert layer.synchronized is False
     layer.build((4, 4, 3))
     gamma, beta, moving_mean, moving_variance = layer.get_weights()
     np.testing.assert_array_equal(gamma, np.ones(3))
@@ -387,6 +388,14 @@ def test_batchnorm_bad_arguments():
         layers.BatchNormalization(momentum=1.5, name="bn")
     with pytest.raises(ValueError, match=r"BatchNormalization 'bn'.*`epsilon`.*> 0.*0"):
         layers.BatchNormalization(epsilon=0, name="bn")
+    with pytest.raises(ValueError, match=r"BatchNormalization 'bn'.*`synchronized`.*True or False"):
+        layers.BatchNormalization(synchronized="yes", name="bn")
+
+
+def test_batchnorm_synchronized_is_saved_with_the_config():
+    layer = layers.BatchNormalization(synchronized=True)
+    assert layer.get_config()["synchronized"] is True
+    assert layers.deserialize(layers.serialize(layer)).synchronized is True
 
 
 def test_leaky_relu_negative_slope_must_be_non_negative():

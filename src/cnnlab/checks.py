@@ -12,6 +12,8 @@ import math
 import numbers
 from collections.abc import Sequence
 
+import numpy as np
+
 
 def _fail(name: str, expected: str, value) -> ValueError:
     return ValueError(f"`{name}` must be {expected}, got {value!r}")
@@ -19,6 +21,13 @@ def _fail(name: str, expected: str, value) -> ValueError:
 
 def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def boolean(name: str, value) -> bool:
+    """``value``, if it is True or False (NumPy's bools too)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise _fail(name, "True or False", value)
+    return bool(value)
 
 
 def integer(name: str, value) -> int:

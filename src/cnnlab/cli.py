@@ -331,6 +331,13 @@ def training_options(f):
             help="Re-estimate batch norm's moving statistics from BATCHES training batches at "
             "the end of each epoch (0: keep the moving averages).",
         ),
+        click.option(
+            "--sync-batchnorm/--no-sync-batchnorm",
+            default=True,
+            show_default=True,
+            help="Under torchrun: batch norm's statistics over the whole batch, summed over the "
+            "processes (else each process's own share's).",
+        ),
         click.option("--quiet", "-q", is_flag=True, help="No progress bars or epoch lines."),
     ]
     for option in reversed(options):
@@ -368,6 +375,7 @@ def _settings(model: str, kw: dict) -> Settings:
         augment=kw["augment"],
         early_stopping=kw["early_stopping"],
         precise_bn=kw["precise_bn"],
+        sync_batchnorm=kw["sync_batchnorm"],
     )
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from cnnlab import checks, datasets, optimizers, zoo
 from cnnlab.callbacks import EarlyStopping, NaNGuard, PreciseBatchNorm
 from cnnlab.files import read_json
+from cnnlab.layers import BatchNormalization
 from cnnlab.model import Model
 from cnnlab.model import from_config as model_from_config
 from cnnlab.runs import RunDirectory
@@ -73,6 +74,7 @@ class Settings:
     restore_best: bool = False
     monitor: str = "val_loss"
     precise_bn: int = 0  # batches to re-estimate batch norm's statistics from each epoch
+    sync_batchnorm: bool = True  # under torchrun: the whole batch's statistics
 
     @classmethod
     def from_config(cls, config: dict) -> Settings:
@@ -254,12 +256,19 @@ def train_run(
         **(config_extra or {}),
     }
     if processes > 1:
+        from cnnlab.torch_engine import group_backend
+
+        for layer in model.layers:
+            if isinstance(layer, BatchNormalization):
+                layer.synchronized = settings.sync_batchnorm
         config["distributed"] = {
             "processes": processes,
-            "backend": "gloo",
+            "backend": group_backend(),
             "batch": "each process trains on 1/N of every batch of --batch-size",
-            "batch_norm": "each process keeps its own batch statistics (not synchronized "
-            "over the processes); the moving averages saved are rank 0's",
+            "batch_norm": "synchronized: the statistics of the whole batch, over the processes"
+            if settings.sync_batchnorm
+            else "each process keeps its own batch statistics (not synchronized over the "
+            "processes); the moving averages saved are rank 0's",
         }
     guard = NaNGuard(verbose=0)
     run = RunDirectory(

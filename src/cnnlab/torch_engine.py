@@ -21,14 +21,18 @@ where cnnlab's is): so both engines compute the same function, to rounding.
 Everything else (the fit loop, callbacks, run directories, the pictures) is the same on every
 engine; the rest of the ops run as on the "fast" engine.
 
-Under ``torchrun`` (``WORLD_SIZE`` > 1) the processes join one group (gloo, on the CPU) and
-split each batch of the fit loop, whose order every rank draws alike from the same seed: rank
-``r`` of ``R`` trains on examples ``r, r + R, ...`` of it. The gradients are summed over the
-ranks by ``all_reduce``, weighted so that the step is the one a single process takes on the
-whole batch, and the logged loss and metrics are the whole batch's. Batch normalization keeps
-each rank's own statistics (not synchronized, on any device): with it, R processes approach
-one process, without it they equal it to rounding. Evaluation and prediction run whole on
-every rank. With ``--device cuda`` each process takes the GPU of its ``LOCAL_RANK``.
+Under ``torchrun`` (``WORLD_SIZE`` > 1) the processes join one group (gloo for CPU tensors,
+NCCL for CUDA ones) and split each batch of the fit loop, whose order every rank draws alike
+from the same seed: rank ``r`` of ``R`` trains on examples ``r, r + R, ...`` of it. The graph
+runs inside PyTorch's DistributedDataParallel, which averages the gradients over the ranks
+during the backward pass; each rank's loss is weighted so that the step is the one a single
+process takes on the whole batch, and the logged loss and metrics are the whole batch's. A
+BatchNormalization with ``synchronized=True`` (``cnnlab train`` sets it, unless
+``--no-sync-batchnorm``) takes its statistics over the whole batch, every rank's share summed
+by ``all_reduce``, on any device: then R processes equal one process to rounding. Otherwise
+each rank normalizes with its own share's statistics, and approaches one process. Evaluation
+and prediction run whole on every rank. With ``--device cuda`` each process takes the GPU of
+its ``LOCAL_RANK``.
 """
 
 from __future__ import annotations
@@ -117,6 +121,7 @@ class _BatchNorm(nn.Module):
         super().__init__()
         c = layer.weights["gamma"].shape[0]
         self.momentum, self.epsilon = layer.momentum, layer.epsilon
+        self.synchronized = layer.synchronized
         self.gamma = nn.Parameter(torch.ones(c, dtype=dtype))
         self.beta = nn.Parameter(torch.zeros(c, dtype=dtype))
         self.register_buffer("moving_mean", torch.zeros(c, dtype=dtype))
@@ -134,8 +139,12 @@ class _BatchNorm(nn.Module):
                 self.gamma, self.beta, False, 0.0, self.epsilon,
             )  # fmt: skip
             return y.permute(back)
-        if n < 2:  # PyTorch refuses one value per channel; Keras's variance is then 0
-            mean, var = x.mean(dim=tuple(range(d - 1))), torch.zeros_like(self.gamma)
+        axes = tuple(range(d - 1))
+        if self.synchronized and _processes() > 1:
+            mean, var = _statistics_over_ranks(x, axes)
+            y = self.gamma * (x - mean) / torch.sqrt(var + self.epsilon) + self.beta
+        elif n < 2:  # PyTorch refuses one value per channel; Keras's variance is then 0
+            mean, var = x.mean(dim=axes), torch.zeros_like(self.gamma)
             y = self.gamma * (x - mean) / torch.sqrt(var + self.epsilon) + self.beta
         else:
             # With momentum 1 the "running" statistics it writes are this batch's: the mean,
@@ -150,6 +159,41 @@ class _BatchNorm(nn.Module):
             self.moving_mean.mul_(self.momentum).add_(mean.detach() * (1 - self.momentum))
             self.moving_variance.mul_(self.momentum).add_(var.detach() * (1 - self.momentum))
         return y
+
+
+def _statistics_over_ranks(x, axes: tuple[int, ...]):
+    """The mean and biased variance per channel (last axis) of ``x`` over every process's
+    share of the batch: ``mean = sum(x) / n`` and ``var = sum((x - mean)**2) / n``, the sums
+    and the count ``n`` taken over the ranks by two all_reduces that autograd goes back
+    through (:class:`_SumOverRanks`)."""
+    count = torch.tensor([x.numel() // x.shape[-1]], dtype=x.dtype, device=x.device)
+    sums = _SumOverRanks.apply(torch.cat([x.sum(dim=axes), count]))
+    n = sums[-1]
+    mean = sums[:-1] / n
+    var = _SumOverRanks.apply(((x - mean) ** 2).sum(dim=axes)) / n
+    return mean, var
+
+
+class _SumOverRanks(torch.autograd.Function):
+    """``y = x_0 + x_1 + ... + x_{R-1}`` on every rank (``all_reduce``). Every rank's loss
+    depends on ``y``, so the gradient for rank r's ``x`` is the sum over the ranks of the
+    gradients for ``y``: the backward pass is the same all_reduce."""
+
+    @staticmethod
+    def forward(ctx, x):
+        import torch.distributed as dist
+
+        y = x.clone()
+        dist.all_reduce(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        import torch.distributed as dist
+
+        dx = dy.clone()
+        dist.all_reduce(dx)
+        return dx
 
 
 class _Dense(nn.Module):
@@ -271,6 +315,35 @@ class _Dropout(nn.Module):
 
 
 # -- the steps -------------------------------------------------------------------------------
+class _Graph(nn.Module):
+    """The model as one torch module: each layer's module, run in the model's graph order (what
+    DistributedDataParallel wraps)."""
+
+    def __init__(self, model, modules: dict[str, nn.Module], dtype: torch.dtype, autocast):
+        super().__init__()
+        self.model, self.named, self.dtype, self.autocast = model, modules, dtype, autocast
+        self.layers = nn.ModuleList(modules.values())  # registers their parameters
+
+    def forward(self, xs: list, logits_for: set[int]):
+        """The outputs for the input tensors ``xs``; for the outputs in ``logits_for`` (ids),
+        also the logits before their softmax."""
+        model = self.model
+        values = {id(t): x for t, x in zip(model.inputs, xs, strict=True)}
+        logits = {}
+        with self.autocast():
+            for node in model._nodes:
+                module = self.named[node.layer.name]
+                args = [values[id(t)] for t in node.inputs]
+                if id(node.output) in logits_for:
+                    z = module.logits(*args) if hasattr(module, "logits") else args[0]
+                    logits[id(node.output)] = z = z.to(self.dtype)
+                    values[id(node.output)] = torch.softmax(z, dim=-1)
+                else:
+                    values[id(node.output)] = module(*args)
+        outputs = [values[id(t)].to(self.dtype) for t in model.outputs]
+        return outputs, logits
+
+
 class Runner:
     """Runs ``model``'s steps in PyTorch: :meth:`train_step`, :meth:`test_step`, :meth:`outputs`
     (the model calls them on the torch engine, with its checked arrays)."""
@@ -290,12 +363,14 @@ class Runner:
         self.modules = {
             name: module_for(layer, dtype, own_dropout=True) for name, layer in self.layers.items()
         }
+        self.graph = _Graph(model, self.modules, dtype, self._autocast)
         self.rank, self.world_size = world()
+        self._ddp = None  # (the trainable parameters it was made for, the wrapper)
 
     def _bind(self) -> list[tuple]:
         """Point every parameter and buffer at its layer's array (again, if an array was
         replaced), or on a device copy it there; returns ``(layer, name, parameter, axes
-        back)`` for the trainable ones."""
+        back)`` for the trainable ones (the others get no gradient)."""
         trainable = []
         for name, layer in self.layers.items():
             for weight, tensor, to_torch, back in weight_pairs(layer, self.modules[name]):
@@ -306,9 +381,26 @@ class Runner:
                     tensor.data = view.to(self.device, copy=True)
                 elif tensor.data_ptr() != view.data_ptr() or tensor.stride() != view.stride():
                     tensor.data = view
+                if isinstance(tensor, nn.Parameter):
+                    tensor.requires_grad_(weight in layer.trainable_names)
                 if weight in layer.trainable_names:
                     trainable.append((layer, weight, tensor, back))
         return trainable
+
+    def _distributed(self, trainable: list[tuple]) -> nn.Module:
+        """The graph in PyTorch's DistributedDataParallel, which averages the gradients over
+        the ranks during the backward pass; made again if the trainable weights changed."""
+        key = tuple(id(tensor) for _, _, tensor, _ in trainable)
+        if self._ddp is None or self._ddp[0] != key:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index or 0] if self.device.type == "cuda" else None
+            # The graph is the same every step. DDP copies rank 0's buffers (batch norm's
+            # moving statistics) to every rank before each step: the same on every rank, as
+            # they already are when batch norm is synchronized.
+            wrapped = DistributedDataParallel(self.graph, device_ids=ids, static_graph=True)
+            self._ddp = (key, wrapped)
+        return self._ddp[1]
 
     def _buffers_back(self) -> None:
         """On a device: the batch-norm statistics it updated, back into the layers' arrays."""
@@ -336,30 +428,17 @@ class Runner:
     def _numpy(self, t) -> np.ndarray:
         return t.detach().to(self.dtype).cpu().numpy()
 
-    def _forward(self, xs: list[np.ndarray], training: bool, logits_for: set[int]):
-        """The outputs; for the outputs in ``logits_for`` (ids), also the logits before their
-        softmax."""
-        for module in self.modules.values():
-            module.train(training)
+    def _forward(self, graph: nn.Module, xs: list[np.ndarray], training: bool, logits: bool):
+        """``graph``'s outputs for ``xs``, and with ``logits`` the logits of the outputs whose
+        loss is computed from them."""
+        self.graph.train(training)
         model = self.model
-        values = {id(t): x for t, x in zip(model.inputs, self._tensors(xs), strict=True)}
-        logits = {}
-        with self._autocast():
-            for node in model._nodes:
-                module = self.modules[node.layer.name]
-                args = [values[id(t)] for t in node.inputs]
-                if id(node.output) in logits_for:
-                    z = module.logits(*args) if hasattr(module, "logits") else args[0]
-                    logits[id(node.output)] = z = z.to(self.dtype)
-                    values[id(node.output)] = torch.softmax(z, dim=-1)
-                else:
-                    values[id(node.output)] = module(*args)
-        outputs = [values[id(t)].to(self.dtype) for t in model.outputs]
-        return outputs, logits
-
-    def _logits_for(self) -> set[int]:
-        model = self.model
-        return {id(t) for i, t in enumerate(model.outputs) if model._logits_layer(i) is not None}
+        logits_for = set()
+        if logits:
+            logits_for = {
+                id(t) for i, t in enumerate(model.outputs) if model._logits_layer(i) is not None
+            }
+        return graph(self._tensors(xs), logits_for)
 
     def _loss(self, ys: list[np.ndarray], preds: list, logits: dict):
         """Keras's loss (the sum over the outputs) as a tensor, and the logs' losses."""
@@ -377,7 +456,8 @@ class Runner:
 
     def train_step(self, xs: list[np.ndarray], ys: list[np.ndarray]) -> dict[str, float]:
         """Forward and backward in torch, then cnnlab's optimizer on the gradients; under
-        torchrun, on this rank's share of the batch, the gradients summed over the ranks."""
+        torchrun, on this rank's share of the batch, the gradients averaged over the ranks by
+        DistributedDataParallel."""
         model, n = self.model, len(xs[0])
         if self.world_size > 1:
             if n < self.world_size:
@@ -389,22 +469,19 @@ class Runner:
             ys = [y[self.rank :: self.world_size] for y in ys]
         share = len(xs[0]) / n  # of the whole batch's mean loss
         trainable = self._bind()
-        preds, logits = self._forward(xs, True, self._logits_for())
+        graph = self._distributed(trainable) if self.world_size > 1 else self.graph
+        preds, logits = self._forward(graph, xs, True, logits=True)
         total, logs = self._loss(ys, preds, logits)
         for _, _, tensor, _ in trainable:
             tensor.grad = None
-        (total * share if self.world_size > 1 else total).backward()
-        grads = []
-        for _, _, tensor, back in trainable:
+        # The whole batch's mean loss is the sum over the ranks of share * each rank's mean;
+        # DDP divides the gradients' sum by the number of ranks, so scale by it.
+        (total * (share * self.world_size) if self.world_size > 1 else total).backward()
+        for layer, name, tensor, back in trainable:
             grad = tensor.grad
             if grad is None:  # a weight the loss does not reach
                 grad = torch.zeros_like(tensor)
-            grads.append(grad if back is None else grad.permute(back))
-        if self.world_size > 1:
-            grads = [grad.cpu() for grad in grads]  # gloo's all_reduce, on the CPU
-            _sum_over_ranks(grads)
-        for (layer, name, _, _), grad in zip(trainable, grads, strict=True):
-            layer.grads[name] = self._numpy(grad)
+            layer.grads[name] = self._numpy(grad if back is None else grad.permute(back))
         self._buffers_back()
         weights, gradients = model.trainable_weights_and_grads()
         model.optimizer.apply(gradients, weights)
@@ -415,7 +492,7 @@ class Runner:
         """Loss and metrics in inference mode."""
         self._bind()
         with torch.no_grad():
-            preds, logits = self._forward(xs, False, self._logits_for())
+            preds, logits = self._forward(self.graph, xs, False, logits=True)
             _, logs = self._loss(ys, preds, logits)
         return self.model._results(logs, ys, [self._numpy(p) for p in preds])
 
@@ -423,22 +500,37 @@ class Runner:
         """The outputs for ``xs`` at inference (no gradients)."""
         self._bind()
         with torch.no_grad():
-            preds, _ = self._forward(xs, False, set())
+            preds, _ = self._forward(self.graph, xs, False, logits=False)
         return [self._numpy(p) for p in preds]
 
 
 def world() -> tuple[int, int]:
     """``(rank, number of processes)``: ``(0, 1)`` alone; under ``torchrun``, this process's
-    place in the group, which it joins on the first call (gloo: CPU tensors)."""
-    size = int(os.environ.get("WORLD_SIZE", "1"))
-    if size <= 1:
+    place in the group, which it joins on the first call: gloo for CPU tensors, and NCCL for
+    CUDA ones when the torch engine's device is a GPU."""
+    if _processes() <= 1:
         return 0, 1
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        dist.init_process_group("gloo")
+        from cnnlab import backend
+
+        cuda = resolve_device(backend.get_device()).type == "cuda"
+        dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo")
         atexit.register(_leave_group)  # else gloo's threads abort the process at its exit
     return dist.get_rank(), dist.get_world_size()
+
+
+def _processes() -> int:
+    """How many processes train together: torchrun's ``WORLD_SIZE``, else 1."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def group_backend() -> str:
+    """The process group's backend (after :func:`world`): "gloo", or "cpu:gloo,cuda:nccl"."""
+    import torch.distributed as dist
+
+    return str(dist.get_backend())
 
 
 def _leave_group() -> None:
@@ -446,18 +538,6 @@ def _leave_group() -> None:
 
     if dist.is_initialized():
         dist.destroy_process_group()
-
-
-def _sum_over_ranks(grads: list) -> None:
-    """Replace each gradient by its sum over the ranks: one ``all_reduce`` of them all."""
-    import torch.distributed as dist
-
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    start = 0
-    for i, g in enumerate(grads):
-        grads[i] = flat[start : start + g.numel()].view(g.shape)
-        start += g.numel()
 
 
 def _mean_over_ranks(results: dict[str, float], share: float) -> dict[str, float]:
@@ -497,7 +577,8 @@ def runner(model) -> Runner:
     from cnnlab import backend
 
     device, precision = resolve_device(backend.get_device()), backend.get_precision()
-    key = (tuple(id(node.layer) for node in model._nodes), device, precision)
+    layers = tuple((id(n.layer), getattr(n.layer, "synchronized", None)) for n in model._nodes)
+    key = (layers, device, precision)
     cached = getattr(model, "_torch_steps", None)
     if cached is None or cached[0] != key:
         cached = (key, Runner(model, device, precision))

@@ -20,16 +20,27 @@ class BatchNormalization(Layer):
 
     Weights, in Keras order: ``gamma``, ``beta`` (trainable), ``moving_mean``,
     ``moving_variance`` (non-trainable). Input ``(batch, F)`` or ``(batch, H, W, C)``.
+
+    ``synchronized`` (Keras's name and default): when several processes train the model under
+    ``torchrun`` on the torch engine, the batch statistics are those of the whole batch, summed
+    over the processes, instead of each process's share; alone, it changes nothing.
     """
 
     min_rank = 2
     call_state = ("_cache", "_training")
 
-    def __init__(self, momentum: float = 0.99, epsilon: float = 1e-3, **kwargs):
+    def __init__(
+        self,
+        momentum: float = 0.99,
+        epsilon: float = 1e-3,
+        synchronized: bool = False,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         with self._argument_errors():
             self.momentum = checks.number_in("momentum", momentum, 0, 1)
             self.epsilon = checks.positive_number("epsilon", epsilon)
+            self.synchronized = checks.boolean("synchronized", synchronized)
         self._cache = None
         self._training = False
 
@@ -76,4 +87,9 @@ class BatchNormalization(Layer):
         return dx
 
     def get_config(self):
-        return {**super().get_config(), "momentum": self.momentum, "epsilon": self.epsilon}
+        return {
+            **super().get_config(),
+            "momentum": self.momentum,
+            "epsilon": self.epsilon,
+            "synchronized": self.synchronized,
+        }
