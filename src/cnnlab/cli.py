@@ -333,10 +333,9 @@ def training_options(f):
         ),
         click.option(
             "--sync-batchnorm/--no-sync-batchnorm",
-            default=True,
-            show_default=True,
+            default=None,
             help="Under torchrun: batch norm's statistics over the whole batch, summed over the "
-            "processes (else each process's own share's).",
+            "processes, or each process's own share's [default: synchronized on GPUs only].",
         ),
         click.option("--quiet", "-q", is_flag=True, help="No progress bars or epoch lines."),
     ]

@@ -38,7 +38,9 @@ its ``LOCAL_RANK``.
 from __future__ import annotations
 
 import atexit
+import gc
 import os
+import weakref
 
 import numpy as np
 
@@ -139,12 +141,10 @@ class _BatchNorm(nn.Module):
                 self.gamma, self.beta, False, 0.0, self.epsilon,
             )  # fmt: skip
             return y.permute(back)
-        axes = tuple(range(d - 1))
         if self.synchronized and _processes() > 1:
-            mean, var = _statistics_over_ranks(x, axes)
-            y = self.gamma * (x - mean) / torch.sqrt(var + self.epsilon) + self.beta
+            y, mean, var = _SynchronizedBatchNorm.apply(x, self.gamma, self.beta, self.epsilon)
         elif n < 2:  # PyTorch refuses one value per channel; Keras's variance is then 0
-            mean, var = x.mean(dim=axes), torch.zeros_like(self.gamma)
+            mean, var = x.mean(dim=tuple(range(d - 1))), torch.zeros_like(self.gamma)
             y = self.gamma * (x - mean) / torch.sqrt(var + self.epsilon) + self.beta
         else:
             # With momentum 1 the "running" statistics it writes are this batch's: the mean,
@@ -161,39 +161,54 @@ class _BatchNorm(nn.Module):
         return y
 
 
-def _statistics_over_ranks(x, axes: tuple[int, ...]):
-    """The mean and biased variance per channel (last axis) of ``x`` over every process's
-    share of the batch: ``mean = sum(x) / n`` and ``var = sum((x - mean)**2) / n``, the sums
-    and the count ``n`` taken over the ranks by two all_reduces that autograd goes back
-    through (:class:`_SumOverRanks`)."""
-    count = torch.tensor([x.numel() // x.shape[-1]], dtype=x.dtype, device=x.device)
-    sums = _SumOverRanks.apply(torch.cat([x.sum(dim=axes), count]))
-    n = sums[-1]
-    mean = sums[:-1] / n
-    var = _SumOverRanks.apply(((x - mean) ** 2).sum(dim=axes)) / n
-    return mean, var
+class _SynchronizedBatchNorm(torch.autograd.Function):
+    """Batch normalization of each rank's share ``x`` (..., C) of the batch with the statistics
+    of the whole batch, over the ranks: the forward and backward pairs of the lecture's batch
+    norm, each with one ``all_reduce`` of per-channel sums. Returns ``y`` and the batch's
+    ``mean`` and ``var`` (for the moving averages).
 
-
-class _SumOverRanks(torch.autograd.Function):
-    """``y = x_0 + x_1 + ... + x_{R-1}`` on every rank (``all_reduce``). Every rank's loss
-    depends on ``y``, so the gradient for rank r's ``x`` is the sum over the ranks of the
-    gradients for ``y``: the backward pass is the same all_reduce."""
+    Forward, over the ``N`` rows of every rank: ``mean = sum(x) / N``, ``var = sum(x**2) / N -
+    mean**2`` (each rank's sums from its own centred moments, added up in float64 so that the
+    difference keeps float32's precision), ``xhat = (x - mean) / sqrt(var + epsilon)``,
+    ``y = gamma * xhat + beta``. Backward, with the sums over every rank's rows:
+    ``dx = gamma / sqrt(var + epsilon) * (dy - sum(dy) / N - xhat * sum(dy * xhat) / N)``;
+    ``dgamma`` and ``dbeta`` are this rank's sums, which DDP adds up with the others.
+    """
 
     @staticmethod
-    def forward(ctx, x):
+    def forward(ctx, x, gamma, beta, epsilon: float):
         import torch.distributed as dist
 
-        y = x.clone()
-        dist.all_reduce(y)
-        return y
+        c = x.shape[-1]
+        rows = x.reshape(-1, c)
+        var, mean = torch.var_mean(rows, dim=0, correction=0)
+        n = rows.shape[0]
+        moments = torch.cat([n * mean.double(), n * (var.double() + mean.double() ** 2)])
+        sums = torch.cat([moments, moments.new_tensor([n])])
+        dist.all_reduce(sums)
+        total = sums[-1]
+        mean64 = sums[:c] / total
+        mean = mean64.to(x.dtype)
+        var = (sums[c : 2 * c] / total - mean64**2).clamp(min=0).to(x.dtype)
+        invstd = torch.rsqrt(var + epsilon)
+        xhat = (rows - mean) * invstd
+        ctx.save_for_backward(xhat, gamma, invstd)
+        ctx.total = total.item()
+        ctx.mark_non_differentiable(mean, var)
+        return (xhat * gamma + beta).reshape(x.shape), mean, var
 
     @staticmethod
-    def backward(ctx, dy):
+    def backward(ctx, dy, _, __):
         import torch.distributed as dist
 
-        dx = dy.clone()
-        dist.all_reduce(dx)
-        return dx
+        xhat, gamma, invstd = ctx.saved_tensors
+        c = xhat.shape[-1]
+        dy_rows = dy.reshape(-1, c)
+        dbeta, dgamma = dy_rows.sum(dim=0), (dy_rows * xhat).sum(dim=0)
+        sums = torch.cat([dbeta, dgamma])
+        dist.all_reduce(sums)
+        dx = (gamma * invstd) * (dy_rows - sums[:c] / ctx.total - xhat * (sums[c:] / ctx.total))
+        return dx.reshape(dy.shape), dgamma, dbeta, None
 
 
 class _Dense(nn.Module):
@@ -400,6 +415,7 @@ class Runner:
             # they already are when batch norm is synchronized.
             wrapped = DistributedDataParallel(self.graph, device_ids=ids, static_graph=True)
             self._ddp = (key, wrapped)
+            _distributed_runners.add(self)
         return self._ddp[1]
 
     def _buffers_back(self) -> None:
@@ -533,9 +549,19 @@ def group_backend() -> str:
     return str(dist.get_backend())
 
 
+# The runners holding a DistributedDataParallel, which must be gone before the group is.
+_distributed_runners: weakref.WeakSet[Runner] = weakref.WeakSet()
+
+
 def _leave_group() -> None:
+    """Leave the process group at exit: first the DDP wrappers (their reducer uses the group;
+    destroyed after it, at the interpreter's teardown, it aborted the process now and then:
+    "terminate called without an active exception"), then the group itself."""
     import torch.distributed as dist
 
+    for runner in list(_distributed_runners):
+        runner._ddp = None
+    gc.collect()
     if dist.is_initialized():
         dist.destroy_process_group()
 
