@@ -219,13 +219,16 @@ def test_resume_ends_with_the_same_weights_as_one_uninterrupted_run(tmp_path):
 
 
 def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
-    """A real SIGINT to a `cnnlab train` process once its first epoch is written."""
+    """A real SIGINT to a `cnnlab train` process once its first epoch is written. The process
+    starts with Ctrl-C's default action, as from a terminal: a shell's background job (the
+    test suite run with `&`) would pass on its SIGINT ignored, and cnnlab leaves it so."""
     out = tmp_path / "run"
     process = subprocess.Popen(
         [sys.executable, "-c", "from cnnlab.cli import main; main()", "train",
          "--model", "mlp", "--dataset", "digits", "--epochs", "100000", "--quiet",
          "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 60
