@@ -45,6 +45,7 @@ def timed(monkeypatch):
 
     class Timer:
         times: dict[ConvPlan, float] = {}
+        modes: dict[str, float] = {}  # a model's threads modes' seconds (1.0 where absent)
         noise = 0.0
         calls = 0
 
@@ -55,6 +56,8 @@ def timed(monkeypatch):
 
     timer = Timer()
     monkeypatch.setattr(tuning, "_measure", timer)
+    monkeypatch.setattr(tuning, "_measure_modes", lambda modes, trial: (
+        {mode: timer.modes.get(mode, 1.0) for mode in modes}, timer.noise))  # fmt: skip
     return timer
 
 
@@ -155,7 +158,7 @@ def test_entries_that_are_not_choices_are_dropped(tuned, timed, monkeypatch):
                 {"winograd": False, "chunk_bytes": True}, [1, 2]):  # fmt: skip
         path.write_text(json.dumps({**data, "conv": {key: bad}}))
         tuning.forget()
-        assert key not in tuning._read(path)
+        assert key not in tuning._read(path)["conv"]
 
 
 @needs_blas
@@ -165,11 +168,11 @@ def test_the_first_choice_written_for_a_shape_stays(tuned, timed, monkeypatch):
     timed.times = {ConvPlan(False, 1 << 18): 0.5}
     tuning.conv_plan(*SHAPE)  # the other process, first
     tuning.forget()
-    tuning._loaded[tuning.cache_file()] = {}  # read before that
+    tuning._loaded[tuning.cache_file()] = {"conv": {}, "threads": {}}  # read before that
     timed.times = {ConvPlan(False, 1 << 21): 0.5}
     assert tuning.conv_plan(*SHAPE) == ConvPlan(False, 1 << 18)
     assert timed.calls == 2
-    assert list(tuning._read(tuning.cache_file()).values()) == [ConvPlan(False, 1 << 18)]
+    assert list(tuning._read(tuning.cache_file())["conv"].values()) == [ConvPlan(False, 1 << 18)]
 
 
 @needs_blas
@@ -181,7 +184,7 @@ def test_cnnlab_tune_measures_again_and_replaces_the_choice(tuned, timed):
         assert tuning.conv_plan(*SHAPE) == ConvPlan(False, 1 << 21)
         assert tuning.conv_plan(*SHAPE) == ConvPlan(False, 1 << 21)
     assert timed.calls == 2  # once again inside the block, not at every call
-    assert list(tuning._read(tuning.cache_file()).values()) == [ConvPlan(False, 1 << 21)]
+    assert list(tuning._read(tuning.cache_file())["conv"].values()) == [ConvPlan(False, 1 << 21)]
 
 
 @needs_blas
@@ -253,8 +256,10 @@ def test_a_tuned_training_step_gives_the_untuned_numbers(tuned, timed, monkeypat
     import cnnlab
 
     timed.times = lambda plan: 0.5 if plan.chunk_bytes == 1 << 18 else 1.0
-    monkeypatch.setattr(tuning, "_choose", lambda seconds, default: min(
-        seconds, key=lambda p: (p.winograd == default.winograd, seconds[p])))  # fmt: skip
+    choose = tuning._choose
+    monkeypatch.setattr(tuning, "_choose", lambda seconds, default: choose(seconds, default)
+        if isinstance(default, str)  # the threads mode: the default, cnnlab's threads
+        else min(seconds, key=lambda p: (p.winograd == default.winograd, seconds[p])))  # fmt: skip
 
     def step():
         cnnlab.set_random_seed(0)
@@ -266,9 +271,10 @@ def test_a_tuned_training_step_gives_the_untuned_numbers(tuned, timed, monkeypat
         return model.get_weights(), model.predict(x, verbose=0)
 
     weights, predicted = step()
-    assert len(tuning.measurements) == 4
-    assert all(m.chosen.winograd != m.default.winograd for m in tuning.measurements[::2])
-    assert all(m.chosen != m.default for m in tuning.measurements)
+    convs = [m for m in tuning.measurements if isinstance(m.chosen, ConvPlan)]
+    assert len(convs) == 4
+    assert all(m.chosen.winograd != m.default.winograd for m in convs[::2])
+    assert all(m.chosen != m.default for m in convs)
     monkeypatch.setenv("CNNLAB_TUNE", "off")
     weights_off, predicted_off = step()
     for a, b in zip(weights, weights_off, strict=True):
@@ -283,7 +289,7 @@ def test_a_real_measurement_times_every_candidate(tuned):
     [m] = tuning.measurements
     assert set(m.seconds) == set(tuning._candidates(*SHAPE[:5]))
     assert all(0 < t < 10 for t in m.seconds.values()) and m.noise >= 0
-    assert m.kept == (m.shape in tuning._read(tuning.cache_file()))
+    assert m.kept == (m.shape in tuning._read(tuning.cache_file())["conv"])
 
 
 @needs_blas
@@ -304,11 +310,11 @@ def test_a_disturbed_remeasurement_keeps_the_choice_kept(tuned, timed):
     timed.noise = 0.6
     with tuning.remeasuring():
         assert tuning.conv_plan(*SHAPE) == ConvPlan(False, 1 << 18)
-    assert list(tuning._read(tuning.cache_file()).values()) == [ConvPlan(False, 1 << 18)]
+    assert list(tuning._read(tuning.cache_file())["conv"].values()) == [ConvPlan(False, 1 << 18)]
 
 
 def test_a_batch_is_measured_for_the_next_power_of_two_images():
-    assert [tuning._images(n) for n in (1, 2, 3, 16, 20, 32, 33, 64, 128, 50000)] == [
+    assert [tuning.batch_key(n) for n in (1, 2, 3, 16, 20, 32, 33, 64, 128, 50000)] == [
         1, 2, 4, 16, 32, 32, 64, 64, 64, 64
     ]  # fmt: skip
 
@@ -322,6 +328,12 @@ def test_cnnlab_tune_prints_each_conv_shape_and_keeps_the_choices(tuned, timed):
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert lines[0].startswith("| conv: dtype, images x H x W x C")
+    # How the model uses the cores, measured once (training and inference take the choice),
+    # here a tie: the default, cnnlab's threads.
+    [threads] = [line for line in lines[2:-1] if "weights (layers" in line]
+    assert threads.startswith("| float32 16x16x16x3: 199,338 weights (layers ")
+    assert "| cnnlab | 1000.00 | cnnlab | 1000.00 | the default is the fastest |" in threads
+    lines.remove(threads)
     # The book's CNN's four convs, each measured once (in training; inference takes the choice).
     assert [line.split(" | ")[0] for line in lines[2:-1]] == [
         "| float32 x16x16x16x3 k3x3x32 s1x1 p1,1,1,1",
@@ -334,7 +346,7 @@ def test_cnnlab_tune_prints_each_conv_shape_and_keeps_the_choices(tuned, timed):
     assert lines[2].endswith("| 2.00x as fast as the default |")
     assert all("| the default is " in line for line in lines[3:-1])
     assert lines[-1] == f"Kept in {tuning.cache_file()}"
-    assert len(tuning._read(tuning.cache_file())) == 4
+    assert len(tuning._read(tuning.cache_file())["conv"]) == 4
 
 
 def test_cnnlab_tune_refuses_when_tuning_is_off(tuned, monkeypatch):
@@ -343,3 +355,129 @@ def test_cnnlab_tune_refuses_when_tuning_is_off(tuned, monkeypatch):
     assert result.exit_code == 2
     assert "CNNLAB_TUNE is off" in result.stderr
     assert not os.path.exists(tuned)
+
+
+# -- how a model uses the cores ----------------------------------------------------------------
+@pytest.fixture
+def two_threads():
+    before = parallel.num_threads()
+    parallel.set_num_threads(2)
+    yield
+    parallel.set_num_threads(before)
+
+
+def _mlp():
+    import cnnlab
+
+    cnnlab.set_random_seed(0)
+    model = zoo.mlp(input_shape=(8, 8, 3))
+    model.compile(cnnlab.optimizers.SGD(0.01), "sparse_categorical_crossentropy")
+    return model
+
+
+def test_inside_blas_threads_every_op_runs_whole_and_blas_is_not_held(two_threads):
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    def blas_threads_now():  # NumPy's own BLAS (torch may bring another, which cnnlab leaves be)
+        [n] = [lib["num_threads"] for lib in threadpool_info()
+               if lib["user_api"] == "blas" and "numpy" in lib["filepath"]]  # fmt: skip
+        return n
+
+    slices = []
+    parallel.over_batch(lambda a, b: slices.append((a, b)), 10)
+    assert sorted(slices) == [(0, 5), (5, 10)]
+    slices.clear()
+    with threadpool_limits(2, user_api="blas"), parallel.blas_threads():
+        assert parallel.whole()
+        parallel.over_batch(lambda a, b: slices.append((a, b)), 10)
+        assert blas_threads_now() == 2  # as NumPy's BLAS was left, not held to one
+        with parallel.one_blas_thread():
+            assert blas_threads_now() == 1
+    assert slices == [(0, 10)] and not parallel.whole()
+
+
+@pytest.mark.usefixtures("two_threads")
+def test_a_model_threads_mode_is_measured_once_kept_and_used(tuned, timed, monkeypatch):
+    """The MLP measured faster with BLAS's threads: kept in the file, read back by a new
+    process (here: forget()), and its steps run inside blas_threads()."""
+    entered = []
+    real = parallel.blas_threads
+
+    def counted():
+        entered.append(1)
+        return real()
+
+    monkeypatch.setattr(parallel, "blas_threads", counted)
+    timed.modes = {"blas": 0.5}
+    model = _mlp()
+    x = np.random.default_rng(0).uniform(-1, 1, (32, 8, 8, 3)).astype(np.float32)
+    model.predict(x, batch_size=32, verbose=0)
+    [m] = tuning.measurements
+    assert (m.chosen, m.default) == ("blas", "cnnlab")
+    assert m.shape.startswith("float32 32x8x8x3: ")
+    data = json.loads(tuning.cache_file().read_text())
+    assert data["threads"] == {m.shape: {"mode": "blas"}}
+    entered.clear()
+    model.train_on_batch(x, np.zeros(32, np.int64))  # the same batch size: no new measurement
+    assert entered == [1] and len(tuning.measurements) == 1
+    tuning.forget()
+    timed.modes = {"cnnlab": 0.5}  # would choose otherwise, were it measured again
+    other = _mlp()
+    other.predict(x[:20], batch_size=20, verbose=0)  # 20 images: kept for 32
+    assert len(tuning.measurements) == 1 and other._modes[(32, np.dtype("float32"))] == "blas"
+
+
+def test_a_tie_keeps_cnnlab_threads_and_one_thread_measures_nothing(tuned, timed, two_threads):
+    model = _mlp()
+    x = np.zeros((16, 8, 8, 3), np.float32)
+    timed.modes = {"blas": 0.97}  # within 5 %
+    model.predict(x, batch_size=16, verbose=0)
+    assert tuning.measurements[-1].chosen == "cnnlab"
+    parallel.set_num_threads(1)
+    tuning.forget()
+    assert tuning.threads_mode("any", lambda mode: None) == "cnnlab"
+    assert len(tuning.measurements) == 1
+
+
+def test_the_threads_modes_give_the_same_numbers(two_threads):
+    """A training step and a prediction of the book's MLP and CNN in either mode: the same
+    numbers to rounding (each op splits its work, or not; the sums are the same)."""
+    import cnnlab
+    from cnnlab import backend
+
+    def step(name, mode):
+        cnnlab.set_random_seed(0)
+        model = getattr(zoo, name)(input_shape=(16, 16, 3))
+        model.compile(cnnlab.optimizers.SGD(0.01), "sparse_categorical_crossentropy")
+        model._threads = lambda xs: mode
+        rng = np.random.default_rng(0)
+        x = rng.uniform(-1, 1, (32, 16, 16, 3)).astype(np.float32)
+        model.train_on_batch(x, rng.integers(0, 10, 32))
+        return model.get_weights(), model.predict(x, verbose=0)
+
+    assert backend.fuses()
+    for name in ("mlp", "cnn"):
+        (w1, p1), (w2, p2) = step(name, "cnnlab"), step(name, "blas")
+        for a, b in zip(w1, w2, strict=True):
+            assert np.abs(a - b).max() <= 1e-5 * max(1.0, np.abs(b).max())
+        assert np.abs(p1 - p2).max() <= 1e-5
+
+
+@pytest.mark.usefixtures("two_threads")
+def test_entries_that_are_not_threads_modes_are_dropped_and_conv_choices_kept(tuned, timed):
+    timed.modes = {"blas": 0.5}
+    tuning.threads_mode("a model", lambda mode: None)
+    path = tuning.cache_file()
+    data = json.loads(path.read_text())
+    conv_entry = {"winograd": False, "chunk_bytes": 1 << 18}
+    for bad in ({"mode": "fast"}, {"mode": None}, "blas", [1]):
+        path.write_text(
+            json.dumps({**data, "threads": {"a model": bad}, "conv": {"c": conv_entry}})
+        )
+        kept = tuning._read(path)
+        assert kept["threads"] == {} and kept["conv"] == {"c": ConvPlan(False, 1 << 18)}
+    tuning.forget()
+    timed.modes = {"blas": 0.5}
+    assert tuning.threads_mode("a model", lambda mode: None) == "blas"  # measured anew
+    data = json.loads(path.read_text())
+    assert data["conv"] == {"c": conv_entry} and data["threads"] == {"a model": {"mode": "blas"}}

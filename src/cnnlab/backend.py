@@ -130,11 +130,14 @@ def fuses() -> bool:
     return get_engine() == "fast"
 
 
-def running() -> contextlib.AbstractContextManager:
-    """What a model holds while it runs: on "fast", NumPy's BLAS held to one thread, while
-    cnnlab's threads split each op (:func:`cnnlab.engine.parallel.one_blas_thread`)."""
+def running(threads: str = "cnnlab") -> contextlib.AbstractContextManager:
+    """What a model holds while it runs on "fast": with ``threads="cnnlab"``, NumPy's BLAS
+    held to one thread while cnnlab's threads split each op
+    (:func:`cnnlab.engine.parallel.one_blas_thread`); with "blas", every op whole and BLAS on
+    threads of its own (:func:`cnnlab.engine.parallel.blas_threads`), as
+    :func:`cnnlab.engine.tuning.threads_mode` chose for the model."""
     if get_engine() != "fast":
         return contextlib.nullcontext()
-    from cnnlab.engine.parallel import one_blas_thread
+    from cnnlab.engine.parallel import blas_threads, one_blas_thread
 
-    return one_blas_thread()
+    return blas_threads() if threads == "blas" else one_blas_thread()

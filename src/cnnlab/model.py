@@ -16,6 +16,8 @@ API compute the same numbers, bit for bit.
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
 from cnnlab import arrays, backend, checks, losses, modelfile, optimizers
@@ -50,6 +52,7 @@ class Model:
         self.metrics: list[str] = []
         self.stop_training = False
         self._plans: dict[tuple, Plan] = {}
+        self._modes: dict[tuple, str] = {}  # (batch key, dtype) -> _threads' answer
         self._states: dict[int, dict] = {}
 
     def _set_graph(self, inputs, outputs) -> None:
@@ -81,7 +84,7 @@ class Model:
                     "be unique"
                 )
         self.layers: list[Layer] = list(seen.values())
-        self._plans = {}
+        self._plans, self._modes = {}, {}
 
     # -- shapes ------------------------------------------------------------------------------
     @property
@@ -160,7 +163,7 @@ class Model:
         """The outputs for ``x``, every layer on its own, keeping what :meth:`backward`
         needs."""
         xs = self._as_inputs(x)
-        with backend.running():
+        with backend.running(self._threads(xs)):
             outputs, self._states = self._plan(training, fused=False).forward(xs, training)
         return self._result(outputs)
 
@@ -171,9 +174,43 @@ class Model:
         ``self(x)`` up to rounding."""
         if (runner := self._torch_runner()) is not None:
             return runner.outputs(xs)
-        with backend.running():
+        with backend.running(self._threads(xs)):
             outputs, self._states = self._plan(False, fused=True).forward(xs, False)
         return outputs
+
+    def _threads(self, xs: list[np.ndarray]) -> str:
+        """How the fast engine uses the cores for batches like ``xs``: "cnnlab" or "blas", as
+        :func:`cnnlab.engine.tuning.threads_mode` measured on this model's inference pass
+        (training takes the same: its matrix products are the forward's and their
+        transposes)."""
+        if not backend.fuses():
+            return "cnnlab"
+        from cnnlab.engine import tuning
+
+        n, dtype = tuning.batch_key(len(xs[0])), xs[0].dtype
+        if (n, dtype) not in self._modes:
+            shapes = [(n, *x.shape[1:]) for x in xs]
+            layers = ", ".join(_described(layer) for layer in self.layers)
+            digest = hashlib.sha256(layers.encode()).hexdigest()[:8]
+            inputs = " ".join("x".join(map(str, shape)) for shape in shapes)
+            key = f"{dtype.name} {inputs}: {self.count_params():,} weights (layers {digest})"
+            mode = tuning.threads_mode(key, self._threads_trial(shapes, dtype))
+            if mode is None:
+                return "cnnlab"
+            self._modes[(n, dtype)] = mode
+        return self._modes[(n, dtype)]
+
+    def _threads_trial(self, shapes: list[tuple], dtype):
+        """``trial(mode)``: the inference pass on random inputs of ``shapes``, in that mode."""
+        rng = np.random.default_rng(0)
+        xs = [rng.uniform(-1, 1, shape).astype(dtype) for shape in shapes]
+        plan = self._plan(False, fused=True)
+
+        def trial(mode: str) -> None:
+            with backend.running(mode):
+                plan.forward(xs, False)
+
+        return trial
 
     def _torch_runner(self):
         """On the torch engine, what runs this model's steps (:mod:`cnnlab.torch_engine`)."""
@@ -291,7 +328,7 @@ class Model:
         """:meth:`train_step` on checked arrays (the fit loop checks its data once)."""
         if (runner := self._torch_runner()) is not None:
             return runner.train_step(xs, ys)
-        with backend.running():
+        with backend.running(self._threads(xs)):
             plan = self._plan(True, fused=True)
             preds, states = plan.forward(xs, training=True)
             logs, grads, logit_grads = self._losses(ys, preds)
@@ -510,6 +547,13 @@ class Model:
         modelfile.save_model(self, path, include_optimizer=include_optimizer)
 
 
+def _described(layer: Layer) -> str:
+    """The layer's class and the shape of its first weight: "Dense 3072x200"."""
+    weights = list(layer.weights.values())
+    shape = f" {'x'.join(map(str, weights[0].shape))}" if weights else ""
+    return type(layer).__name__ + shape
+
+
 class Sequential(Model):
     """A linear stack of layers.
 
@@ -544,7 +588,7 @@ class Sequential(Model):
         if any(existing.name == layer.name for existing in self.layers):
             raise ValueError(f"The model already has a layer named {layer.name!r}")
         self.layers.append(layer)
-        self._plans = {}
+        self._plans, self._modes = {}, {}
         if self._input is not None:
             self._chain_layers()
 

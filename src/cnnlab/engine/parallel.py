@@ -44,7 +44,8 @@ from cnnlab import checks
 
 T = TypeVar("T")
 
-_state = threading.local()  # .inside: running a slice; .held: BLAS is held to one thread
+# .inside: running a slice; .held: BLAS is held to one thread; .whole: in blas_threads()
+_state = threading.local()
 _workers: list[_Worker] = []
 _using_workers = threading.Lock()  # one caller at a time hands slices to the workers
 _num_threads: int | None = None
@@ -119,6 +120,25 @@ def one_blas_thread() -> Iterator[None]:
             _state.held = False
 
 
+@contextmanager
+def blas_threads() -> Iterator[None]:
+    """Inside the block every op runs whole on the calling thread, and NumPy's BLAS spreads
+    each matrix product over the cores with threads of its own: the other way to use the
+    cores, faster for a model of few, large matrix products (the book's MLP) than cnnlab's
+    slices, which pay for a hand-over to the threads at every op. Re-entrant."""
+    before = whole()
+    _state.whole = True
+    try:
+        yield
+    finally:
+        _state.whole = before
+
+
+def whole() -> bool:
+    """Whether this thread is inside :func:`blas_threads` (every op whole)."""
+    return getattr(_state, "whole", False)
+
+
 def inside_slice() -> bool:
     """Whether this thread is running a slice of an op (where nothing may wait for the
     threads)."""
@@ -135,10 +155,11 @@ def over_batch(run: Callable[[int, int], T], n: int, grain: int = 1) -> list[T]:
 
     A slice is at least ``grain`` long (work too small to pay for a thread stays whole). The
     calling thread runs the last slice, with BLAS held to one thread (:func:`one_blas_thread`).
-    Called from inside a slice, or with one thread, it runs ``run(0, n)`` alone.
+    Called from inside a slice, inside :func:`blas_threads`, or with one thread, it runs
+    ``run(0, n)`` alone.
     """
     threads = min(num_threads(), n // max(1, grain))
-    if threads <= 1 or getattr(_state, "inside", False):
+    if threads <= 1 or getattr(_state, "inside", False) or whole():
         return [run(0, n)]
     if not _using_workers.acquire(blocking=False):  # another thread of the caller's has them
         return [run(0, n)]

@@ -1,4 +1,5 @@
-"""The fast convolution's choices that depend on the machine, measured on the machine.
+"""The fast engine's choices that depend on the machine, measured on the machine: how each
+conv shape runs, and how each model uses the cores.
 
 How a conv layer of a given shape runs fastest depends on the CPU it runs on: how many bytes
 of im2col matrix a chunk of images should fill so that it stays in the core's cache between
@@ -17,6 +18,12 @@ choice, so the same seed still gives the same numbers run after run. A measureme
 by another program (:data:`MAX_NOISE`) keeps the default. The first choice written
 for a shape stays; a process that measured the same shape at the same time takes it. A file
 this version did not write for this machine, or cannot read, is ignored and written anew.
+
+A model's batches also choose how they use the cores (:func:`threads_mode`): cnnlab's
+threads splitting every op with NumPy's BLAS on one thread (the default, faster where the ops
+are many and small, as the CNN's), or every op whole with BLAS's own threads (faster where a
+few large matrix products are all there is, as in the MLP). It is timed on the model's
+inference pass, in blocks of each mode, and kept in the same file.
 
 Shapes too small for the choice to matter (the im2col matrix of the images measured fits in
 the smallest chunk) keep the defaults unmeasured. ``CNNLAB_TUNE=off`` keeps the defaults for
@@ -56,6 +63,8 @@ KEEP_DEFAULT_WITHIN = 0.05  # the default stays unless another candidate is 5 % 
 # candidate) was disturbed, by another program say: the default is kept for the shape, as if
 # untuned, so that every later run makes the same choice (`cnnlab tune` measures again).
 MAX_NOISE = 0.25
+WARM_UP_SECONDS = 0.12  # a threads mode's passes before it is timed (_measure_modes)
+ROUND_SECONDS = 0.005  # and the passes of each timed round
 _MAX_FILE_BYTES = 4 << 20
 
 
@@ -84,9 +93,10 @@ class Measurement:
 
 
 measurements: list[Measurement] = []  # this process's, in order, for ``cnnlab tune``
-_loaded: dict[Path, dict[str, ConvPlan]] = {}  # each file's choices, as read and written
-_memo: dict[tuple, ConvPlan] = {}  # conv_plan's arguments -> its answer, in this process
-_lock = threading.Lock()
+# Each file's choices, as read and written: {"conv": {key: ConvPlan}, "threads": {key: mode}}.
+_loaded: dict[Path, dict[str, dict]] = {}
+_memo: dict[tuple, object] = {}  # conv_plan's and threads_mode's arguments -> the answer
+_lock = threading.RLock()  # re-entrant: a model's trial meets its conv shapes
 _remeasure: set[str] | None = None  # inside remeasuring(): the shapes measured again so far
 _warned = False
 
@@ -130,9 +140,9 @@ def conv_plan(
     (kh, kw, C, F) at ``strides`` with ``pads`` ((top, bottom), (left, right)): the one kept for
     this machine, else measured now by timing ``trial``'s passes (see the module's docstring),
     else the default."""
-    if not enabled() or parallel.inside_slice():
+    if not enabled() or parallel.inside_slice() or parallel.whole():
         return default_plan(kernel_shape, strides, dtype)
-    shape = (_images(x_shape[0]), *x_shape[1:])
+    shape = (batch_key(x_shape[0]), *x_shape[1:])
     asked = (shape, kernel_shape, strides, pads, dtype, _path())
     if _remeasure is None and asked in _memo:  # the plan met before in this process
         return _memo[asked]
@@ -143,39 +153,79 @@ def conv_plan(
     return plan
 
 
-def _images(n: int) -> int:
-    """The images a batch of ``n`` is measured and kept for: the next power of two, at most
-    :data:`MAX_IMAGES` (so that an epoch's last, smaller batch seldom needs a measurement)."""
-    return min(MAX_IMAGES, 1 << max(0, int(n) - 1).bit_length())
-
-
 def _conv_plan(shape, kernel_shape, strides, pads, dtype, trial: Trial) -> ConvPlan | None:
     default = default_plan(kernel_shape, strides, dtype)
     key = _key(shape, kernel_shape, strides, pads, dtype)
-    with _lock:
-        path = _path()
-        plans = _plans(path)
-        again = _remeasure is not None and key not in _remeasure
-        if key in plans and not again:
-            return plans[key]
+
+    def measure():
         candidates = _candidates(shape, kernel_shape, strides, pads, dtype)
         if len(candidates) < 2:
-            return default
-        if parallel.workers_busy():  # the trial would run on one thread only
             return None
         run = trial(shape, kernel_shape, strides, pads, np.dtype(dtype))
-        seconds, noise = _measure(candidates, run)
+        with parallel.one_blas_thread():
+            return _measure(candidates, run)
+
+    return _tuned("conv", key, default, measure)
+
+
+def _tuned(section: str, key: str, default, measure: Callable[[], tuple | None]):
+    """The choice kept in this machine's file for ``key`` in ``section``; else ``measure()``'s
+    (``(seconds of each candidate, noise)``, or None: nothing to choose from, the default),
+    kept in the file; None while the threads are busy with another caller's op."""
+    with _lock:
+        path = _path()
+        kept = _plans(path)[section]
+        again = _remeasure is not None and key not in _remeasure
+        if key in kept and not again:
+            return kept[key]
+        if parallel.workers_busy():  # the trial would run on one thread only
+            return None
+        measured = measure()
+        if measured is None:
+            return default
+        seconds, noise = measured
         if noise <= MAX_NOISE:
-            chosen, kept = _keep(path, key, _choose(seconds, default), replace=again)
-        elif key in plans:  # `cnnlab tune` on a busy machine: the choice kept stays
-            chosen, kept = plans[key], True
+            chosen, written = _keep(path, section, key, _choose(seconds, default), again)
+        elif key in kept:  # `cnnlab tune` on a busy machine: the choice kept stays
+            chosen, written = kept[key], True
         else:
-            chosen, kept = _keep(path, key, default, replace=again)
-        _plans(path)[key] = chosen
+            chosen, written = _keep(path, section, key, default, again)
+        _plans(path)[section][key] = chosen
         if again:
             _remeasure.add(key)
-        measurements.append(Measurement(key, seconds, default, chosen, noise, kept))
+        measurements.append(Measurement(key, seconds, default, chosen, noise, written))
         return chosen
+
+
+# -- how a model's ops use the cores ----------------------------------------------------------
+MODES = ("cnnlab", "blas")
+DEFAULT_MODE = "cnnlab"
+
+
+def threads_mode(key: str, trial: Callable[[str], None]) -> str:
+    """How the fast engine uses the cores for a model's batches, ``key`` naming the model and
+    its batch (see :func:`batch_key`): "cnnlab", each op's batch split over cnnlab's threads
+    with NumPy's BLAS on one (:func:`cnnlab.engine.parallel.one_blas_thread`: the default),
+    or "blas", each op whole, BLAS on threads of its own
+    (:func:`cnnlab.engine.parallel.blas_threads`). ``trial(mode)`` runs the model's inference
+    pass in that mode; it is timed as a conv shape's candidates are, once per machine."""
+    if not enabled() or parallel.num_threads() == 1 or parallel.inside_slice():
+        return DEFAULT_MODE
+    asked = ("threads", key, _path())
+    if _remeasure is None and asked in _memo:
+        return _memo[asked]
+    mode = _tuned("threads", key, DEFAULT_MODE, lambda: _measure_modes(list(MODES), trial))
+    if mode is None:
+        return DEFAULT_MODE
+    _memo[asked] = mode
+    return mode
+
+
+def batch_key(n: int) -> int:
+    """The batch size a batch of ``n`` is measured and kept for: the next power of two, at
+    most :data:`MAX_IMAGES` (so that an epoch's last, smaller batch seldom needs a
+    measurement)."""
+    return min(MAX_IMAGES, 1 << max(0, int(n) - 1).bit_length())
 
 
 @contextlib.contextmanager
@@ -206,8 +256,8 @@ def cache_file() -> Path:
 def table(measured: list[Measurement]) -> str:
     """The measurements as a markdown table: for each shape, the choice, the default and why."""
     lines = [
-        "| conv: dtype, images x H x W x C, kh x kw x filters, strides, pads | chosen | "
-        "ms | default | ms | why |",
+        "| conv: dtype, images x H x W x C, kh x kw x filters, strides, pads; or a model's "
+        "threads: dtype, inputs, weights | chosen | ms | default | ms | why |",
         "|---|---|---:|---|---:|---|",
     ]
     for m in measured:
@@ -268,14 +318,36 @@ def _measure(candidates: list[ConvPlan], run: Callable[[ConvPlan], None]):
     one, the candidates taken in turn in every round; and the noise, the largest
     ``median / best - 1`` of a candidate's rounds."""
     rounds = {plan: [] for plan in candidates}
-    with parallel.one_blas_thread():
-        for round_ in range(ROUNDS + 1):
-            for plan in candidates:
-                start = time.perf_counter()
-                run(plan)
-                if round_:
-                    rounds[plan].append(time.perf_counter() - start)
+    for round_ in range(ROUNDS + 1):
+        for plan in candidates:
+            start = time.perf_counter()
+            run(plan)
+            if round_:
+                rounds[plan].append(time.perf_counter() - start)
     best = {plan: min(times) for plan, times in rounds.items()}
+    noise = max(statistics.median(times) / min(times) - 1 for times in rounds.values())
+    return best, noise
+
+
+def _measure_modes(modes: list[str], trial: Callable[[str], None]):
+    """:func:`_measure` for the threads modes, which cannot take turns in every round: after
+    passes with BLAS's threads, those spin on for a while and slow cnnlab's threads down (the
+    book's MLP at batch 32 on the 2-core EPYC: 8 ms a pass for the next eight passes, then
+    0.3 ms). So each mode runs in a block of its own: warmed up for :data:`WARM_UP_SECONDS`,
+    then :data:`ROUNDS` rounds of enough passes to take :data:`ROUND_SECONDS` each."""
+    rounds: dict[str, list[float]] = {mode: [] for mode in modes}
+    for mode in modes:
+        start, passes = time.perf_counter(), 0
+        while passes < 2 or time.perf_counter() - start < WARM_UP_SECONDS:
+            trial(mode)
+            passes += 1
+        runs = max(1, round(ROUND_SECONDS * passes / (time.perf_counter() - start)))
+        for _ in range(ROUNDS):
+            start = time.perf_counter()
+            for _ in range(runs):
+                trial(mode)
+            rounds[mode].append((time.perf_counter() - start) / runs)
+    best = {mode: min(times) for mode, times in rounds.items()}
     noise = max(statistics.median(times) / min(times) - 1 for times in rounds.values())
     return best, noise
 
@@ -321,59 +393,75 @@ def _key(shape, kernel_shape, strides, pads, dtype) -> str:
     )
 
 
-def _plans(path: Path) -> dict[str, ConvPlan]:
+def _plans(path: Path) -> dict[str, dict]:
     if path not in _loaded:
         _loaded[path] = _read(path)
     return _loaded[path]
 
 
-def _read(path: Path) -> dict[str, ConvPlan]:
-    """The valid choices in ``path``; none if it is missing, damaged, of another format or
-    written for another machine."""
+def _read(path: Path) -> dict[str, dict]:
+    """The valid choices in ``path``, ``{"conv": {key: ConvPlan}, "threads": {key: mode}}``;
+    none if it is missing, damaged, of another format or written for another machine."""
+    found: dict[str, dict] = {"conv": {}, "threads": {}}
     try:
         if path.stat().st_size > _MAX_FILE_BYTES:
-            return {}
+            return found
         data = files.read_json(path)
     except (OSError, ValueError, RecursionError):  # RecursionError: JSON nested too deep
-        return {}
+        return found
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        return {}
+        return found
     if data.get("machine") != json.loads(json.dumps(machine.description())):
-        return {}
-    entries = data.get("conv")
-    if not isinstance(entries, dict):
-        return {}
-    plans = {}
-    for key, entry in entries.items():
-        if not isinstance(entry, dict):
-            continue
-        use_winograd, chunk = entry.get("winograd"), entry.get("chunk_bytes")
-        if isinstance(use_winograd, bool) and chunk in CHUNK_BYTES and type(chunk) is int:
-            plans[key] = ConvPlan(use_winograd, chunk)
-    return plans
+        return found
+    for section, entries in found.items():
+        given = data.get(section, {})
+        for key, entry in given.items() if isinstance(given, dict) else ():
+            choice = _choice(section, entry)
+            if choice is not None:
+                entries[key] = choice
+    return found
 
 
-def _keep(path: Path, key: str, plan: ConvPlan, replace: bool) -> tuple[ConvPlan, bool]:
-    """Write ``plan`` for ``key`` into ``path``; ``(the plan, True)``, or if the file already
-    holds a choice for ``key`` (another process measured it), that one, unless ``replace``.
-    Where the folder cannot be written, ``(plan, False)``: the choice holds for this process
-    only, with one warning."""
+def _choice(section: str, entry):
+    """The choice an entry of the file's ``section`` describes, or None if it describes
+    none."""
+    if not isinstance(entry, dict):
+        return None
+    if section == "threads":
+        mode = entry.get("mode")
+        return mode if mode in MODES else None
+    use_winograd, chunk = entry.get("winograd"), entry.get("chunk_bytes")
+    if isinstance(use_winograd, bool) and chunk in CHUNK_BYTES and type(chunk) is int:
+        return ConvPlan(use_winograd, chunk)
+    return None
+
+
+def _entry(choice) -> dict:
+    """What the file holds for ``choice`` (:func:`_choice`'s inverse)."""
+    return {"mode": choice} if isinstance(choice, str) else choice._asdict()
+
+
+def _keep(path: Path, section: str, key: str, choice, replace: bool) -> tuple[object, bool]:
+    """Write ``choice`` for ``key`` into ``section`` of ``path``; ``(the choice, True)``, or if
+    the file already holds one for ``key`` (another process measured it), that one, unless
+    ``replace``. Where the folder cannot be written, ``(choice, False)``: it holds for this
+    process only, with one warning."""
     global _warned
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with _file_lock(path.with_suffix(".lock")):
-            plans = _read(path)
-            if key in plans and not replace:
-                return plans[key], True
-            plans[key] = plan
-            data = {
-                "format": FORMAT,
-                "machine": machine.description(),
-                "conv": {k: p._asdict() for k, p in sorted(plans.items())},
-            }
+            kept = _read(path)
+            if key in kept[section] and not replace:
+                return kept[section][key], True
+            kept[section][key] = choice
+            data = {"format": FORMAT, "machine": machine.description()}
+            for name, entries in kept.items():
+                data[name] = {k: _entry(c) for k, c in sorted(entries.items())}
             with files.atomic_open(path, "w") as stream:
                 json.dump(data, stream, indent=1)
-            _loaded[path] = {**_loaded.get(path, {}), **plans}  # and those kept in memory only
+            loaded = _plans(path)  # and those kept in memory only
+            for name, entries in kept.items():
+                loaded[name] = {**loaded[name], **entries}
     except OSError as err:
         if not _warned:
             _warned = True
@@ -383,8 +471,8 @@ def _keep(path: Path, key: str, plan: ConvPlan, replace: bool) -> tuple[ConvPlan
                 "or CNNLAB_TUNE=off.",
                 stacklevel=2,
             )
-        return plan, False
-    return plan, True
+        return choice, False
+    return choice, True
 
 
 @contextlib.contextmanager
