@@ -320,17 +320,23 @@ def _model_file(tmp_path, source: str):
     return path
 
 
+def _as_one_process(tmp_path, model) -> dict:
+    """Train ``model`` in one process into ``tmp_path/one``; the weights of the torchrun run
+    in ``tmp_path/two`` must equal its to 1e-5. Returns the torchrun run's config."""
+    assert invoke("train", "--model", model, *TEN_STEPS, "--epochs", "1",
+                  "--out", tmp_path / "one").exit_code == 0  # fmt: skip
+    for mine, theirs in zip(_weights(tmp_path / "two"), _weights(tmp_path / "one"), strict=True):
+        np.testing.assert_allclose(mine, theirs, rtol=0, atol=1e-5)
+    return json.loads((tmp_path / "two" / "config.json").read_text())
+
+
 def test_two_processes_under_torchrun_train_as_one_process_does(tmp_path):
     model = _model_file(tmp_path, PLAIN)
     two = torchrun(
         "train", "--model", model, *TEN_STEPS, "--epochs", "1", "--out", tmp_path / "two"
     )
     _finished(two)
-    assert invoke("train", "--model", model, *TEN_STEPS, "--epochs", "1",
-                  "--out", tmp_path / "one").exit_code == 0  # fmt: skip
-    for mine, theirs in zip(_weights(tmp_path / "two"), _weights(tmp_path / "one"), strict=True):
-        np.testing.assert_allclose(mine, theirs, rtol=0, atol=1e-5)
-    config = json.loads((tmp_path / "two" / "config.json").read_text())
+    config = _as_one_process(tmp_path, model)
     assert config["distributed"]["processes"] == 2
     assert config["distributed"]["backend"] == "gloo"
 
@@ -341,11 +347,7 @@ def test_with_synchronized_batch_norm_two_processes_train_as_one_process_does(tm
     model = _model_file(tmp_path, WITH_BATCH_NORM)
     _finished(torchrun("train", "--model", model, *TEN_STEPS, "--epochs", "1",
                        "--sync-batchnorm", "--out", tmp_path / "two"))  # fmt: skip
-    assert invoke("train", "--model", model, *TEN_STEPS, "--epochs", "1",
-                  "--out", tmp_path / "one").exit_code == 0  # fmt: skip
-    for mine, theirs in zip(_weights(tmp_path / "two"), _weights(tmp_path / "one"), strict=True):
-        np.testing.assert_allclose(mine, theirs, rtol=0, atol=1e-5)
-    config = json.loads((tmp_path / "two" / "config.json").read_text())
+    config = _as_one_process(tmp_path, model)
     assert config["distributed"]["batch_norm"].startswith("synchronized")
 
 
@@ -404,11 +406,7 @@ def test_two_machines_of_one_process_each_train_as_one_process_does(tmp_path):
     ]
     for node in nodes:
         _finished(node)
-    assert invoke("train", "--model", model, *TEN_STEPS, "--epochs", "1",
-                  "--out", tmp_path / "one").exit_code == 0  # fmt: skip
-    for mine, theirs in zip(_weights(tmp_path / "two"), _weights(tmp_path / "one"), strict=True):
-        np.testing.assert_allclose(mine, theirs, rtol=0, atol=1e-5)
-    config = json.loads((tmp_path / "two" / "config.json").read_text())
+    config = _as_one_process(tmp_path, model)
     assert config["distributed"]["processes"] == 2
 
 
