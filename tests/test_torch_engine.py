@@ -299,8 +299,8 @@ def torchrun(*args, processes: int = 2, module: str | None = "cnnlab.cli",
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
                str(processes), *launch, *map(str, args)]  # fmt: skip
     env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env, **popen)  # fmt: skip
+    popen = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **popen}
+    return subprocess.Popen(command, text=True, env=env, **popen)
 
 
 def _finished(process: subprocess.Popen) -> str:
@@ -378,34 +378,25 @@ def test_two_machines_of_one_process_each_train_as_one_process_does(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     model = _model_file(tmp_path, WITH_BATCH_NORM)
-    nodes = [
-        torchrun(
-            "--nnodes",
-            "2",
-            "--node-rank",
-            str(rank),
-            "--master-addr",
-            "127.0.0.1",
-            "--master-port",
-            str(port),
-            "-m",
-            "cnnlab.cli",
-            "train",
-            "--model",
-            model,
-            *TEN_STEPS,
-            "--epochs",
-            "1",
-            "--sync-batchnorm",
-            "--out",
-            tmp_path / "two",
-            processes=1,
-            module=None,
-        )  # fmt: skip
-        for rank in range(2)
-    ]
-    for node in nodes:
-        _finished(node)
+    logs = [tmp_path / f"node{rank}.log" for rank in range(2)]
+    nodes = []
+    for rank, log in enumerate(logs):
+        with open(log, "w") as stream:  # files, not pipes: each node writes while waited for
+            nodes.append(torchrun(
+                "--nnodes", "2", "--node-rank", str(rank), "--master-addr", "127.0.0.1",
+                "--master-port", str(port), "-m", "cnnlab.cli", "train", "--model", model,
+                *TEN_STEPS, "--epochs", "1", "--sync-batchnorm", "--out", tmp_path / "two",
+                processes=1, module=None, stdout=stream, stderr=subprocess.STDOUT,
+            ))  # fmt: skip
+    try:
+        codes = [node.wait(timeout=240) for node in nodes]
+    except subprocess.TimeoutExpired:
+        codes = None
+    finally:
+        for node in nodes:
+            node.kill()
+    shown = "\n".join(f"-- node {rank}:\n{log.read_text()}" for rank, log in enumerate(logs))
+    assert codes == [0, 0], shown
     config = _as_one_process(tmp_path, model)
     assert config["distributed"]["processes"] == 2
 
