@@ -481,3 +481,20 @@ def test_entries_that_are_not_threads_modes_are_dropped_and_conv_choices_kept(tu
     assert tuning.threads_mode("a model", lambda mode: None) == "blas"  # measured anew
     data = json.loads(path.read_text())
     assert data["conv"] == {"c": conv_entry} and data["threads"] == {"a model": {"mode": "blas"}}
+
+
+def test_measuring_the_threads_modes_changes_nothing_in_the_model(two_threads):
+    """The trial runs the book's CNN (batch norm, dropout) at inference: its weights, moving
+    averages and dropout's generator are as before."""
+    import cnnlab
+
+    cnnlab.set_random_seed(0)
+    model = zoo.cnn(input_shape=(16, 16, 3))
+    dropout = next(layer for layer in model.layers if type(layer).__name__ == "Dropout")
+    before = [w.copy() for w in model.get_weights()], dropout.rng.bit_generator.state
+    trial = model._threads_trial([(8, 16, 16, 3)], np.dtype("float32"))
+    for mode in tuning.MODES:
+        trial(mode)
+    for a, b in zip(model.get_weights(), before[0], strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert dropout.rng.bit_generator.state == before[1]

@@ -194,21 +194,20 @@ class Model:
             digest = hashlib.sha256(layers.encode()).hexdigest()[:8]
             inputs = " ".join("x".join(map(str, shape)) for shape in shapes)
             key = f"{dtype.name} {inputs}: {self.count_params():,} weights (layers {digest})"
-            mode = tuning.threads_mode(key, self._threads_trial(shapes, dtype))
-            if mode is None:
-                return "cnnlab"
-            self._modes[(n, dtype)] = mode
+            self._modes[(n, dtype)] = tuning.threads_mode(key, self._threads_trial(shapes, dtype))
         return self._modes[(n, dtype)]
 
     def _threads_trial(self, shapes: list[tuple], dtype):
-        """``trial(mode)``: the inference pass on random inputs of ``shapes``, in that mode."""
-        rng = np.random.default_rng(0)
-        xs = [rng.uniform(-1, 1, shape).astype(dtype) for shape in shapes]
-        plan = self._plan(False, fused=True)
+        """``trial(mode)``: the inference pass on random inputs of ``shapes``, in that mode (no
+        weight, moving average or generator changes)."""
+        inputs: list[np.ndarray] = []
 
         def trial(mode: str) -> None:
+            if not inputs:  # made when first measured, not for a choice already kept
+                rng = np.random.default_rng(0)
+                inputs.extend(rng.uniform(-1, 1, shape).astype(dtype) for shape in shapes)
             with backend.running(mode):
-                plan.forward(xs, False)
+                self._plan(False, fused=True).forward(inputs, False)
 
         return trial
 
