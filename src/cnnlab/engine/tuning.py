@@ -95,7 +95,7 @@ class Measurement:
 measurements: list[Measurement] = []  # this process's, in order, for ``cnnlab tune``
 # Each file's choices, as read and written: {"conv": {key: ConvPlan}, "threads": {key: mode}}.
 _loaded: dict[Path, dict[str, dict]] = {}
-_memo: dict[tuple, object] = {}  # conv_plan's and threads_mode's arguments -> the answer
+_memo: dict[tuple, ConvPlan] = {}  # conv_plan's arguments -> its answer, in this process
 _lock = threading.RLock()  # re-entrant: a model's trial meets its conv shapes
 _remeasure: set[str] | None = None  # inside remeasuring(): the shapes measured again so far
 _warned = False
@@ -211,14 +211,8 @@ def threads_mode(key: str, trial: Callable[[str], None]) -> str:
     pass in that mode; it is timed as a conv shape's candidates are, once per machine."""
     if not enabled() or parallel.num_threads() == 1 or parallel.inside_slice():
         return DEFAULT_MODE
-    asked = ("threads", key, _path())
-    if _remeasure is None and asked in _memo:
-        return _memo[asked]
     mode = _tuned("threads", key, DEFAULT_MODE, lambda: _measure_modes(list(MODES), trial))
-    if mode is None:
-        return DEFAULT_MODE
-    _memo[asked] = mode
-    return mode
+    return DEFAULT_MODE if mode is None else mode
 
 
 def batch_key(n: int) -> int:
@@ -324,9 +318,7 @@ def _measure(candidates: list[ConvPlan], run: Callable[[ConvPlan], None]):
             run(plan)
             if round_:
                 rounds[plan].append(time.perf_counter() - start)
-    best = {plan: min(times) for plan, times in rounds.items()}
-    noise = max(statistics.median(times) / min(times) - 1 for times in rounds.values())
-    return best, noise
+    return _best_and_noise(rounds)
 
 
 def _measure_modes(modes: list[str], trial: Callable[[str], None]):
@@ -347,7 +339,13 @@ def _measure_modes(modes: list[str], trial: Callable[[str], None]):
             for _ in range(runs):
                 trial(mode)
             rounds[mode].append((time.perf_counter() - start) / runs)
-    best = {mode: min(times) for mode, times in rounds.items()}
+    return _best_and_noise(rounds)
+
+
+def _best_and_noise(rounds: dict) -> tuple[dict, float]:
+    """Each candidate's best round, and the noise: the largest ``median / best - 1`` of a
+    candidate's rounds."""
+    best = {candidate: min(times) for candidate, times in rounds.items()}
     noise = max(statistics.median(times) / min(times) - 1 for times in rounds.values())
     return best, noise
 
