@@ -74,9 +74,8 @@ class Settings:
     restore_best: bool = False
     monitor: str = "val_loss"
     precise_bn: int = 0  # batches to re-estimate batch norm's statistics from each epoch
-    sync_batchnorm: bool | None = (
-        None  # under torchrun: the whole batch's statistics (None: on GPUs)
-    )
+    # Under torchrun: batch norm's statistics over the whole batch (None: on GPUs only).
+    sync_batchnorm: bool | None = None
 
     @classmethod
     def from_config(cls, config: dict) -> Settings:
@@ -319,9 +318,9 @@ def train_run(
 
 def _distribute(model: Model, settings: Settings, processes: int) -> dict:
     """Under torchrun: set whether each batch norm synchronizes its statistics over the
-    processes (``--sync-batchnorm``; by default on GPUs, where NCCL's all_reduce takes
-    microseconds, not on the CPU, where gloo's took a millisecond or more here, two for every
-    batch norm and step), and say what the processes share, for config.json."""
+    processes (``--sync-batchnorm``; by default on GPUs, where NCCL carries it, and not on the
+    CPU, where each of gloo's all_reduces took 0.4-1.6 ms here, two for every batch norm and
+    step: benchmarks/distributed.py), and say what the processes share, for config.json."""
     from cnnlab import backend
     from cnnlab.torch_engine import group_backend, resolve_device
 

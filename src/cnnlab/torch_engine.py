@@ -27,12 +27,12 @@ from the same seed: rank ``r`` of ``R`` trains on examples ``r, r + R, ...`` of 
 runs inside PyTorch's DistributedDataParallel, which averages the gradients over the ranks
 during the backward pass; each rank's loss is weighted so that the step is the one a single
 process takes on the whole batch, and the logged loss and metrics are the whole batch's. A
-BatchNormalization with ``synchronized=True`` (``cnnlab train`` sets it, unless
-``--no-sync-batchnorm``) takes its statistics over the whole batch, every rank's share summed
-by ``all_reduce``, on any device: then R processes equal one process to rounding. Otherwise
-each rank normalizes with its own share's statistics, and approaches one process. Evaluation
-and prediction run whole on every rank. With ``--device cuda`` each process takes the GPU of
-its ``LOCAL_RANK``.
+BatchNormalization with ``synchronized=True`` (``cnnlab train`` sets it on GPUs, and with
+``--sync-batchnorm`` on the CPU) takes its statistics over the whole batch, every rank's
+share summed by ``all_reduce``, on any device: then R processes equal one process to
+rounding. Otherwise each rank normalizes with its own share's statistics, and approaches one
+process. Evaluation and prediction run whole on every rank. With ``--device cuda`` each
+process takes the GPU of its ``LOCAL_RANK``.
 """
 
 from __future__ import annotations
