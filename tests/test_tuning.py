@@ -63,7 +63,7 @@ def timed(monkeypatch):
 
 @needs_blas
 def test_a_shape_is_measured_once_kept_in_the_file_and_read_back(tuned, timed, monkeypatch):
-    faster = ConvPlan(False, 1 << 18)
+    faster = ConvPlan(False, 1 << 20, gemm_macs=1 << 19)
     timed.times = {faster: 0.5}
     assert tuning.default_plan(SHAPE[1], SHAPE[2], SHAPE[4]) == DEFAULT
     assert tuning.conv_plan(*SHAPE) == faster
@@ -75,7 +75,11 @@ def test_a_shape_is_measured_once_kept_in_the_file_and_read_back(tuned, timed, m
     assert data["format"] == tuning.FORMAT
     assert data["machine"]["cpu"] == machine.cpu_model()
     assert data["conv"] == {
-        "float32 x32x16x16x32 k3x3x64 s1x1 p1,1,1,1": {"winograd": False, "chunk_bytes": 262144}
+        "float32 x32x16x16x32 k3x3x64 s1x1 p1,1,1,1": {
+            "winograd": False,
+            "chunk_bytes": 1 << 20,
+            "gemm_macs": 1 << 19,
+        }
     }
     tuning.forget()
     assert tuning.conv_plan(*SHAPE) == faster  # a new process reads it
@@ -144,7 +148,9 @@ def test_a_damaged_or_foreign_file_is_ignored_and_written_anew(tuned, timed, mon
     assert timed.calls == 2
     data = json.loads(path.read_text())
     assert data["format"] == tuning.FORMAT and data["machine"]["cpu"] == machine.cpu_model()
-    assert list(data["conv"].values()) == [{"winograd": False, "chunk_bytes": 1 << 21}]
+    assert list(data["conv"].values()) == [
+        {"winograd": False, "chunk_bytes": 1 << 21, "gemm_macs": 0}
+    ]
 
 
 @needs_blas
@@ -155,7 +161,9 @@ def test_entries_that_are_not_choices_are_dropped(tuned, timed, monkeypatch):
     data = json.loads(path.read_text())
     [key] = data["conv"]
     for bad in ({"winograd": "yes", "chunk_bytes": 1 << 18}, {"winograd": False, "chunk_bytes": 3},
-                {"winograd": False, "chunk_bytes": True}, [1, 2]):  # fmt: skip
+                {"winograd": False, "chunk_bytes": True}, [1, 2],
+                {"winograd": False, "chunk_bytes": 1 << 18, "gemm_macs": 5},
+                {"winograd": False, "chunk_bytes": 1 << 18, "gemm_macs": True}):  # fmt: skip
         path.write_text(json.dumps({**data, "conv": {key: bad}}))
         tuning.forget()
         assert key not in tuning._read(path)["conv"]
@@ -236,8 +244,14 @@ def test_every_candidate_gives_the_plain_forward_and_backward(case, dtype):
     dy = rng.normal(size=y_ref.shape)
     refs = (y_ref, *nn.conv2d_backward(dy, cache_ref))
     plans = [ConvPlan(False, c) for c in (1, *tuning.CHUNK_BYTES)]
+    # products in calls of one row, a few rows (the last call shorter) and the tuner's sizes
+    calls = [
+        ConvPlan(False, c, macs) for c in (1, 1 << 20) for macs in (1, 1000, *tuning.GEMM_MACS)
+    ]
+    plans += calls
     if tuning.winograd.possible(kernel_shape, strides, dtype):
         plans += [ConvPlan(True, 1), ConvPlan(True, 1 << 20)]
+        plans += [plan._replace(winograd=True) for plan in calls]
     tolerance = 1e-12 if dtype == np.float64 else 3e-5
     for plan in plans:
         y, cache = conv.conv2d_forward(x, kernel, bias, strides, padding, plan=plan)
@@ -469,7 +483,7 @@ def test_entries_that_are_not_threads_modes_are_dropped_and_conv_choices_kept(tu
     tuning.threads_mode("a model", lambda mode: None)
     path = tuning.cache_file()
     data = json.loads(path.read_text())
-    conv_entry = {"winograd": False, "chunk_bytes": 1 << 18}
+    conv_entry = {"winograd": False, "chunk_bytes": 1 << 18, "gemm_macs": 0}
     for bad in ({"mode": "fast"}, {"mode": None}, "blas", [1]):
         path.write_text(
             json.dumps({**data, "threads": {"a model": bad}, "conv": {"c": conv_entry}})

@@ -137,6 +137,7 @@ def conv2d_forward_plan(
     kmat = kernel.reshape(k, f)
     y = np.empty((n, oh, ow, f), dtype=np.result_type(x, kernel))
     compiled = _compiled_products(x, kernel)
+    rows = plan.gemm_rows(k, f)
     if compiled:
         x, kmat = np.ascontiguousarray(x), np.ascontiguousarray(kmat)
         gemm, copy, corner = blas.gemm(y.dtype), blas.memcpy(), (top, left)
@@ -151,7 +152,7 @@ def conv2d_forward_plan(
         cols = scratch.buffer("conv cols", (step, oh, ow, kh, kw, c), x.dtype)
         if compiled:  # im2col straight from x, with zeros for the padding
             kernels.conv_forward_images(
-                gemm, copy, x, corner, strides, start, stop, kmat, cols, bias, normalize, y
+                gemm, copy, x, corner, strides, start, stop, kmat, cols, rows, bias, normalize, y
             )
             return
         for a, b in _chunks(start, stop, step):
@@ -212,7 +213,7 @@ def conv2d_backward(
     dx = np.empty(x.shape, dtype=np.result_type(dy, kernel)) if input_gradient else None
     if _compiled_products(x, kernel) and dy.dtype == x.dtype:
         parts = parallel.over_batch(
-            _compiled_backward(x, kernel, dy, strides, (top, left), step, dx), n
+            _compiled_backward(x, kernel, dy, strides, (top, left), step, plan, dx), n
         )
     else:
         parts = parallel.over_batch(_numpy_backward(x, kernel, dy, strides, pads, step, dx), n)
@@ -221,23 +222,36 @@ def conv2d_backward(
     return dx, dkernel.reshape(kernel.shape), dbias
 
 
-def _compiled_backward(x, kernel, dy, strides, corner, step, dx) -> Callable:
+def _compiled_backward(x, kernel, dy, strides, corner, step, plan, dx) -> Callable:
     """``images(start, stop)`` of :func:`conv2d_backward` as one compiled loop
     (:func:`cnnlab.engine.kernels.conv_backward_images`): im2col straight from ``x``, and
     NumPy's BLAS; ``(kernel gradient, bias gradient)`` of the slice."""
     x = np.ascontiguousarray(x)
     kh, kw, c, f = kernel.shape
     k = kh * kw * c
-    kmat = np.ascontiguousarray(kernel.reshape(k, f))
+    kmat_t = np.ascontiguousarray(kernel.reshape(k, f).T)
     _, oh, ow, _ = dy.shape
-    gemm, copy = blas.gemm(x.dtype), blas.memcpy()
+    gemm, copy, rows = blas.gemm(x.dtype), blas.memcpy(), plan.gemm_rows(k, f)
 
     def images(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         cols = scratch.buffer("conv cols", (step, oh, ow, kh, kw, c), x.dtype)
         dcols = None if dx is None else scratch.buffer("conv dcols", cols.shape, x.dtype)
         dkernel = np.empty((k, f), x.dtype)
         kernels.conv_backward_images(
-            gemm, copy, x, corner, tuple(strides), start, stop, dy, kmat, cols, dcols, dkernel, dx
+            gemm,
+            copy,
+            x,
+            corner,
+            tuple(strides),
+            start,
+            stop,
+            dy,
+            kmat_t,
+            cols,
+            dcols,
+            rows,
+            dkernel,
+            dx,
         )
         return dkernel, column_sums(dy[start:stop].reshape(-1, f))
 

@@ -143,10 +143,29 @@ def col2im(dcols, sh, sw, top, left, dx):
 
 
 @_compiled
-def _matmul(gemm, a, b, c, m, k, n):
-    """``c = a @ b`` by BLAS's ``gemm``, for C-contiguous ``a: (m, k)``, ``b: (k, n)``,
-    ``c: (m, n)`` given by the addresses of their first elements (:mod:`cnnlab.engine.blas`)."""
-    gemm(blas.ROW_MAJOR, blas.NO_TRANS, blas.NO_TRANS, m, n, k, 1.0, a, k, b, n, 0.0, c, n)
+def _products(gemm, rows, m, n, k, a, b, c, size):
+    """``c = a @ b`` by BLAS's ``gemm``, ``rows`` rows of ``a`` and ``c`` a call (all ``m``
+    at once for ``rows = 0``), for C-contiguous ``a: (m, k)``, ``b: (k, n)``, ``c: (m, n)``
+    given by the addresses of their first elements (:mod:`cnnlab.engine.blas`), of ``size``
+    bytes a value. A BLAS may run a small product without copying (packing) its matrices
+    first, which pays for a narrow one (``tuning.ConvPlan.gemm_macs``)."""
+    step = m if rows <= 0 else rows
+    for i in range(0, m, step):
+        r = min(step, m - i)
+        gemm(blas.ROW_MAJOR, blas.NO_TRANS, blas.NO_TRANS, r, n, k, 1.0, a + i * k * size, k,
+             b, n, 0.0, c + i * n * size, n)  # fmt: skip
+
+
+@_compiled
+def _products_t(gemm, rows, m, n, k, a, b, beta, c, size):
+    """``c = a.T @ b + beta * c`` by ``gemm``, the sum over ``m`` taken ``rows`` rows of ``a:
+    (m, k)`` and ``b: (m, n)`` a call (all at once for ``rows = 0``); ``c: (k, n)``; as
+    :func:`_products`."""
+    step = m if rows <= 0 else rows
+    for i in range(0, m, step):
+        r = min(step, m - i)
+        gemm(blas.ROW_MAJOR, blas.TRANS, blas.NO_TRANS, k, n, r, 1.0, a + i * k * size, k,
+             b + i * n * size, n, beta if i == 0 else 1.0, c, n)  # fmt: skip
 
 
 @_compiled
@@ -195,11 +214,13 @@ def _im2col(memcpy, x, top, left, sh, sw, a, b, cols):
 
 
 @_compiled
-def conv_forward_images(gemm, memcpy, x, pads, strides, start, stop, kmat, cols, bias, norm, y):
+def conv_forward_images(gemm, memcpy, x, pads, strides, start, stop, kmat, cols, rows, bias,
+                        norm, y):  # fmt: skip
     """Images ``start:stop`` of a convolution, a chunk of ``len(cols)`` images at a time, each
     chunk copied into the cache, multiplied and finished there, all without the GIL.
 
-    For each chunk: im2col (:func:`_im2col`); ``y = cols @ kmat`` by BLAS's ``gemm``; then
+    For each chunk: im2col (:func:`_im2col`); ``y = cols @ kmat`` by BLAS's ``gemm``,
+    ``rows`` rows a call (:func:`_products`); then
     either ``y += bias`` or, with ``norm = (mean, scale, beta, slope)``,
     ``y = leaky((y - mean) * scale + beta)`` (:func:`normalize_in_place`).
 
@@ -218,7 +239,8 @@ def conv_forward_images(gemm, memcpy, x, pads, strides, start, stop, kmat, cols,
         _im2col(memcpy, x, pads[0], pads[1], strides[0], strides[1], a, b, cols)
         m = (b - a) * per_image
         out = y2[a * per_image : b * per_image]
-        _matmul(gemm, cols.ctypes.data, kmat.ctypes.data, out.ctypes.data, m, k, f)
+        _products(gemm, rows, m, f, k, cols.ctypes.data, kmat.ctypes.data, out.ctypes.data,
+                  x.itemsize)  # fmt: skip
         if norm is not None:
             normalize_in_place(out, norm[0], norm[1], norm[2], norm[3])
         elif bias is not None:
@@ -228,19 +250,22 @@ def conv_forward_images(gemm, memcpy, x, pads, strides, start, stop, kmat, cols,
 
 
 @_compiled
-def conv_backward_images(gemm, memcpy, x, pads, strides, start, stop, dy, kmat, cols, dcols,
-                         dkernel, dx):  # fmt: skip
+def conv_backward_images(gemm, memcpy, x, pads, strides, start, stop, dy, kmat_t, cols, dcols,
+                         rows, dkernel, dx):  # fmt: skip
     """The kernel gradient of images ``start:stop`` of a convolution, and with ``dx`` (not
     None) their input gradient, a chunk of ``len(cols)`` images at a time, without the GIL.
 
-    For each chunk: im2col (:func:`_im2col`); ``dkernel += cols.T @ dy`` by ``gemm``; and
-    ``dcols = dy @ kmat.T``, which :func:`col2im` adds into ``dx``. ``dkernel: (kh*kw*C, F)``
-    is overwritten with the sum over the chunks; the shapes and dtypes are those of
-    :func:`conv_forward_images`, ``dy: (N, oh, ow, F)``, ``dcols`` as ``cols``.
+    For each chunk: im2col (:func:`_im2col`); ``dkernel += cols.T @ dy`` by ``gemm``
+    (:func:`_products_t`); and ``dcols = dy @ kmat.T`` (:func:`_products`, from ``kmat_t``,
+    the kernel matrix transposed, ``(F, kh*kw*C)``), which :func:`col2im` adds into ``dx``;
+    ``rows`` rows a call. ``dkernel: (kh*kw*C, F)`` is overwritten with the sum over the
+    chunks; the shapes and dtypes are those of :func:`conv_forward_images`, ``dy: (N, oh, ow,
+    F)``, ``dcols`` as ``cols``.
     """
     step, oh, ow = cols.shape[0], cols.shape[1], cols.shape[2]
-    k, f = kmat.shape
+    f, k = kmat_t.shape
     per_image = oh * ow
+    size = x.itemsize
     dy2 = dy.reshape(dy.shape[0] * per_image, f)
     for a in range(start, stop, step):
         b = min(a + step, stop)
@@ -248,11 +273,11 @@ def conv_backward_images(gemm, memcpy, x, pads, strides, start, stop, dy, kmat, 
         m = (b - a) * per_image
         g = dy2[a * per_image : b * per_image]
         accumulate = 0.0 if a == start else 1.0
-        gemm(blas.ROW_MAJOR, blas.TRANS, blas.NO_TRANS, k, f, m, 1.0, cols.ctypes.data, k,
-             g.ctypes.data, f, accumulate, dkernel.ctypes.data, f)  # fmt: skip
+        _products_t(gemm, rows, m, f, k, cols.ctypes.data, g.ctypes.data, accumulate,
+                    dkernel.ctypes.data, size)  # fmt: skip
         if dx is not None:
-            gemm(blas.ROW_MAJOR, blas.NO_TRANS, blas.TRANS, m, k, f, 1.0, g.ctypes.data, f,
-                 kmat.ctypes.data, f, 0.0, dcols.ctypes.data, k)  # fmt: skip
+            _products(gemm, rows, m, k, f, g.ctypes.data, kmat_t.ctypes.data,
+                      dcols.ctypes.data, size)  # fmt: skip
             col2im(dcols[: b - a], strides[0], strides[1], pads[0], pads[1], dx[a:b])
 
 

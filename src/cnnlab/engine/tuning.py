@@ -3,9 +3,13 @@ conv shape runs, and how each model uses the cores.
 
 How a conv layer of a given shape runs fastest depends on the CPU it runs on: how many bytes
 of im2col matrix a chunk of images should fill so that it stays in the core's cache between
-its copy and its matrix products (``chunk_bytes``), and whether Winograd's F(4x4, 3x3) beats
-im2col for a 3x3 convolution with strides 1 (fewer multiplications, more passes over memory).
-The defaults (:func:`default_plan`: 1 MiB chunks, Winograd from
+its copy and its matrix products (``chunk_bytes``); whether each matrix product goes to BLAS
+in one call or in calls of a few hundred thousand multiply-adds (``gemm_macs``), which some
+BLAS builds run without first copying the matrices into their own layout (OpenBLAS on
+AVX-512 CPUs: the book's CNN's im2col products at 125-139 GFLOP/s a core instead of 75-94 on
+an Intel Xeon; slower where a BLAS has no such kernels); and whether Winograd's F(4x4, 3x3)
+beats im2col for a 3x3 convolution with strides 1 (fewer multiplications, more passes over
+memory). The defaults (:func:`default_plan`: 1 MiB chunks, one call a product, Winograd from
 :data:`cnnlab.engine.winograd.MIN_CHANNELS` input channels) were measured on one machine.
 
 So the first time a shape is met, :func:`conv_plan` times the candidates on random data of
@@ -53,9 +57,10 @@ import numpy as np
 from cnnlab import files
 from cnnlab.engine import machine, parallel, winograd
 
-FORMAT = 1  # bump when a kernel changes what a choice means
+FORMAT = 2  # bump when a kernel changes what a choice means
 DEFAULT_CHUNK_BYTES = 1 << 20
 CHUNK_BYTES = (1 << 18, 1 << 19, 1 << 20, 1 << 21, 1 << 22)
+GEMM_MACS = (1 << 18, 1 << 19, 1 << 20)  # multiply-adds per BLAS call, beside 0 (one call)
 MAX_IMAGES = 64  # a shape is measured, and keyed, on at most this many images
 ROUNDS = 5  # timed rounds of every candidate, after one untimed
 KEEP_DEFAULT_WITHIN = 0.05  # the default stays unless another candidate is 5 % faster
@@ -73,10 +78,18 @@ class ConvPlan(NamedTuple):
 
     winograd: bool  # forward and input gradient by Winograd's F(4x4, 3x3)
     chunk_bytes: int  # the im2col matrix of a chunk of images fills about this many bytes
+    # The im2col products of a chunk in BLAS calls of about this many multiply-adds each (0:
+    # one call a product), small enough for a BLAS to skip copying ("packing") its matrices.
+    gemm_macs: int = 0
 
     def __str__(self) -> str:
         method = "Winograd" if self.winograd else "im2col"
-        return f"{method}, {self.chunk_bytes >> 10} KiB chunks"
+        calls = f", products in calls of {self.gemm_macs >> 10}K" if self.gemm_macs else ""
+        return f"{method}, {self.chunk_bytes >> 10} KiB chunks{calls}"
+
+    def gemm_rows(self, k: int, filters: int) -> int:
+        """Rows of a chunk's im2col matrix, ``k`` values each, per BLAS call (0: all)."""
+        return max(1, self.gemm_macs // (k * filters)) if self.gemm_macs else 0
 
 
 @dataclass
@@ -289,8 +302,9 @@ def _geometry(shape, kernel_shape, strides, pads) -> tuple[tuple[int, int], int]
 
 def _candidates(shape, kernel_shape, strides, pads, dtype) -> list[ConvPlan]:
     """im2col with every chunk size that gives a different number of images per chunk for a
-    core's slice, and Winograd where it can run; none when the measured images' im2col matrix
-    fits in the smallest chunk."""
+    core's slice, each product in one BLAS call; the default chunk size with the products in
+    calls of each of :data:`GEMM_MACS` multiply-adds; and each of those by Winograd where it
+    can run. None when the measured images' im2col matrix fits in the smallest chunk."""
     out_hw, k = _geometry(shape, kernel_shape, strides, pads)
     itemsize = np.dtype(dtype).itemsize
     if shape[0] * out_hw[0] * out_hw[1] * k * itemsize <= CHUNK_BYTES[0]:
@@ -302,8 +316,9 @@ def _candidates(shape, kernel_shape, strides, pads, dtype) -> list[ConvPlan]:
         if step not in by_step or chunk == DEFAULT_CHUNK_BYTES:  # the default's, where alike
             by_step[step] = chunk
     plans = [ConvPlan(False, chunk) for chunk in sorted(by_step.values())]
+    plans += [ConvPlan(False, DEFAULT_CHUNK_BYTES, macs) for macs in GEMM_MACS]
     if winograd.possible(kernel_shape, strides, dtype):
-        plans += [ConvPlan(True, plan.chunk_bytes) for plan in plans]
+        plans += [plan._replace(winograd=True) for plan in plans]
     return plans
 
 
@@ -428,9 +443,15 @@ def _choice(section: str, entry):
     if section == "threads":
         mode = entry.get("mode")
         return mode if mode in MODES else None
-    use_winograd, chunk = entry.get("winograd"), entry.get("chunk_bytes")
-    if isinstance(use_winograd, bool) and chunk in CHUNK_BYTES and type(chunk) is int:
-        return ConvPlan(use_winograd, chunk)
+    use_winograd, chunk, macs = (entry.get(name) for name in ConvPlan._fields)
+    if (
+        isinstance(use_winograd, bool)
+        and chunk in CHUNK_BYTES
+        and type(chunk) is int
+        and macs in (0, *GEMM_MACS)
+        and type(macs) is int
+    ):
+        return ConvPlan(use_winograd, chunk, macs)
     return None
 
 
