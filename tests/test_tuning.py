@@ -176,7 +176,7 @@ def test_the_first_choice_written_for_a_shape_stays(tuned, timed, monkeypatch):
     timed.times = {ConvPlan(False, 1 << 18): 0.5}
     tuning.conv_plan(*SHAPE)  # the other process, first
     tuning.forget()
-    tuning._loaded[tuning.cache_file()] = {"conv": {}, "threads": {}}  # read before that
+    tuning._loaded[tuning.cache_file()] = {"conv": {}, "threads": {}, "grain": {}}  # read before
     timed.times = {ConvPlan(False, 1 << 21): 0.5}
     assert tuning.conv_plan(*SHAPE) == ConvPlan(False, 1 << 18)
     assert timed.calls == 2
@@ -266,13 +266,19 @@ def test_every_candidate_gives_the_plain_forward_and_backward(case, dtype):
 def test_a_tuned_training_step_gives_the_untuned_numbers(tuned, timed, monkeypatch):
     """The book's CNN, one training step and a prediction at batch 32, tuned to plans other
     than the defaults (the smallest chunks, and Winograd where the default is im2col and the
-    other way round) and untuned: the same numbers to rounding."""
+    other way round; batch norm split at every size) and untuned: the same numbers to
+    rounding."""
     import cnnlab
 
-    timed.times = lambda plan: 0.5 if plan.chunk_bytes == 1 << 18 else 1.0
+    def seconds(case) -> float:
+        if isinstance(case, ConvPlan):
+            return 0.5 if case.chunk_bytes == 1 << 18 else 1.0
+        return 0.5 if case[1] else 1.0  # batch norm's grain: (values, split)
+
+    timed.times = seconds
     choose = tuning._choose
     monkeypatch.setattr(tuning, "_choose", lambda seconds, default: choose(seconds, default)
-        if isinstance(default, str)  # the threads mode: the default, cnnlab's threads
+        if isinstance(default, (str, int))  # threads mode and grain: as the tuner chooses
         else min(seconds, key=lambda p: (p.winograd == default.winograd, seconds[p])))  # fmt: skip
 
     def step():
@@ -289,6 +295,8 @@ def test_a_tuned_training_step_gives_the_untuned_numbers(tuned, timed, monkeypat
     assert len(convs) == 4
     assert all(m.chosen.winograd != m.default.winograd for m in convs[::2])
     assert all(m.chosen != m.default for m in convs)
+    [grain] = [m for m in tuning.measurements if m.shape == tuning.GRAIN_KEY]
+    assert grain.chosen == tuning.GRAINS[0] != grain.default
     monkeypatch.setenv("CNNLAB_TUNE", "off")
     weights_off, predicted_off = step()
     for a, b in zip(weights, weights_off, strict=True):
@@ -335,7 +343,7 @@ def test_a_batch_is_measured_for_the_next_power_of_two_images():
 
 @needs_blas
 def test_cnnlab_tune_prints_each_conv_shape_and_keeps_the_choices(tuned, timed):
-    timed.times = lambda plan: 0.5 if plan.winograd else 1.0
+    timed.times = lambda plan: 0.5 if isinstance(plan, ConvPlan) and plan.winograd else 1.0
     result = CliRunner().invoke(
         main, ["tune", "cnn", "--input-shape", "16,16,3", "--batch-size", "16"], prog_name="cnnlab"
     )
@@ -348,6 +356,11 @@ def test_cnnlab_tune_prints_each_conv_shape_and_keeps_the_choices(tuned, timed):
     assert threads.startswith("| float32 16x16x16x3: 199,338 weights (layers ")
     assert "| cnnlab | 1000.00 | cnnlab | 1000.00 | the default is the fastest |" in threads
     lines.remove(threads)
+    # From what size batch norm splits over the threads, measured once: a tie, the default.
+    [grain] = [line for line in lines[2:-1] if line.startswith(f"| {tuning.GRAIN_KEY} |")]
+    assert "| slices of 524,288 values or more | 6000.00 |" in grain  # 6 sizes, 1 s each
+    assert grain.endswith("| the default is within 5% of the fastest |")
+    lines.remove(grain)
     # The book's CNN's four convs, each measured once (in training; inference takes the choice).
     assert [line.split(" | ")[0] for line in lines[2:-1]] == [
         "| float32 x16x16x16x3 k3x3x32 s1x1 p1,1,1,1",
@@ -512,3 +525,51 @@ def test_measuring_the_threads_modes_changes_nothing_in_the_model(two_threads):
     for a, b in zip(model.get_weights(), before[0], strict=True):
         np.testing.assert_array_equal(a, b)
     assert dropout.rng.bit_generator.state == before[1]
+
+
+@pytest.mark.usefixtures("two_threads")
+def test_batch_norm_grain_is_the_smallest_split_that_pays_kept_and_read_back(tuned, timed):
+    """Split runs measured faster from 2 x 2**17 values on: the grain is 2**17 values a
+    slice, kept in the file and read back by a new process; entries that are not grains are
+    dropped."""
+    from cnnlab.engine import batchnorm
+
+    timed.times = lambda case: (0.5 if case[0] >= 2 << 17 else 2.0) if case[1] else 1.0
+    assert tuning.batchnorm_grain(batchnorm.trial) == 1 << 17
+    assert tuning.batchnorm_grain(batchnorm.trial) == 1 << 17
+    assert timed.calls == 1
+    [m] = tuning.measurements
+    # whole below 2**18 values (1 s each, two sizes), split from there (0.5 s each, four)
+    assert m.seconds[1 << 17] == 2 * 1.0 + 4 * 0.5
+    assert m.seconds[1 << 15] == 2 * 2.0 + 4 * 0.5
+    path = tuning.cache_file()
+    data = json.loads(path.read_text())
+    assert data["grain"] == {tuning.GRAIN_KEY: {"values": 1 << 17}}
+    tuning.forget()
+    assert tuning.batchnorm_grain(batchnorm.trial) == 1 << 17  # read back
+    assert timed.calls == 1
+    for bad in ({"values": 3}, {"values": True}, {"values": "many"}, [1 << 17]):
+        path.write_text(json.dumps({**data, "grain": {tuning.GRAIN_KEY: bad}}))
+        assert tuning._read(path)["grain"] == {}
+
+
+@pytest.mark.usefixtures("two_threads")
+def test_batch_norm_splits_over_the_threads_from_the_grain_on(tuned, monkeypatch):
+    """The grain decides: 2 x 32 x 2**10 values split with a grain of 2**10 values a slice,
+    and run whole with the default; the same numbers either way."""
+    from cnnlab.engine import batchnorm
+
+    splits = []
+    over_batch = parallel.over_batch
+    monkeypatch.setattr(parallel, "over_batch", lambda run, n, grain=1: splits.append(
+        max(1, min(parallel.num_threads(), n // grain))) or over_batch(run, n, grain))  # fmt: skip
+    x = np.random.default_rng(0).normal(size=(2 << 10, 32)).astype(np.float32)
+    gamma, beta = np.ones(32, np.float32), np.zeros(32, np.float32)
+    monkeypatch.setattr(tuning, "batchnorm_grain", lambda trial: tuning.DEFAULT_GRAIN)
+    whole = batchnorm.batchnorm_train_forward(x, gamma, beta, 1e-3)[0]
+    assert splits == [1, 1]
+    splits.clear()
+    monkeypatch.setattr(tuning, "batchnorm_grain", lambda trial: 32 << 10)
+    split = batchnorm.batchnorm_train_forward(x, gamma, beta, 1e-3)[0]
+    assert splits == [2, 2]
+    np.testing.assert_allclose(split, whole, rtol=1e-6, atol=1e-6)

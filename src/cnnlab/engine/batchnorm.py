@@ -11,17 +11,13 @@ other, one pass and one array fewer each way.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
 
-from cnnlab.engine import kernels, parallel
+from cnnlab.engine import kernels, parallel, tuning
 from cnnlab.nn.batchnorm import BatchNormCache
-
-# Values (rows x channels) per slice below which a thread does not pay for itself: handing a
-# slice to a thread and waiting for it costs about 50 us on the 2-core machine, a pass over
-# some 300,000 values; measured on the CNN's training step, slices of 2**19 values beat 2**20.
-_GRAIN = 1 << 19
 
 
 class BatchNormActivationCache(NamedTuple):
@@ -37,7 +33,23 @@ class BatchNormActivationCache(NamedTuple):
 
 
 def _rows_grain(c: int) -> int:
-    return -(-_GRAIN // c)
+    """The fewest rows of ``c`` channels worth a thread: the values per slice measured on this
+    machine (:func:`cnnlab.engine.tuning.batchnorm_grain`)."""
+    return -(-tuning.batchnorm_grain(trial) // c)
+
+
+def trial(values: int) -> Callable[[], None]:
+    """For the tuner: ``run()``, batch norm and a leaky ReLU forward and backward on ``values``
+    float32 values in 32 channels, on random data made once."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((max(1, values // 32), 32)).astype(np.float32)
+    gamma, beta = np.ones(32, np.float32), np.zeros(32, np.float32)
+
+    def run() -> None:
+        y, _, _, cache = batchnorm_train_forward(x, gamma, beta, 1e-3, negative_slope=0.3)
+        batchnorm_train_backward(y, cache)
+
+    return run
 
 
 def _slope(negative_slope: float | None, dtype: np.dtype) -> np.generic:

@@ -106,7 +106,8 @@ class Measurement:
 
 
 measurements: list[Measurement] = []  # this process's, in order, for ``cnnlab tune``
-# Each file's choices, as read and written: {"conv": {key: ConvPlan}, "threads": {key: mode}}.
+# Each file's choices, as read and written: {"conv": {key: ConvPlan}, "threads": {key: mode},
+# "grain": {key: values}}.
 _loaded: dict[Path, dict[str, dict]] = {}
 _memo: dict[tuple, ConvPlan] = {}  # conv_plan's arguments -> its answer, in this process
 _lock = threading.RLock()  # re-entrant: a model's trial meets its conv shapes
@@ -228,6 +229,78 @@ def threads_mode(key: str, trial: Callable[[str], None]) -> str:
     return DEFAULT_MODE if mode is None else mode
 
 
+# -- from what size batch norm's passes split over the threads -------------------------------
+GRAINS = tuple(1 << p for p in range(15, 21))  # values (rows x channels) per slice
+DEFAULT_GRAIN = 1 << 19
+GRAIN_KEY = "batch norm and leaky ReLU, float32, 32 channels"
+_trying = threading.local()  # .grain: the candidate being measured, in this thread
+
+
+def batchnorm_grain(trial: Callable[[int], Callable[[], None]]) -> int:
+    """The fewest values (rows x channels) a slice of batch norm's passes gets: an op splits
+    over the threads only where each thread has this many, as handing a slice to a thread
+    costs about as much as a pass over tens of thousands of values, depending on the
+    machine (:mod:`cnnlab.engine.parallel`). ``trial(values)`` gives a function that runs
+    batch norm forward and backward on ``values`` values with the grain this function
+    returns; it is timed at sizes of :data:`GRAINS` times the threads, each split and whole,
+    once per machine, and the grain kept is the candidate whose splits sum to the least
+    time (:func:`_measure_grain`). :data:`DEFAULT_GRAIN` without tuning."""
+    forced = getattr(_trying, "grain", None)
+    if forced is not None:
+        return forced
+    if not enabled() or parallel.num_threads() == 1 or parallel.inside_slice():
+        return DEFAULT_GRAIN
+    asked = ("grain", _path())
+    if _remeasure is None and asked in _memo:
+        return _memo[asked]
+    grain = _tuned("grain", GRAIN_KEY, DEFAULT_GRAIN, lambda: _measure_grain(trial))
+    if grain is None:  # the threads are busy with another caller's op: measure another time
+        return DEFAULT_GRAIN
+    _memo[asked] = grain
+    return grain
+
+
+@contextlib.contextmanager
+def _grain_tried(grain: int) -> Iterator[None]:
+    _trying.grain = grain
+    try:
+        yield
+    finally:
+        _trying.grain = None
+
+
+def _measure_grain(trial: Callable[[int], Callable[[], None]]):
+    """Seconds for each candidate of :data:`GRAINS`: the sum over the sizes ``threads * g``
+    (``g`` in :data:`GRAINS`) of batch norm's time at that size, split over the threads
+    where the candidate splits it and whole where not; and the noise. Each size is timed
+    split and whole, taking turns as :func:`_measure` does, a run repeated to about as many
+    values as the largest size has."""
+    threads = parallel.num_threads()
+    sizes = [threads * grain for grain in GRAINS]
+    runs = {size: trial(size) for size in sizes}
+    whole = 1 << 62
+
+    def timed(size: int, grain: int) -> Callable[[], None]:
+        repeats = max(1, sizes[-1] // size)
+
+        def run(_=None) -> None:
+            with _grain_tried(grain):
+                for _ in range(repeats):
+                    runs[size]()
+
+        return run
+
+    cases = {
+        (size, split): timed(size, 1 if split else whole) for size in sizes for split in (0, 1)
+    }
+    with parallel.one_blas_thread():
+        seconds, noise = _measure(list(cases), lambda case: cases[case]())
+    per_candidate = {
+        grain: sum(seconds[(size, size >= threads * grain)] for size in sizes) for grain in GRAINS
+    }
+    return per_candidate, noise
+
+
 def batch_key(n: int) -> int:
     """The batch size a batch of ``n`` is measured and kept for: the next power of two, at
     most :data:`MAX_IMAGES` (so that an epoch's last, smaller batch seldom needs a
@@ -284,10 +357,14 @@ def table(measured: list[Measurement]) -> str:
         else:
             why = "the fastest"
         lines.append(
-            f"| {m.shape} | {m.chosen} | {m.seconds[m.chosen] * 1e3:.2f} | {m.default} | "
-            f"{default_ms} | {why} |"
+            f"| {m.shape} | {_named(m.chosen)} | {m.seconds[m.chosen] * 1e3:.2f} | "
+            f"{_named(m.default)} | {default_ms} | {why} |"
         )
     return "\n".join(lines)
+
+
+def _named(choice) -> str:
+    return f"slices of {choice:,} values or more" if isinstance(choice, int) else str(choice)
 
 
 # -- the candidates and their timing --------------------------------------------------------
@@ -415,7 +492,7 @@ def _plans(path: Path) -> dict[str, dict]:
 def _read(path: Path) -> dict[str, dict]:
     """The valid choices in ``path``, ``{"conv": {key: ConvPlan}, "threads": {key: mode}}``;
     none if it is missing, damaged, of another format or written for another machine."""
-    found: dict[str, dict] = {"conv": {}, "threads": {}}
+    found: dict[str, dict] = {"conv": {}, "threads": {}, "grain": {}}
     try:
         if path.stat().st_size > _MAX_FILE_BYTES:
             return found
@@ -443,6 +520,9 @@ def _choice(section: str, entry):
     if section == "threads":
         mode = entry.get("mode")
         return mode if mode in MODES else None
+    if section == "grain":
+        values = entry.get("values")
+        return values if values in GRAINS and type(values) is int else None
     use_winograd, chunk, macs = (entry.get(name) for name in ConvPlan._fields)
     if (
         isinstance(use_winograd, bool)
@@ -457,7 +537,11 @@ def _choice(section: str, entry):
 
 def _entry(choice) -> dict:
     """What the file holds for ``choice`` (:func:`_choice`'s inverse)."""
-    return {"mode": choice} if isinstance(choice, str) else choice._asdict()
+    if isinstance(choice, str):
+        return {"mode": choice}
+    if isinstance(choice, int):
+        return {"values": choice}
+    return choice._asdict()
 
 
 def _keep(path: Path, section: str, key: str, choice, replace: bool) -> tuple[object, bool]:
