@@ -238,21 +238,9 @@ def _compiled_backward(x, kernel, dy, strides, corner, step, plan, dx) -> Callab
         dcols = None if dx is None else scratch.buffer("conv dcols", cols.shape, x.dtype)
         dkernel = np.empty((k, f), x.dtype)
         kernels.conv_backward_images(
-            gemm,
-            copy,
-            x,
-            corner,
-            tuple(strides),
-            start,
-            stop,
-            dy,
-            kmat_t,
-            cols,
-            dcols,
-            rows,
-            dkernel,
-            dx,
-        )
+            gemm, copy, x, corner, tuple(strides), start, stop, dy, kmat_t, cols, dcols, rows,
+            dkernel, dx,
+        )  # fmt: skip
         return dkernel, column_sums(dy[start:stop].reshape(-1, f))
 
     return images

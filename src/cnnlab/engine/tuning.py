@@ -27,7 +27,8 @@ A model's batches also choose how they use the cores (:func:`threads_mode`): cnn
 threads splitting every op with NumPy's BLAS on one thread (the default, faster where the ops
 are many and small, as the CNN's), or every op whole with BLAS's own threads (faster where a
 few large matrix products are all there is, as in the MLP). It is timed on the model's
-inference pass, in blocks of each mode, and kept in the same file.
+inference pass, in blocks of each mode, and kept in the same file. So is the size from which
+batch norm's passes split over the threads (:func:`batchnorm_grain`), measured once.
 
 Shapes too small for the choice to matter (the im2col matrix of the images measured fits in
 the smallest chunk) keep the defaults unmeasured. ``CNNLAB_TUNE=off`` keeps the defaults for
@@ -109,7 +110,7 @@ measurements: list[Measurement] = []  # this process's, in order, for ``cnnlab t
 # Each file's choices, as read and written: {"conv": {key: ConvPlan}, "threads": {key: mode},
 # "grain": {key: values}}.
 _loaded: dict[Path, dict[str, dict]] = {}
-_memo: dict[tuple, ConvPlan] = {}  # conv_plan's arguments -> its answer, in this process
+_memo: dict[tuple, ConvPlan | int] = {}  # what was asked -> the answer, in this process
 _lock = threading.RLock()  # re-entrant: a model's trial meets its conv shapes
 _remeasure: set[str] | None = None  # inside remeasuring(): the shapes measured again so far
 _warned = False
