@@ -77,9 +77,8 @@ def batchnorm_train_forward(
     x2 = x.reshape(-1, c)
     m = len(x2)
     shift = x2[0].astype(np.float64)
-    parts = parallel.over_batch(
-        lambda a, b: kernels.shifted_sums(x2[a:b], shift), m, _rows_grain(c)
-    )
+    grain = _rows_grain(c)
+    parts = parallel.over_batch(lambda a, b: kernels.shifted_sums(x2[a:b], shift), m, grain)
     total = sum(part[0] for part in parts) / m
     mean = shift + total
     var = np.maximum(sum(part[1] for part in parts) / m - total * total, 0.0)
@@ -89,7 +88,7 @@ def batchnorm_train_forward(
     y = np.empty_like(x2)
     slope = _slope(negative_slope, x2.dtype)
     parallel.over_batch(
-        lambda a, b: kernels.normalize(x2[a:b], mu, scale, beta, slope, y[a:b]), m, _rows_grain(c)
+        lambda a, b: kernels.normalize(x2[a:b], mu, scale, beta, slope, y[a:b]), m, grain
     )
     if negative_slope is None:
         cache = BatchNormCache(x, mu, inv_std, gamma)
@@ -119,12 +118,13 @@ def batchnorm_train_backward(
     dy2 = np.ascontiguousarray(dy, dtype=x2.dtype).reshape(x2.shape)
     m = len(dy2)
     scale = gamma * inv_std
+    grain = _rows_grain(x2.shape[1])
     parts = parallel.over_batch(
         lambda a, b: kernels.normalize_backward_sums(
             dy2[a:b], x2[a:b], mu, inv_std, scale, beta, slope
         ),
         m,
-        _rows_grain(x2.shape[1]),
+        grain,
     )
     dbeta = sum(part[0] for part in parts).astype(x2.dtype)
     dgamma = sum(part[1] for part in parts).astype(x2.dtype)
@@ -136,7 +136,7 @@ def batchnorm_train_backward(
             dy2[a:b], x2[a:b], mu, inv_std, scale, beta, slope, dbeta_m, dgamma_m, dx[a:b]
         )
 
-    parallel.over_batch(rows, m, _rows_grain(x2.shape[1]))
+    parallel.over_batch(rows, m, grain)
     return dx.reshape(dy.shape), dgamma, dbeta
 
 

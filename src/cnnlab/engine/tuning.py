@@ -158,14 +158,24 @@ def conv_plan(
     if not enabled() or parallel.inside_slice() or parallel.whole():
         return default_plan(kernel_shape, strides, dtype)
     shape = (batch_key(x_shape[0]), *x_shape[1:])
-    asked = (shape, kernel_shape, strides, pads, dtype, _path())
-    if _remeasure is None and asked in _memo:  # the plan met before in this process
+    return _remembered(
+        (shape, kernel_shape, strides, pads, dtype, _path()),
+        default_plan(kernel_shape, strides, dtype),
+        lambda: _conv_plan(shape, kernel_shape, strides, pads, dtype, trial),
+    )
+
+
+def _remembered(asked: tuple, default, choose: Callable[[], object]):
+    """The answer given to ``asked`` before in this process, else ``choose()``'s, remembered;
+    ``default`` (not remembered) where ``choose()`` gives None: the threads were busy with
+    another caller's op, so it is measured another time."""
+    if _remeasure is None and asked in _memo:
         return _memo[asked]
-    plan = _conv_plan(shape, kernel_shape, strides, pads, dtype, trial)
-    if plan is None:  # the threads are busy with another caller's op: measure another time
-        return default_plan(kernel_shape, strides, dtype)
-    _memo[asked] = plan
-    return plan
+    chosen = choose()
+    if chosen is None:
+        return default
+    _memo[asked] = chosen
+    return chosen
 
 
 def _conv_plan(shape, kernel_shape, strides, pads, dtype, trial: Trial) -> ConvPlan | None:
@@ -251,14 +261,11 @@ def batchnorm_grain(trial: Callable[[int], Callable[[], None]]) -> int:
         return forced
     if not enabled() or parallel.num_threads() == 1 or parallel.inside_slice():
         return DEFAULT_GRAIN
-    asked = ("grain", _path())
-    if _remeasure is None and asked in _memo:
-        return _memo[asked]
-    grain = _tuned("grain", GRAIN_KEY, DEFAULT_GRAIN, lambda: _measure_grain(trial))
-    if grain is None:  # the threads are busy with another caller's op: measure another time
-        return DEFAULT_GRAIN
-    _memo[asked] = grain
-    return grain
+    return _remembered(
+        ("grain", _path()),
+        DEFAULT_GRAIN,
+        lambda: _tuned("grain", GRAIN_KEY, DEFAULT_GRAIN, lambda: _measure_grain(trial)),
+    )
 
 
 @contextlib.contextmanager
@@ -284,7 +291,7 @@ def _measure_grain(trial: Callable[[int], Callable[[], None]]):
     def timed(size: int, grain: int) -> Callable[[], None]:
         repeats = max(1, sizes[-1] // size)
 
-        def run(_=None) -> None:
+        def run() -> None:
             with _grain_tried(grain):
                 for _ in range(repeats):
                     runs[size]()
