@@ -1,6 +1,7 @@
 """Fast :func:`cnnlab.nn.dense.dense_forward` and :func:`~cnnlab.nn.dense.dense_backward`: the
-same products, the same arguments and the same :class:`DenseCache`, split over the cores by
-the columns they produce, which keeps a small batch's products efficient."""
+same products, the same arguments and the same :class:`DenseCache`, split over the cores by the
+layer's inputs (the rows of ``kernel``), so that each thread reads and writes blocks of its
+own, whole rows of ``kernel`` and of ``dkernel``."""
 
 from __future__ import annotations
 
@@ -14,42 +15,41 @@ from cnnlab.nn.dense import DenseCache
 def dense_forward(
     x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None
 ) -> tuple[np.ndarray, DenseCache]:
-    """Fast :func:`cnnlab.nn.dense.dense_forward`: the units are split over the cores
-    (:func:`cnnlab.engine.parallel.over_batch`), each thread computing a block of ``y``'s
-    columns, one matrix product with all the batch."""
-    y = np.empty((len(x), kernel.shape[1]), dtype=np.result_type(x, kernel))
-
-    def units(start: int, stop: int) -> None:
-        np.matmul(x, kernel[:, start:stop], out=y[:, start:stop])
-        if bias is not None:
-            y[:, start:stop] += bias[start:stop]
-
-    parallel.over_batch(units, kernel.shape[1], _grain(len(x), kernel.shape[0]))
+    """Fast :func:`cnnlab.nn.dense.dense_forward`: each thread multiplies a block of ``x``'s
+    columns by the same block of ``kernel``'s rows, ``x[:, lo:hi] @ kernel[lo:hi]``
+    (:func:`cnnlab.engine.parallel.over_batch`), and the threads' partial products are added
+    up in order."""
+    y, *others = parallel.over_batch(
+        lambda lo, hi: np.matmul(x[:, lo:hi], kernel[lo:hi]),
+        kernel.shape[0],
+        _grain(len(x), kernel.shape[1]),
+    )
+    for part in others:
+        y += part
+    if bias is not None:
+        y += bias
     return y, DenseCache(x, kernel)
 
 
 def dense_backward(
     dy: np.ndarray, cache: DenseCache, input_gradient: bool = True
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
-    """Fast :func:`cnnlab.nn.dense.dense_backward`, split over the cores by the columns they
-    produce: each thread takes a block of units for ``dkernel`` and ``dbias``, and the same
-    share of the inputs for ``dx``, in one call."""
+    """Fast :func:`cnnlab.nn.dense.dense_backward`, split over the cores by the inputs: each
+    thread takes a block of them, the rows ``dkernel[lo:hi] = x[:, lo:hi].T @ dy`` and the
+    columns ``dx[:, lo:hi] = dy @ kernel[lo:hi].T``."""
     x, kernel = cache
     dtype = np.result_type(dy, kernel)
     d, units = kernel.shape
     dkernel = np.empty(kernel.shape, dtype=dtype)
-    dbias = np.empty(units, dtype=dtype)
     dx = np.empty((len(dy), d), dtype=dtype) if input_gradient else None
 
-    def columns(start: int, stop: int) -> None:
-        np.matmul(x.T, dy[:, start:stop], out=dkernel[:, start:stop])
-        dbias[start:stop] = column_sums(dy[:, start:stop])
+    def inputs(lo: int, hi: int) -> None:
+        np.matmul(x[:, lo:hi].T, dy, out=dkernel[lo:hi])
         if input_gradient:
-            lo, hi = start * d // units, stop * d // units
             np.matmul(dy, kernel[lo:hi].T, out=dx[:, lo:hi])
 
-    parallel.over_batch(columns, units, _grain(len(x), d))
-    return dx, dkernel, dbias
+    parallel.over_batch(inputs, d, _grain(len(x), units))
+    return dx, dkernel, column_sums(dy)
 
 
 # Multiply-adds of one thread's share below which a thread costs more than it saves (waking a
@@ -57,6 +57,6 @@ def dense_backward(
 _MIN_WORK = 4_000_000
 
 
-def _grain(rows: int, depth: int) -> int:
-    """The fewest output columns worth a thread, each ``rows x depth`` multiply-adds."""
-    return max(1, -(-_MIN_WORK // (rows * depth)))
+def _grain(rows: int, units: int) -> int:
+    """The fewest inputs worth a thread, each ``rows x units`` multiply-adds."""
+    return max(1, -(-_MIN_WORK // (rows * units)))
