@@ -69,6 +69,12 @@ def _by_winograd(x: np.ndarray, kernel: np.ndarray, strides, plan: ConvPlan) -> 
     )
 
 
+def _by_tiles(x: np.ndarray, kernel: np.ndarray, plan: ConvPlan) -> bool:
+    """Whether the compiled chunks multiply by :mod:`cnnlab.engine.tiles`: the plan says so,
+    and they can (float32)."""
+    return plan.tiles and x.dtype == kernel.dtype == np.float32
+
+
 def _compiled_products(x: np.ndarray, kernel: np.ndarray) -> bool:
     """Whether the chunks can run as one compiled loop: NumPy's BLAS found, one float dtype."""
     return x.dtype == kernel.dtype and blas.gemm(x.dtype) is not None and blas.memcpy() is not None
@@ -137,7 +143,7 @@ def conv2d_forward_plan(
     kmat = kernel.reshape(k, f)
     y = np.empty((n, oh, ow, f), dtype=np.result_type(x, kernel))
     compiled = _compiled_products(x, kernel)
-    rows = plan.gemm_rows(k, f)
+    rows, tiled = plan.gemm_rows(k, f), _by_tiles(x, kernel, plan)
     if compiled:
         x, kmat = np.ascontiguousarray(x), np.ascontiguousarray(kmat)
         gemm, copy, corner = blas.gemm(y.dtype), blas.memcpy(), (top, left)
@@ -152,8 +158,9 @@ def conv2d_forward_plan(
         cols = scratch.buffer("conv cols", (step, oh, ow, kh, kw, c), x.dtype)
         if compiled:  # im2col straight from x, with zeros for the padding
             kernels.conv_forward_images(
-                gemm, copy, x, corner, strides, start, stop, kmat, cols, rows, bias, normalize, y
-            )
+                gemm, copy, x, corner, strides, start, stop, kmat, cols, rows, tiled, bias,
+                normalize, y,
+            )  # fmt: skip
             return
         for a, b in _chunks(start, stop, step):
             if xp is not x:
@@ -232,6 +239,7 @@ def _compiled_backward(x, kernel, dy, strides, corner, step, plan, dx) -> Callab
     kmat_t = np.ascontiguousarray(kernel.reshape(k, f).T)
     _, oh, ow, _ = dy.shape
     gemm, copy, rows = blas.gemm(x.dtype), blas.memcpy(), plan.gemm_rows(k, f)
+    tiled = _by_tiles(x, kernel, plan)
 
     def images(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         cols = scratch.buffer("conv cols", (step, oh, ow, kh, kw, c), x.dtype)
@@ -239,7 +247,7 @@ def _compiled_backward(x, kernel, dy, strides, corner, step, plan, dx) -> Callab
         dkernel = np.empty((k, f), x.dtype)
         kernels.conv_backward_images(
             gemm, copy, x, corner, tuple(strides), start, stop, dy, kmat_t, cols, dcols, rows,
-            dkernel, dx,
+            tiled, dkernel, dx,
         )  # fmt: skip
         return dkernel, column_sums(dy[start:stop].reshape(-1, f))
 

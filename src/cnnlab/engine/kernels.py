@@ -19,7 +19,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from cnnlab.engine import blas
+from cnnlab.engine import blas, tiles
 
 # error_model="numpy": a division by zero gives inf or nan, as in NumPy, instead of a check
 # for Python's ZeroDivisionError at every division, which keeps LLVM from vectorising a loop
@@ -214,13 +214,14 @@ def _im2col(memcpy, x, top, left, sh, sw, a, b, cols):
 
 
 @_compiled
-def conv_forward_images(gemm, memcpy, x, pads, strides, start, stop, kmat, cols, rows, bias,
-                        norm, y):  # fmt: skip
+def conv_forward_images(gemm, memcpy, x, pads, strides, start, stop, kmat, cols, rows, tiled,
+                        bias, norm, y):  # fmt: skip
     """Images ``start:stop`` of a convolution, a chunk of ``len(cols)`` images at a time, each
     chunk copied into the cache, multiplied and finished there, all without the GIL.
 
     For each chunk: im2col (:func:`_im2col`); ``y = cols @ kmat`` by BLAS's ``gemm``,
-    ``rows`` rows a call (:func:`_products`); then
+    ``rows`` rows a call (:func:`_products`), or with ``tiled`` (float32) by
+    :func:`cnnlab.engine.tiles.product`; then
     either ``y += bias`` or, with ``norm = (mean, scale, beta, slope)``,
     ``y = leaky((y - mean) * scale + beta)`` (:func:`normalize_in_place`).
 
@@ -239,8 +240,12 @@ def conv_forward_images(gemm, memcpy, x, pads, strides, start, stop, kmat, cols,
         _im2col(memcpy, x, pads[0], pads[1], strides[0], strides[1], a, b, cols)
         m = (b - a) * per_image
         out = y2[a * per_image : b * per_image]
-        _products(gemm, rows, m, f, k, cols.ctypes.data, kmat.ctypes.data, out.ctypes.data,
-                  x.itemsize)  # fmt: skip
+        if tiled:
+            tiles.product(cols.ctypes.data, k, 1, kmat.ctypes.data, f, out.ctypes.data, f, m, f,
+                          k, 0)  # fmt: skip
+        else:
+            _products(gemm, rows, m, f, k, cols.ctypes.data, kmat.ctypes.data, out.ctypes.data,
+                      x.itemsize)  # fmt: skip
         if norm is not None:
             normalize_in_place(out, norm[0], norm[1], norm[2], norm[3])
         elif bias is not None:
@@ -251,16 +256,17 @@ def conv_forward_images(gemm, memcpy, x, pads, strides, start, stop, kmat, cols,
 
 @_compiled
 def conv_backward_images(gemm, memcpy, x, pads, strides, start, stop, dy, kmat_t, cols, dcols,
-                         rows, dkernel, dx):  # fmt: skip
+                         rows, tiled, dkernel, dx):  # fmt: skip
     """The kernel gradient of images ``start:stop`` of a convolution, and with ``dx`` (not
     None) their input gradient, a chunk of ``len(cols)`` images at a time, without the GIL.
 
     For each chunk: im2col (:func:`_im2col`); ``dkernel += cols.T @ dy`` by ``gemm``
     (:func:`_products_t`); and ``dcols = dy @ kmat.T`` (:func:`_products`, from ``kmat_t``,
     the kernel matrix transposed, ``(F, kh*kw*C)``), which :func:`col2im` adds into ``dx``;
-    ``rows`` rows a call. ``dkernel: (kh*kw*C, F)`` is overwritten with the sum over the
-    chunks; the shapes and dtypes are those of :func:`conv_forward_images`, ``dy: (N, oh, ow,
-    F)``, ``dcols`` as ``cols``.
+    ``rows`` rows a call. With ``tiled`` (float32), by :func:`cnnlab.engine.tiles.product`
+    instead. ``dkernel:
+    (kh*kw*C, F)`` is overwritten with the sum over the chunks; the shapes and dtypes are
+    those of :func:`conv_forward_images`, ``dy: (N, oh, ow, F)``, ``dcols`` as ``cols``.
     """
     step, oh, ow = cols.shape[0], cols.shape[1], cols.shape[2]
     f, k = kmat_t.shape
@@ -273,11 +279,19 @@ def conv_backward_images(gemm, memcpy, x, pads, strides, start, stop, dy, kmat_t
         m = (b - a) * per_image
         g = dy2[a * per_image : b * per_image]
         accumulate = 0.0 if a == start else 1.0
-        _products_t(gemm, rows, m, f, k, cols.ctypes.data, g.ctypes.data, accumulate,
-                    dkernel.ctypes.data, size)  # fmt: skip
+        if tiled:
+            tiles.product(cols.ctypes.data, 1, k, g.ctypes.data, f, dkernel.ctypes.data, f, k, f,
+                          m, int(accumulate))  # fmt: skip
+        else:
+            _products_t(gemm, rows, m, f, k, cols.ctypes.data, g.ctypes.data, accumulate,
+                        dkernel.ctypes.data, size)  # fmt: skip
         if dx is not None:
-            _products(gemm, rows, m, k, f, g.ctypes.data, kmat_t.ctypes.data,
-                      dcols.ctypes.data, size)  # fmt: skip
+            if tiled:
+                tiles.product(g.ctypes.data, f, 1, kmat_t.ctypes.data, k, dcols.ctypes.data, k,
+                              m, k, f, 0)  # fmt: skip
+            else:
+                _products(gemm, rows, m, k, f, g.ctypes.data, kmat_t.ctypes.data,
+                          dcols.ctypes.data, size)  # fmt: skip
             col2im(dcols[: b - a], strides[0], strides[1], pads[0], pads[1], dx[a:b])
 
 

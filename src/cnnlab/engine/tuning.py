@@ -58,7 +58,7 @@ import numpy as np
 from cnnlab import files
 from cnnlab.engine import machine, parallel, winograd
 
-FORMAT = 2  # bump when a kernel changes what a choice means
+FORMAT = 3  # bump when a kernel changes what a choice means
 DEFAULT_CHUNK_BYTES = 1 << 20
 CHUNK_BYTES = (1 << 18, 1 << 19, 1 << 20, 1 << 21, 1 << 22)
 GEMM_MACS = (1 << 18, 1 << 19, 1 << 20)  # multiply-adds per BLAS call, beside 0 (one call)
@@ -82,10 +82,14 @@ class ConvPlan(NamedTuple):
     # The im2col products of a chunk in BLAS calls of about this many multiply-adds each (0:
     # one call a product), small enough for a BLAS to skip copying ("packing") its matrices.
     gemm_macs: int = 0
+    # The im2col products by cnnlab's own register tiles (:mod:`cnnlab.engine.tiles`), not
+    # BLAS; float32 only.
+    tiles: bool = False
 
     def __str__(self) -> str:
         method = "Winograd" if self.winograd else "im2col"
         calls = f", products in calls of {self.gemm_macs >> 10}K" if self.gemm_macs else ""
+        calls = ", products by cnnlab's tiles" if self.tiles else calls
         return f"{method}, {self.chunk_bytes >> 10} KiB chunks{calls}"
 
     def gemm_rows(self, k: int, filters: int) -> int:
@@ -387,9 +391,10 @@ def _geometry(shape, kernel_shape, strides, pads) -> tuple[tuple[int, int], int]
 
 def _candidates(shape, kernel_shape, strides, pads, dtype) -> list[ConvPlan]:
     """im2col with every chunk size that gives a different number of images per chunk for a
-    core's slice, each product in one BLAS call; the default chunk size with the products in
-    calls of each of :data:`GEMM_MACS` multiply-adds; and each of those by Winograd where it
-    can run. None when the measured images' im2col matrix fits in the smallest chunk."""
+    core's slice, each product in one BLAS call, and each by cnnlab's tiles for float32
+    (:mod:`cnnlab.engine.tiles`); the default chunk size with the products in calls of
+    each of :data:`GEMM_MACS` multiply-adds; and each of those by Winograd where it can run.
+    None when the measured images' im2col matrix fits in the smallest chunk."""
     out_hw, k = _geometry(shape, kernel_shape, strides, pads)
     itemsize = np.dtype(dtype).itemsize
     if shape[0] * out_hw[0] * out_hw[1] * k * itemsize <= CHUNK_BYTES[0]:
@@ -401,6 +406,8 @@ def _candidates(shape, kernel_shape, strides, pads, dtype) -> list[ConvPlan]:
         if step not in by_step or chunk == DEFAULT_CHUNK_BYTES:  # the default's, where alike
             by_step[step] = chunk
     plans = [ConvPlan(False, chunk) for chunk in sorted(by_step.values())]
+    if np.dtype(dtype) == np.float32:
+        plans += [plan._replace(tiles=True) for plan in plans]
     plans += [ConvPlan(False, DEFAULT_CHUNK_BYTES, macs) for macs in GEMM_MACS]
     if winograd.possible(kernel_shape, strides, dtype):
         plans += [plan._replace(winograd=True) for plan in plans]
@@ -531,15 +538,16 @@ def _choice(section: str, entry):
     if section == "grain":
         values = entry.get("values")
         return values if values in GRAINS and type(values) is int else None
-    use_winograd, chunk, macs = (entry.get(name) for name in ConvPlan._fields)
+    use_winograd, chunk, macs, by_tiles = (entry.get(name) for name in ConvPlan._fields)
     if (
         isinstance(use_winograd, bool)
         and chunk in CHUNK_BYTES
         and type(chunk) is int
         and macs in (0, *GEMM_MACS)
         and type(macs) is int
+        and isinstance(by_tiles, bool)
     ):
-        return ConvPlan(use_winograd, chunk, macs)
+        return ConvPlan(use_winograd, chunk, macs, by_tiles)
     return None
 
 

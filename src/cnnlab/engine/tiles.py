@@ -1,0 +1,219 @@
+"""A float32 matrix product of cnnlab's own, by register tiles: for the narrow products of a
+conv layer (32 or 64 filters) and the short ones of a dense layer (a batch of 32), which BLAS
+libraries run well below the machine's peak.
+
+``c = a @ b``, or ``c += a @ b``, for ``a: (m, k)``, ``b: (k, n)``, ``c: (m, n)``. ``c`` is cut
+into tiles of 8 rows and 32 columns (6 rows and 16 columns without AVX-512; 16 columns at the
+right edge, and fewer, masked, after that; one row at a time at the bottom), and each tile's
+sums stay in vector registers for the whole sum over ``k``::
+
+    for p in range(k):
+        c[i : i + 8, j : j + 32] += a[i : i + 8, p, None] * b[p, j : j + 32]
+
+16 floats a vector: one load of ``b``'s row for the 8 rows, one value of ``a`` broadcast to a
+vector for the 32 columns, and fused multiply-adds. Nothing is copied first: ``a`` is read
+through two strides, so that ``cols.T`` (a conv's kernel gradient, ``cols.T @ dy``) is read in
+place, and ``b`` and ``c`` through their row lengths.
+
+The tile is written in LLVM's IR (numba's ``@intrinsic``): LLVM keeps the 16 sums of a tile in
+registers across the loop over ``k`` only when they are values, as here; as Python loops over
+arrays, numba kept them in memory. LLVM fits the 16-float vectors to the machine: one AVX-512
+register each, two AVX2 registers, four SSE registers. Whether BLAS or the tiles run a conv
+shape faster on a machine is the tuner's choice (:attr:`cnnlab.engine.tuning.ConvPlan.tiles`).
+"""
+
+from __future__ import annotations
+
+import llvmlite.binding as llvm
+import numba
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
+
+WIDTH = 16  # floats a vector
+# A tile's sums fill half to three quarters of the vector registers: 8 rows x 32 columns in
+# AVX-512's 32 registers of 16 floats, 6 rows x 16 columns in AVX2's 16 registers of 8.
+_AVX512 = "+avx512f" in llvm.get_host_cpu_features().flatten().split(",")
+ROWS, VECTORS = (8, 2) if _AVX512 else (6, 1)
+_FLOAT = ir.FloatType()
+_VECTOR = ir.VectorType(_FLOAT, WIDTH)
+_MASK = ir.VectorType(ir.IntType(1), WIDTH)
+_INT = ir.IntType(64)
+_I32 = ir.IntType(32)
+_ITEM = 4  # bytes of a float32
+B_BYTES = 1 << 18  # b's rows multiplied into all of c at a time fill about this many bytes
+
+
+def _declared(module: ir.Module, name: str, returns: ir.Type, *arguments: ir.Type):
+    if name in module.globals:
+        return module.globals[name]
+    return ir.Function(module, ir.FunctionType(returns, arguments), name)
+
+
+class _Vectors:
+    """Loads and stores of 16 floats at ``base + index`` (in floats), all of them or, with a
+    mask, its first ``last`` lanes (the others read as 0 and left as they are)."""
+
+    def __init__(self, builder: ir.IRBuilder, last=None):
+        self.builder, self.mask = builder, None
+        pointer = _VECTOR.as_pointer()
+        if last is not None:
+            lanes = ir.Constant(ir.VectorType(_INT, WIDTH), list(range(WIDTH)))
+            bound = builder.insert_element(ir.Constant(ir.VectorType(_INT, WIDTH), None), last,
+                                           ir.Constant(_I32, 0))  # fmt: skip
+            bound = builder.shuffle_vector(bound, bound, ir.Constant(ir.VectorType(_I32, WIDTH),
+                                                                     [0] * WIDTH))  # fmt: skip
+            self.mask = builder.icmp_unsigned("<", lanes, bound)
+            module = builder.module
+            self._load = _declared(module, "llvm.masked.load.v16f32.p0", _VECTOR, pointer,
+                                   _I32, _MASK, _VECTOR)  # fmt: skip
+            self._store = _declared(module, "llvm.masked.store.v16f32.p0", ir.VoidType(),
+                                    _VECTOR, pointer, _I32, _MASK)  # fmt: skip
+
+    def _at(self, base, index):
+        return self.builder.bitcast(self.builder.gep(base, [index]), _VECTOR.as_pointer())
+
+    def load(self, base, index):
+        if self.mask is None:
+            value = self.builder.load(self._at(base, index))
+            value.align = _ITEM
+            return value
+        zeros = ir.Constant(_VECTOR, [0.0] * WIDTH)
+        align = ir.Constant(_I32, _ITEM)
+        return self.builder.call(self._load, [self._at(base, index), align, self.mask, zeros])
+
+    def store(self, value, base, index):
+        if self.mask is None:
+            self.builder.store(value, self._at(base, index)).align = _ITEM
+        else:
+            align = ir.Constant(_I32, _ITEM)
+            self.builder.call(self._store, [value, self._at(base, index), align, self.mask])
+
+
+def _emit(builder: ir.IRBuilder, rows: int, vectors: int, masked: bool, args) -> None:
+    """The IR of one tile of ``rows x vectors * 16`` values (see :func:`_tile`)."""
+    a, a_rows, a_cols, b, ldb, c, ldc, k, accumulate, last = args
+    a, b, c = (builder.inttoptr(p, _FLOAT.as_pointer()) for p in (a, b, c))
+    fma = _declared(builder.module, "llvm.fma.v16f32", _VECTOR, _VECTOR, _VECTOR, _VECTOR)
+    vec = _Vectors(builder, last if masked else None)
+
+    def const(n: int):
+        return ir.Constant(_INT, n)
+
+    def c_at(r: int, v: int):
+        return builder.add(builder.mul(ldc, const(r)), const(v * WIDTH))
+
+    # The sums start from c's tile as it is (accumulate != 0), read only then, or from zeros.
+    first = builder.block
+    read, ready = builder.append_basic_block("tile.read"), builder.append_basic_block("tile.ready")
+    loop, done = builder.append_basic_block("tile.loop"), builder.append_basic_block("tile.done")
+    builder.cbranch(builder.icmp_signed("!=", accumulate, const(0)), read, ready)
+    builder.position_at_end(read)
+    loads = [[vec.load(c, c_at(r, v)) for v in range(vectors)] for r in range(rows)]
+    builder.branch(ready)
+    builder.position_at_end(ready)
+    zeros = ir.Constant(_VECTOR, [0.0] * WIDTH)
+    start = [[builder.phi(_VECTOR) for _ in range(vectors)] for _ in range(rows)]
+    for r in range(rows):
+        for v in range(vectors):
+            start[r][v].add_incoming(zeros, first)
+            start[r][v].add_incoming(loads[r][v], read)
+    builder.cbranch(builder.icmp_signed(">", k, const(0)), loop, done)
+
+    # for p in range(k): sums[r][v] += a[r, p] * b[p, 16 v : 16 v + 16]
+    builder.position_at_end(loop)
+    p = builder.phi(_INT)
+    sums = [[builder.phi(_VECTOR) for _ in range(vectors)] for _ in range(rows)]
+    b_row = [vec.load(b, builder.add(builder.mul(p, ldb), const(v * WIDTH)))
+             for v in range(vectors)]  # fmt: skip
+    a_col = builder.mul(p, a_cols)
+    undefined = ir.Constant(_VECTOR, ir.Undefined)
+    splat = ir.Constant(ir.VectorType(_I32, WIDTH), [0] * WIDTH)
+    new = []
+    for r in range(rows):
+        value = builder.load(builder.gep(a, [builder.add(builder.mul(a_rows, const(r)), a_col)]))
+        one = builder.insert_element(undefined, value, ir.Constant(_I32, 0))
+        broadcast = builder.shuffle_vector(one, undefined, splat)
+        new.append([builder.call(fma, [broadcast, b_row[v], sums[r][v]]) for v in range(vectors)])
+    following = builder.add(p, const(1))
+    body = builder.block
+    p.add_incoming(const(0), ready)
+    p.add_incoming(following, body)
+    for r in range(rows):
+        for v in range(vectors):
+            sums[r][v].add_incoming(start[r][v], ready)
+            sums[r][v].add_incoming(new[r][v], body)
+    builder.cbranch(builder.icmp_signed("<", following, k), loop, done)
+
+    builder.position_at_end(done)
+    totals = [[builder.phi(_VECTOR) for _ in range(vectors)] for _ in range(rows)]
+    for r in range(rows):
+        for v in range(vectors):
+            totals[r][v].add_incoming(start[r][v], ready)
+            totals[r][v].add_incoming(new[r][v], body)
+            vec.store(totals[r][v], c, c_at(r, v))
+
+
+def _tile(rows: int, vectors: int, masked: bool = False):
+    """The intrinsic ``tile(a, a_rows, a_cols, b, ldb, c, ldc, k, accumulate, last)``: ``c[r,
+    q] = (c[r, q] if accumulate else 0) + sum_p a[r * a_rows + p * a_cols] * b[p * ldb + q]``
+    for ``r < rows``, ``q < 16 * vectors`` (``q < last`` if ``masked``), where ``a``, ``b``,
+    ``c`` are the addresses of float32 values and the strides count values."""
+
+    @intrinsic
+    def tile(typingctx, a, a_rows, a_cols, b, ldb, c, ldc, k, accumulate, last):
+        def codegen(context, builder, signature, args):
+            _emit(builder, rows, vectors, masked, args)
+            return context.get_dummy_value()
+
+        return types.void(*[types.int64] * 10), codegen
+
+    return tile
+
+
+_full, _half, _masked = _tile(ROWS, VECTORS), _tile(ROWS, 1), _tile(ROWS, 1, True)
+_row_full, _row_half, _row_masked = _tile(1, VECTORS), _tile(1, 1), _tile(1, 1, True)
+
+
+@numba.njit(cache=True, nogil=True)
+def product(a, a_rows, a_cols, b, ldb, c, ldc, m, n, k, accumulate):
+    """``c = a @ b`` (``c += a @ b`` for ``accumulate`` not 0) for float32 matrices given by
+    the addresses of their first values: ``a[i, p]`` at ``a + 4 * (i * a_rows + p * a_cols)``,
+    ``b[p, j]`` at ``b + 4 * (p * ldb + j)``, ``c[i, j]`` at ``c + 4 * (i * ldc + j)``; ``a:
+    (m, k)``, ``b: (k, n)``, ``c: (m, n)``.
+
+    The sum over ``k`` is taken in blocks of ``b``'s rows of about :data:`B_BYTES` (all of them
+    for a narrow ``b``), each block multiplied into every tile of ``c`` while it is in the
+    cache."""
+    depth = max(ROWS, B_BYTES // (_ITEM * max(n, 1)))
+    for p in range(0, max(k, 1), depth):
+        _block(a + _ITEM * p * a_cols, a_rows, a_cols, b + _ITEM * p * ldb, ldb, c, ldc, m, n,
+               min(depth, k - p), accumulate if p == 0 else 1)  # fmt: skip
+
+
+@numba.njit(cache=True, nogil=True)
+def _block(a, a_rows, a_cols, b, ldb, c, ldc, m, n, k, accumulate):
+    """:func:`product` for one block of the sum, tile by tile."""
+    wide = n - n % (VECTORS * WIDTH)  # columns in whole tiles
+    half = n - n % WIDTH  # and up to here in one of 16 columns; the rest masked
+    for i in range(0, m - m % ROWS, ROWS):
+        a_i, c_i = a + _ITEM * i * a_rows, c + _ITEM * i * ldc
+        for j in range(0, wide, VECTORS * WIDTH):
+            _full(a_i, a_rows, a_cols, b + _ITEM * j, ldb, c_i + _ITEM * j, ldc, k, accumulate, 0)
+        if wide < half:
+            _half(a_i, a_rows, a_cols, b + _ITEM * wide, ldb, c_i + _ITEM * wide, ldc, k,
+                  accumulate, 0)  # fmt: skip
+        if half < n:
+            _masked(a_i, a_rows, a_cols, b + _ITEM * half, ldb, c_i + _ITEM * half, ldc, k,
+                    accumulate, n - half)  # fmt: skip
+    for i in range(m - m % ROWS, m):  # the last rows, one at a time
+        a_i, c_i = a + _ITEM * i * a_rows, c + _ITEM * i * ldc
+        for j in range(0, wide, VECTORS * WIDTH):
+            _row_full(a_i, a_rows, a_cols, b + _ITEM * j, ldb, c_i + _ITEM * j, ldc, k,
+                      accumulate, 0)  # fmt: skip
+        if wide < half:
+            _row_half(a_i, a_rows, a_cols, b + _ITEM * wide, ldb, c_i + _ITEM * wide, ldc, k,
+                      accumulate, 0)  # fmt: skip
+        if half < n:
+            _row_masked(a_i, a_rows, a_cols, b + _ITEM * half, ldb, c_i + _ITEM * half, ldc, k,
+                        accumulate, n - half)  # fmt: skip

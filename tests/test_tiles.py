@@ -1,0 +1,49 @@
+"""cnnlab's register-tile product (cnnlab.engine.tiles) against NumPy's matmul: every edge of
+a tile (rows left over, a 16-wide last tile, a masked one), strided and transposed inputs,
+accumulation."""
+
+import numpy as np
+import pytest
+
+from cnnlab.engine import tiles
+
+
+def tile_product(a: np.ndarray, b: np.ndarray, c: np.ndarray, accumulate: bool = False) -> None:
+    """``c (+)= a @ b`` by tiles.product, for float32 arrays whose last axis has stride 4 bytes
+    (b, c) and ``a`` with any strides."""
+    (m, k), n = a.shape, b.shape[1]
+    a_rows, a_cols = (s // 4 for s in a.strides)
+    tiles.product(a.ctypes.data, a_rows, a_cols, b.ctypes.data, b.strides[0] // 4,
+                  c.ctypes.data, c.strides[0] // 4, m, n, k, int(accumulate))  # fmt: skip
+
+
+@pytest.mark.parametrize("m", [1, 7, 8, 9, 17, 40])
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 32, 48, 75, 80])
+@pytest.mark.parametrize("k", [0, 1, 5, 27, 64])
+def test_the_product_is_matmuls(m, n, k):
+    rng = np.random.default_rng(m * 1000 + n * 10 + k)
+    a = rng.standard_normal((m, k), dtype=np.float32)
+    b = rng.standard_normal((k, n), dtype=np.float32)
+    c = np.full((m, n), np.nan, np.float32)  # overwritten, not added to
+    tile_product(a, b, c)
+    np.testing.assert_allclose(c, a.astype(np.float64) @ b, rtol=1e-5, atol=1e-5)
+    before = rng.standard_normal((m, n), dtype=np.float32)
+    c = before.copy()
+    tile_product(a, b, c, accumulate=True)
+    np.testing.assert_allclose(c, before + a.astype(np.float64) @ b, rtol=1e-5, atol=1e-5)
+
+
+def test_strided_and_transposed_operands_are_read_in_place():
+    rng = np.random.default_rng(0)
+    cols = rng.standard_normal((50, 36), dtype=np.float32)
+    dy = rng.standard_normal((50, 32), dtype=np.float32)
+    dkernel = np.zeros((36, 32), np.float32)
+    tile_product(cols.T, dy, dkernel)  # a conv's kernel gradient, cols.T read in place
+    np.testing.assert_allclose(dkernel, cols.T.astype(np.float64) @ dy, rtol=1e-5, atol=1e-4)
+    wide = rng.standard_normal((20, 64), dtype=np.float32)
+    out = np.zeros((9, 80), np.float32)
+    a = rng.standard_normal((9, 20), dtype=np.float32)
+    tile_product(a, wide[:, 16:61], out[:, 32:77])  # rows longer than the product's, masked
+    np.testing.assert_allclose(out[:, 32:77], a.astype(np.float64) @ wide[:, 16:61], rtol=1e-5,
+                               atol=1e-5)  # fmt: skip
+    assert not out[:, :32].any() and not out[:, 77:].any()  # nothing written outside
