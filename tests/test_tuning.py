@@ -79,7 +79,7 @@ def test_a_shape_is_measured_once_kept_in_the_file_and_read_back(tuned, timed, m
             "winograd": False,
             "chunk_bytes": 1 << 20,
             "gemm_macs": 1 << 19,
-            "tiles": False,
+            "products": "blas",
         }
     }
     tuning.forget()
@@ -150,7 +150,7 @@ def test_a_damaged_or_foreign_file_is_ignored_and_written_anew(tuned, timed, mon
     data = json.loads(path.read_text())
     assert data["format"] == tuning.FORMAT and data["machine"]["cpu"] == machine.cpu_model()
     assert list(data["conv"].values()) == [
-        {"winograd": False, "chunk_bytes": 1 << 21, "gemm_macs": 0, "tiles": False}
+        {"winograd": False, "chunk_bytes": 1 << 21, "gemm_macs": 0, "products": "blas"}
     ]
 
 
@@ -165,8 +165,8 @@ def test_entries_that_are_not_choices_are_dropped(tuned, timed, monkeypatch):
                 {"winograd": False, "chunk_bytes": True}, [1, 2],
                 {"winograd": False, "chunk_bytes": 1 << 18, "gemm_macs": 5},
                 {"winograd": False, "chunk_bytes": 1 << 18, "gemm_macs": True},
-                {"winograd": False, "chunk_bytes": 1 << 18, "gemm_macs": 0},  # no tiles
-                {"winograd": False, "chunk_bytes": 1 << 18, "gemm_macs": 0, "tiles": 1}
+                {"winograd": False, "chunk_bytes": 1 << 18, "gemm_macs": 0},  # no products
+                {"winograd": False, "chunk_bytes": 1 << 18, "gemm_macs": 0, "products": "fast"}
                 ):  # fmt: skip
         path.write_text(json.dumps({**data, "conv": {key: bad}}))
         tuning.forget()
@@ -232,8 +232,8 @@ CASES = [
     ((5, 12, 12, 16), (3, 3, 16, 8), (2, 2), "same"),
     ((5, 9, 10, 16), (3, 3, 16, 12), (1, 1), "same"),
     ((5, 9, 10, 4), (3, 3, 4, 6), (1, 1), "valid"),
-    # filters a multiple of 16, as cnnlab's tiles need: 32 and 48 (a 32-wide tile and a
-    # 16-wide one), windows of 27 values (the input gradient's product by BLAS) and of 144
+    # the widths of cnnlab's tiles: 16, 32 and 48 filters (a 32-wide tile and a 16-wide one;
+    # 6, 8 and 12 above take the masked one); windows of 27 values and of 144
     ((3, 12, 12, 3), (3, 3, 3, 16), (1, 1), "same"),
     ((3, 12, 12, 16), (3, 3, 16, 32), (2, 2), "same"),
     ((3, 9, 10, 16), (3, 3, 16, 48), (1, 1), "same"),
@@ -258,10 +258,13 @@ def test_every_candidate_gives_the_plain_forward_and_backward(case, dtype):
         ConvPlan(False, c, macs) for c in (1, 1 << 20) for macs in (1, 1000, *tuning.GEMM_MACS)
     ]
     plans += calls
-    plans += [plan._replace(tiles=True) for plan in plans]
     if tuning.winograd.possible(kernel_shape, strides, dtype):
         plans += [ConvPlan(True, 1), ConvPlan(True, 1 << 20)]
         plans += [plan._replace(winograd=True) for plan in calls]
+    plans += [
+        plan._replace(products=way) for way in ("tiles", "direct") for plan in plans
+        if not plan.gemm_macs
+    ]  # fmt: skip
     tolerance = 1e-12 if dtype == np.float64 else 3e-5
     for plan in plans:
         y, cache = conv.conv2d_forward(x, kernel, bias, strides, padding, plan=plan)
@@ -506,7 +509,7 @@ def test_entries_that_are_not_threads_modes_are_dropped_and_conv_choices_kept(tu
     tuning.threads_mode("a model", lambda mode: None)
     path = tuning.cache_file()
     data = json.loads(path.read_text())
-    conv_entry = {"winograd": False, "chunk_bytes": 1 << 18, "gemm_macs": 0, "tiles": False}
+    conv_entry = {"winograd": False, "chunk_bytes": 1 << 18, "gemm_macs": 0, "products": "blas"}
     for bad in ({"mode": "fast"}, {"mode": None}, "blas", [1]):
         path.write_text(
             json.dumps({**data, "threads": {"a model": bad}, "conv": {"c": conv_entry}})

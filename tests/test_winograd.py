@@ -56,9 +56,11 @@ def test_winograd_equals_the_direct_convolution(case, dtype):
     # direct 9*C-term sum; float64 shows that the arithmetic is exact.
     tolerance = 1e-12 if dtype == np.float64 else 2e-5
     by_the_algebra = plain.winograd_conv3x3(x, kernel, padding)
-    for y in [by_the_algebra] + [
-        winograd.conv3x3_forward(x, plain.filter_transform(kernel), padding) for _ in range(2)
-    ]:  # the plain form, then the compiled one twice: the second reuses the scratch
+    u = plain.filter_transform(kernel)
+    tiled = [winograd.conv3x3_forward(x, u, padding, tiled=True)] if dtype == np.float32 else []
+    for y in [by_the_algebra, *(winograd.conv3x3_forward(x, u, padding) for _ in range(2)), *tiled]:
+        # the plain form, then the compiled one twice (the second reuses the scratch), and
+        # with the products by cnnlab's tiles
         assert y.dtype == dtype and y.shape == expected.shape
         assert np.max(np.abs(y - expected)) <= tolerance * np.max(np.abs(expected))
 

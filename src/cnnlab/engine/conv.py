@@ -70,9 +70,16 @@ def _by_winograd(x: np.ndarray, kernel: np.ndarray, strides, plan: ConvPlan) -> 
 
 
 def _by_tiles(x: np.ndarray, kernel: np.ndarray, plan: ConvPlan) -> bool:
-    """Whether the compiled chunks multiply by :mod:`cnnlab.engine.tiles`: the plan says so,
-    and they can (float32)."""
-    return plan.tiles and x.dtype == kernel.dtype == np.float32
+    """Whether the compiled chunks multiply by :mod:`cnnlab.engine.tiles`: the plan says so
+    (its products "tiles" or "direct"), and they can (float32)."""
+    return plan.products != "blas" and x.dtype == kernel.dtype == np.float32
+
+
+def _direct(x: np.ndarray, kernel: np.ndarray, plan: ConvPlan) -> bool:
+    """Whether the forward pass and the kernel gradient read the windows straight from the
+    input, without im2col (:func:`cnnlab.engine.kernels.conv_direct_forward_images`): the
+    plan says so, and they can (float32, libc's ``memcpy`` found)."""
+    return plan.products == "direct" and _by_tiles(x, kernel, plan) and blas.memcpy() is not None
 
 
 def _compiled_products(x: np.ndarray, kernel: np.ndarray) -> bool:
@@ -136,11 +143,14 @@ def conv2d_forward_plan(
             normalize = (-np.asarray(bias, x.dtype), ones, ones * 0, x.dtype.type(1))
         u = winograd.transformed(kernel)
         x = np.ascontiguousarray(x)
-        y, images = winograd.conv3x3_forward_plan(x, u, padding, normalize)
+        tiled = _by_tiles(x, kernel, plan)
+        y, images = winograd.conv3x3_forward_plan(x, u, padding, normalize, tiled)
         return y, images, ConvCache(x, kernel, tuple(strides), pads)
     (top, _), (left, _) = pads
     step = tuning.images_per_chunk(plan, (oh, ow), k, x.itemsize)
     kmat = kernel.reshape(k, f)
+    if _direct(x, kernel, plan):
+        return _direct_forward_plan(x, kernel, bias, strides, pads, normalize, step, (oh, ow))
     y = np.empty((n, oh, ow, f), dtype=np.result_type(x, kernel))
     compiled = _compiled_products(x, kernel)
     rows, tiled = plan.gemm_rows(k, f), _by_tiles(x, kernel, plan)
@@ -176,6 +186,37 @@ def conv2d_forward_plan(
     return y, images, ConvCache(x, kernel, tuple(strides), pads)
 
 
+def _direct_forward_plan(x, kernel, bias, strides, pads, normalize, step, out_hw):
+    """:func:`conv2d_forward_plan` straight from the input
+    (:func:`cnnlab.engine.kernels.conv_direct_forward_images`): each thread's chunk of images
+    padded into a buffer of its own, whose border stays zero."""
+    x = np.ascontiguousarray(x)
+    kh, kw, _, f = kernel.shape
+    kmat = np.ascontiguousarray(kernel.reshape(-1, f))
+    y = np.empty((len(x), *out_hw, f), x.dtype)
+    if normalize is not None:  # one dtype for the compiled loop
+        *vectors, slope = normalize
+        normalize = (*(np.asarray(v, x.dtype) for v in vectors), x.dtype.type(slope))
+    copy, corner = blas.memcpy(), (pads[0][0], pads[1][0])
+
+    def images(start: int, stop: int) -> None:
+        xp = _chunk_buffer(x, pads, step)
+        kernels.conv_direct_forward_images(
+            copy, x, corner, tuple(strides), (kh, kw), start, stop, kmat, xp, bias, normalize, y
+        )
+
+    return y, images, ConvCache(x, kernel, tuple(strides), pads)
+
+
+def _chunk_buffer(x: np.ndarray, pads: Pads, step: int) -> np.ndarray:
+    """This thread's buffer for ``step`` images of ``x`` with their padding, zero on the
+    border (written only inside)."""
+    _, h, w, c = x.shape
+    (top, bottom), (left, right) = pads
+    shape = (step, h + top + bottom, w + left + right, c)
+    return scratch.buffer(("conv direct input", pads), shape, x.dtype, zeros=True)
+
+
 def _padded(x: np.ndarray, pads: Pads) -> np.ndarray:
     """The buffer for ``x`` with its padding (``x`` itself without any); its border is zeroed
     once, and its inside is left for the caller to fill, a slice of the batch at a time."""
@@ -208,7 +249,8 @@ def conv2d_backward(
     x, kernel, strides, pads = cache
     plan = _plan(x, kernel, strides, pads, plan)
     if input_gradient and _by_winograd(x, kernel, strides, plan):
-        dx = winograd.conv3x3_backward_input(dy, kernel, pads, x.shape)
+        tiled = _by_tiles(x, kernel, plan)
+        dx = winograd.conv3x3_backward_input(dy, kernel, pads, x.shape, tiled)
         _, dkernel, dbias = conv2d_backward(dy, cache, input_gradient=False, plan=plan)
         return dx, dkernel, dbias
     n = x.shape[0]
@@ -218,7 +260,9 @@ def conv2d_backward(
     step = tuning.images_per_chunk(plan, (oh, ow), kh * kw * c, x.itemsize)
     (top, _), (left, _) = pads
     dx = np.empty(x.shape, dtype=np.result_type(dy, kernel)) if input_gradient else None
-    if _compiled_products(x, kernel) and dy.dtype == x.dtype:
+    if _direct(x, kernel, plan) and dy.dtype == x.dtype:
+        parts = parallel.over_batch(_direct_backward(x, kernel, dy, strides, pads, step, dx), n)
+    elif _compiled_products(x, kernel) and dy.dtype == x.dtype:
         parts = parallel.over_batch(
             _compiled_backward(x, kernel, dy, strides, (top, left), step, plan, dx), n
         )
@@ -248,6 +292,31 @@ def _compiled_backward(x, kernel, dy, strides, corner, step, plan, dx) -> Callab
         kernels.conv_backward_images(
             gemm, copy, x, corner, tuple(strides), start, stop, dy, kmat_t, cols, dcols, rows,
             tiled, dkernel, dx,
+        )  # fmt: skip
+        return dkernel, column_sums(dy[start:stop].reshape(-1, f))
+
+    return images
+
+
+def _direct_backward(x, kernel, dy, strides, pads, step, dx) -> Callable:
+    """``images(start, stop)`` of :func:`conv2d_backward` straight from the input
+    (:func:`cnnlab.engine.kernels.conv_direct_backward_images`): ``(kernel gradient, bias
+    gradient)`` of the slice."""
+    x = np.ascontiguousarray(x)
+    kh, kw, c, f = kernel.shape
+    kmat_t = np.ascontiguousarray(kernel.reshape(-1, f).T)
+    _, oh, ow, _ = dy.shape
+    copy, corner = blas.memcpy(), (pads[0][0], pads[1][0])
+
+    def images(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        xp = _chunk_buffer(x, pads, step)
+        dcols = None
+        if dx is not None:
+            dcols = scratch.buffer("conv dcols", (step, oh, ow, kh, kw, c), x.dtype)
+        dkernel = np.empty((kh * kw * c, f), x.dtype)
+        kernels.conv_direct_backward_images(
+            copy, x, corner, tuple(strides), (kh, kw), start, stop, dy, kmat_t, xp, dcols,
+            dkernel, dx,
         )  # fmt: skip
         return dkernel, column_sums(dy[start:stop].reshape(-1, f))
 

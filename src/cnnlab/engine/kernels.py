@@ -296,6 +296,99 @@ def conv_backward_images(gemm, memcpy, x, pads, strides, start, stop, dy, kmat_t
 
 
 @_compiled
+def _pad_chunk(memcpy, x, a, b, top, left, xp):
+    """``xp[: b - a, top : top + H, left : left + W] = x[a:b]``, one ``memcpy`` per row of ``W *
+    C`` values, for C-contiguous ``x: (N, H, W, C)`` and ``xp``; the border of ``xp`` is left
+    as it is."""
+    _, h, w, c = x.shape
+    size = x.itemsize
+    for img in range(a, b):
+        for i in range(h):
+            memcpy(xp[img - a, top + i].ctypes.data + left * c * size, x[img, i].ctypes.data,
+                   w * c * size)  # fmt: skip
+
+
+@_compiled
+def conv_direct_forward_images(memcpy, x, pads, strides, window, start, stop, kmat, xp, bias,
+                               norm, y):  # fmt: skip
+    """Images ``start:stop`` of a convolution straight from the input, without im2col, a chunk
+    of ``len(xp)`` images at a time: the chunk copied into ``xp`` with its padding; then for
+    each output row ``r`` and each row ``i`` of the window::
+
+        y[img, r] += xp[img, r * sh + i, windows of the row] @ kmat[i * kw * C : (i + 1) * kw * C]
+
+    by :func:`cnnlab.engine.tiles.product`, which reads the windows in place (one output pixel's
+    ``kw * C`` values are consecutive in ``xp``, the next pixel's ``sw * C`` values further on);
+    then the bias, or with ``norm`` batch norm and the activation, as in
+    :func:`conv_forward_images`. float32; ``window = (kh, kw)``, ``xp: (step, H + top +
+    bottom, W + left + right, C)`` zero on its border, ``kmat: (kh*kw*C, F)``."""
+    c = x.shape[3]
+    step = xp.shape[0]
+    _, oh, ow, f = y.shape
+    kh, kw = window
+    sh, sw = strides
+    span = kw * c  # values of one row of a window
+    y2 = y.reshape(-1, f)
+    for a in range(start, stop, step):
+        b = min(a + step, stop)
+        _pad_chunk(memcpy, x, a, b, pads[0], pads[1], xp)
+        for img in range(a, b):
+            for r in range(oh):
+                out = np.int64(y[img, r].ctypes.data)
+                for i in range(kh):
+                    tiles.product(np.int64(xp[img - a, r * sh + i].ctypes.data), sw * c, 1,
+                                  np.int64(kmat[i * span].ctypes.data), f, out, f, ow, f, span,
+                                  1 if i else 0)  # fmt: skip
+        out2 = y2[a * oh * ow : b * oh * ow]
+        if norm is not None:
+            normalize_in_place(out2, norm[0], norm[1], norm[2], norm[3])
+        elif bias is not None:
+            for i in range(out2.shape[0]):
+                for j in range(f):
+                    out2[i, j] += bias[j]
+
+
+@_compiled
+def conv_direct_backward_images(memcpy, x, pads, strides, window, start, stop, dy, kmat_t, xp,
+                                dcols, dkernel, dx):  # fmt: skip
+    """The kernel gradient of images ``start:stop`` of a convolution straight from the input,
+    without im2col, and with ``dx`` (not None) their input gradient, a chunk of ``len(xp)``
+    images at a time.
+
+    For each output row ``r`` and row ``i`` of the window, ``dkernel[i * kw * C : (i + 1) * kw
+    * C] += xp[img, r * sh + i, windows of the row].T @ dy[img, r]`` by
+    :func:`cnnlab.engine.tiles.product`, the windows read in place as in
+    :func:`conv_direct_forward_images`; ``dkernel: (kh*kw*C, F)`` is overwritten with the sum.
+    With ``dx``: ``dcols = dy @ kmat.T`` for the chunk by the tiles too (``kmat_t: (F,
+    kh*kw*C)``), which :func:`col2im` adds into ``dx``. float32; shapes as in
+    :func:`conv_direct_forward_images`, ``dcols: (step, oh, ow, kh, kw, C)``."""
+    c = x.shape[3]
+    step = xp.shape[0]
+    _, oh, ow, f = dy.shape
+    kh, kw = window
+    sh, sw = strides
+    span = kw * c
+    k = kh * span
+    dy2 = dy.reshape(-1, f)
+    for a in range(start, stop, step):
+        b = min(a + step, stop)
+        _pad_chunk(memcpy, x, a, b, pads[0], pads[1], xp)
+        for img in range(a, b):
+            for r in range(oh):
+                g = np.int64(dy[img, r].ctypes.data)
+                for i in range(kh):
+                    tiles.product(np.int64(xp[img - a, r * sh + i].ctypes.data), 1, sw * c, g, f,
+                                  np.int64(dkernel[i * span].ctypes.data), f, span, f, ow,
+                                  0 if img == start and r == 0 else 1)  # fmt: skip
+        if dx is not None:
+            m = (b - a) * oh * ow
+            tiles.product(np.int64(dy2[a * oh * ow].ctypes.data), f, 1,
+                          np.int64(kmat_t.ctypes.data), k, np.int64(dcols.ctypes.data), k, m, k,
+                          f, 0)  # fmt: skip
+            col2im(dcols[: b - a], sh, sw, pads[0], pads[1], dx[a:b])
+
+
+@_compiled
 def adam_update(weight, grad, m, v, one_minus_beta_1, one_minus_beta_2, alpha, epsilon):
     """One Adam step in place, element by element (raveled arrays), Keras's form, as
     :func:`cnnlab.nn.optimizers.adam_update`::

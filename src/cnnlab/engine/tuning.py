@@ -62,6 +62,7 @@ FORMAT = 3  # bump when a kernel changes what a choice means
 DEFAULT_CHUNK_BYTES = 1 << 20
 CHUNK_BYTES = (1 << 18, 1 << 19, 1 << 20, 1 << 21, 1 << 22)
 GEMM_MACS = (1 << 18, 1 << 19, 1 << 20)  # multiply-adds per BLAS call, beside 0 (one call)
+PRODUCTS = ("blas", "tiles", "direct")  # ConvPlan.products
 MAX_IMAGES = 64  # a shape is measured, and keyed, on at most this many images
 ROUNDS = 5  # timed rounds of every candidate, after one untimed
 KEEP_DEFAULT_WITHIN = 0.05  # the default stays unless another candidate is 5 % faster
@@ -82,14 +83,17 @@ class ConvPlan(NamedTuple):
     # The im2col products of a chunk in BLAS calls of about this many multiply-adds each (0:
     # one call a product), small enough for a BLAS to skip copying ("packing") its matrices.
     gemm_macs: int = 0
-    # The im2col products by cnnlab's own register tiles (:mod:`cnnlab.engine.tiles`), not
-    # BLAS; float32 only.
-    tiles: bool = False
+    # What multiplies (:data:`PRODUCTS`): "blas"; "tiles", cnnlab's own register tiles
+    # (:mod:`cnnlab.engine.tiles`); "direct", the tiles reading the windows straight from the
+    # input, without im2col (forward and kernel gradient). The tiles take float32 only.
+    products: str = "blas"
 
     def __str__(self) -> str:
         method = "Winograd" if self.winograd else "im2col"
+        if self.products == "direct":
+            method = "Winograd, kernel gradient direct" if self.winograd else "direct"
         calls = f", products in calls of {self.gemm_macs >> 10}K" if self.gemm_macs else ""
-        calls = ", products by cnnlab's tiles" if self.tiles else calls
+        calls = calls if self.products == "blas" else ", products by cnnlab's tiles"
         return f"{method}, {self.chunk_bytes >> 10} KiB chunks{calls}"
 
     def gemm_rows(self, k: int, filters: int) -> int:
@@ -391,10 +395,12 @@ def _geometry(shape, kernel_shape, strides, pads) -> tuple[tuple[int, int], int]
 
 def _candidates(shape, kernel_shape, strides, pads, dtype) -> list[ConvPlan]:
     """im2col with every chunk size that gives a different number of images per chunk for a
-    core's slice, each product in one BLAS call, and each by cnnlab's tiles for float32
-    (:mod:`cnnlab.engine.tiles`); the default chunk size with the products in calls of
-    each of :data:`GEMM_MACS` multiply-adds; and each of those by Winograd where it can run.
-    None when the measured images' im2col matrix fits in the smallest chunk."""
+    core's slice, each product in one BLAS call, and for float32 each by cnnlab's tiles
+    (:mod:`cnnlab.engine.tiles`), after im2col and straight from the input; the default chunk
+    size with the products in calls of each of :data:`GEMM_MACS` multiply-adds; and Winograd
+    where it can run, with the default chunk size (only its kernel gradient has chunks) and
+    each way of multiplying. None when the measured images' im2col matrix fits in the smallest
+    chunk."""
     out_hw, k = _geometry(shape, kernel_shape, strides, pads)
     itemsize = np.dtype(dtype).itemsize
     if shape[0] * out_hw[0] * out_hw[1] * k * itemsize <= CHUNK_BYTES[0]:
@@ -405,12 +411,11 @@ def _candidates(shape, kernel_shape, strides, pads, dtype) -> list[ConvPlan]:
         step = min(per_core, images_per_chunk(ConvPlan(False, chunk), out_hw, k, itemsize))
         if step not in by_step or chunk == DEFAULT_CHUNK_BYTES:  # the default's, where alike
             by_step[step] = chunk
-    plans = [ConvPlan(False, chunk) for chunk in sorted(by_step.values())]
-    if np.dtype(dtype) == np.float32:
-        plans += [plan._replace(tiles=True) for plan in plans]
+    ways = PRODUCTS if np.dtype(dtype) == np.float32 else ("blas",)
+    plans = [ConvPlan(False, chunk, 0, way) for way in ways for chunk in sorted(by_step.values())]
     plans += [ConvPlan(False, DEFAULT_CHUNK_BYTES, macs) for macs in GEMM_MACS]
     if winograd.possible(kernel_shape, strides, dtype):
-        plans += [plan._replace(winograd=True) for plan in plans]
+        plans += [ConvPlan(True, DEFAULT_CHUNK_BYTES, 0, way) for way in ways]
     return plans
 
 
@@ -538,16 +543,16 @@ def _choice(section: str, entry):
     if section == "grain":
         values = entry.get("values")
         return values if values in GRAINS and type(values) is int else None
-    use_winograd, chunk, macs, by_tiles = (entry.get(name) for name in ConvPlan._fields)
+    use_winograd, chunk, macs, products = (entry.get(name) for name in ConvPlan._fields)
     if (
         isinstance(use_winograd, bool)
         and chunk in CHUNK_BYTES
         and type(chunk) is int
         and macs in (0, *GEMM_MACS)
         and type(macs) is int
-        and isinstance(by_tiles, bool)
+        and products in PRODUCTS
     ):
-        return ConvPlan(use_winograd, chunk, macs, by_tiles)
+        return ConvPlan(use_winograd, chunk, macs, products)
     return None
 
 

@@ -22,7 +22,7 @@ from collections.abc import Callable
 import numba
 import numpy as np
 
-from cnnlab.engine import blas, parallel, scratch
+from cnnlab.engine import blas, parallel, scratch, tiles
 from cnnlab.nn.padding import window_geometry
 from cnnlab.nn.winograd import PATCH, TILE, filter_transform
 
@@ -113,10 +113,11 @@ def _columns_out(back, i, n, ints, out, at):
 
 
 @_compiled
-def forward_images(gemm, x, top, left, start, stop, u, v, m, norm, y):
+def forward_images(gemm, tiled, x, top, left, start, stop, u, v, m, norm, y):
     """Images ``start:stop`` of the convolution, a chunk of ``v.shape[1] // tiles`` images at a
     time: each tile's patch transformed into ``v``, 36 matrix products ``m[p] = v[p] @ u[p]``
-    by BLAS's ``gemm``, each tile transformed back into ``y`` and finished there, with
+    by BLAS's ``gemm`` (with ``tiled``, float32, by :func:`cnnlab.engine.tiles.product`), each
+    tile transformed back into ``y`` and finished there, with
     ``norm = (mean, scale, beta, slope)`` as ``leaky((y - mean) * scale + beta)``, or not
     (None).
 
@@ -162,10 +163,14 @@ def forward_images(gemm, x, top, left, start, stop, u, v, m, norm, y):
                     _rows_in(half, tj * TILE, v, t, ints)
                     t += 1
         for p in range(PATCH * PATCH):
-            gemm(
-                blas.ROW_MAJOR, blas.NO_TRANS, blas.NO_TRANS, t, f, c, 1.0,
-                v[p].ctypes.data, c, u[p].ctypes.data, f, 0.0, m[p].ctypes.data, f,
-            )  # fmt: skip
+            if tiled:
+                tiles.product(v[p].ctypes.data, c, 1, u[p].ctypes.data, f, m[p].ctypes.data, f,
+                              t, f, c, 0)  # fmt: skip
+            else:
+                gemm(
+                    blas.ROW_MAJOR, blas.NO_TRANS, blas.NO_TRANS, t, f, c, 1.0,
+                    v[p].ctypes.data, c, u[p].ctypes.data, f, 0.0, m[p].ctypes.data, f,
+                )  # fmt: skip
         t = 0
         for img in range(a, b):
             for ti in range(rows):
@@ -211,58 +216,59 @@ def _turned(kernel: np.ndarray) -> np.ndarray:
 
 
 def conv3x3_forward(
-    x: np.ndarray, u: np.ndarray, padding: str, normalize: tuple | None = None
+    x: np.ndarray, u: np.ndarray, padding: str, normalize: tuple | None = None, tiled=False
 ) -> np.ndarray:
     """``y: (N, oh, ow, F)``, the 3x3 convolution with strides 1 whose transformed filters are
     ``u: (36, C, F)`` (:func:`cnnlab.nn.winograd.filter_transform`), of ``x: (N, H, W, C)``,
     C-contiguous and of ``u``'s dtype. The batch is split over the cores, and each core takes
     its images a chunk at a time (:func:`forward_images`). ``normalize = (mean, scale, beta,
-    slope)`` as in :func:`cnnlab.engine.conv.conv2d_forward`."""
-    y, images = conv3x3_forward_plan(x, u, padding, normalize)
+    slope)`` as in :func:`cnnlab.engine.conv.conv2d_forward`; ``tiled``: the products by
+    :mod:`cnnlab.engine.tiles` (float32), not BLAS."""
+    y, images = conv3x3_forward_plan(x, u, padding, normalize, tiled)
     parallel.over_batch(images, len(x))
     return y
 
 
 def conv3x3_forward_plan(
-    x: np.ndarray, u: np.ndarray, padding: str, normalize: tuple | None = None
+    x: np.ndarray, u: np.ndarray, padding: str, normalize: tuple | None = None, tiled=False
 ) -> tuple[np.ndarray, Callable[[int, int], None]]:
     """:func:`conv3x3_forward` before it runs: ``y``, not yet filled, and ``images(start,
     stop)``, which fills ``y[start:stop]``, as :func:`cnnlab.engine.conv.conv2d_forward_plan`."""
     _, h, w, _ = x.shape
     (oh, ow), ((top, _), (left, _)) = window_geometry((h, w), (3, 3), (1, 1), padding)
-    return _plan(x, u, (top, left), (oh, ow), normalize)
+    return _plan(x, u, (top, left), (oh, ow), normalize, tiled)
 
 
 def conv3x3_backward_input(
-    dy: np.ndarray, kernel: np.ndarray, pads: tuple, x_shape: tuple
+    dy: np.ndarray, kernel: np.ndarray, pads: tuple, x_shape: tuple, tiled=False
 ) -> np.ndarray:
     """``dx: x_shape``, the input gradient of the 3x3 convolution with strides 1 whose output
     gradient is ``dy: (N, oh, ow, F)``: itself a 3x3 convolution with strides 1, of ``dy``
     with each filter turned half a turn and the channels swapped,
     ``dx[n, r, q, c] = sum_{a, b, f} dy[n, r + top - a, q + left - b, f] * kernel[a, b, c, f]``,
     ``dy`` read as zero outside; so by :func:`forward_images` too, with padding ``2 - top``
-    above and ``2 - left`` before."""
+    above and ``2 - left`` before; ``tiled`` as in :func:`conv3x3_forward`."""
     (top, _), (left, _) = pads
     u = scratch.kept("winograd filters turned", kernel, _turned)
     dy = np.ascontiguousarray(dy, dtype=kernel.dtype)
-    dx, images = _plan(dy, u, (2 - top, 2 - left), x_shape[1:3], None)
+    dx, images = _plan(dy, u, (2 - top, 2 - left), x_shape[1:3], None, tiled)
     parallel.over_batch(images, len(dy))
     return dx
 
 
-def _plan(x, u, corner, out_hw, normalize):
+def _plan(x, u, corner, out_hw, normalize, tiled):
     """The output ``y: (N, *out_hw, F)``, not yet filled, and ``images(start, stop)``, which
     runs :func:`forward_images` on them with padding ``corner = (top, left)``, with each
     thread's own scratch."""
     n, _, _, c = x.shape
     f = u.shape[2]
-    tiles = -(-out_hw[0] // TILE) * -(-out_hw[1] // TILE)
+    per_image = -(-out_hw[0] // TILE) * -(-out_hw[1] // TILE)  # tiles of an image
     y = np.empty((n, *out_hw, f), x.dtype)
     gemm = blas.gemm(x.dtype)
 
     def images(start: int, stop: int) -> None:
-        v = scratch.buffer("winograd v", (PATCH * PATCH, tiles, c), x.dtype)
-        m = scratch.buffer("winograd m", (PATCH * PATCH, tiles, f), x.dtype)
-        forward_images(gemm, x, *corner, start, stop, u, v, m, normalize, y)
+        v = scratch.buffer("winograd v", (PATCH * PATCH, per_image, c), x.dtype)
+        m = scratch.buffer("winograd m", (PATCH * PATCH, per_image, f), x.dtype)
+        forward_images(gemm, tiled, x, *corner, start, stop, u, v, m, normalize, y)
 
     return y, images
