@@ -2,6 +2,10 @@
 a tile (rows left over, a 16-wide last tile, a masked one), strided and transposed inputs,
 accumulation."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -47,3 +51,30 @@ def test_strided_and_transposed_operands_are_read_in_place():
     np.testing.assert_allclose(out[:, 32:77], a.astype(np.float64) @ wide[:, 16:61], rtol=1e-5,
                                atol=1e-5)  # fmt: skip
     assert not out[:, :32].any() and not out[:, 77:].any()  # nothing written outside
+
+
+def test_the_tile_shape_without_avx512_gives_the_same_products(tmp_path):
+    """The 6-row, 16-column tiles that machines without AVX-512 compile, run here: a fresh
+    process is told the CPU has no AVX-512 (numba's cache kept apart), and multiplies."""
+    script = """
+import llvmlite.binding as llvm
+features = llvm.get_host_cpu_features()
+flat = features.flatten
+features.flatten = lambda: flat().replace("+avx512f", "-avx512f")
+llvm.get_host_cpu_features = lambda: features
+import numpy as np
+from cnnlab.engine import tiles
+assert (tiles.ROWS, tiles.VECTORS) == (6, 1)
+rng = np.random.default_rng(0)
+for m, n, k in [(13, 48, 27), (6, 16, 5), (40, 75, 64), (5, 33, 1)]:
+    a = rng.standard_normal((m, k), dtype=np.float32)
+    b = rng.standard_normal((k, n), dtype=np.float32)
+    c = np.full((m, n), np.nan, np.float32)
+    tiles.product(a.ctypes.data, k, 1, b.ctypes.data, n, c.ctypes.data, n, m, n, k, 0)
+    assert np.allclose(c, a.astype(np.float64) @ b, rtol=1e-5, atol=1e-5), (m, n, k)
+print("ok")
+"""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
