@@ -7,10 +7,14 @@ its matrix products; the backward pass copies the windows again instead of keepi
 batch's im2col matrix. The forward pass runs a core's chunks as one compiled loop that calls
 NumPy's own BLAS (:func:`cnnlab.engine.kernels.conv_forward_images`,
 :mod:`cnnlab.engine.blas`), whose ``memcpy`` im2col reads the input itself and writes zeros
-for the padding; where that BLAS is not found, as NumPy calls on a padded copy. 3x3
-convolutions with strides 1 can run by Winograd's minimal filtering instead, forward and for
-the input gradient (:mod:`cnnlab.engine.winograd`). How many images a chunk holds, and whether
-a convolution goes by Winograd, is its shape's :class:`~cnnlab.engine.tuning.ConvPlan`, measured
+for the padding; where that BLAS is not found, as NumPy calls on a padded copy. In float32 the
+products can go to cnnlab's own register tiles instead (:mod:`cnnlab.engine.tiles`), which
+can also read each output row's windows straight from a padded chunk of the input, with no
+im2col at all, forward and for the kernel gradient
+(:func:`cnnlab.engine.kernels.conv_direct_forward_images`). 3x3 convolutions with strides 1
+can run by Winograd's minimal filtering instead, forward and for the input gradient
+(:mod:`cnnlab.engine.winograd`). How many images a chunk holds, what multiplies, and whether a
+convolution goes by Winograd, is its shape's :class:`~cnnlab.engine.tuning.ConvPlan`, measured
 on this machine the first time the shape is met (:mod:`cnnlab.engine.tuning`). Buffers are
 kept from call to call (:mod:`cnnlab.engine.scratch`), and col2im is a compiled loop
 (:func:`cnnlab.engine.kernels.col2im`) that adds straight into the unpadded input gradient.

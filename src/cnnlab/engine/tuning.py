@@ -7,9 +7,11 @@ its copy and its matrix products (``chunk_bytes``); whether each matrix product 
 in one call or in calls of a few hundred thousand multiply-adds (``gemm_macs``), which some
 BLAS builds run without first copying the matrices into their own layout (OpenBLAS on
 AVX-512 CPUs: the book's CNN's im2col products at 125-139 GFLOP/s a core instead of 75-94 on
-an Intel Xeon; slower where a BLAS has no such kernels); and whether Winograd's F(4x4, 3x3)
-beats im2col for a 3x3 convolution with strides 1 (fewer multiplications, more passes over
-memory). The defaults (:func:`default_plan`: 1 MiB chunks, one call a product, Winograd from
+an Intel Xeon; slower where a BLAS has no such kernels); whether cnnlab's own register tiles
+multiply instead of BLAS (:mod:`cnnlab.engine.tiles`), after im2col or reading the windows
+straight from the input (``products``); and whether Winograd's F(4x4, 3x3) beats im2col for a
+3x3 convolution with strides 1 (fewer multiplications, more passes over memory). The defaults
+(:func:`default_plan`: 1 MiB chunks, one BLAS call a product, Winograd from
 :data:`cnnlab.engine.winograd.MIN_CHANNELS` input channels) were measured on one machine.
 
 So the first time a shape is met, :func:`conv_plan` times the candidates on random data of
