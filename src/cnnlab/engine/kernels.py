@@ -264,9 +264,9 @@ def conv_backward_images(gemm, memcpy, x, pads, strides, start, stop, dy, kmat_t
     (:func:`_products_t`); and ``dcols = dy @ kmat.T`` (:func:`_products`, from ``kmat_t``,
     the kernel matrix transposed, ``(F, kh*kw*C)``), which :func:`col2im` adds into ``dx``;
     ``rows`` rows a call. With ``tiled`` (float32), by :func:`cnnlab.engine.tiles.product`
-    instead. ``dkernel:
-    (kh*kw*C, F)`` is overwritten with the sum over the chunks; the shapes and dtypes are
-    those of :func:`conv_forward_images`, ``dy: (N, oh, ow, F)``, ``dcols`` as ``cols``.
+    instead. ``dkernel: (kh*kw*C, F)`` is overwritten with the sum over the chunks; the shapes
+    and dtypes are those of :func:`conv_forward_images`, ``dy: (N, oh, ow, F)``, ``dcols`` as
+    ``cols``.
     """
     step, oh, ow = cols.shape[0], cols.shape[1], cols.shape[2]
     f, k = kmat_t.shape

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import llvmlite.binding as llvm
 import numba
+import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
@@ -185,6 +186,7 @@ def product(a, a_rows, a_cols, b, ldb, c, ldc, m, n, k, accumulate):
     The sum over ``k`` is taken in blocks of ``b``'s rows of about :data:`B_BYTES` (all of them
     for a narrow ``b``), each block multiplied into every tile of ``c`` while it is in the
     cache."""
+    a, b, c = np.int64(a), np.int64(b), np.int64(c)  # addresses (NumPy's are unsigned)
     depth = max(ROWS, B_BYTES // (_ITEM * max(n, 1)))
     for p in range(0, max(k, 1), depth):
         _block(a + _ITEM * p * a_cols, a_rows, a_cols, b + _ITEM * p * ldb, ldb, c, ldc, m, n,

@@ -216,7 +216,7 @@ def _turned(kernel: np.ndarray) -> np.ndarray:
 
 
 def conv3x3_forward(
-    x: np.ndarray, u: np.ndarray, padding: str, normalize: tuple | None = None, tiled=False
+    x: np.ndarray, u: np.ndarray, padding: str, normalize: tuple | None = None, tiled: bool = False
 ) -> np.ndarray:
     """``y: (N, oh, ow, F)``, the 3x3 convolution with strides 1 whose transformed filters are
     ``u: (36, C, F)`` (:func:`cnnlab.nn.winograd.filter_transform`), of ``x: (N, H, W, C)``,
@@ -230,7 +230,7 @@ def conv3x3_forward(
 
 
 def conv3x3_forward_plan(
-    x: np.ndarray, u: np.ndarray, padding: str, normalize: tuple | None = None, tiled=False
+    x: np.ndarray, u: np.ndarray, padding: str, normalize: tuple | None = None, tiled: bool = False
 ) -> tuple[np.ndarray, Callable[[int, int], None]]:
     """:func:`conv3x3_forward` before it runs: ``y``, not yet filled, and ``images(start,
     stop)``, which fills ``y[start:stop]``, as :func:`cnnlab.engine.conv.conv2d_forward_plan`."""
@@ -240,7 +240,7 @@ def conv3x3_forward_plan(
 
 
 def conv3x3_backward_input(
-    dy: np.ndarray, kernel: np.ndarray, pads: tuple, x_shape: tuple, tiled=False
+    dy: np.ndarray, kernel: np.ndarray, pads: tuple, x_shape: tuple, tiled: bool = False
 ) -> np.ndarray:
     """``dx: x_shape``, the input gradient of the 3x3 convolution with strides 1 whose output
     gradient is ``dy: (N, oh, ow, F)``: itself a 3x3 convolution with strides 1, of ``dy``
