@@ -1,6 +1,5 @@
 """A float32 matrix product of cnnlab's own, by register tiles: for the narrow products of a
-conv layer (32 or 64 filters) and the short ones of a dense layer (a batch of 32), which BLAS
-libraries run well below the machine's peak.
+conv layer (32 or 64 filters), which BLAS libraries run well below the machine's peak.
 
 ``c = a @ b``, or ``c += a @ b``, for ``a: (m, k)``, ``b: (k, n)``, ``c: (m, n)``. ``c`` is cut
 into tiles of 8 rows and 32 columns (6 rows and 16 columns without AVX-512; 16 columns at the
@@ -19,7 +18,8 @@ The tile is written in LLVM's IR (numba's ``@intrinsic``): LLVM keeps the 16 sum
 registers across the loop over ``k`` only when they are values, as here; as Python loops over
 arrays, numba kept them in memory. LLVM fits the 16-float vectors to the machine: one AVX-512
 register each, two AVX2 registers, four SSE registers. Whether BLAS or the tiles run a conv
-shape faster on a machine is the tuner's choice (:attr:`cnnlab.engine.tuning.ConvPlan.tiles`).
+shape faster on a machine, after im2col or reading the windows straight from the input, is the
+tuner's choice (:attr:`cnnlab.engine.tuning.ConvPlan.products`).
 """
 
 from __future__ import annotations
