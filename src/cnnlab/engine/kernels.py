@@ -214,6 +214,20 @@ def _im2col(memcpy, x, top, left, sh, sw, a, b, cols):
 
 
 @_compiled
+def _finish(out, bias, norm):
+    """A chunk's output rows ``out: (M, F)`` finished in place: ``out += bias``, or with
+    ``norm = (mean, scale, beta, slope)`` batch norm and the activation,
+    ``leaky((out - mean) * scale + beta)`` (:func:`normalize_in_place`); ``bias`` may be
+    None."""
+    if norm is not None:
+        normalize_in_place(out, norm[0], norm[1], norm[2], norm[3])
+    elif bias is not None:
+        for i in range(out.shape[0]):
+            for j in range(out.shape[1]):
+                out[i, j] += bias[j]
+
+
+@_compiled
 def conv_forward_images(gemm, memcpy, x, pads, strides, start, stop, kmat, cols, rows, tiled,
                         bias, norm, y):  # fmt: skip
     """Images ``start:stop`` of a convolution, a chunk of ``len(cols)`` images at a time, each
@@ -246,12 +260,7 @@ def conv_forward_images(gemm, memcpy, x, pads, strides, start, stop, kmat, cols,
         else:
             _products(gemm, rows, m, f, k, cols.ctypes.data, kmat.ctypes.data, out.ctypes.data,
                       x.itemsize)  # fmt: skip
-        if norm is not None:
-            normalize_in_place(out, norm[0], norm[1], norm[2], norm[3])
-        elif bias is not None:
-            for i in range(m):
-                for j in range(f):
-                    out[i, j] += bias[j]
+        _finish(out, bias, norm)
 
 
 @_compiled
@@ -339,13 +348,7 @@ def conv_direct_forward_images(memcpy, x, pads, strides, window, start, stop, km
                     tiles.product(np.int64(xp[img - a, r * sh + i].ctypes.data), sw * c, 1,
                                   np.int64(kmat[i * span].ctypes.data), f, out, f, ow, f, span,
                                   1 if i else 0)  # fmt: skip
-        out2 = y2[a * oh * ow : b * oh * ow]
-        if norm is not None:
-            normalize_in_place(out2, norm[0], norm[1], norm[2], norm[3])
-        elif bias is not None:
-            for i in range(out2.shape[0]):
-                for j in range(f):
-                    out2[i, j] += bias[j]
+        _finish(y2[a * oh * ow : b * oh * ow], bias, norm)
 
 
 @_compiled

@@ -512,8 +512,9 @@ def _plans(path: Path) -> dict[str, dict]:
 
 
 def _read(path: Path) -> dict[str, dict]:
-    """The valid choices in ``path``, ``{"conv": {key: ConvPlan}, "threads": {key: mode}}``;
-    none if it is missing, damaged, of another format or written for another machine."""
+    """The valid choices in ``path``, ``{"conv": {key: ConvPlan}, "threads": {key: mode},
+    "grain": {key: values}}``; none if it is missing, damaged, of another format or written
+    for another machine."""
     found: dict[str, dict] = {"conv": {}, "threads": {}, "grain": {}}
     try:
         if path.stat().st_size > _MAX_FILE_BYTES:
