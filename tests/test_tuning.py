@@ -98,11 +98,11 @@ def test_the_default_stays_unless_another_is_measurably_faster(tuned, timed):
 
 @needs_blas
 def test_a_disturbed_measurement_keeps_the_default(tuned, timed):
-    """Another program made the rounds spread: the default is kept for good, so that a later
+    """Another program kept the best rounds apart: the default is kept for good, so that a later
     run does not choose otherwise (and get other numbers to rounding)."""
     timed.times, timed.noise = {ConvPlan(False, 1 << 18): 0.5}, 0.6
     assert tuning.conv_plan(*SHAPE) == DEFAULT
-    assert "disturbed (rounds spread 60%)" in tuning.table(tuning.measurements)
+    assert "disturbed (best rounds 60% apart)" in tuning.table(tuning.measurements)
     tuning.forget()
     timed.noise = 0.0
     assert tuning.conv_plan(*SHAPE) == DEFAULT  # the next process reads it
@@ -338,6 +338,17 @@ def test_measuring_waits_for_the_threads_another_caller_holds(tuned, timed):
     assert timed.calls == 0 and not tuned.exists()
     timed.times = {ConvPlan(False, 1 << 18): 0.5}
     assert tuning.conv_plan(*SHAPE) == ConvPlan(False, 1 << 18)
+
+
+def test_noise_is_the_gap_between_a_candidates_two_best_rounds():
+    """One slow round (another program's) is not noise: the best round it rests on repeated.
+    Two rounds far apart at their best are; the largest gap over the candidates counts."""
+    rounds = {"a": [1.0, 1.9, 1.05, 1.8, 1.7], "b": [2.0, 2.1, 2.04, 2.2, 3.0]}
+    best, noise = tuning._best_and_noise(rounds)
+    assert best == {"a": 1.0, "b": 2.0}
+    assert noise == pytest.approx(0.05)
+    rounds["b"] = [2.0, 2.6, 2.7, 2.8, 2.9]
+    assert tuning._best_and_noise(rounds)[1] == pytest.approx(0.3)
 
 
 @needs_blas
