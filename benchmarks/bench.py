@@ -7,11 +7,12 @@ Each measurement runs in a fresh subprocess, so that each framework's peak memor
 own; both get the same number of threads (``--threads``, default: every core). Each repeat
 runs the two frameworks one after the other, the first of them in turn; a figure is the median
 over the repeats, and a ratio the median of the repeats' ratios, so that a machine whose speed
-drifts from minute to minute (a shared VM) moves both sides of a ratio alike. Throughput is images/s
-of training steps (forward, loss, backward, optimizer update: Adam, as the book trains) and of
-inference. GFLOP/s counts the useful work of the matrix products of each layer
-(2 * M * N * K each; a training step does three per layer: forward, weight gradient, input
-gradient), next to the float32 matrix-product peak that NumPy reaches on this machine.
+drifts from minute to minute (a shared VM) moves both sides of a ratio alike. Throughput is
+images/s of training steps (forward, loss, backward, optimizer update: Adam, as the book
+trains) and of inference, from the median step of at least a second of them (``--seconds``).
+GFLOP/s counts the useful work of the matrix products of each layer (2 * M * N * K each; a
+training step does three per layer: forward, weight gradient, input gradient), next to the
+float32 matrix-product peak that NumPy reaches on this machine.
 
 The header names NumPy's BLAS and the kernel it runs. OpenBLAS picks the kernel for the CPU at
 start, unless ``OPENBLAS_CORETYPE`` forces one; some machines set it (and ``OPENBLAS_L2_SIZE``)
@@ -114,17 +115,26 @@ def _memory_module():
     return module
 
 
-def _time_steps(step, steps: int) -> float:
-    """Seconds per step over ``steps`` steps, after a warm-up of two."""
+def _time_steps(step, steps: int, seconds: float) -> float:
+    """Seconds per step, the median of at least ``steps`` steps timed one by one, and of as
+    many more as fill ``seconds``, after a warm-up of two. A fixed handful of steps of a small
+    model lasts a few tens of milliseconds, in which a shared machine's pauses decide the
+    figure (torch's MLP inference at batch 128 measured 74K images/s over 10 steps and 121K
+    over 300, one after the other); the median over a second is what the model does."""
     step()
     step()
-    start = time.perf_counter()
-    for _ in range(steps):
+    times: list[float] = []
+    begin = time.perf_counter()
+    while len(times) < steps or time.perf_counter() - begin < seconds:
+        start = time.perf_counter()
         step()
-    return (time.perf_counter() - start) / steps
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
-def worker(framework: str, name: str, batch: int, size: int, steps: int, memory: str) -> dict:
+def worker(
+    framework: str, name: str, batch: int, size: int, steps: int, seconds: float, memory: str
+) -> dict:
     if memory == "keep":  # as cnnlab's fit does; torch's CPU allocator is malloc too
         _memory_module().keep_freed_memory()
     rng = np.random.default_rng(0)
@@ -135,10 +145,10 @@ def worker(framework: str, name: str, batch: int, size: int, steps: int, memory:
 
         cnnlab.set_random_seed(0)
         model = cnnlab_model(name, size)
-        train = _time_steps(lambda: model.train_on_batch(x, y), steps)
+        train = _time_steps(lambda: model.train_on_batch(x, y), steps, seconds)
         # predict, the inference API, runs batch norm and its activation as one op; calling
         # the model runs each layer on its own, keeping what a backward pass would need.
-        infer = _time_steps(lambda: model.predict(x, batch_size=batch), steps)
+        infer = _time_steps(lambda: model.predict(x, batch_size=batch), steps, seconds)
     else:
         import torch
 
@@ -161,9 +171,9 @@ def worker(framework: str, name: str, batch: int, size: int, steps: int, memory:
 
         model.train()
         # torch's BatchNorm1d cannot train on a batch of one (cnnlab's gives x_hat = 0).
-        train = _time_steps(train_step, steps) if batch > 1 else None
+        train = _time_steps(train_step, steps, seconds) if batch > 1 else None
         model.eval()
-        infer = _time_steps(infer_step, steps)
+        infer = _time_steps(infer_step, steps, seconds)
     peak_kib = _peak_rss_kib()
     return {
         "train": batch / train if train else None,
@@ -186,14 +196,14 @@ def _peak_rss_kib() -> float:
 
 
 def measure(framework, name, batch, size, steps, options) -> dict:
-    """One worker run of ``steps`` timed steps; ``options`` carries ``threads`` and
-    ``memory``."""
+    """One worker run of at least ``steps`` timed steps; ``options`` carries ``threads``,
+    ``seconds`` and ``memory``."""
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(options.threads)
     env["CNNLAB_NUM_THREADS"] = str(options.threads)
     args = [sys.executable, str(HERE), "--worker", framework, name, str(batch), str(size)]
-    args += ["--steps", str(steps), "--memory", options.memory]
+    args += ["--steps", str(steps), "--seconds", str(options.seconds), "--memory", options.memory]
     done = subprocess.run(args, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         why = done.stderr.strip() or f"killed by signal {-done.returncode} (out of memory?)"
@@ -348,7 +358,10 @@ def main() -> None:
     parser.add_argument("--worker", nargs=4, metavar=("FRAMEWORK", "MODEL", "BATCH", "SIZE"))
     parser.add_argument("--scaling", action="store_true", help="image and batch size sweep")
     parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps, at least")
+    parser.add_argument(
+        "--seconds", type=float, default=1.0, help="timed seconds of steps, at least (1.0)"
+    )
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument(
         "--memory",
@@ -361,7 +374,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         framework, name, batch, size = args.worker
-        result = worker(framework, name, int(batch), int(size), args.steps, args.memory)
+        result = worker(
+            framework, name, int(batch), int(size), args.steps, args.seconds, args.memory
+        )
         print(json.dumps(result))
         return
     if args.repeats is None:
