@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cnnlab import fusion, layers, zoo
-from cnnlab.engine import activations, batchnorm, parallel, scratch
+from cnnlab.engine import activations, batchnorm, conv, conv_batchnorm, parallel, scratch
 from cnnlab.fusion import NormalizeActivate
 from cnnlab.model import Sequential
 
@@ -49,7 +49,63 @@ def test_batchnorm_with_activation_equals_the_two_ops(dtype, slope, shape):
     np.testing.assert_array_equal(y_inf, activations.leaky_relu(z_inf, slope))
 
 
-def test_steps_pair_batchnorm_with_the_relu_or_leaky_relu_after_it():
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
+@pytest.mark.parametrize(
+    "dtype,batch,strides,padding,bias,slope,input_gradient",
+    [
+        (np.float32, 7, 1, "same", True, 0.3, True),
+        (np.float32, 5, 2, "same", False, 0.0, True),
+        (np.float64, 4, 1, "valid", True, None, False),
+        (np.float32, 1, 2, "valid", True, 0.3, True),
+    ],
+)
+def test_conv_and_batch_norm_in_training_give_the_numbers_of_the_ops_one_by_one(
+    n_threads, dtype, batch, strides, padding, bias, slope, input_gradient
+):
+    """One hand-over each way (threads meeting for batch norm's sums) and the convolution,
+    batch norm and the activation one after the other agree to rounding: the outputs, the
+    batch statistics and every gradient."""
+    before = parallel.num_threads()
+    parallel.set_num_threads(n_threads)
+    try:
+        rng = np.random.default_rng(7)
+        x = rng.normal(size=(batch, 9, 9, 4)).astype(dtype)
+        kernel = rng.normal(0, 0.3, size=(3, 3, 4, 6)).astype(dtype)
+        b = rng.normal(size=6).astype(dtype) if bias else None
+        gamma, beta = rng.uniform(0.5, 1.5, 6).astype(dtype), rng.normal(size=6).astype(dtype)
+        s = (strides, strides)
+        y, mean, var, cache = conv_batchnorm.conv_batchnorm_train_forward(
+            x, kernel, b, s, padding, gamma, beta, 1e-3, slope
+        )
+        dy = rng.normal(size=y.shape).astype(dtype)
+        dx, dkernel, dbias, dgamma, dbeta = conv_batchnorm.conv_batchnorm_train_backward(
+            dy, cache, input_gradient
+        )
+
+        z, conv_cache = conv.conv2d_forward(x, kernel, b, s, padding)
+        y_2, mean_2, var_2, bn_cache = batchnorm.batchnorm_train_forward(
+            z, gamma, beta, 1e-3, negative_slope=slope
+        )
+        dz, dgamma_2, dbeta_2 = batchnorm.batchnorm_train_backward(dy, bn_cache)
+        dx_2, dkernel_2, _ = conv.conv2d_backward(dz, conv_cache, input_gradient)
+        tol = {np.float32: 2e-5, np.float64: 1e-12}[dtype]
+        for fused, apart in zip(
+            (y, mean, var, dkernel, dgamma, dbeta, dx),
+            (y_2, mean_2, var_2, dkernel_2, dgamma_2, dbeta_2, dx_2),
+            strict=True,
+        ):
+            if apart is None:
+                assert fused is None
+                continue
+            assert fused.dtype == apart.dtype == dtype
+            np.testing.assert_allclose(fused, apart, rtol=tol, atol=tol * np.abs(apart).max())
+        assert dbias.shape == (6,) and np.abs(dbias).max() < 1e-3  # zero but for rounding
+        assert (y < 0).any() == (slope != 0)
+    finally:
+        parallel.set_num_threads(before)
+
+
+def test_training_steps_take_each_conv_with_its_batch_norm_and_pair_the_others():
     model = Sequential(
         [
             layers.Input((6, 6, 2)),
@@ -61,6 +117,8 @@ def test_steps_pair_batchnorm_with_the_relu_or_leaky_relu_after_it():
             layers.Activation("tanh"),  # not a (leaky) ReLU: stays apart
             layers.BatchNormalization(),
             layers.Activation("relu"),
+            layers.Conv2D(3, 3, activation="relu"),  # an activation of its own: stays apart
+            layers.BatchNormalization(),
             layers.Flatten(),
             layers.Dense(4),
             layers.BatchNormalization(),
@@ -70,19 +128,21 @@ def test_steps_pair_batchnorm_with_the_relu_or_leaky_relu_after_it():
     steps = model._steps()
     kinds = [type(s).__name__ for s in steps]
     assert kinds == [
-        "Conv2D",
+        "ConvNormalizeActivate",
+        "ConvNormalizeActivate",
+        "Activation",
         "NormalizeActivate",
         "Conv2D",
         "BatchNormalization",
-        "Activation",
-        "NormalizeActivate",
         "Flatten",
         "Dense",
         "BatchNormalization",
         "ReLU",
     ]
-    assert [s.negative_slope for s in steps if isinstance(s, NormalizeActivate)] == [0.1, 0.0]
-    assert steps[1].output_shape == model.layers[2].output_shape
+    assert [s.negative_slope for s in steps if isinstance(s, NormalizeActivate)] == [0.0]
+    assert [s.negative_slope for s in steps[:2]] == [0.1, None]
+    assert [len(s.layers) for s in steps[:2]] == [3, 2]
+    assert steps[0].output_shape == model.layers[2].output_shape
 
 
 def test_inference_steps_take_each_conv_with_the_batch_norm_after_it():
@@ -122,9 +182,8 @@ def test_inference_steps_take_each_conv_with_the_batch_norm_after_it():
             layer.weights["bias"][...] = rng.normal(size=3)
     x = rng.normal(size=(5, 6, 6, 2)).astype(np.float32)
     np.testing.assert_allclose(model.predict(x), model(x), rtol=1e-5, atol=1e-6)
-    for step in (steps[0], steps[0].steps[0]):
-        with pytest.raises(ValueError, match="runs at inference only"):
-            step(x, training=True)
+    with pytest.raises(ValueError, match="runs at inference only"):
+        steps[0](x, training=True)
 
 
 def test_a_conv_alone_between_other_layers_is_not_chained():

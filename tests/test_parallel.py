@@ -7,6 +7,7 @@ import os
 import threading
 import time
 
+import numba
 import numpy as np
 import pytest
 from threadpoolctl import threadpool_info
@@ -74,6 +75,58 @@ def test_a_failing_slice_raises_after_every_slice_has_finished(threads):
     with pytest.raises(RuntimeError, match="slice 0 failed"):
         parallel.over_batch(run, 9)
     assert sorted(finished) == [3, 6]
+
+
+@numba.njit(nogil=True)
+def _put_meet_and_add(values, flags, index):
+    """Slice ``index`` puts its value, meets the others, and adds up everyone's."""
+    values[index] = index + 1.0
+    if not parallel.meet(flags[0], index):
+        return -1.0
+    return values[: flags.shape[1]].sum()
+
+
+def test_meeting_slices_see_what_every_slice_wrote_before_the_meeting(threads):
+    threads(3)
+    values = np.zeros(3)
+
+    def run(start, stop, index, flags):
+        if index == 0:
+            time.sleep(0.05)  # the others wait for it at the meeting
+        return index, flags.shape, _put_meet_and_add(values, flags, index)
+
+    results = parallel.over_batch_meeting(run, 7, meetings=2)
+    assert results == [(0, (2, 3), 6.0), (1, (2, 3), 6.0), (2, (2, 3), 6.0)]
+    # run whole (here: from inside a slice), an op meets itself alone
+    inner = parallel.over_batch(
+        lambda a, b: parallel.over_batch_meeting(
+            lambda start, stop, index, flags: (start, stop, index, flags.shape), 5, meetings=1
+        ),
+        2,
+    )
+    assert inner == [[(0, 5, 0, (1, 1))]] * 2
+
+
+def test_a_slice_that_fails_before_a_meeting_lets_the_others_go(threads):
+    threads(2)
+    values, met, raised = np.zeros(2), [], []
+
+    def run(start, stop, index, flags):
+        if index == 0:
+            raise ValueError("slice 0 failed")
+        met.append(_put_meet_and_add(values, flags, index))
+
+    def call():
+        try:
+            parallel.over_batch_meeting(run, 4, meetings=1)
+        except ValueError as err:
+            raised.append(str(err))
+
+    caller = threading.Thread(target=call)  # a hang fails the test instead of stopping it
+    caller.start()
+    caller.join(timeout=30)
+    assert not caller.is_alive() and raised == ["slice 0 failed"]
+    assert met == [-1.0]  # the other slice stopped waiting
 
 
 def test_a_spinning_wait_sees_a_change_made_by_another_thread():

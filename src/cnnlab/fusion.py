@@ -1,15 +1,18 @@
-"""A model's layers as the steps its training and inference run on the fast engine: batch norm
-and the activation after it as one op, and at inference the convolution before them too.
+"""A model's layers as the steps its training and inference run on the fast engine: a
+convolution, the batch norm after it and its activation as one op, and batch norm and its
+activation as one op elsewhere.
 
 In the book's CNN every BatchNormalization is followed by a LeakyReLU. Run one after the other,
 the pair reads and writes the whole feature map twice each way; run as one op
 (:class:`NormalizeActivate`, :mod:`cnnlab.engine.batchnorm` with ``negative_slope``), the
 activation is applied in batch norm's last pass forward, and taken back through in its passes
-backward, with the same numbers. At inference batch norm's statistics are fixed, and a Conv2D
-before it applies both to each chunk of its output while that is in the cache
-(:class:`ConvNormalizeActivate`);
-consecutive ones run as one step, each core taking its slice of the batch through all of them
-(:class:`ConvChain`).
+backward, with the same numbers. After a Conv2D, the three are one op
+(:class:`ConvNormalizeActivate`): in training, each core goes on from its slice of the
+convolution to batch norm's passes over the rows it wrote, the cores meeting for the batch's
+sums, one hand-over to the threads each way (:mod:`cnnlab.engine.conv_batchnorm`); at
+inference batch norm's statistics are fixed, and the convolution applies both to each chunk of
+its output while that is in the cache, and consecutive ones run as one step, each core taking
+its slice of the batch through all of them (:class:`ConvChain`).
 ``Sequential.train_step``, ``predict`` and ``evaluate`` run these steps when the engine is
 "fast" (:func:`cnnlab.backend.fuses`); calling the model, or a layer, still runs each layer on
 its own, keeping what its ``backward`` needs. The steps group layers, so they live above
@@ -23,7 +26,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from cnnlab.engine import batchnorm, parallel
+from cnnlab.engine import batchnorm, conv_batchnorm, parallel
 from cnnlab.engine.conv import conv2d_forward_plan
 from cnnlab.layers import BatchNormalization, Conv2D, Layer
 from cnnlab.layers.core import Activation
@@ -71,17 +74,18 @@ class NormalizeActivate:
 
 
 class ConvNormalizeActivate:
-    """Inference: a Conv2D without an activation of its own, the BatchNormalization after it
-    and, if one follows, its ReLU or LeakyReLU, as one op.
+    """A Conv2D without an activation of its own, the BatchNormalization after it and, if one
+    follows, its ReLU or LeakyReLU, as one op.
 
-    ``y = leaky((conv(x) - (moving_mean - bias)) * k + beta)`` with
+    At inference, ``y = leaky((conv(x) - (moving_mean - bias)) * k + beta)`` with
     ``k = gamma / sqrt(moving_variance + epsilon)``: batch norm at inference with the conv's
     bias folded into its mean, applied to each chunk of the convolution's output
-    (:func:`cnnlab.engine.conv.conv2d_forward`). The same numbers as the layers one by one, up to
-    rounding. It has no backward pass.
+    (:func:`cnnlab.engine.conv.conv2d_forward`). In training, the convolution and batch norm's
+    passes over the batch's statistics, each way, on one hand-over to the threads
+    (:mod:`cnnlab.engine.conv_batchnorm`); its backward pass leaves the conv's and batch norm's
+    weight gradients in their ``grads`` and follows a training call only. The same numbers as
+    the layers one by one, up to rounding.
     """
-
-    trainable_names: list[str] = []
 
     def __init__(
         self, conv: Conv2D, norm: BatchNormalization, activation: Activation | None = None
@@ -89,16 +93,40 @@ class ConvNormalizeActivate:
         self.conv, self.norm, self.activation = conv, norm, activation
         self.layers = [layer for layer in (conv, norm, activation) if layer is not None]
         self.name = "+".join(layer.name for layer in self.layers)
+        self.trainable_names = conv.trainable_names + norm.trainable_names
         self.output_shape = norm.output_shape
         self.negative_slope = None if activation is None else _negative_slope(activation)
+        self._cache = None
 
     def __call__(self, x: np.ndarray, training: bool = False) -> np.ndarray:
-        if training:
-            raise ValueError(f"{self.name} runs at inference only, got training=True")
-        self.conv._check_input(x)
-        y, images = self.plan(x.astype(self.conv.dtype, copy=False), self.constants())
-        parallel.over_batch(images, len(x))
+        conv, norm = self.conv, self.norm
+        conv._check_input(x)
+        x = x.astype(conv.dtype, copy=False)
+        if not training:
+            self._cache = None
+            y, images = self.plan(x, self.constants())
+            parallel.over_batch(images, len(x))
+            return y
+        w = conv.weights
+        y, mean, var, self._cache = conv_batchnorm.conv_batchnorm_train_forward(
+            x, w["kernel"], w.get("bias"), conv.strides, conv.padding, norm.weights["gamma"],
+            norm.weights["beta"], norm.epsilon, self.negative_slope,
+        )  # fmt: skip
+        norm.update_moving_averages(mean, var)
+        conv._cache = self._cache.conv  # the conv's call state, as if it had run alone
         return y
+
+    def backward(self, dy: np.ndarray, input_gradient: bool = True) -> np.ndarray | None:
+        if self._cache is None:
+            raise RuntimeError(f"{self.name}: backward needs a training call first")
+        dx, dkernel, dbias, dgamma, dbeta = conv_batchnorm.conv_batchnorm_train_backward(
+            dy, self._cache, input_gradient
+        )
+        self.conv.grads["kernel"] = dkernel
+        if self.conv.use_bias:
+            self.conv.grads["bias"] = dbias
+        self.norm.grads["gamma"], self.norm.grads["beta"] = dgamma, dbeta
+        return dx
 
     def constants(self) -> tuple:
         """Batch norm's ``(mean, scale, beta, slope)`` for this call, with the conv's bias
@@ -180,15 +208,16 @@ def _conv_then_norm(layers: list[Layer]) -> bool:
 
 
 def steps(layers: list[Layer], training: bool = True) -> list:
-    """``layers`` with each BatchNormalization and the ReLU or LeakyReLU right after it
-    replaced by one :class:`NormalizeActivate` step; for inference (``training=False``), with
-    a Conv2D before them (or before a batch norm alone) in one :class:`ConvNormalizeActivate`,
-    and two or more of those in a row in one :class:`ConvChain`."""
+    """``layers`` with each Conv2D, the BatchNormalization after it and the ReLU or LeakyReLU
+    after that (if there is one) replaced by one :class:`ConvNormalizeActivate` step, each
+    other batch norm and the activation right after it by one :class:`NormalizeActivate`; for
+    inference (``training=False``), two or more ConvNormalizeActivate steps in a row in one
+    :class:`ConvChain`."""
     out: list = []
     i = 0
     while i < len(layers):
         rest = layers[i : i + 3]
-        if not training and _conv_then_norm(rest):
+        if _conv_then_norm(rest):
             take = 3 if _norm_then_activation(rest[1:]) else 2
             out.append(ConvNormalizeActivate(*rest[:take]))
         elif _norm_then_activation(rest):
@@ -198,7 +227,7 @@ def steps(layers: list[Layer], training: bool = True) -> list:
             take = 1
             out.append(layers[i])
         i += take
-    return _chained(out)
+    return out if training else _chained(out)
 
 
 def _chained(steps: list) -> list:

@@ -159,7 +159,9 @@ class Plan:
             wanted = any(needs[k] for k in step.inputs)
             if dz is not None:
                 dx = step.op.backward_from_logits(dz, wanted)
-            elif not wanted and isinstance(step.op, ActivationLayer):
+            elif not wanted and isinstance(
+                step.op, (ActivationLayer, fusion.ConvNormalizeActivate)
+            ):
                 dx = step.op.backward(dy, input_gradient=False)
             else:
                 dx = step.op.backward(dy)

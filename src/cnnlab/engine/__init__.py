@@ -10,7 +10,9 @@ the tests check that they give the same numbers. What makes them fast lives besi
 - :mod:`~cnnlab.engine.kernels`: compiled loops (numba) for the element-wise work and col2im;
 - :mod:`~cnnlab.engine.blas`: NumPy's own BLAS, called from those loops;
 - :mod:`~cnnlab.engine.scratch`: buffers kept from call to call, one pool per thread;
-- :mod:`~cnnlab.engine.winograd`: 3x3 convolutions by F(4x4, 3x3), compiled.
+- :mod:`~cnnlab.engine.winograd`: 3x3 convolutions by F(4x4, 3x3), compiled;
+- :mod:`~cnnlab.engine.conv_batchnorm`: a convolution, batch norm and its activation in
+  training, as one op of the fused steps (:mod:`cnnlab.fusion`).
 
 ``cnnlab.set_engine("fast")`` (the default) makes every layer run these; the functions of
 :mod:`cnnlab.nn` that have no fast form here run as they are.

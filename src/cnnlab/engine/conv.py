@@ -250,14 +250,32 @@ def conv2d_backward(
     (:func:`cnnlab.engine.winograd.conv3x3_backward_input`), and the chunks make only the
     kernel gradient. ``plan`` as in :func:`conv2d_forward`: the same shape's, by default.
     """
+    dx, images = conv2d_backward_plan(dy, cache, input_gradient, plan)
+    parts = parallel.over_batch(images, len(dy))
+    dkernel = sum(part[0] for part in parts)
+    dbias = sum(part[1] for part in parts)
+    return dx, dkernel.reshape(cache.kernel.shape), dbias
+
+
+def conv2d_backward_plan(
+    dy: np.ndarray, cache: ConvCache, input_gradient: bool = True, plan: ConvPlan | None = None
+) -> tuple[np.ndarray | None, Callable[[int, int], tuple[np.ndarray, np.ndarray]]]:
+    """:func:`conv2d_backward` before it runs: ``dx`` (None without ``input_gradient``), not
+    yet filled, and ``images(start, stop)``, which fills ``dx[start:stop]`` from
+    ``dy[start:stop]`` (which need only be filled by then, on the same thread) and returns
+    that slice's ``(kernel gradient as (kh * kw * C, F), bias gradient)``."""
     x, kernel, strides, pads = cache
     plan = _plan(x, kernel, strides, pads, plan)
     if input_gradient and _by_winograd(x, kernel, strides, plan):
         tiled = _by_tiles(x, kernel, plan)
-        dx = winograd.conv3x3_backward_input(dy, kernel, pads, x.shape, tiled)
-        _, dkernel, dbias = conv2d_backward(dy, cache, input_gradient=False, plan=plan)
-        return dx, dkernel, dbias
-    n = x.shape[0]
+        dx, inputs = winograd.conv3x3_backward_input_plan(dy, kernel, pads, x.shape, tiled)
+        _, weights = conv2d_backward_plan(dy, cache, input_gradient=False, plan=plan)
+
+        def both(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+            inputs(start, stop)
+            return weights(start, stop)
+
+        return dx, both
     _, oh, ow, _ = dy.shape
     kh, kw, c, _ = kernel.shape
     dy = np.ascontiguousarray(dy)
@@ -265,16 +283,10 @@ def conv2d_backward(
     (top, _), (left, _) = pads
     dx = np.empty(x.shape, dtype=np.result_type(dy, kernel)) if input_gradient else None
     if _direct(x, kernel, plan) and dy.dtype == x.dtype:
-        parts = parallel.over_batch(_direct_backward(x, kernel, dy, strides, pads, step, dx), n)
-    elif _compiled_products(x, kernel) and dy.dtype == x.dtype:
-        parts = parallel.over_batch(
-            _compiled_backward(x, kernel, dy, strides, (top, left), step, plan, dx), n
-        )
-    else:
-        parts = parallel.over_batch(_numpy_backward(x, kernel, dy, strides, pads, step, dx), n)
-    dkernel = sum(part[0] for part in parts)
-    dbias = sum(part[1] for part in parts)
-    return dx, dkernel.reshape(kernel.shape), dbias
+        return dx, _direct_backward(x, kernel, dy, strides, pads, step, dx)
+    if _compiled_products(x, kernel) and dy.dtype == x.dtype:
+        return dx, _compiled_backward(x, kernel, dy, strides, (top, left), step, plan, dx)
+    return dx, _numpy_backward(x, kernel, dy, strides, pads, step, dx)
 
 
 def _compiled_backward(x, kernel, dy, strides, corner, step, plan, dx) -> Callable:

@@ -20,6 +20,7 @@ import numba
 import numpy as np
 
 from cnnlab.engine import blas, tiles
+from cnnlab.engine.parallel import meet
 
 # error_model="numpy": a division by zero gives inf or nan, as in NumPy, instead of a check
 # for Python's ZeroDivisionError at every division, which keeps LLVM from vectorising a loop
@@ -115,6 +116,83 @@ def normalize_backward(dy, x, mean, inv_std, scale, beta, slope, dbeta_m, dgamma
             g = dy[i, j] if v > 0 else slope * dy[i, j]
             x_hat = (x[i, j] - mean[j]) * inv_std[j]
             out[i, j] = scale[j] * (g - dbeta_m[j] - x_hat * dgamma_m[j])
+
+
+@_compiled
+def batchnorm_rows_forward(x, start, stop, gamma, beta, epsilon, slope, flags, index, sums, stats,
+                           out):  # fmt: skip
+    """Batch norm's training forward pass and the (leaky) ReLU after it on rows
+    ``start:stop`` of ``x: (M, C)``, in slice ``index`` of
+    :func:`cnnlab.engine.parallel.over_batch_meeting` (two meetings): the numbers of
+    :func:`cnnlab.engine.batchnorm.batchnorm_train_forward` with the slices' rows.
+
+    Once every slice has written its rows of ``x`` (the first meeting), the sums of
+    :func:`shifted_sums` of its rows, shifted by ``x[0]``, go to ``sums[index]`` (float64,
+    ``(slices, 2, C)``); once all are there (the second), every slice adds them up in slice
+    order into ``stats[index]`` (``x``'s dtype, ``(slices, 4, C)``): ``mean``, ``var``,
+    ``inv_std = 1 / sqrt(var + epsilon)`` and ``scale = gamma * inv_std``, each rounded to the
+    dtype as NumPy's would be, and :func:`normalize` writes ``out``'s rows.
+    False if another slice failed."""
+    if not meet(flags[0], index):
+        return False
+    c = x.shape[1]
+    shift = np.empty(c)
+    for j in range(c):
+        shift[j] = x[0, j]
+    sums[index, 0], sums[index, 1] = shifted_sums(x[start:stop], shift)
+    if not meet(flags[1], index):
+        return False
+    m, mine = x.shape[0], stats[index]
+    for j in range(c):
+        total, squares = 0.0, 0.0
+        for other in range(flags.shape[1]):
+            total += sums[other, 0, j]
+            squares += sums[other, 1, j]
+        total /= m
+        var = squares / m - total * total
+        mine[0, j] = shift[j] + total
+        mine[1, j] = var if not var < 0.0 else 0.0  # NaN stays NaN, as with np.maximum
+        mine[2, j] = mine[1, j] + epsilon
+        mine[2, j] = np.sqrt(mine[2, j])
+        mine[2, j] = 1.0 / mine[2, j]
+        mine[3, j] = gamma[j] * mine[2, j]
+    normalize(x[start:stop], mine[0], mine[3], beta, slope, out[start:stop])
+    return True
+
+
+@_compiled
+def batchnorm_rows_backward(dy, x, start, stop, stats, beta, slope, m, flags, index, sums, grads,
+                            out):  # fmt: skip
+    """Batch norm's backward pass with the activation's, rows ``start:stop``, in slice
+    ``index`` of :func:`cnnlab.engine.parallel.over_batch_meeting` (one meeting): the numbers
+    of :func:`cnnlab.engine.batchnorm.batchnorm_train_backward` with the slices' rows.
+
+    ``stats``: the forward pass's mean, var, inv_std and scale; ``m``: the rows of ``x``, in
+    its dtype. Each slice's
+    :func:`normalize_backward_sums` go to ``sums[index]`` (float64, ``(slices, 2, C)``); once
+    all are there, every slice adds them up in slice order into ``grads[index]`` (the dtype's,
+    ``(slices, 4, C)``): ``dbeta``, ``dgamma``, ``dbeta / m`` and
+    ``dgamma / m``, and :func:`normalize_backward` writes ``out``'s rows. False if another
+    slice failed."""
+    mean, inv_std, scale = stats[0], stats[2], stats[3]
+    rows = slice(start, stop)
+    sums[index, 0], sums[index, 1] = normalize_backward_sums(
+        dy[rows], x[rows], mean, inv_std, scale, beta, slope
+    )
+    if not meet(flags[0], index):
+        return False
+    mine = grads[index]
+    for j in range(x.shape[1]):
+        dbeta, dgamma = 0.0, 0.0
+        for other in range(flags.shape[1]):
+            dbeta += sums[other, 0, j]
+            dgamma += sums[other, 1, j]
+        mine[0, j], mine[1, j] = dbeta, dgamma
+        mine[2, j] = mine[0, j] / m
+        mine[3, j] = mine[1, j] / m
+    normalize_backward(dy[rows], x[rows], mean, inv_std, scale, beta, slope, mine[2], mine[3],
+                       out[rows])  # fmt: skip
+    return True
 
 
 @_compiled

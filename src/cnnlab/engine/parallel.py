@@ -39,6 +39,8 @@ from typing import TypeVar
 
 import numba
 import numpy as np
+from numba import types
+from numba.extending import intrinsic
 
 from cnnlab import checks
 
@@ -150,6 +152,11 @@ def workers_busy() -> bool:
     return _using_workers.locked()
 
 
+def _threads_for(n: int, grain: int) -> int:
+    """The slices :func:`over_batch` cuts ``range(n)`` into, at least ``grain`` long each."""
+    return min(num_threads(), n // max(1, grain))
+
+
 def over_batch(run: Callable[[int, int], T], n: int, grain: int = 1) -> list[T]:
     """``[run(start, stop) for each slice of range(n)]``, the slices on separate threads.
 
@@ -158,7 +165,7 @@ def over_batch(run: Callable[[int, int], T], n: int, grain: int = 1) -> list[T]:
     Called from inside a slice, inside :func:`blas_threads`, or with one thread, it runs
     ``run(0, n)`` alone.
     """
-    threads = min(num_threads(), n // max(1, grain))
+    threads = _threads_for(n, grain)
     if threads <= 1 or getattr(_state, "inside", False) or whole():
         return [run(0, n)]
     if not _using_workers.acquire(blocking=False):  # another thread of the caller's has them
@@ -187,6 +194,80 @@ def over_batch(run: Callable[[int, int], T], n: int, grain: int = 1) -> list[T]:
         if not ok:
             raise value
     return [value for _, value in results] + [mine]
+
+
+def over_batch_meeting(
+    run: Callable[[int, int, int, np.ndarray], T], n: int, meetings: int, grain: int = 1
+) -> list[T]:
+    """:func:`over_batch` for slices that meet: all of them run at the same time, each on a
+    thread of its own, and ``run(start, stop, index, flags)`` is told its place among them and
+    given ``flags``, ``meetings`` rows of one int64 zero per slice, so that compiled code in a
+    slice can wait for every slice to reach a point (:func:`meet` on a row of them, each row
+    once); one slice, ``(0, n)``, where the op runs whole. A slice that raises is marked
+    failed in every row, so that the others stop waiting for it."""
+    slices = batch_slices(n, max(1, _threads_for(n, grain)))
+    place = {piece: index for index, piece in enumerate(slices)}
+    shared = np.zeros((meetings, len(slices)), np.int64)
+
+    def meeting(start: int, stop: int) -> T:
+        if (start, stop) in place:
+            index, flags = place[start, stop], shared
+        else:  # the op runs whole after all
+            index, flags = 0, np.zeros((meetings, 1), np.int64)
+        try:
+            return run(start, stop, index, flags)
+        except BaseException:
+            for row in flags:
+                _leave(row, index)
+            raise
+
+    return over_batch(meeting, n, grain)
+
+
+@intrinsic
+def _load_acquire(typingctx, flags, index):
+    """``flags[index]`` of an int64 array, read atomically, with acquire ordering: what
+    another thread wrote before it stored this flag (with release ordering) is seen after."""
+
+    def codegen(context, builder, signature, args):
+        array = context.make_array(signature.args[0])(context, builder, args[0])
+        value = builder.load_atomic(builder.gep(array.data, [args[1]]), "acquire", 8)
+        return value
+
+    return types.int64(flags, types.intp), codegen
+
+
+@intrinsic
+def _store_release(typingctx, flags, index, value):
+    """``flags[index] = value`` for an int64 array, atomically, with release ordering."""
+
+    def codegen(context, builder, signature, args):
+        array = context.make_array(signature.args[0])(context, builder, args[0])
+        builder.store_atomic(args[2], builder.gep(array.data, [args[1]]), "release", 8)
+        return context.get_dummy_value()
+
+    return types.void(flags, types.intp, types.int64), codegen
+
+
+@numba.njit(nogil=True, cache=True)
+def meet(flags, index):
+    """In compiled code, in slice ``index`` of :func:`over_batch_meeting`: mark this slice
+    arrived in ``flags`` (a row of the flags it was given), and wait, spinning, until every
+    slice has arrived. What each slice wrote before it arrived is then seen by all. False if a
+    slice failed instead."""
+    _store_release(flags, index, 1)
+    for other in range(len(flags)):
+        flag = _load_acquire(flags, other)
+        while flag == 0:
+            flag = _load_acquire(flags, other)
+        if flag < 0:
+            return False
+    return True
+
+
+@numba.njit(nogil=True, cache=True)
+def _leave(flags, index):
+    _store_release(flags, index, -1)
 
 
 def _inside(run: Callable[[int, int], T], start: int, stop: int) -> T:

@@ -248,12 +248,20 @@ def conv3x3_backward_input(
     ``dx[n, r, q, c] = sum_{a, b, f} dy[n, r + top - a, q + left - b, f] * kernel[a, b, c, f]``,
     ``dy`` read as zero outside; so by :func:`forward_images` too, with padding ``2 - top``
     above and ``2 - left`` before; ``tiled`` as in :func:`conv3x3_forward`."""
+    dx, images = conv3x3_backward_input_plan(dy, kernel, pads, x_shape, tiled)
+    parallel.over_batch(images, len(dy))
+    return dx
+
+
+def conv3x3_backward_input_plan(
+    dy: np.ndarray, kernel: np.ndarray, pads: tuple, x_shape: tuple, tiled: bool = False
+) -> tuple[np.ndarray, Callable[[int, int], None]]:
+    """:func:`conv3x3_backward_input` before it runs: ``dx``, not yet filled, and
+    ``images(start, stop)``, which fills ``dx[start:stop]`` from ``dy[start:stop]``."""
     (top, _), (left, _) = pads
     u = scratch.kept("winograd filters turned", kernel, _turned)
     dy = np.ascontiguousarray(dy, dtype=kernel.dtype)
-    dx, images = _plan(dy, u, (2 - top, 2 - left), x_shape[1:3], None, tiled)
-    parallel.over_batch(images, len(dy))
-    return dx
+    return _plan(dy, u, (2 - top, 2 - left), x_shape[1:3], None, tiled)
 
 
 def _plan(x, u, corner, out_hw, normalize, tiled):

@@ -1,0 +1,106 @@
+"""A convolution, the batch norm after it and its (leaky) ReLU, in training, as one op: the
+numbers of :func:`cnnlab.engine.conv.conv2d_forward` and
+:func:`cnnlab.engine.batchnorm.batchnorm_train_forward` one after the other (and of their
+backward passes), with one hand-over to the threads each way instead of up to three.
+
+Forward, each core convolves its slice of the batch, and goes on to batch norm's passes over
+the rows it has just written, while they are still in its cache: the threads meet in compiled
+code once all of the convolution's output is written and once each has put its sums down
+(:func:`cnnlab.engine.parallel.over_batch_meeting`,
+:func:`cnnlab.engine.kernels.batchnorm_rows_forward`). Backward, each core takes batch norm's
+gradient back over its rows, meets the others for the sums, writes the gradient at the
+convolution's output for its slice, and runs the convolution's backward pass on it. Batch norm
+alone splits over the threads only from a size up (:func:`cnnlab.engine.tuning.batchnorm_grain`),
+as each hand-over costs about as much as a pass over tens of thousands of values; here it rides
+on the convolution's hand-over, and runs on every core at every size.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from cnnlab.engine import kernels, parallel
+from cnnlab.engine.conv import conv2d_backward_plan, conv2d_forward_plan
+from cnnlab.nn.conv import ConvCache
+
+
+class ConvBatchNormCache(NamedTuple):
+    """What the backward pass needs: the convolution's cache, its output ``z``, batch norm's
+    ``stats`` (mean, var, inv_std and scale, ``(4, F)``), ``beta`` and the activation's slope
+    (1: none)."""
+
+    conv: ConvCache
+    z: np.ndarray
+    stats: np.ndarray
+    beta: np.ndarray
+    slope: np.generic
+
+
+def conv_batchnorm_train_forward(
+    x: np.ndarray,
+    kernel: np.ndarray,
+    bias: np.ndarray | None,
+    strides: tuple[int, int],
+    padding: str,
+    gamma: np.ndarray,
+    beta: np.ndarray,
+    epsilon: float,
+    negative_slope: float | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, ConvBatchNormCache]:
+    """``y = leaky((z - mean) * gamma / sqrt(var + epsilon) + beta)`` for ``z = conv(x) +
+    bias`` (``x: (N, H, W, C)``, ``kernel: (kh, kw, C, F)``), with the batch's ``mean`` and
+    ``var`` of ``z`` per filter; ``leaky(v) = v if v > 0 else negative_slope * v`` (None: no
+    activation). Returns ``y``, ``mean``, ``var`` (for the moving averages) and the cache."""
+    z, images, conv_cache = conv2d_forward_plan(x, kernel, bias, strides, padding)
+    n, oh, ow, f = z.shape
+    y = np.empty_like(z)
+    z2, y2 = z.reshape(-1, f), y.reshape(-1, f)
+    threads, dtype = parallel.num_threads(), z.dtype.type
+    sums, stats = np.empty((threads, 2, f)), np.empty((threads, 4, f), z.dtype)
+    gamma, beta = (np.asarray(v, z.dtype) for v in (gamma, beta))
+    slope = dtype(1.0 if negative_slope is None else negative_slope)
+    rows = oh * ow
+
+    def slice_(start: int, stop: int, index: int, flags: np.ndarray) -> None:
+        images(start, stop)
+        if not kernels.batchnorm_rows_forward(
+            z2, start * rows, stop * rows, gamma, beta, dtype(epsilon), slope, flags, index,
+            sums, stats, y2,
+        ):  # fmt: skip
+            raise RuntimeError("another slice of the op failed")
+
+    parallel.over_batch_meeting(slice_, n, meetings=2)
+    cache = ConvBatchNormCache(conv_cache, z, stats[0].copy(), beta, slope)
+    return y, cache.stats[0], cache.stats[1], cache
+
+
+def conv_batchnorm_train_backward(
+    dy: np.ndarray, cache: ConvBatchNormCache, input_gradient: bool = True
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The gradients for ``dy``, the gradient at the activation's output: ``(dx, dkernel,
+    dbias, dgamma, dbeta)`` (``dx`` None without ``input_gradient``)."""
+    conv_cache, z, stats, beta, slope = cache
+    f = z.shape[-1]
+    z2 = z.reshape(-1, f)
+    dy2 = np.ascontiguousarray(dy, dtype=z.dtype).reshape(z2.shape)
+    dz = np.empty_like(z)
+    dz2 = dz.reshape(-1, f)
+    dx, images = conv2d_backward_plan(dz, conv_cache, input_gradient)
+    threads, rows = parallel.num_threads(), z.shape[1] * z.shape[2]
+    sums, grads = np.empty((threads, 2, f)), np.empty((threads, 4, f), z.dtype)
+    m = z.dtype.type(len(z2))
+
+    def slice_(start: int, stop: int, index: int, flags: np.ndarray):
+        if not kernels.batchnorm_rows_backward(
+            dy2, z2, start * rows, stop * rows, stats, beta, slope, m, flags, index, sums,
+            grads, dz2,
+        ):  # fmt: skip
+            raise RuntimeError("another slice of the op failed")
+        return images(start, stop)
+
+    parts = parallel.over_batch_meeting(slice_, len(z), meetings=1)
+    dkernel = sum(part[0] for part in parts).reshape(conv_cache.kernel.shape)
+    dbias = sum(part[1] for part in parts)
+    return dx, dkernel, dbias, grads[0, 1].copy(), grads[0, 0].copy()
