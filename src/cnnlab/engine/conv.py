@@ -258,18 +258,23 @@ def conv2d_backward(
 
 
 def conv2d_backward_plan(
-    dy: np.ndarray, cache: ConvCache, input_gradient: bool = True, plan: ConvPlan | None = None
-) -> tuple[np.ndarray | None, Callable[[int, int], tuple[np.ndarray, np.ndarray]]]:
+    dy: np.ndarray,
+    cache: ConvCache,
+    input_gradient: bool = True,
+    plan: ConvPlan | None = None,
+    bias_gradient: bool = True,
+) -> tuple[np.ndarray | None, Callable[[int, int], tuple[np.ndarray, np.ndarray | None]]]:
     """:func:`conv2d_backward` before it runs: ``dx`` (None without ``input_gradient``), not
     yet filled, and ``images(start, stop)``, which fills ``dx[start:stop]`` from
     ``dy[start:stop]`` (which need only be filled by then, on the same thread) and returns
-    that slice's ``(kernel gradient as (kh * kw * C, F), bias gradient)``."""
+    that slice's ``(kernel gradient as (kh * kw * C, F), bias gradient)`` (None without
+    ``bias_gradient``, for a caller that sums ``dy`` itself)."""
     x, kernel, strides, pads = cache
     plan = _plan(x, kernel, strides, pads, plan)
     if input_gradient and _by_winograd(x, kernel, strides, plan):
         tiled = _by_tiles(x, kernel, plan)
         dx, inputs = winograd.conv3x3_backward_input_plan(dy, kernel, pads, x.shape, tiled)
-        _, weights = conv2d_backward_plan(dy, cache, input_gradient=False, plan=plan)
+        _, weights = conv2d_backward_plan(dy, cache, False, plan, bias_gradient)
 
         def both(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
             inputs(start, stop)
@@ -282,14 +287,20 @@ def conv2d_backward_plan(
     step = tuning.images_per_chunk(plan, (oh, ow), kh * kw * c, x.itemsize)
     (top, _), (left, _) = pads
     dx = np.empty(x.shape, dtype=np.result_type(dy, kernel)) if input_gradient else None
+    sums = column_sums if bias_gradient else _no_sums
     if _direct(x, kernel, plan) and dy.dtype == x.dtype:
-        return dx, _direct_backward(x, kernel, dy, strides, pads, step, dx)
+        return dx, _direct_backward(x, kernel, dy, strides, pads, step, dx, sums)
     if _compiled_products(x, kernel) and dy.dtype == x.dtype:
-        return dx, _compiled_backward(x, kernel, dy, strides, (top, left), step, plan, dx)
-    return dx, _numpy_backward(x, kernel, dy, strides, pads, step, dx)
+        return dx, _compiled_backward(x, kernel, dy, strides, (top, left), step, plan, dx, sums)
+    return dx, _numpy_backward(x, kernel, dy, strides, pads, step, dx, sums)
 
 
-def _compiled_backward(x, kernel, dy, strides, corner, step, plan, dx) -> Callable:
+def _no_sums(dy: np.ndarray) -> None:
+    """In place of :func:`cnnlab.engine.sums.column_sums` for a caller that sums ``dy``."""
+    return None
+
+
+def _compiled_backward(x, kernel, dy, strides, corner, step, plan, dx, sums) -> Callable:
     """``images(start, stop)`` of :func:`conv2d_backward` as one compiled loop
     (:func:`cnnlab.engine.kernels.conv_backward_images`): im2col straight from ``x``, and
     NumPy's BLAS; ``(kernel gradient, bias gradient)`` of the slice."""
@@ -309,12 +320,12 @@ def _compiled_backward(x, kernel, dy, strides, corner, step, plan, dx) -> Callab
             gemm, copy, x, corner, tuple(strides), start, stop, dy, kmat_t, cols, dcols, rows,
             tiled, dkernel, dx,
         )  # fmt: skip
-        return dkernel, column_sums(dy[start:stop].reshape(-1, f))
+        return dkernel, sums(dy[start:stop].reshape(-1, f))
 
     return images
 
 
-def _direct_backward(x, kernel, dy, strides, pads, step, dx) -> Callable:
+def _direct_backward(x, kernel, dy, strides, pads, step, dx, sums) -> Callable:
     """``images(start, stop)`` of :func:`conv2d_backward` straight from the input
     (:func:`cnnlab.engine.kernels.conv_direct_backward_images`): ``(kernel gradient, bias
     gradient)`` of the slice."""
@@ -334,12 +345,12 @@ def _direct_backward(x, kernel, dy, strides, pads, step, dx) -> Callable:
             copy, x, corner, tuple(strides), (kh, kw), start, stop, dy, kmat_t, xp, dcols,
             dkernel, dx,
         )  # fmt: skip
-        return dkernel, column_sums(dy[start:stop].reshape(-1, f))
+        return dkernel, sums(dy[start:stop].reshape(-1, f))
 
     return images
 
 
-def _numpy_backward(x, kernel, dy, strides, pads, step, dx) -> Callable:
+def _numpy_backward(x, kernel, dy, strides, pads, step, dx, sums) -> Callable:
     """``images(start, stop)`` of :func:`conv2d_backward` in NumPy calls, on a padded copy
     (where NumPy's BLAS is not found, or the dtypes differ)."""
     n, h, w, _ = x.shape
@@ -370,6 +381,6 @@ def _numpy_backward(x, kernel, dy, strides, pads, step, dx) -> Callable:
             if input_gradient:
                 np.matmul(dy2, kmat_t, out=dcols[: b - a].reshape(-1, k))
                 kernels.col2im(dcols[: b - a], *strides, top, left, dx[a:b])
-        return dkernel, column_sums(dy[start:stop].reshape(-1, f))
+        return dkernel, sums(dy[start:stop].reshape(-1, f))
 
     return images

@@ -87,20 +87,21 @@ def conv_batchnorm_train_backward(
     dy2 = np.ascontiguousarray(dy, dtype=z.dtype).reshape(z2.shape)
     dz = np.empty_like(z)
     dz2 = dz.reshape(-1, f)
-    dx, images = conv2d_backward_plan(dz, conv_cache, input_gradient)
+    dx, images = conv2d_backward_plan(dz, conv_cache, input_gradient, bias_gradient=False)
     threads, rows = parallel.num_threads(), z.shape[1] * z.shape[2]
     sums, grads = np.empty((threads, 2, f)), np.empty((threads, 4, f), z.dtype)
+    totals = np.zeros((threads, f))  # each slice's column sums of dz: the bias gradient
     m = z.dtype.type(len(z2))
 
     def slice_(start: int, stop: int, index: int, flags: np.ndarray):
         if not kernels.batchnorm_rows_backward(
             dy2, z2, start * rows, stop * rows, stats, beta, slope, m, flags, index, sums,
-            grads, dz2,
+            grads, dz2, totals,
         ):  # fmt: skip
             raise RuntimeError("another slice of the op failed")
-        return images(start, stop)
+        return images(start, stop)[0]
 
     parts = parallel.over_batch_meeting(slice_, len(z), meetings=1)
-    dkernel = sum(part[0] for part in parts).reshape(conv_cache.kernel.shape)
-    dbias = sum(part[1] for part in parts)
+    dkernel = sum(parts).reshape(conv_cache.kernel.shape)
+    dbias = totals[: len(parts)].sum(axis=0).astype(z.dtype)
     return dx, dkernel, dbias, grads[0, 1].copy(), grads[0, 0].copy()

@@ -5,7 +5,9 @@ NumPy runs each element-wise operation as its own pass over memory, with a tempo
 for each, and adds col2im's windows back one short run of ``C`` values at a time. These loops,
 compiled by numba, do the same arithmetic in one or two passes. Each loop is serial: the ops
 that call it hand each core a slice of the rows (:mod:`cnnlab.engine.parallel`); numba's own
-threads, measured, fought OpenBLAS's for the cores (benchmarks/README.md). Each loop is the
+threads, measured, fought OpenBLAS's for the cores (benchmarks/README.md). Batch norm's loops
+for a slice of a convolution's op (:func:`batchnorm_rows_forward`) wait in compiled code for
+the other slices' sums (:func:`cnnlab.engine.parallel.meet`). Each loop is the
 plain formula of a function of :mod:`cnnlab.nn` (its docstring says which), and the tests
 check that they agree. No fast-math: every operation rounds as IEEE says.
 
@@ -106,9 +108,11 @@ def normalize_backward_sums(dy, x, mean, inv_std, scale, beta, slope):
 
 
 @_compiled
-def normalize_backward(dy, x, mean, inv_std, scale, beta, slope, dbeta_m, dgamma_m, out):
+def normalize_backward(dy, x, mean, inv_std, scale, beta, slope, dbeta_m, dgamma_m, out,
+                       totals=None):  # fmt: skip
     """``out = scale * (g - dbeta/m - x_hat * dgamma/m)``, ``scale = gamma * inv_std``, with
-    ``g`` as in :func:`normalize_backward_sums`."""
+    ``g`` as in :func:`normalize_backward_sums`; and, given ``totals`` (float64, ``(C,)``),
+    ``out``'s column sums added to it: the bias gradient of a convolution before batch norm."""
     m, c = x.shape
     for i in range(m):
         for j in range(c):
@@ -116,6 +120,8 @@ def normalize_backward(dy, x, mean, inv_std, scale, beta, slope, dbeta_m, dgamma
             g = dy[i, j] if v > 0 else slope * dy[i, j]
             x_hat = (x[i, j] - mean[j]) * inv_std[j]
             out[i, j] = scale[j] * (g - dbeta_m[j] - x_hat * dgamma_m[j])
+            if totals is not None:
+                totals[j] += out[i, j]
 
 
 @_compiled
@@ -162,7 +168,7 @@ def batchnorm_rows_forward(x, start, stop, gamma, beta, epsilon, slope, flags, i
 
 @_compiled
 def batchnorm_rows_backward(dy, x, start, stop, stats, beta, slope, m, flags, index, sums, grads,
-                            out):  # fmt: skip
+                            out, totals):  # fmt: skip
     """Batch norm's backward pass with the activation's, rows ``start:stop``, in slice
     ``index`` of :func:`cnnlab.engine.parallel.over_batch_meeting` (one meeting): the numbers
     of :func:`cnnlab.engine.batchnorm.batchnorm_train_backward` with the slices' rows.
@@ -172,8 +178,9 @@ def batchnorm_rows_backward(dy, x, start, stop, stats, beta, slope, m, flags, in
     :func:`normalize_backward_sums` go to ``sums[index]`` (float64, ``(slices, 2, C)``); once
     all are there, every slice adds them up in slice order into ``grads[index]`` (the dtype's,
     ``(slices, 4, C)``): ``dbeta``, ``dgamma``, ``dbeta / m`` and
-    ``dgamma / m``, and :func:`normalize_backward` writes ``out``'s rows. False if another
-    slice failed."""
+    ``dgamma / m``, and :func:`normalize_backward` writes ``out``'s rows, their column sums
+    in ``totals[index]`` (float64, ``(slices, C)``, zero before). False if another slice
+    failed."""
     mean, inv_std, scale = stats[0], stats[2], stats[3]
     rows = slice(start, stop)
     sums[index, 0], sums[index, 1] = normalize_backward_sums(
@@ -191,7 +198,7 @@ def batchnorm_rows_backward(dy, x, start, stop, stats, beta, slope, m, flags, in
         mine[2, j] = mine[0, j] / m
         mine[3, j] = mine[1, j] / m
     normalize_backward(dy[rows], x[rows], mean, inv_std, scale, beta, slope, mine[2], mine[3],
-                       out[rows])  # fmt: skip
+                       out[rows], totals[index])  # fmt: skip
     return True
 
 
