@@ -9,7 +9,8 @@ code once all of the convolution's output is written and once each has put its s
 (:func:`cnnlab.engine.parallel.over_batch_meeting`,
 :func:`cnnlab.engine.kernels.batchnorm_rows_forward`). Backward, each core takes batch norm's
 gradient back over its rows, meets the others for the sums, writes the gradient at the
-convolution's output for its slice, and runs the convolution's backward pass on it. Batch norm
+convolution's output for its slice, adding up the conv's bias gradient as it goes, and runs
+the convolution's backward pass on it. Batch norm
 alone splits over the threads only from a size up (:func:`cnnlab.engine.tuning.batchnorm_grain`),
 as each hand-over costs about as much as a pass over tens of thousands of values; here it rides
 on the convolution's hand-over, and runs on every core at every size.
