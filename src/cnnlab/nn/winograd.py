@@ -72,15 +72,15 @@ A_T = np.array(
 
 TILE = 4  # output pixels per side of a tile
 PATCH = TILE + 2  # input pixels per side of the patch under it
+G_KRON_G = np.kron(G, G)  # (36, 9): G_KRON_G[6*i + j, 3*a + b] = G[i, a] * G[j, b]
 
 
 def filter_transform(kernel: np.ndarray) -> np.ndarray:
     """``U = G g G^T`` for every filter: ``kernel: (3, 3, C, F)`` -> ``U: (36, C, F)``, with
     ``U[6*i + j] = (G g G^T)[i, j]``. Written as one matrix product with ``kron(G, G)``
-    (``kron(G, G)[6*i + j, 3*a + b] = G[i, a] * G[j, b]``), in float64, rounded once to the
-    kernel's dtype."""
+    (:data:`G_KRON_G`), in float64, rounded once to the kernel's dtype."""
     _, _, c, f = kernel.shape
-    u = np.kron(G, G) @ kernel.reshape(9, c * f).astype(np.float64)
+    u = G_KRON_G @ kernel.reshape(9, c * f).astype(np.float64)
     return u.astype(kernel.dtype).reshape(PATCH * PATCH, c, f)
 
 
