@@ -34,8 +34,12 @@ from numba.extending import intrinsic
 WIDTH = 16  # floats a vector
 # A tile's sums fill half to three quarters of the vector registers: 8 rows x 32 columns in
 # AVX-512's 32 registers of 16 floats, 6 rows x 16 columns in AVX2's 16 registers of 8.
-_AVX512 = "+avx512f" in llvm.get_host_cpu_features().flatten().split(",")
-ROWS, VECTORS = (8, 2) if _AVX512 else (6, 1)
+# The features numba compiles for: NUMBA_CPU_FEATURES where set (as for a cache shared by
+# several machines), else the host's.
+_FEATURES = numba.config.CPU_FEATURES
+if _FEATURES is None:
+    _FEATURES = llvm.get_host_cpu_features().flatten()
+ROWS, VECTORS = (8, 2) if "+avx512f" in _FEATURES.split(",") else (6, 1)
 _FLOAT = ir.FloatType()
 _VECTOR = ir.VectorType(_FLOAT, WIDTH)
 _MASK = ir.VectorType(ir.IntType(1), WIDTH)
