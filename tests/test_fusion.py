@@ -321,6 +321,19 @@ def test_backward_after_a_fused_inference_call_is_refused():
     step(x, training=False)
     with pytest.raises(RuntimeError, match="backward needs a training call first"):
         step.backward(x)
+    conv, norm, act = layers.Conv2D(3, 3), layers.BatchNormalization(), layers.ReLU()
+    conv.build((5, 5, 2))
+    for layer in (norm, act):
+        layer.build((3, 3, 3))
+    images = np.ones((2, 5, 5, 2), np.float32)
+    step = fusion.ConvNormalizeActivate(conv, norm, act)
+    with pytest.raises(RuntimeError, match="backward needs a training call first"):
+        step.backward(np.ones((2, 3, 3, 3), np.float32))
+    step(images, training=True)
+    step.backward(np.ones((2, 3, 3, 3), np.float32))  # after a training call it may
+    step(images, training=False)
+    with pytest.raises(RuntimeError, match="backward needs a training call first"):
+        step.backward(np.ones((2, 3, 3, 3), np.float32))
 
 
 def test_predict_between_a_training_call_and_its_backward_leaves_the_backward_alone():

@@ -3,7 +3,8 @@ backward from the loss's gradients.
 
 On the fast engine, each run of consecutive layers that only feed one another (one input,
 one consumer, called once in the graph) is handed to :func:`cnnlab.fusion.steps`, which runs
-batch norm and its activation as one op, and at inference the convolution before them too.
+a convolution, its batch norm and activation as one op, and batch norm and its activation as
+one op elsewhere.
 The layer that gives a model output stays on its own: the loss reads its logits. A model's
 call (``model(x)``) and its :meth:`~cnnlab.model.Model.backward` run every layer on its own.
 

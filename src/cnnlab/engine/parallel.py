@@ -22,6 +22,10 @@ after the last (an empty split over two threads: 78 us with a ``ThreadPoolExecut
 this way, most of it the GIL passing between the threads; the CNN's training step at batch 32:
 13.0 -> 12.5 ms).
 
+An op whose slices must wait for each other part way, as batch norm's for the batch's sums
+after a convolution, runs them by :func:`over_batch_meeting`: all at once, each on its own
+thread, meeting in compiled code (:func:`meet`) instead of handing over to the threads again.
+
 Threads: :func:`set_num_threads`, or the environment variable ``CNNLAB_NUM_THREADS``; by
 default, as many as the cores this process may run on.
 """
