@@ -247,8 +247,9 @@ def conv2d_backward(
     BLAS (:func:`cnnlab.engine.kernels.conv_backward_images`), or where that BLAS is not
     found, in NumPy calls on a padded copy. The slices' kernel gradients are added up in slice
     order. Where the forward pass ran by Winograd (:func:`_by_winograd`), so does ``dx``
-    (:func:`cnnlab.engine.winograd.conv3x3_backward_input`), and the chunks make only the
-    kernel gradient. ``plan`` as in :func:`conv2d_forward`: the same shape's, by default.
+    (:func:`cnnlab.engine.winograd.conv3x3_backward_input_plan`), in the same slices, and the
+    chunks make only the kernel gradient. ``plan`` as in :func:`conv2d_forward`: the same
+    shape's, by default.
     """
     dx, images = conv2d_backward_plan(dy, cache, input_gradient, plan)
     parts = parallel.over_batch(images, len(dy))

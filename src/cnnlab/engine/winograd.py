@@ -8,7 +8,7 @@ sums with the integer weights of ``B`` written out (down the columns, then along
 the 36 matrix products ``V[p] @ U[p]`` by BLAS's ``gemm``, then ``A^T M A`` written out the
 same way, with the bias, or batch norm and the activation, applied to each row of a tile as
 it is written. The input gradient of such a convolution is one too, of the output gradient
-with the filters turned half a turn (:func:`conv3x3_backward_input`);
+with the filters turned half a turn (:func:`conv3x3_backward_input_plan`);
 :mod:`cnnlab.engine.conv` runs both this way where :func:`applies` says so.
 
 Shapes: ``x: (N, H, W, C)``, ``kernel: (3, 3, C, F)``, ``y: (N, H, W, F)`` ("same" padding,
@@ -239,25 +239,17 @@ def conv3x3_forward_plan(
     return _plan(x, u, (top, left), (oh, ow), normalize, tiled)
 
 
-def conv3x3_backward_input(
-    dy: np.ndarray, kernel: np.ndarray, pads: tuple, x_shape: tuple, tiled: bool = False
-) -> np.ndarray:
-    """``dx: x_shape``, the input gradient of the 3x3 convolution with strides 1 whose output
-    gradient is ``dy: (N, oh, ow, F)``: itself a 3x3 convolution with strides 1, of ``dy``
-    with each filter turned half a turn and the channels swapped,
-    ``dx[n, r, q, c] = sum_{a, b, f} dy[n, r + top - a, q + left - b, f] * kernel[a, b, c, f]``,
-    ``dy`` read as zero outside; so by :func:`forward_images` too, with padding ``2 - top``
-    above and ``2 - left`` before; ``tiled`` as in :func:`conv3x3_forward`."""
-    dx, images = conv3x3_backward_input_plan(dy, kernel, pads, x_shape, tiled)
-    parallel.over_batch(images, len(dy))
-    return dx
-
-
 def conv3x3_backward_input_plan(
     dy: np.ndarray, kernel: np.ndarray, pads: tuple, x_shape: tuple, tiled: bool = False
 ) -> tuple[np.ndarray, Callable[[int, int], None]]:
-    """:func:`conv3x3_backward_input` before it runs: ``dx``, not yet filled, and
-    ``images(start, stop)``, which fills ``dx[start:stop]`` from ``dy[start:stop]``."""
+    """``dx: x_shape``, not yet filled, the input gradient of the 3x3 convolution with strides
+    1 whose output gradient is ``dy: (N, oh, ow, F)``, and ``images(start, stop)``, which
+    fills ``dx[start:stop]`` from ``dy[start:stop]``. The input gradient is itself a 3x3
+    convolution with strides 1, of ``dy`` with each filter turned half a turn and the channels
+    swapped,
+    ``dx[n, r, q, c] = sum_{a, b, f} dy[n, r + top - a, q + left - b, f] * kernel[a, b, c, f]``,
+    ``dy`` read as zero outside; so by :func:`forward_images` too, with padding ``2 - top``
+    above and ``2 - left`` before; ``tiled`` as in :func:`conv3x3_forward`."""
     (top, _), (left, _) = pads
     u = scratch.kept("winograd filters turned", kernel, _turned)
     dy = np.ascontiguousarray(dy, dtype=kernel.dtype)
