@@ -304,7 +304,9 @@ def test_batchnorm_and_leaky_relu_split_over_threads_give_the_reference_numbers(
     dy = rng.normal(size=x.shape)
     grads = batchnorm.batchnorm_train_backward(dy, cache)
     act = activations.leaky_relu(x, 0.2), activations.leaky_relu_backward(dy, x, 0.2)
-    assert slice_counts == [2] * 6  # 2 passes forward, 2 backward, 2 for the activation
+    # One hand-over forward and one backward (the slices meet for the sums in between), and
+    # one for each of the activation's passes
+    assert slice_counts == [2] * 4
     y_ref, mean_ref, var_ref, cache_ref = nn.batchnorm_train_forward(x, gamma, beta, 1e-3)
     for fast, ref in zip(
         (y, mean, var, *grads),
@@ -318,7 +320,7 @@ def test_batchnorm_and_leaky_relu_split_over_threads_give_the_reference_numbers(
     small = x[:1, :128]  # 2**19 values: too few to pay for a thread
     batchnorm.batchnorm_train_forward(small, gamma, beta, 1e-3)
     activations.leaky_relu(small, 0.2)
-    assert slice_counts == [1] * 3
+    assert slice_counts == [1] * 2
 
 
 def test_the_package_sets_and_tells_the_number_of_threads(threads):

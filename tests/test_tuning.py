@@ -593,9 +593,9 @@ def test_batch_norm_splits_over_the_threads_from_the_grain_on(tuned, monkeypatch
     gamma, beta = np.ones(32, np.float32), np.zeros(32, np.float32)
     monkeypatch.setattr(tuning, "batchnorm_grain", lambda trial: tuning.DEFAULT_GRAIN)
     whole = batchnorm.batchnorm_train_forward(x, gamma, beta, 1e-3)[0]
-    assert splits == [1, 1]
+    assert splits == [1]  # one hand-over: the slices meet for the sums
     splits.clear()
     monkeypatch.setattr(tuning, "batchnorm_grain", lambda trial: 32 << 10)
     split = batchnorm.batchnorm_train_forward(x, gamma, beta, 1e-3)[0]
-    assert splits == [2, 2]
+    assert splits == [2]
     np.testing.assert_allclose(split, whole, rtol=1e-6, atol=1e-6)

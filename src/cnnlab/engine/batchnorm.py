@@ -67,29 +67,29 @@ def batchnorm_train_forward(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, BatchNormCache | BatchNormActivationCache]:
     """Fast :func:`cnnlab.nn.batchnorm.batchnorm_train_forward`: the same outputs, on every core.
 
-    Two passes over the ``(M, C)`` rows (:mod:`cnnlab.engine.kernels`), each over slices of
-    rows on the cores (:mod:`cnnlab.engine.parallel`): the sums and the sums of squares of
-    ``x`` minus its first row, in float64, for the mean and the variance, then
-    ``y = (x - mean) * (gamma * inv_std) + beta``, and the activation with ``negative_slope``.
+    Slices of the ``(M, C)`` rows on the cores, in one hand-over
+    (:func:`cnnlab.engine.parallel.over_batch_meeting`,
+    :func:`cnnlab.engine.kernels.batchnorm_rows_forward`): each slice's sums and sums of
+    squares of ``x`` minus its first row, in float64; once all are there, the mean and the
+    variance, and ``y = (x - mean) * (gamma * inv_std) + beta``, and the activation with
+    ``negative_slope``.
     """
     c = x.shape[-1]
     x = np.ascontiguousarray(x)
     x2 = x.reshape(-1, c)
-    m = len(x2)
-    shift = x2[0].astype(np.float64)
-    grain = _rows_grain(c)
-    parts = parallel.over_batch(lambda a, b: kernels.shifted_sums(x2[a:b], shift), m, grain)
-    total = sum(part[0] for part in parts) / m
-    mean = shift + total
-    var = np.maximum(sum(part[1] for part in parts) / m - total * total, 0.0)
-    mu, var = mean.astype(x.dtype), var.astype(x.dtype)
-    inv_std = 1.0 / np.sqrt(var + x.dtype.type(epsilon))
-    scale = gamma * inv_std
+    threads, dtype = parallel.num_threads(), x.dtype.type
+    sums, stats = np.empty((threads, 2, c)), np.empty((threads, 4, c), x.dtype)
     y = np.empty_like(x2)
     slope = _slope(negative_slope, x2.dtype)
-    parallel.over_batch(
-        lambda a, b: kernels.normalize(x2[a:b], mu, scale, beta, slope, y[a:b]), m, grain
-    )
+
+    def rows(a: int, b: int, index: int, flags: np.ndarray) -> None:
+        if not kernels.batchnorm_rows_forward(
+            x2, a, b, gamma, beta, dtype(epsilon), slope, flags, index, sums, stats, y
+        ):
+            raise RuntimeError("another slice of the op failed")
+
+    parallel.over_batch_meeting(rows, len(x2), meetings=2, grain=_rows_grain(c))
+    mu, var, inv_std = (stats[0, k].copy() for k in range(3))
     if negative_slope is None:
         cache = BatchNormCache(x, mu, inv_std, gamma)
     else:
@@ -105,39 +105,34 @@ def batchnorm_train_backward(
 
     Since ``sum(g) = gamma * dbeta`` and ``sum(g * x_hat) = gamma * dgamma``, the formula is
     ``dx = gamma * inv_std * (dy - dbeta / m - x_hat * dgamma / m)``: one pass for both sums,
-    one for ``dx``, with ``x_hat = (x - mean) * inv_std`` recomputed on the way. After a
-    forward pass with ``negative_slope``, ``dy`` is the gradient at the activation's output,
-    and the kernels take it back through the activation first (its input recomputed too).
+    one for ``dx``, with ``x_hat = (x - mean) * inv_std`` recomputed on the way, the slices of
+    rows meeting for the sums in between (:func:`cnnlab.engine.kernels.batchnorm_rows_backward`).
+    After a forward pass with ``negative_slope``, ``dy`` is the gradient at the activation's
+    output, and the kernels take it back through the activation first (its input recomputed
+    too).
     """
     x, mu, inv_std, gamma = cache[:4]
     if isinstance(cache, BatchNormActivationCache):
         beta, slope = cache.beta, cache.slope
     else:  # slope 1: no activation, and beta does not matter
         beta, slope = np.zeros_like(gamma), x.dtype.type(1.0)
-    x2 = x.reshape(-1, x.shape[-1])
+    c = x.shape[-1]
+    x2 = x.reshape(-1, c)
     dy2 = np.ascontiguousarray(dy, dtype=x2.dtype).reshape(x2.shape)
-    m = len(dy2)
+    m = x2.dtype.type(len(dy2))
     scale = gamma * inv_std
-    grain = _rows_grain(x2.shape[1])
-    parts = parallel.over_batch(
-        lambda a, b: kernels.normalize_backward_sums(
-            dy2[a:b], x2[a:b], mu, inv_std, scale, beta, slope
-        ),
-        m,
-        grain,
-    )
-    dbeta = sum(part[0] for part in parts).astype(x2.dtype)
-    dgamma = sum(part[1] for part in parts).astype(x2.dtype)
-    dbeta_m, dgamma_m = dbeta / m, dgamma / m
+    threads = parallel.num_threads()
+    sums, grads = np.empty((threads, 2, c)), np.empty((threads, 4, c), x2.dtype)
     dx = np.empty_like(dy2)
 
-    def rows(a: int, b: int) -> None:
-        kernels.normalize_backward(
-            dy2[a:b], x2[a:b], mu, inv_std, scale, beta, slope, dbeta_m, dgamma_m, dx[a:b]
-        )
+    def rows(a: int, b: int, index: int, flags: np.ndarray) -> None:
+        if not kernels.batchnorm_rows_backward(
+            dy2, x2, a, b, mu, inv_std, scale, beta, slope, m, flags, index, sums, grads, dx
+        ):
+            raise RuntimeError("another slice of the op failed")
 
-    parallel.over_batch(rows, m, grain)
-    return dx.reshape(dy.shape), dgamma, dbeta
+    parallel.over_batch_meeting(rows, len(dy2), meetings=1, grain=_rows_grain(c))
+    return dx.reshape(dy.shape), grads[0, 1].copy(), grads[0, 0].copy()
 
 
 def batchnorm_inference_forward(

@@ -96,8 +96,8 @@ def conv_batchnorm_train_backward(
 
     def slice_(start: int, stop: int, index: int, flags: np.ndarray):
         if not kernels.batchnorm_rows_backward(
-            dy2, z2, start * rows, stop * rows, stats, beta, slope, m, flags, index, sums,
-            grads, dz2, totals,
+            dy2, z2, start * rows, stop * rows, stats[0], stats[2], stats[3], beta, slope, m,
+            flags, index, sums, grads, dz2, totals,
         ):  # fmt: skip
             raise RuntimeError("another slice of the op failed")
         return images(start, stop)[0]

@@ -129,8 +129,9 @@ def batchnorm_rows_forward(x, start, stop, gamma, beta, epsilon, slope, flags, i
                            out):  # fmt: skip
     """Batch norm's training forward pass and the (leaky) ReLU after it on rows
     ``start:stop`` of ``x: (M, C)``, in slice ``index`` of
-    :func:`cnnlab.engine.parallel.over_batch_meeting` (two meetings): the numbers of
-    :func:`cnnlab.engine.batchnorm.batchnorm_train_forward` with the slices' rows.
+    :func:`cnnlab.engine.parallel.over_batch_meeting` (two meetings), for
+    :func:`cnnlab.engine.batchnorm.batchnorm_train_forward` and after a convolution
+    (:mod:`cnnlab.engine.conv_batchnorm`).
 
     Once every slice has written its rows of ``x`` (the first meeting), the sums of
     :func:`shifted_sums` of its rows, shifted by ``x[0]``, go to ``sums[index]`` (float64,
@@ -167,21 +168,20 @@ def batchnorm_rows_forward(x, start, stop, gamma, beta, epsilon, slope, flags, i
 
 
 @_compiled
-def batchnorm_rows_backward(dy, x, start, stop, stats, beta, slope, m, flags, index, sums, grads,
-                            out, totals):  # fmt: skip
+def batchnorm_rows_backward(dy, x, start, stop, mean, inv_std, scale, beta, slope, m, flags,
+                            index, sums, grads, out, totals=None):  # fmt: skip
     """Batch norm's backward pass with the activation's, rows ``start:stop``, in slice
-    ``index`` of :func:`cnnlab.engine.parallel.over_batch_meeting` (one meeting): the numbers
-    of :func:`cnnlab.engine.batchnorm.batchnorm_train_backward` with the slices' rows.
+    ``index`` of :func:`cnnlab.engine.parallel.over_batch_meeting` (one meeting), for
+    :func:`cnnlab.engine.batchnorm.batchnorm_train_backward` and after a convolution.
 
-    ``stats``: the forward pass's mean, var, inv_std and scale; ``m``: the rows of ``x``, in
-    its dtype. Each slice's
+    ``mean``, ``inv_std`` and ``scale = gamma * inv_std``: the forward pass's; ``m``: the rows
+    of ``x``, in its dtype. Each slice's
     :func:`normalize_backward_sums` go to ``sums[index]`` (float64, ``(slices, 2, C)``); once
     all are there, every slice adds them up in slice order into ``grads[index]`` (the dtype's,
     ``(slices, 4, C)``): ``dbeta``, ``dgamma``, ``dbeta / m`` and
-    ``dgamma / m``, and :func:`normalize_backward` writes ``out``'s rows, their column sums
-    in ``totals[index]`` (float64, ``(slices, C)``, zero before). False if another slice
-    failed."""
-    mean, inv_std, scale = stats[0], stats[2], stats[3]
+    ``dgamma / m``, and :func:`normalize_backward` writes ``out``'s rows, and given
+    ``totals`` (float64, ``(slices, C)``, zero before), their column sums in
+    ``totals[index]``. False if another slice failed."""
     rows = slice(start, stop)
     sums[index, 0], sums[index, 1] = normalize_backward_sums(
         dy[rows], x[rows], mean, inv_std, scale, beta, slope
@@ -197,8 +197,12 @@ def batchnorm_rows_backward(dy, x, start, stop, stats, beta, slope, m, flags, in
         mine[0, j], mine[1, j] = dbeta, dgamma
         mine[2, j] = mine[0, j] / m
         mine[3, j] = mine[1, j] / m
-    normalize_backward(dy[rows], x[rows], mean, inv_std, scale, beta, slope, mine[2], mine[3],
-                       out[rows], totals[index])  # fmt: skip
+    if totals is None:
+        normalize_backward(dy[rows], x[rows], mean, inv_std, scale, beta, slope, mine[2],
+                           mine[3], out[rows])  # fmt: skip
+    else:
+        normalize_backward(dy[rows], x[rows], mean, inv_std, scale, beta, slope, mine[2],
+                           mine[3], out[rows], totals[index])  # fmt: skip
     return True
 
 
