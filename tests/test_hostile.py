@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import io
 import json
+import re
 import signal
 import struct
 import subprocess
@@ -27,7 +28,7 @@ import pytest
 from PIL import Image
 from test_cli import QUICK, invoke, one_error_line
 
-from cnnlab import files, optimizers
+from cnnlab import arrays, files, optimizers
 from cnnlab.callbacks import Callback
 from cnnlab.datasets import idx
 from cnnlab.datasets.folder import image_folder
@@ -524,6 +525,41 @@ def test_9_fit_evaluate_and_predict_refuse_non_finite_or_non_numeric_x(make, exp
     ):
         with pytest.raises(ValueError, match=expected):
             call()
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, "both infinities"])
+def test_9_the_finite_check_finds_every_nan_and_inf_in_any_layout(dtype, layout, bad):
+    x = np.linspace(-1, 1, 60, dtype=dtype).reshape(6, 10)
+    if bad == "both infinities":  # inf + (-inf) is NaN in a sum; each square is +inf
+        x[2, 3], x[4, 1] = np.inf, -np.inf
+    else:
+        x[2, 3] = bad
+    x = x if layout == "contiguous" else x.T
+    first = (2, 3) if layout == "contiguous" else (1, 4) if bad == "both infinities" else (3, 2)
+    with pytest.raises(
+        ValueError, match=rf"x must be finite, got .* at index {re.escape(str(first))}"
+    ):
+        arrays.finite(x, "x")
+
+
+@pytest.mark.parametrize(
+    "dtype, huge", [(np.float16, 300.0), (np.float32, 1e30), (np.float64, 1e200)]
+)
+def test_9_the_finite_check_accepts_finite_values_whose_squares_overflow(dtype, huge):
+    x = np.full((4, 5), huge, dtype=dtype)
+    x[1, 2] = -huge
+    assert np.isinf(np.dot(x.reshape(-1), x.reshape(-1)))  # the fast pass cannot say
+    transposed = x.T
+    assert arrays.finite(x, "x") is x
+    assert arrays.finite(transposed, "x") is transposed
+
+
+def test_9_the_finite_check_passes_an_empty_array_and_integers_through():
+    empty, ints = np.zeros((0, 3), np.float32), np.arange(6).reshape(2, 3)
+    assert arrays.finite(empty, "x") is empty
+    assert arrays.finite(ints, "x") is ints
 
 
 def test_9_a_nan_learning_rate_set_after_compile_is_refused():

@@ -33,11 +33,7 @@ def numbers(value, what: str) -> np.ndarray:
 def finite(array: np.ndarray, what: str) -> np.ndarray:
     """``array`` itself, if every value is finite; else a ValueError that names the first NaN
     or inf and its index."""
-    if array.dtype.kind != "f":
-        return array
-    with np.errstate(over="ignore", invalid="ignore"):
-        total = array.sum()
-    if np.isfinite(total):  # one pass; a sum that overflowed is looked at value by value
+    if array.dtype.kind != "f" or _surely_finite(array):
         return array
     bad = ~np.isfinite(array)
     if not bad.any():
@@ -49,3 +45,19 @@ def finite(array: np.ndarray, what: str) -> np.ndarray:
         f"{what} must be finite, got {array[where]} at index {where} ({many} NaN or inf): fix "
         "or drop those examples"
     )
+
+
+def _surely_finite(array: np.ndarray) -> bool:
+    """True if one fast pass shows every value of a float ``array`` finite; False if a value
+    is NaN or inf, or if the pass overflowed (values beyond the square root of the dtype's
+    largest), and the values must be looked at one by one. The pass is the sum of squares,
+    BLAS's dot product of the contiguous values with themselves (a NaN or an inf makes it NaN
+    or inf: squares never cancel), or the plain sum for an array that is not contiguous, which
+    is not copied."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        if array.flags.c_contiguous:
+            flat = array.reshape(-1)
+            total = np.dot(flat, flat)
+        else:
+            total = array.sum()
+    return bool(np.isfinite(total))
