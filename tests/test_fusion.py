@@ -3,6 +3,7 @@ run one after the other: forward, backward, moving statistics, and whole trainin
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 from cnnlab import fusion, layers, optimizers, zoo
 from cnnlab.engine import activations, batchnorm, conv, conv_batchnorm, parallel, scratch
 from cnnlab.fusion import NormalizeActivate
-from cnnlab.model import Sequential
+from cnnlab.model import Model, Sequential
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -356,3 +357,163 @@ def test_predict_between_a_training_call_and_its_backward_leaves_the_backward_al
     model.predict(other)  # the same shapes, through the fused inference steps
     np.testing.assert_array_equal(model.backward(dy), expected[0])
     np.testing.assert_array_equal(model.layers[0].grads["kernel"], expected[1])
+
+
+# -- the optimizer's update of a dense layer's kernel, in its backward pass -------------------
+def _model_with_dense_layers(shared: bool = False, dtype="float32"):
+    """A small CNN whose dense layers split over the threads (see the tests' monkeypatch of
+    the dense ops' grain); with ``shared``, one dense layer is called twice."""
+    inputs = layers.Input((6, 6, 2), dtype=dtype)
+    h = layers.Conv2D(4, 3, padding="same", dtype=dtype)(inputs)
+    h = layers.BatchNormalization(dtype=dtype)(h)
+    h = layers.LeakyReLU(dtype=dtype)(h)
+    h = layers.Flatten(dtype=dtype)(h)
+    h = layers.Dense(16, activation="relu", dtype=dtype)(h)
+    twice = layers.Dense(16, activation="relu", dtype=dtype)
+    h = twice(twice(h)) if shared else twice(h)
+    return Model(inputs, layers.Dense(3, activation="softmax", dtype=dtype)(h))
+
+
+def _train_three_steps(model, optimizer, in_backward: bool, monkeypatch) -> list:
+    """Three train_steps of ``model``, the dense kernels updated in the backward pass or (as
+    before) by the optimizer after it; the ``done`` sets apply was given."""
+    if not in_backward:
+        monkeypatch.setattr(
+            model, "_kernels_updated_in_backward", lambda: contextlib.nullcontext(set())
+        )
+    model.compile(optimizer, "sparse_categorical_crossentropy")
+    given = []
+    apply = model.optimizer.apply
+
+    def spying(grads, weights, done=frozenset()):
+        given.append(done)
+        apply(grads, weights, done)
+
+    monkeypatch.setattr(model.optimizer, "apply", spying)
+    rng = np.random.default_rng(3)
+    dtype = model.layers[1].dtype
+    for _ in range(3):
+        x = rng.uniform(-1, 1, (10, 6, 6, 2)).astype(dtype)
+        model.train_step(x, rng.integers(0, 3, 10))
+    return given
+
+
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: optimizers.Adam(0.01),
+        lambda: optimizers.SGD(0.05, momentum=0.9),
+        lambda: optimizers.Adam(0.01, clipvalue=0.01),
+        lambda: optimizers.Adam(0.01, clipnorm=0.1),
+    ],
+    ids=["adam", "momentum", "clipvalue", "clipnorm"],
+)
+def test_dense_kernels_updated_in_the_backward_pass_get_the_numbers_of_the_update_after_it(
+    make, dtype, n_threads, monkeypatch
+):
+    """Each dense layer's kernel updated by the optimizer a block of rows on each core, in
+    the layer's backward pass, and the same model updated after the backward pass: the same
+    bits, weights and slots, three steps on. Every dense kernel is updated in the backward
+    pass (the optimizer's apply is told to skip them), but with clipnorm, whose update needs
+    the whole gradient."""
+    from cnnlab.engine import dense
+
+    monkeypatch.setattr(dense, "_MIN_WORK", 1)  # a thread for every few inputs
+    before = parallel.num_threads()
+    parallel.set_num_threads(n_threads)
+    try:
+        from cnnlab import seeding
+
+        seeding.set_random_seed(0)
+        fast = _model_with_dense_layers(dtype=dtype)
+        after = _model_with_dense_layers(dtype=dtype)
+        after.set_weights(fast.get_weights())
+        given = _train_three_steps(fast, make(), True, monkeypatch)
+        assert _train_three_steps(after, make(), False, monkeypatch) == [frozenset()] * 3
+        for a, b in zip(fast.get_weights(), after.get_weights(), strict=True):
+            np.testing.assert_array_equal(a, b)
+        assert not np.array_equal(
+            fast.get_weights()[-2], _model_with_dense_layers().get_weights()[-2]
+        )
+        for key, value in after.optimizer.get_state().items():
+            np.testing.assert_array_equal(fast.optimizer.get_state()[key], value)
+        weights = fast.trainable_weights
+        kernels = {
+            i for i, w in enumerate(weights) for layer in fast.layers
+            if isinstance(layer, layers.Dense) and w is layer.weights["kernel"]
+        }  # fmt: skip
+        assert len(kernels) == 3
+        expected = frozenset() if fast.optimizer.clipnorm else frozenset(kernels)
+        assert given == [expected] * 3
+    finally:
+        parallel.set_num_threads(before)
+
+
+def test_a_dense_layer_called_twice_is_updated_after_the_backward_pass(monkeypatch):
+    """A dense layer called twice sums its calls' gradients before its update: the optimizer
+    updates it after the backward pass, the other dense layers in it; the numbers are those
+    of every update after the backward pass."""
+    from cnnlab import seeding
+    from cnnlab.engine import dense
+
+    monkeypatch.setattr(dense, "_MIN_WORK", 1)
+    seeding.set_random_seed(0)
+    fast, after = (_model_with_dense_layers(shared=True) for _ in range(2))
+    after.set_weights(fast.get_weights())
+    given = _train_three_steps(fast, optimizers.Adam(0.01), True, monkeypatch)
+    _train_three_steps(after, optimizers.Adam(0.01), False, monkeypatch)
+    for a, b in zip(fast.get_weights(), after.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    weights = fast.trainable_weights
+    once = [fast.layers[i].weights["kernel"] for i in (-3, -1)]
+    assert fast.layers[-2] is not fast.layers[-3]
+    assert given == [frozenset(i for i, w in enumerate(weights) if any(w is k for k in once))] * 3
+
+
+def test_with_the_ops_whole_on_blas_threads_the_kernels_are_updated_after_the_backward_pass(
+    monkeypatch,
+):
+    """A model that runs every op whole, on BLAS's threads (the threads mode the tuner may
+    choose for the book's MLP), gets each kernel's gradient in one block: the optimizer
+    updates the kernels after the backward pass."""
+    from cnnlab import seeding
+
+    seeding.set_random_seed(0)
+    model = _model_with_dense_layers()
+    monkeypatch.setattr(model, "_threads", lambda xs: "blas")
+    assert _train_three_steps(model, optimizers.Adam(0.01), True, monkeypatch) == [frozenset()] * 3
+
+
+def test_the_dense_backward_pass_updates_each_block_of_rows_after_its_input_gradient(monkeypatch):
+    """The fast dense backward pass with an update: called once for each thread's block of
+    rows, the blocks covering the kernel; the input gradient is the one of the kernel as it
+    was (each block's columns of it read before the update of those rows)."""
+    from cnnlab.engine import dense
+    from cnnlab.nn import dense as plain
+
+    monkeypatch.setattr(dense, "_MIN_WORK", 1)
+    before = parallel.num_threads()
+    parallel.set_num_threads(3)
+    try:
+        rng = np.random.default_rng(0)
+        x, kernel = rng.standard_normal((5, 12)), rng.standard_normal((12, 4))
+        dy, old = rng.standard_normal((5, 4)), kernel.copy()
+        _, cache = dense.dense_forward(x, kernel, None)
+        blocks = []
+
+        def update(grad, rows):
+            blocks.append((rows.start, rows.stop))
+            np.testing.assert_array_equal(grad, x[:, rows].T @ dy)
+            kernel[rows] -= 1.0
+
+        dx, dkernel, dbias = dense.dense_backward(dy, cache, update=update)
+        want_dx, want_dkernel, want_dbias = plain.dense_backward(dy, plain.DenseCache(x, old))
+        np.testing.assert_allclose(dx, want_dx, rtol=1e-12)
+        np.testing.assert_allclose(dkernel, want_dkernel, rtol=1e-12)
+        np.testing.assert_allclose(dbias, want_dbias, rtol=1e-12)
+        assert sorted(blocks) == [(0, 4), (4, 8), (8, 12)]
+        np.testing.assert_array_equal(kernel, old - 1.0)
+    finally:
+        parallel.set_num_threads(before)

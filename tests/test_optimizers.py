@@ -283,3 +283,58 @@ def test_set_state_copies_the_arrays():
     restored.set_state(state)
     restored.apply([np.ones(2)], [np.zeros(2)])
     np.testing.assert_allclose(state["velocity/0"], [-0.1, -0.1])
+
+
+# -- a weight updated a block of rows at a time -----------------------------------------------
+ROW_UPDATES = [
+    lambda: optimizers.Adam(learning_rate=0.01),
+    lambda: optimizers.Adam(learning_rate=0.01, clipvalue=0.3),
+    lambda: optimizers.SGD(learning_rate=0.1),
+    lambda: optimizers.SGD(learning_rate=0.1, momentum=0.9, nesterov=True),
+]
+
+
+@pytest.mark.parametrize("engine", ["fast", "reference"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("make", ROW_UPDATES, ids=["adam", "adam-clipvalue", "sgd", "nesterov"])
+def test_row_update_gives_every_row_the_numbers_of_apply(make, dtype, engine):
+    """Three steps, each weight's rows updated in three blocks (as a dense layer's backward
+    pass does on its cores, the apply that follows skipping that weight) against whole updates
+    by apply: the same bits, for the weights and every slot."""
+    from cnnlab import backend
+
+    rng = np.random.default_rng(0)
+    start = [rng.standard_normal((7, 5)).astype(dtype), rng.standard_normal(5).astype(dtype)]
+    steps = [[rng.standard_normal(w.shape).astype(dtype) for w in start] for _ in range(3)]
+    by_rows, whole = make(), make()
+    w_rows, w_whole = [w.copy() for w in start], [w.copy() for w in start]
+    with backend.engine(engine):
+        for grads in steps:
+            by_rows.build(w_rows)
+            update = by_rows.row_update(0, w_rows[0])
+            for rows in (slice(4, 7), slice(0, 2), slice(2, 4)):
+                update(grads[0][rows], rows)
+            by_rows.apply(grads, w_rows, done=frozenset({0}))
+            whole.apply(grads, w_whole)
+    for a, b in zip(w_rows, w_whole, strict=True):
+        assert a.dtype == dtype
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(w_rows[0], start[0])
+    for key, value in whole.get_state().items():
+        np.testing.assert_array_equal(by_rows.get_state()[key], value)
+
+
+def test_row_update_is_refused_where_clipnorm_needs_the_whole_gradient():
+    optimizer, w = optimizers.Adam(clipnorm=1.0), np.ones((4, 3))
+    optimizer.build([w])
+    assert optimizer.row_update(0, w) is None
+    assert optimizers.SGD(clipnorm=1.0).row_update(0, w) is None
+
+
+def test_apply_skips_the_weights_done_already_and_counts_the_step_once():
+    optimizer = optimizers.SGD(learning_rate=0.5)
+    w, b = np.ones((2, 2)), np.ones(2)
+    optimizer.apply([np.ones((2, 2)), np.ones(2)], [w, b], done=frozenset({0}))
+    np.testing.assert_array_equal(w, np.ones((2, 2)))
+    np.testing.assert_array_equal(b, [0.5, 0.5])
+    assert optimizer.iterations == 1

@@ -16,7 +16,11 @@ API compute the same numbers, bit for bit.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
+from collections import Counter
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -24,7 +28,7 @@ from cnnlab import arrays, backend, checks, losses, modelfile, optimizers
 from cnnlab import metrics as metrics_lib
 from cnnlab.layers import InputLayer, Layer, deserialize, serialize
 from cnnlab.layers.base import auto_name
-from cnnlab.layers.core import ActivationLayer
+from cnnlab.layers.core import ActivationLayer, Dense
 from cnnlab.steps import Plan
 from cnnlab.symbolic import SymbolicTensor, graph_nodes
 from cnnlab.training import evaluate as evaluate_loop
@@ -331,10 +335,50 @@ class Model:
             plan = self._plan(True, fused=True)
             preds, states = plan.forward(xs, training=True)
             logs, grads, logit_grads = self._losses(ys, preds)
-            plan.backward(grads, logit_grads, states, input_gradients=False)
+            with self._kernels_updated_in_backward() as updated:
+                plan.backward(grads, logit_grads, states, input_gradients=False)
             weights, gradients = self.trainable_weights_and_grads()
-            self.optimizer.apply(gradients, weights)
+            self.optimizer.apply(gradients, weights, done=frozenset(updated))
         return self._results(logs, ys, preds)
+
+    @contextlib.contextmanager
+    def _kernels_updated_in_backward(self) -> Iterator[set[int]]:
+        """On the fast engine, with the ops split over cnnlab's threads, inside the block each
+        dense layer's kernel is updated by the optimizer in the layer's backward pass, each
+        core its block of rows right after their gradient
+        (:meth:`cnnlab.optimizers.Optimizer.row_update`): the same numbers as the update after
+        the backward pass, without reading the kernel and its gradient again from memory.
+        Yields the set that holds, after the block, the indices (in
+        :meth:`trainable_weights_and_grads`) of the kernels updated whole. A layer called
+        more than once, whose gradient is the sum over its calls, is updated afterwards; so
+        is every kernel where the optimizer needs the whole gradient (``clipnorm``), or where
+        the model runs each op whole on BLAS's threads (its gradient then comes in one
+        block, and updating it in the backward pass gains nothing)."""
+        updated: set[int] = set()
+        done: dict[int, list[int]] = {}  # by kernel: the rows updated, block by block
+        layers = []
+        if backend.fuses() and not _blas_threads_mode():
+            weights = self.trainable_weights
+            self.optimizer.build(weights)
+            index = {id(w): i for i, w in enumerate(weights)}
+            calls = Counter(id(node.layer) for node in self._nodes)
+            for layer in self.layers:
+                kernel = layer.weights.get("kernel")
+                if not isinstance(layer, Dense) or id(kernel) not in index or calls[id(layer)] > 1:
+                    continue
+                i = index[id(kernel)]
+                update = self.optimizer.row_update(i, kernel)
+                if update is not None:
+                    done[i] = []
+                    layer.kernel_update = functools.partial(_counting_rows, update, done[i])
+                    layers.append(layer)
+        try:
+            yield updated
+        finally:
+            for layer in layers:
+                layer.kernel_update = None
+        weights = self.trainable_weights
+        updated.update(i for i, blocks in done.items() if sum(blocks) == len(weights[i]))
 
     def test_step(self, x, y) -> dict[str, float]:
         """Loss and metrics on a batch in inference mode."""
@@ -551,6 +595,20 @@ def _described(layer: Layer) -> str:
     weights = list(layer.weights.values())
     shape = f" {'x'.join(map(str, weights[0].shape))}" if weights else ""
     return type(layer).__name__ + shape
+
+
+def _blas_threads_mode() -> bool:
+    """Whether the model runs every op whole, on BLAS's threads
+    (:func:`cnnlab.engine.parallel.blas_threads`)."""
+    from cnnlab.engine import parallel
+
+    return parallel.whole()
+
+
+def _counting_rows(update: Callable, done: list[int], grad: np.ndarray, block: slice) -> None:
+    """``update(grad, block)``, noting in ``done`` how many rows it updated."""
+    update(grad, block)
+    done.append(block.stop - block.start)
 
 
 class Sequential(Model):

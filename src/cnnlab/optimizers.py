@@ -6,9 +6,16 @@ updates themselves are :mod:`cnnlab.nn.optimizers` (run on the engine of
 velocity, Adam's moments), one per weight. Before the update, ``clipvalue`` clips each
 gradient element to ``[-clipvalue, clipvalue]`` and ``clipnorm`` rescales each gradient whose
 L2 norm exceeds ``clipnorm`` down to it.
+
+Each element of a weight is updated from its own gradient element and slots alone, so a
+weight can be updated a block of rows at a time, with the same numbers (:meth:`row_update`):
+a model's training step on the fast engine updates each dense layer's kernel that way in the
+backward pass, each core its rows right after their gradient, while they are in its cache.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 
@@ -45,19 +52,46 @@ class Optimizer:
             "learning_rate", value, 0, MAX_LEARNING_RATE, low_open=True
         )
 
-    def apply(self, grads: list[np.ndarray], weights: list[np.ndarray]) -> None:
-        """One step: update every weight in place from its gradient."""
-        if len(grads) != len(weights):
-            raise ValueError(f"expected one gradient per weight ({len(weights)}), got {len(grads)}")
+    def build(self, weights: list[np.ndarray]) -> None:
+        """Make the slots, zeros shaped like each weight, unless there are some already."""
         if not self.slots:
             self.slots = {name: [np.zeros_like(w) for w in weights] for name in self.slot_names}
+
+    def apply(
+        self, grads: list[np.ndarray], weights: list[np.ndarray], done: frozenset[int] = frozenset()
+    ) -> None:
+        """One step: update every weight in place from its gradient, but those whose index is
+        in ``done``: :meth:`row_update` has updated them in this step already."""
+        if len(grads) != len(weights):
+            raise ValueError(f"expected one gradient per weight ({len(weights)}), got {len(grads)}")
+        self.build(weights)
         ops = backend.ops()
         for i, (g, w) in enumerate(zip(grads, weights, strict=True)):
-            g = ops.clip_gradient(g, self.clipnorm, self.clipvalue)
-            self.update(i, g.astype(w.dtype, copy=False), w)
+            if i not in done:
+                g = ops.clip_gradient(g, self.clipnorm, self.clipvalue)
+                self.update(i, g.astype(w.dtype, copy=False), w)
         self.iterations += 1
 
-    def update(self, i: int, grad: np.ndarray, weight: np.ndarray) -> None:
+    def row_update(self, i: int, weight: np.ndarray) -> Callable[[np.ndarray, slice], None] | None:
+        """``update(grad, rows)``: this step's update of ``weight[rows]`` (weight ``i`` of
+        :meth:`apply`'s list; the slots made by :meth:`build`) from those rows' gradient, the
+        numbers :meth:`apply` gives them, for a layer whose gradient comes a block of rows at a
+        time; :meth:`apply` then skips the weight. None where a row's update needs all of the
+        gradient (``clipnorm``). Safe to call from several threads on different rows."""
+        if self.clipnorm is not None:
+            return None
+
+        def update(grad: np.ndarray, rows: slice) -> None:
+            grad = backend.ops().clip_gradient(grad, None, self.clipvalue)
+            self.update(i, grad.astype(weight.dtype, copy=False), weight[rows], rows)
+
+        return update
+
+    def update(
+        self, i: int, grad: np.ndarray, weight: np.ndarray, rows: slice = slice(None)
+    ) -> None:
+        """Update ``weight``, weight ``i`` or the ``rows`` of it given, in place from
+        ``grad``, with the same rows of the slots."""
         raise NotImplementedError
 
     # -- state, for checkpoints ------------------------------------------------------------
@@ -104,8 +138,8 @@ class SGD(Optimizer):
         self.nesterov = bool(nesterov)
         self.slot_names = ("velocity",) if self.momentum > 0 else ()
 
-    def update(self, i, grad, weight):
-        velocity = self.slots["velocity"][i] if self.momentum > 0 else None
+    def update(self, i, grad, weight, rows=slice(None)):
+        velocity = self.slots["velocity"][i][rows] if self.momentum > 0 else None
         backend.ops().sgd_update(
             weight, grad, velocity, self.learning_rate, self.momentum, self.nesterov
         )
@@ -134,8 +168,8 @@ class Adam(Optimizer):
         self.beta_2 = checks.number_in("beta_2", beta_2, 0, 1, high_open=True)
         self.epsilon = checks.positive_number("epsilon", epsilon)
 
-    def update(self, i, grad, weight):
-        m, v = self.slots["m"][i], self.slots["v"][i]
+    def update(self, i, grad, weight, rows=slice(None)):
+        m, v = self.slots["m"][i][rows], self.slots["v"][i][rows]
         backend.ops().adam_update(
             weight,
             grad,
@@ -147,6 +181,16 @@ class Adam(Optimizer):
             self.beta_2,
             self.epsilon,
         )
+
+    def row_update(self, i, weight):
+        clipped = self.clipnorm is not None or self.clipvalue is not None
+        if clipped or backend.get_engine() != "fast":
+            return super().row_update(i, weight)
+        from cnnlab.engine.optimizers import adam_rows  # the fast engine's, loaded with it
+
+        m, v = self.slots["m"][i], self.slots["v"][i]
+        t, lr = self.iterations + 1, self.learning_rate
+        return adam_rows(weight, m, v, t, lr, self.beta_1, self.beta_2, self.epsilon)
 
     def get_config(self):
         return {

@@ -5,6 +5,8 @@ own, whole rows of ``kernel`` and of ``dkernel``."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from cnnlab.engine import parallel
@@ -32,11 +34,18 @@ def dense_forward(
 
 
 def dense_backward(
-    dy: np.ndarray, cache: DenseCache, input_gradient: bool = True
+    dy: np.ndarray,
+    cache: DenseCache,
+    input_gradient: bool = True,
+    *,
+    update: Callable[[np.ndarray, slice], None] | None = None,
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """Fast :func:`cnnlab.nn.dense.dense_backward`, split over the cores by the inputs: each
     thread takes a block of them, the rows ``dkernel[lo:hi] = x[:, lo:hi].T @ dy`` and the
-    columns ``dx[:, lo:hi] = dy @ kernel[lo:hi].T``."""
+    columns ``dx[:, lo:hi] = dy @ kernel[lo:hi].T``. With ``update``, the optimizer's update of
+    rows of the kernel (:meth:`cnnlab.optimizers.Optimizer.row_update`), each thread then calls
+    ``update(dkernel[lo:hi], slice(lo, hi))``: its rows of the kernel are updated while they
+    and their gradient are in its cache, after ``dx`` has read them."""
     x, kernel = cache
     dtype = np.result_type(dy, kernel)
     d, units = kernel.shape
@@ -47,6 +56,8 @@ def dense_backward(
         np.matmul(x[:, lo:hi].T, dy, out=dkernel[lo:hi])
         if input_gradient:
             np.matmul(dy, kernel[lo:hi].T, out=dx[:, lo:hi])
+        if update is not None:
+            update(dkernel[lo:hi], slice(lo, hi))
 
     parallel.over_batch(inputs, d, _grain(len(x), units))
     return dx, dkernel, column_sums(dy)

@@ -91,6 +91,10 @@ class Dense(ActivationLayer):
 
     min_rank = 2
     call_state = ("_cache", "_x_shape")
+    # Set by a model's training step on the fast engine for its backward pass: the optimizer's
+    # update of rows of the kernel (cnnlab.optimizers.Optimizer.row_update), which the
+    # backward pass applies as each block of the kernel's gradient is ready.
+    kernel_update = None
 
     def __init__(
         self,
@@ -130,9 +134,13 @@ class Dense(ActivationLayer):
         return self.activation(z.reshape(*x.shape[:-1], self.units))
 
     def backward_from_logits(self, dz, input_gradient=True):
-        dx, dkernel, dbias = backend.ops().dense_backward(
-            dz.reshape(-1, self.units), self._cache, input_gradient
-        )
+        dz2, ops = dz.reshape(-1, self.units), backend.ops()
+        if self.kernel_update is None:
+            dx, dkernel, dbias = ops.dense_backward(dz2, self._cache, input_gradient)
+        else:  # the fast engine's, updating the kernel's rows as their gradient is ready
+            dx, dkernel, dbias = ops.dense_backward(
+                dz2, self._cache, input_gradient, update=self.kernel_update
+            )
         self.grads["kernel"] = dkernel
         if self.use_bias:
             self.grads["bias"] = dbias
