@@ -4,7 +4,8 @@ Runs the training step of a zoo model (the plan ``train_step`` runs, each of its
 on its own) on random data, and prints one row per step: forward ms, backward ms,
 their sum, and the share of the whole step. A step is a layer, or a batch norm and the
 activation after it, which the model runs as one op (``cnnlab.fusion``). The loss and the
-optimizer update get their own rows. Medians over the timed steps.
+optimizer update get their own rows; as in ``train_step``, each dense layer's kernel is
+updated inside that layer's backward pass. Medians over the timed steps.
 
     python benchmarks/profile_layers.py                      # the book's CNN, batch 128
     python benchmarks/profile_layers.py --model mlp --batch-size 32
@@ -90,10 +91,11 @@ def profile_step(model, x: np.ndarray, y: np.ndarray, training: bool = True) -> 
             start = time.perf_counter()
             _, grads, logit_grads = model._losses([y], preds)
             loss_time = time.perf_counter() - start
-            plan.backward(grads, logit_grads, states, input_gradients=False)
+            with model._kernels_updated_in_backward() as updated:  # inside the dense layers'
+                plan.backward(grads, logit_grads, states, input_gradients=False)
             start = time.perf_counter()
             weights, gradients = model.trainable_weights_and_grads()
-            model.optimizer.apply(gradients, weights)
+            model.optimizer.apply(gradients, weights, done=frozenset(updated))
             update = time.perf_counter() - start
     return {
         "forward": [step.op.forward for step in plan.steps],
