@@ -355,7 +355,7 @@ class Model:
         the model runs each op whole on BLAS's threads (its gradient then comes in one
         block, and updating it in the backward pass gains nothing)."""
         updated: set[int] = set()
-        done: dict[int, list[int]] = {}  # by kernel: the rows updated, block by block
+        done: dict[int, tuple[int, list[int]]] = {}  # by kernel: its rows, and those updated
         layers = []
         if backend.fuses() and not _blas_threads_mode():
             weights = self.trainable_weights
@@ -369,16 +369,15 @@ class Model:
                 i = index[id(kernel)]
                 update = self.optimizer.row_update(i, kernel)
                 if update is not None:
-                    done[i] = []
-                    layer.kernel_update = functools.partial(_counting_rows, update, done[i])
+                    done[i] = (len(kernel), [])
+                    layer.kernel_update = functools.partial(_counting_rows, update, done[i][1])
                     layers.append(layer)
         try:
             yield updated
         finally:
             for layer in layers:
                 layer.kernel_update = None
-        weights = self.trainable_weights
-        updated.update(i for i, blocks in done.items() if sum(blocks) == len(weights[i]))
+        updated.update(i for i, (rows, blocks) in done.items() if sum(blocks) == rows)
 
     def test_step(self, x, y) -> dict[str, float]:
         """Loss and metrics on a batch in inference mode."""
