@@ -55,7 +55,7 @@ _state = threading.local()
 _workers: list[_Worker] = []
 _using_workers = threading.Lock()  # one caller at a time hands slices to the workers
 _num_threads: int | None = None
-_blas = None  # threadpoolctl's controller of the BLAS libraries loaded with NumPy
+_blas: list | None = None  # threadpoolctl's controllers of the BLAS libraries (NumPy's)
 
 # How long a thread spins for the next slice, or for a slice to finish, before it sleeps:
 # about 3 ms of rounds here. Waking a sleeping thread took 30-80 us on the 2-core machine, as
@@ -110,20 +110,32 @@ def batch_slices(n: int, parts: int) -> list[tuple[int, int]]:
 def one_blas_thread() -> Iterator[None]:
     """Hold NumPy's BLAS to one thread inside the block, while cnnlab's threads split each
     op's batch; nothing changes with one thread. Re-entrant: an inner block does nothing."""
-    global _blas
     if num_threads() == 1 or getattr(_state, "held", False):
         yield
         return
+    libraries = _blas_libraries()
+    before = [library.get_num_threads() for library in libraries]
+    for library in libraries:
+        library.set_num_threads(1)
+    _state.held = True
+    try:
+        yield
+    finally:
+        _state.held = False
+        for library, count in zip(libraries, before, strict=True):
+            library.set_num_threads(count)
+
+
+def _blas_libraries() -> list:
+    """threadpoolctl's controllers of the BLAS libraries loaded now, found once: a model
+    holds them to one thread at every step, where threadpoolctl's ``limit``, which looks the
+    libraries up and reads their versions each time, cost 20-40 us after a step."""
+    global _blas
     if _blas is None:
         from threadpoolctl import ThreadpoolController
 
-        _blas = ThreadpoolController()
-    with _blas.limit(limits=1, user_api="blas"):
-        _state.held = True
-        try:
-            yield
-        finally:
-            _state.held = False
+        _blas = ThreadpoolController().select(user_api="blas").lib_controllers
+    return _blas
 
 
 @contextmanager
