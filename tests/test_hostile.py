@@ -28,10 +28,12 @@ import pytest
 from PIL import Image
 from test_cli import QUICK, invoke, one_error_line
 
-from cnnlab import arrays, files, optimizers
+import cnnlab
+from cnnlab import arrays, files, layers, optimizers
 from cnnlab.callbacks import Callback
 from cnnlab.datasets import idx
 from cnnlab.datasets.folder import image_folder
+from cnnlab.model import Sequential
 from cnnlab.runs import RunDirectory
 from cnnlab.saving import load
 
@@ -625,6 +627,35 @@ def test_11_an_empty_class_folder_is_refused(small_folder, tmp_path):
 def test_11_fractional_labels_are_refused():
     with pytest.raises(ValueError, match="expects whole-number class labels, got 0.5"):
         build(0).fit(x_toy, np.full(len(x_toy), 0.5), epochs=1, verbose=0)
+
+
+@pytest.mark.parametrize(
+    ("loss", "labels", "message"),
+    [
+        ("sparse_categorical_crossentropy", np.full(8, 3), r"labels in \[0, 3\), got .* 3 to 3"),
+        ("sparse_categorical_crossentropy", np.full(8, -1), r"labels in \[0, 3\)"),
+        ("sparse_categorical_crossentropy", np.zeros(7, int), r"\(8,\), got shape \(7,\)|8 and 7"),
+        ("categorical_crossentropy", np.eye(4)[np.zeros(8, int)], r"shape \(8, 3\), got shape"),
+    ],
+)
+@pytest.mark.parametrize("step", ["train_on_batch", "test_on_batch", "fit", "evaluate"])
+def test_11_labels_the_loss_refuses_leave_the_model_as_it_was(step, loss, labels, message):
+    """The labels are checked before the step runs: its forward pass would move batch norm's
+    moving averages, and a step that fails must change nothing."""
+    cnnlab.set_random_seed(0)
+    model = Sequential([
+        layers.Input(shape=(4,)), layers.Dense(5), layers.BatchNormalization(),
+        layers.Dense(3, activation="softmax"),
+    ])  # fmt: skip
+    model.compile("adam", loss)
+    before = [w.copy() for w in model.get_weights()]
+    x = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
+    call = getattr(model, step)
+    with pytest.raises(ValueError, match=message):
+        call(x, labels, verbose=0) if step in ("fit", "evaluate") else call(x, labels)
+    for old, new in zip(before, model.get_weights(), strict=True):
+        np.testing.assert_array_equal(new, old)
+    assert model.optimizer.iterations == 0
 
 
 @pytest.mark.parametrize("lr", ["inf", "1e300", "nan", "-1", "0"])

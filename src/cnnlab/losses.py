@@ -18,17 +18,25 @@ class Loss:
 
     def value_and_grad(self, y_true: np.ndarray, y_pred: np.ndarray) -> tuple[float, np.ndarray]:
         """The loss and its gradient with respect to ``y_pred``."""
-        self.check_labels(y_true, y_pred)
-        if self.from_logits:
-            return backend.ops().crossentropy_from_logits(y_pred, y_true)
-        return backend.ops().crossentropy_from_probs(y_pred, y_true)
+        self.check_labels(y_true, y_pred.shape)
+        return self.checked_value_and_grad(y_true, y_pred, self.from_logits)
 
     def from_logits_value_and_grad(self, y_true, logits) -> tuple[float, np.ndarray]:
         """The same loss, computed from the logits before a softmax: stable for large inputs."""
-        self.check_labels(y_true, logits)
-        return backend.ops().crossentropy_from_logits(logits, y_true)
+        self.check_labels(y_true, logits.shape)
+        return self.checked_value_and_grad(y_true, logits, True)
 
-    def check_labels(self, y_true, y_pred) -> None:
+    @staticmethod
+    def checked_value_and_grad(y_true, y_pred, from_logits: bool) -> tuple[float, np.ndarray]:
+        """:meth:`value_and_grad` of labels already checked (:meth:`check_labels`), from the
+        predicted probabilities or, with ``from_logits``, the logits."""
+        if from_logits:
+            return backend.ops().crossentropy_from_logits(y_pred, y_true)
+        return backend.ops().crossentropy_from_probs(y_pred, y_true)
+
+    def check_labels(self, y_true: np.ndarray, shape: tuple[int, ...]) -> None:
+        """Raise a ValueError unless ``y_true`` are labels this loss takes for predictions of
+        ``shape`` ``(N, K)``."""
         raise NotImplementedError
 
     def get_config(self) -> dict:
@@ -40,10 +48,10 @@ class CategoricalCrossentropy(Loss):
 
     name = "categorical_crossentropy"
 
-    def check_labels(self, y_true, y_pred):
-        if y_true.shape != y_pred.shape:
+    def check_labels(self, y_true, shape):
+        if y_true.shape != tuple(shape):
             raise ValueError(
-                f"categorical_crossentropy expects one-hot labels of shape {y_pred.shape}, "
+                f"categorical_crossentropy expects one-hot labels of shape {tuple(shape)}, "
                 f"got shape {y_true.shape}; for integer labels use "
                 "sparse_categorical_crossentropy"
             )
@@ -54,11 +62,11 @@ class SparseCategoricalCrossentropy(Loss):
 
     name = "sparse_categorical_crossentropy"
 
-    def check_labels(self, y_true, y_pred):
-        if y_true.shape != y_pred.shape[:1]:
+    def check_labels(self, y_true, shape):
+        if y_true.shape != tuple(shape[:1]):
             raise ValueError(
                 f"sparse_categorical_crossentropy expects integer labels of shape "
-                f"{y_pred.shape[:1]}, got shape {y_true.shape}; for one-hot labels use "
+                f"{tuple(shape[:1])}, got shape {y_true.shape}; for one-hot labels use "
                 "categorical_crossentropy"
             )
         if y_true.dtype.kind == "f" and not np.array_equal(y_true, np.round(y_true)):
@@ -66,9 +74,9 @@ class SparseCategoricalCrossentropy(Loss):
             raise ValueError(
                 f"sparse_categorical_crossentropy expects whole-number class labels, got {first}"
             )
-        if y_true.size and (y_true.min() < 0 or y_true.max() >= y_pred.shape[1]):
+        if y_true.size and (y_true.min() < 0 or y_true.max() >= shape[1]):
             raise ValueError(
-                f"sparse_categorical_crossentropy expects labels in [0, {y_pred.shape[1]}), "
+                f"sparse_categorical_crossentropy expects labels in [0, {shape[1]}), "
                 f"got values from {y_true.min()} to {y_true.max()}"
             )
 

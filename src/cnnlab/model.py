@@ -148,6 +148,12 @@ class Model:
         """``y`` as one checked array per output: numbers, finite."""
         return self._arrays(y, self.outputs, "targets")
 
+    def _check_labels(self, ys: list[np.ndarray], n: int) -> None:
+        """Raise a ValueError unless each output's loss takes ``ys``' labels for ``n``
+        examples: before a step runs, as its forward pass moves batch norm's averages."""
+        for t, loss, y in zip(self.outputs, self._loss_list, ys, strict=True):
+            loss.check_labels(y, (n, *t.shape[1:]))
+
     def _result(self, values: list):
         return values if self._many_outputs else values[0]
 
@@ -301,14 +307,15 @@ class Model:
         return layer
 
     def _losses(self, ys, preds) -> tuple[dict[str, float], dict, dict]:
-        """The logs' losses, and the gradients at the outputs and at the softmax logits."""
+        """The logs' losses, and the gradients at the outputs and at the softmax logits, for
+        labels checked already (:meth:`_check_labels`)."""
         grads, logit_grads, logs = {}, {}, {"loss": 0.0}
         for i, (y, pred) in enumerate(zip(ys, preds, strict=True)):
             key, loss, layer = id(self.outputs[i]), self._loss_list[i], self._logits_layer(i)
             if layer is not None:
-                value, logit_grads[key] = loss.from_logits_value_and_grad(y, layer.logits)
+                value, logit_grads[key] = loss.checked_value_and_grad(y, layer.logits, True)
             else:
-                value, grads[key] = loss.value_and_grad(y, pred)
+                value, grads[key] = loss.checked_value_and_grad(y, pred, loss.from_logits)
             logs["loss"] += value
             if self._many_outputs:
                 logs[f"{self.outputs[i].layer.name}_loss"] = value
@@ -325,10 +332,13 @@ class Model:
     def train_step(self, x, y) -> dict[str, float]:
         """Forward, loss, backward and one optimizer step on a batch; returns the metrics."""
         self._check_compiled()
-        return self._train_step(self._as_inputs(x), self._as_targets(y))
+        xs, ys = self._as_inputs(x), self._as_targets(y)
+        self._check_labels(ys, len(xs[0]))
+        return self._train_step(xs, ys)
 
     def _train_step(self, xs: list[np.ndarray], ys: list[np.ndarray]) -> dict[str, float]:
-        """:meth:`train_step` on checked arrays (the fit loop checks its data once)."""
+        """:meth:`train_step` on checked arrays and labels (the fit loop checks its data
+        once)."""
         if (runner := self._torch_runner()) is not None:
             return runner.train_step(xs, ys)
         with backend.running(self._threads(xs)):
@@ -382,7 +392,9 @@ class Model:
     def test_step(self, x, y) -> dict[str, float]:
         """Loss and metrics on a batch in inference mode."""
         self._check_compiled()
-        return self._test_step(self._as_inputs(x), self._as_targets(y))
+        xs, ys = self._as_inputs(x), self._as_targets(y)
+        self._check_labels(ys, len(xs[0]))
+        return self._test_step(xs, ys)
 
     def _test_step(self, xs: list[np.ndarray], ys: list[np.ndarray]) -> dict[str, float]:
         """:meth:`test_step` on checked arrays."""

@@ -461,7 +461,6 @@ class Runner:
         model, total, logs = self.model, 0.0, {"loss": 0.0}
         for i, (t, y, pred) in enumerate(zip(model.outputs, ys, preds, strict=True)):
             loss = model._loss_list[i]
-            loss.check_labels(y, pred)
             z = logits.get(id(t), pred if loss.from_logits else None)
             value = _crossentropy_from_logits(z, y) if z is not None else _crossentropy(pred, y)
             total = total + value

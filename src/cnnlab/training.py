@@ -175,6 +175,7 @@ def _data(model, x, y, what: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
         raise ValueError(f"{what}x and y must have the same length, got {shown}")
     if lengths[0] == 0:
         raise ValueError(f"{what}expected at least one example, got none")
+    model._check_labels(ys, lengths[0])
     return xs, ys
 
 
