@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cnnlab import nn
-from cnnlab.engine import activations, batchnorm, blas, conv, parallel, sums
+from cnnlab.engine import activations, batchnorm, blas, conv, losses, parallel, sums
 from cnnlab.engine.tuning import ConvPlan
 
 
@@ -225,3 +225,35 @@ def test_batchnorm_statistics_keep_their_precision_under_a_large_mean():
     exact = x.astype(np.float64)
     np.testing.assert_allclose(mean, exact.mean(axis=0), rtol=1e-7)
     np.testing.assert_allclose(var, exact.var(axis=0), rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("labels", ["integers", "whole floats", "one-hot", "soft"])
+@pytest.mark.parametrize("shape", [(1, 1), (1, 10), (128, 10), (33, 3)])
+def test_fast_crossentropy_from_logits_matches_reference(dtype, labels, shape):
+    rng = np.random.default_rng(7)
+    n, k = shape
+    logits = (rng.standard_normal((n, k)) * 30).astype(dtype)  # exp would overflow unshifted
+    classes = rng.integers(0, k, n)
+    y = {
+        "integers": classes,
+        "whole floats": classes.astype(np.float32),
+        "one-hot": np.eye(k, dtype=dtype)[classes],
+        "soft": rng.dirichlet(np.ones(k), n).astype(dtype),
+    }[labels]
+    loss, grad = losses.crossentropy_from_logits(logits, y)
+    plain_loss, plain_grad = nn.crossentropy_from_logits(logits, y)
+    assert isinstance(loss, float)
+    assert loss == pytest.approx(plain_loss, rel=1e-12 if dtype == np.float64 else 1e-6)
+    _close(grad, plain_grad, dtype)
+
+
+def test_fast_crossentropy_reads_logits_in_any_layout():
+    rng = np.random.default_rng(8)
+    wide = rng.standard_normal((6, 20)).astype(np.float32)
+    logits = wide[:, ::2]  # not contiguous
+    y = rng.integers(0, 10, 6)
+    loss, grad = losses.crossentropy_from_logits(logits, y)
+    plain_loss, plain_grad = nn.crossentropy_from_logits(logits, y)
+    assert loss == pytest.approx(plain_loss, rel=1e-6)
+    _close(grad, plain_grad, np.float32)

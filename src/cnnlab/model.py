@@ -78,6 +78,8 @@ class Model:
                     f"{t.layer.name!r}"
                 )
         self._nodes = graph_nodes(self.inputs, self.outputs)
+        self._calls = Counter(id(node.layer) for node in self._nodes)  # by layer
+        self._read = {id(t) for node in self._nodes for t in node.inputs}  # tensors read
         seen: dict[str, Layer] = {}
         for layer in [t.layer for t in self.inputs] + [node.layer for node in self._nodes]:
             other = seen.setdefault(layer.name, layer)
@@ -294,12 +296,10 @@ class Model:
         logits (stable): cross-entropy of probabilities, an output no other layer reads."""
         tensor = self.outputs[i]
         layer = tensor.layer
-        read = any(tensor is t for node in self._nodes for t in node.inputs)
-        calls = sum(node.layer is layer for node in self._nodes)
         if (
             self._loss_list[i].from_logits
-            or read
-            or calls > 1
+            or id(tensor) in self._read
+            or self._calls[id(layer)] > 1
             or not isinstance(layer, ActivationLayer)
             or layer.activation.name != "softmax"
         ):
@@ -370,18 +370,17 @@ class Model:
         if backend.fuses() and not _blas_threads_mode():
             weights = self.trainable_weights
             self.optimizer.build(weights)
-            index = {id(w): i for i, w in enumerate(weights)}
-            calls = Counter(id(node.layer) for node in self._nodes)
+            i = 0  # the index of the layer's first trainable weight
             for layer in self.layers:
-                kernel = layer.weights.get("kernel")
-                if not isinstance(layer, Dense) or id(kernel) not in index or calls[id(layer)] > 1:
-                    continue
-                i = index[id(kernel)]
-                update = self.optimizer.row_update(i, kernel)
-                if update is not None:
-                    done[i] = (len(kernel), [])
-                    layer.kernel_update = functools.partial(_counting_rows, update, done[i][1])
-                    layers.append(layer)
+                names = layer.trainable_names
+                if isinstance(layer, Dense) and "kernel" in names and self._calls[id(layer)] == 1:
+                    k = i + names.index("kernel")
+                    update = self.optimizer.row_update(k, weights[k])
+                    if update is not None:
+                        done[k] = (len(weights[k]), [])
+                        layer.kernel_update = functools.partial(_counting_rows, update, done[k][1])
+                        layers.append(layer)
+                i += len(names)
         try:
             yield updated
         finally:
@@ -639,6 +638,7 @@ class Sequential(Model):
         self.layers: list[Layer] = []
         self._input: InputLayer | None = None
         self.inputs, self.outputs, self._nodes = [], [], []
+        self._calls, self._read = Counter(), set()
         self._many_inputs = self._many_outputs = False
         for layer in layers or []:
             self.add(layer)

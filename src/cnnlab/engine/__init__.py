@@ -26,6 +26,7 @@ from cnnlab.engine.batchnorm import (
 )
 from cnnlab.engine.conv import conv2d_backward, conv2d_forward
 from cnnlab.engine.dense import dense_backward, dense_forward
+from cnnlab.engine.losses import crossentropy_from_logits
 from cnnlab.engine.optimizers import adam_update
 from cnnlab.engine.parallel import one_blas_thread
 
@@ -37,6 +38,7 @@ FAST = (
     batchnorm_train_forward,
     conv2d_backward,
     conv2d_forward,
+    crossentropy_from_logits,
     dense_backward,
     dense_forward,
     leaky_relu,

@@ -495,3 +495,39 @@ def adam_update(weight, grad, m, v, one_minus_beta_1, one_minus_beta_2, alpha, e
         m[i] = m_i
         v[i] = v_i
         weight[i] = weight[i] - m_i / (np.sqrt(v_i) + epsilon) * alpha
+
+
+@_compiled
+def crossentropy_from_logits(z, labels, one_hot, grad):
+    """Softmax cross-entropy from the logits ``z: (N, K)``, as
+    :func:`cnnlab.nn.losses.crossentropy_from_logits`: returns the batch's summed loss (in
+    float64) and writes ``grad = (softmax(z) - y) / N``::
+
+        log_p = (z - max z) - log(sum exp(z - max z))     (each row)
+        loss = -sum_k y_k * log_p_k
+
+    The labels ``y`` are one-hot rows ``one_hot: (N, K)`` where ``labels`` is empty, else the
+    class of each row, ``labels: (N,)`` (int64)."""
+    n, k = z.shape
+    total = 0.0
+    count = z.dtype.type(n)
+    sparse = labels.size > 0
+    for i in range(n):
+        top = z[i, 0]
+        for j in range(1, k):
+            top = max(top, z[i, j])
+        exps = z.dtype.type(0)
+        for j in range(k):
+            exps += np.exp(z[i, j] - top)
+        log_sum = np.log(exps)
+        for j in range(k):
+            log_p = (z[i, j] - top) - log_sum
+            y = z.dtype.type(0)
+            if sparse:
+                if j == labels[i]:
+                    y = z.dtype.type(1)
+            else:
+                y = one_hot[i, j]
+            total -= y * log_p
+            grad[i, j] = (np.exp(log_p) - y) / count
+    return total
