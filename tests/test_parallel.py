@@ -212,7 +212,10 @@ def test_a_forked_child_starts_workers_of_its_own(threads):
 
 
 def _split_and_exit():
-    os._exit(0 if parallel.over_batch(lambda a, b: b - a, 5) == [2, 3] else 1)
+    keep, outs, parts, expected = _product_parts(np.random.default_rng(7), 4, [(0, 6), (6, 12)], 5)
+    parallel.over_products(parts)
+    posted = all(map(np.allclose, outs, expected))
+    os._exit(0 if parallel.over_batch(lambda a, b: b - a, 5) == [2, 3] and posted else 1)
 
 
 def test_errstate_holds_inside_the_slices(threads):
@@ -278,6 +281,82 @@ def test_dense_gives_the_formula_on_any_number_of_threads(threads, slice_counts,
     no_dx, dk_alone, _ = dense.dense_backward(dy, cache, input_gradient=False)
     assert no_dx is None
     np.testing.assert_array_equal(dk_alone, dk)
+
+
+def _product_parts(rng, m, blocks, n):
+    """Random float32 ``a: (m, k)``, ``b: (k, n)`` cut at ``blocks`` of ``k``, one output per
+    block, and the parts of ``tiles.product`` that fill them, with ``a @ b`` for the sum."""
+    k = blocks[-1][1]
+    a = rng.normal(size=(m, k)).astype(np.float32)
+    b = rng.normal(size=(k, n)).astype(np.float32)
+    outs = [np.full((m, n), np.nan, np.float32) for _ in blocks]
+    parts = [
+        (a.ctypes.data + 4 * lo, k, 1, b.ctypes.data + 4 * lo * n, n, out.ctypes.data, n, m, n,
+         hi - lo, 0)
+        for (lo, hi), out in zip(blocks, outs, strict=True)
+    ]  # fmt: skip
+    return (a, b), outs, parts, [a[:, lo:hi] @ b[lo:hi] for lo, hi in blocks]
+
+
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
+def test_posted_products_fill_every_part(threads, n_threads):
+    threads(n_threads)
+    rng = np.random.default_rng(3)
+    for count in (1, 2, 3, 4):  # parts beyond the threads run on the caller
+        keep, outs, parts, expected = _product_parts(rng, 19, parallel.batch_slices(40, count), 37)
+        for _ in range(50):  # back to back, as a model's layers come
+            parallel.over_products(parts)
+        for out, want in zip(outs, expected, strict=True):
+            np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-4)
+
+
+def test_posted_products_wake_a_sleeping_worker(threads, monkeypatch):
+    threads(2)
+    monkeypatch.setattr(parallel, "_SPINS", 1)  # no spinning: the worker sleeps between parts
+    rng = np.random.default_rng(4)
+    for _ in range(20):
+        time.sleep(0.002)
+        keep, outs, parts, expected = _product_parts(rng, 8, [(0, 30), (30, 64)], 20)
+        parallel.over_products(parts)
+        for out, want in zip(outs, expected, strict=True):
+            np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-4)
+
+
+def test_posted_products_run_on_the_caller_inside_a_slice_or_blas_threads(threads):
+    threads(2)
+    rng = np.random.default_rng(5)
+    keep, outs, parts, expected = _product_parts(rng, 5, [(0, 8), (8, 16)], 9)
+    callers = []
+
+    def inside(start, stop):
+        callers.append(threading.get_ident())
+        parallel.over_products(parts)  # the workers are busy with this op's slices
+
+    parallel.over_batch(inside, 2)
+    assert len(set(callers)) == 2
+    with parallel.blas_threads():
+        parallel.over_products(parts)
+    for out, want in zip(outs, expected, strict=True):
+        np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
+@pytest.mark.parametrize("shape", [(32, 3072, 200), (5, 4000, 33), (64, 512, 300)])
+def test_float32_dense_forward_by_posted_tiles_gives_the_formula(threads, n_threads, shape):
+    threads(n_threads)
+    rng = np.random.default_rng(6)
+    m, d, n = shape
+    x = rng.normal(size=(m, d)).astype(np.float32)
+    k = rng.normal(size=(d, n)).astype(np.float32)
+    b = rng.normal(size=n).astype(np.float32)
+    assert dense._tiled(x, k)
+    expected = x.astype(np.float64) @ k + b
+    for _ in range(3):  # the parts' buffers are kept from call to call
+        y, _ = dense.dense_forward(x, k, b)
+        assert y.dtype == np.float32
+        np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-3 * np.sqrt(d))
+    with parallel.blas_threads():
+        assert not dense._tiled(x, k)
 
 
 def test_thread_counts_must_be_positive_integers(threads, monkeypatch):

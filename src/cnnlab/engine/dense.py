@@ -1,7 +1,12 @@
 """Fast :func:`cnnlab.nn.dense.dense_forward` and :func:`~cnnlab.nn.dense.dense_backward`: the
 same products, the same arguments and the same :class:`DenseCache`, split over the cores by the
 layer's inputs (the rows of ``kernel``), so that each thread reads and writes blocks of its
-own, whole rows of ``kernel`` and of ``dkernel``."""
+own, whole rows of ``kernel`` and of ``dkernel``.
+
+In float32, with cnnlab's threads splitting the ops, the forward product goes by
+:mod:`cnnlab.engine.tiles`, each core's part posted to it in compiled code
+(:func:`cnnlab.engine.parallel.over_products`): a layer's product of a few dozen rows is over in
+a few hundred microseconds, and handing a slice of Python to a thread cost 45-75 us of it."""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from cnnlab.engine import parallel
+from cnnlab.engine import parallel, scratch
 from cnnlab.engine.sums import column_sums
 from cnnlab.nn.dense import DenseCache
 
@@ -18,19 +23,58 @@ def dense_forward(
     x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None
 ) -> tuple[np.ndarray, DenseCache]:
     """Fast :func:`cnnlab.nn.dense.dense_forward`: each thread multiplies a block of ``x``'s
-    columns by the same block of ``kernel``'s rows, ``x[:, lo:hi] @ kernel[lo:hi]``
+    columns by the same block of ``kernel``'s rows, ``x[:, lo:hi] @ kernel[lo:hi]``, by
+    :mod:`cnnlab.engine.tiles` where it can (:func:`_tiled`), else by BLAS
     (:func:`cnnlab.engine.parallel.over_batch`), and the threads' partial products are added
     up in order."""
-    y, *others = parallel.over_batch(
-        lambda lo, hi: np.matmul(x[:, lo:hi], kernel[lo:hi]),
-        kernel.shape[0],
-        _grain(len(x), kernel.shape[1]),
-    )
-    for part in others:
-        y += part
+    if _tiled(x, kernel):
+        y = _tiles_forward(x, kernel)
+    else:
+        y, *others = parallel.over_batch(
+            lambda lo, hi: np.matmul(x[:, lo:hi], kernel[lo:hi]),
+            kernel.shape[0],
+            _grain(len(x), kernel.shape[1], _MIN_WORK),
+        )
+        for part in others:
+            y += part
     if bias is not None:
         y += bias
     return y, DenseCache(x, kernel)
+
+
+def _tiled(x: np.ndarray, kernel: np.ndarray) -> bool:
+    """Whether :func:`dense_forward` multiplies by the tiles: float32, C-contiguous, and the
+    ops split over cnnlab's threads (not :func:`cnnlab.engine.parallel.blas_threads`)."""
+    return (
+        x.dtype == kernel.dtype == np.float32
+        and x.flags.c_contiguous
+        and kernel.flags.c_contiguous
+        and not parallel.whole()
+    )
+
+
+def _tiles_forward(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """``x @ kernel``, a block of the inputs on each thread (:func:`parallel.over_products`):
+    the calling thread's first block into the result, the others' into buffers kept for them
+    (which then stay in their caches), added to it in order; one block by BLAS."""
+    m, d = x.shape
+    n = kernel.shape[1]
+    threads = min(parallel.num_threads(), d // _grain(m, n, _MIN_PART))
+    if threads <= 1:
+        return np.matmul(x, kernel)
+    first, *blocks = parallel.batch_slices(d, threads)
+    y = np.empty((m, n), np.float32)
+    outs = [scratch.buffer(("dense part", i), (m, n), np.float32) for i in range(len(blocks))]
+    a, b, size = x.ctypes.data, kernel.ctypes.data, x.itemsize
+
+    def part(block: tuple[int, int], out: np.ndarray) -> tuple[int, ...]:
+        lo, hi = block
+        return (a + size * lo, d, 1, b + size * lo * n, n, out.ctypes.data, n, m, n, hi - lo, 0)
+
+    parallel.over_products([*map(part, blocks, outs), part(first, y)])
+    for out in outs:
+        y += out
+    return y
 
 
 def dense_backward(
@@ -59,15 +103,17 @@ def dense_backward(
         if update is not None:
             update(dkernel[lo:hi], slice(lo, hi))
 
-    parallel.over_batch(inputs, d, _grain(len(x), units))
+    parallel.over_batch(inputs, d, _grain(len(x), units, _MIN_WORK))
     return dx, dkernel, column_sums(dy)
 
 
-# Multiply-adds of one thread's share below which a thread costs more than it saves (waking a
-# thread takes tens of microseconds; a core does about 4M multiply-adds in 0.1 ms).
+# Multiply-adds of one thread's share below which a thread costs more than it saves: a slice
+# of Python waits tens of microseconds for its thread, a part posted in compiled code a few
+# (a core does about 4M multiply-adds in 0.1 ms).
 _MIN_WORK = 4_000_000
+_MIN_PART = 2_000_000
 
 
-def _grain(rows: int, units: int) -> int:
+def _grain(rows: int, units: int, work: int) -> int:
     """The fewest inputs worth a thread, each ``rows x units`` multiply-adds."""
-    return max(1, -(-_MIN_WORK // (rows * units)))
+    return max(1, -(-work // (rows * units)))

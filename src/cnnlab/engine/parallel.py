@@ -26,6 +26,13 @@ An op whose slices must wait for each other part way, as batch norm's for the ba
 after a convolution, runs them by :func:`over_batch_meeting`: all at once, each on its own
 thread, meeting in compiled code (:func:`meet`) instead of handing over to the threads again.
 
+A matrix product split over the threads (a dense layer's) goes to them without Python at
+all, by :func:`over_products`: each thread's part, the addresses and sizes of a product of
+:mod:`cnnlab.engine.tiles`, is posted to it where it waits in compiled code, and it runs the
+part there and marks it done, never taking the GIL. A slice that runs Python must first take
+the GIL from the calling thread, which is running its own slice's Python then, and sleep on it
+until woken (45-75 us on a 2-core VM); a posted part starts within a few microseconds.
+
 Threads: :func:`set_num_threads`, or the environment variable ``CNNLAB_NUM_THREADS``; by
 default, as many as the cores this process may run on.
 """
@@ -47,6 +54,7 @@ from numba import types
 from numba.extending import intrinsic
 
 from cnnlab import checks
+from cnnlab.engine import tiles
 
 T = TypeVar("T")
 
@@ -187,12 +195,7 @@ def over_batch(run: Callable[[int, int], T], n: int, grain: int = 1) -> list[T]:
     if not _using_workers.acquire(blocking=False):  # another thread of the caller's has them
         return [run(0, n)]
     try:
-        if not _workers:
-            # Compiled (or loaded from numba's cache) here, before any worker runs it: two
-            # threads compiling at once could deadlock on numba's compiler lock and the GIL.
-            _wait_for_change(np.ones(1, np.int64), 0, 1, np.zeros(1, np.int64), 0)
-        while len(_workers) < num_threads() - 1:
-            _workers.append(_Worker(f"cnnlab-{len(_workers) + 1}"))
+        _start_workers()
         *others, last = batch_slices(n, threads)
         with one_blas_thread():
             for worker, (start, stop) in zip(_workers, others, strict=False):
@@ -210,6 +213,19 @@ def over_batch(run: Callable[[int, int], T], n: int, grain: int = 1) -> list[T]:
         if not ok:
             raise value
     return [value for _, value in results] + [mine]
+
+
+def _start_workers() -> None:
+    """Start the threads that are missing, holding ``_using_workers``."""
+    if not _workers:
+        # Compiled (or loaded from numba's cache) here, before any worker runs them: two
+        # threads compiling at once could deadlock on numba's compiler lock and the GIL.
+        posted, empty = np.zeros(2, np.int64), np.zeros(_TASK, np.int64)  # an empty product
+        _post(posted)
+        _serve(np.ones(1, np.int64), 0, posted, empty, 1, np.zeros(1, np.int64), 0)
+        _wait_posted(posted)
+    while len(_workers) < num_threads() - 1:
+        _workers.append(_Worker(f"cnnlab-{len(_workers) + 1}"))
 
 
 def over_batch_meeting(
@@ -238,6 +254,34 @@ def over_batch_meeting(
             raise
 
     return over_batch(meeting, n, grain)
+
+
+def over_products(parts: list[tuple[int, ...]]) -> None:
+    """``tiles.product(*part)`` for each part of ``parts``, each on a thread of its own, in
+    compiled code from start to end (:func:`cnnlab.engine.tiles.product`'s arguments: the
+    addresses of float32 matrices, their strides and sizes). The calling thread runs the last
+    part, and any for which there is no thread; called from inside a slice, inside
+    :func:`blas_threads`, or while another thread's op holds the threads, it runs them all,
+    one after the other. The caller keeps the matrices alive and writes nothing they share
+    until it returns."""
+    alone = len(parts) == 1 or getattr(_state, "inside", False) or whole()
+    if alone or not _using_workers.acquire(blocking=False):
+        for part in parts:
+            tiles.product(*part)
+        return
+    try:
+        _start_workers()
+        posted = parts[: min(len(parts) - 1, len(_workers))]
+        for worker, part in zip(_workers, posted, strict=False):
+            worker.post(part)
+        try:
+            for part in parts[len(posted) :]:
+                tiles.product(*part)
+        finally:  # no part outlives the call
+            for worker in _workers[: len(posted)]:
+                worker.wait_posted()
+    finally:
+        _using_workers.release()
 
 
 @intrinsic
@@ -309,6 +353,53 @@ def _wait_for_change(flag, old, spins, scratch, linger):
     return False
 
 
+_TASK = 11  # the arguments of tiles.product: a part posted to a thread (over_products)
+
+
+@numba.njit(nogil=True, cache=True)
+def _run_posted(posted, task):
+    """Run the part posted in ``task`` (``tiles.product``'s arguments), then mark it done:
+    ``posted`` holds the count of parts posted and of parts done."""
+    target = _load_acquire(posted, 0)
+    tiles.product(task[0], task[1], task[2], task[3], task[4], task[5], task[6], task[7],
+                  task[8], task[9], task[10])  # fmt: skip
+    _store_release(posted, 1, target)
+
+
+@numba.njit(nogil=True, cache=True)
+def _serve(given, seen, posted, task, spins, scratch, linger):
+    """A worker's wait, without the GIL: run each part posted to it (:func:`_run_posted`) as
+    it comes, until a slice is given (``given[0] != seen``: True, after lingering ``linger``
+    rounds, as :func:`_wait_for_change`) or ``spins`` rounds pass with nothing to do
+    (False)."""
+    idle = 0
+    while idle < spins:
+        if _load_acquire(posted, 0) != posted[1]:
+            _run_posted(posted, task)
+            idle = 0
+        elif _load_acquire(given, 0) != seen:
+            for _ in range(linger):
+                scratch[0] += given[0] & 1
+            return True
+        else:
+            idle += 1
+    return False
+
+
+@numba.njit(nogil=True, cache=True)
+def _post(posted):
+    """Count one more part posted, after its arguments were written (release ordering)."""
+    _store_release(posted, 0, posted[0] + 1)
+
+
+@numba.njit(nogil=True, cache=True)
+def _wait_posted(posted):
+    """Spin, without the GIL, until every part posted is done."""
+    target = posted[0]
+    while _load_acquire(posted, 1) != target:
+        pass
+
+
 @functools.cache
 def _linger_rounds() -> int:
     """The rounds of :func:`_wait_for_change`'s lingering that take ``_LINGER_SECONDS`` on
@@ -326,12 +417,15 @@ class _Worker:
     """One of cnnlab's threads: runs the slices handed to it by :meth:`give`, one at a time.
 
     ``given`` and ``done`` count slices handed over and finished. Each side waits for the
-    other's count to move by spinning for a while (:func:`_wait_for_change`), then by
-    sleeping on a condition, whose lock every change of a count takes.
+    other's count to move by spinning for a while (:func:`_wait_for_change`, :func:`_serve`),
+    then by sleeping on a condition, whose lock every change of a count takes. While it
+    waits for a slice it runs the parts of products posted to it (:meth:`post`), in compiled
+    code; ``posted`` counts those posted and those done.
     """
 
     def __init__(self, name: str):
         self.given, self.done = np.zeros(1, np.int64), np.zeros(1, np.int64)
+        self.posted, self.task = np.zeros(2, np.int64), np.zeros(_TASK, np.int64)
         self._scratch = np.zeros((2, 1), np.int64)  # one row for each side's spinning
         self.linger = _linger_rounds()
         self._changed = threading.Condition()
@@ -356,6 +450,18 @@ class _Worker:
                 self._changed.wait()
         return self._result
 
+    def post(self, part: tuple[int, ...]) -> None:
+        """Run ``tiles.product(*part)`` on this thread, in compiled code; at most one part
+        is posted at a time (:meth:`wait_posted` before the next)."""
+        self.task[:] = part
+        _post(self.posted)
+        with self._changed:  # wakes the thread if it sleeps
+            self._changed.notify_all()
+
+    def wait_posted(self) -> None:
+        """Once the part posted last is done."""
+        _wait_posted(self.posted)
+
     def stop(self) -> None:
         self.give(None)
         self.thread.join()
@@ -363,10 +469,12 @@ class _Worker:
     def _loop(self) -> None:
         seen = 0
         while True:
-            if not _wait_for_change(self.given, seen, _SPINS, self._scratch[1], self.linger):
+            if not _serve(self.given, seen, self.posted, self.task, _SPINS, self._scratch[1],
+                          self.linger):  # fmt: skip
                 with self._changed:
-                    while self.given[0] == seen:
+                    while self.given[0] == seen and self.posted[0] == self.posted[1]:
                         self._changed.wait()
+                continue  # to run the part posted, or to see the slice given
             seen = int(self.given[0])
             job = self._job
             if job is None:
