@@ -59,7 +59,7 @@ import numpy as np
 from cnnlab import files
 from cnnlab.engine import machine, parallel, winograd
 
-FORMAT = 3  # bump when a kernel changes what a choice means
+FORMAT = 4  # bump when a kernel changes what a choice means (4: dense layers by the tiles)
 DEFAULT_CHUNK_BYTES = 1 << 20
 CHUNK_BYTES = (1 << 18, 1 << 19, 1 << 20, 1 << 21, 1 << 22)
 GEMM_MACS = (1 << 18, 1 << 19, 1 << 20)  # multiply-adds per BLAS call, beside 0 (one call)
