@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cnnlab import nn
-from cnnlab.engine import activations, batchnorm, blas, conv, losses, parallel, sums
+from cnnlab.engine import activations, batchnorm, blas, conv, dense, losses, parallel, sums
 from cnnlab.engine.tuning import ConvPlan
 
 
@@ -257,3 +257,23 @@ def test_fast_crossentropy_reads_logits_in_any_layout():
     plain_loss, plain_grad = nn.crossentropy_from_logits(logits, y)
     assert loss == pytest.approx(plain_loss, rel=1e-6)
     _close(grad, plain_grad, np.float32)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("slope", [None, 0.0, 0.2])
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("threads_of", ["cnnlab", "blas"])
+def test_dense_forward_with_its_activation_is_the_formula(dtype, slope, with_bias, threads_of):
+    rng = np.random.default_rng(10)
+    x = rng.normal(size=(24, 3000)).astype(dtype)  # 24 x 3000 x 70: in parts on two threads
+    kernel = rng.normal(size=(3000, 70)).astype(dtype)
+    bias = rng.normal(size=70).astype(dtype) if with_bias else None
+    hold = parallel.one_blas_thread if threads_of == "cnnlab" else parallel.blas_threads
+    with hold():
+        assert dense._tiled(x, kernel) == (dtype == np.float32 and threads_of == "cnnlab")
+        y, _ = dense.dense_forward(x, kernel, bias, negative_slope=slope)
+    z = x.astype(np.float64) @ kernel + (0 if bias is None else bias)
+    expected = z if slope is None else np.where(z > 0, z, slope * z)
+    assert y.dtype == dtype
+    tolerance = 1e-3 if dtype == np.float32 else 1e-9
+    np.testing.assert_allclose(y, expected, rtol=tolerance, atol=tolerance)

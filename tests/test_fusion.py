@@ -517,3 +517,39 @@ def test_the_dense_backward_pass_updates_each_block_of_rows_after_its_input_grad
         np.testing.assert_array_equal(kernel, old - 1.0)
     finally:
         parallel.set_num_threads(before)
+
+
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
+def test_inference_takes_each_dense_layer_with_its_own_activation(n_threads):
+    before = parallel.num_threads()
+    parallel.set_num_threads(n_threads)
+    try:
+        model = Sequential(
+            [
+                layers.Input((16, 16, 8)),
+                layers.Flatten(),
+                layers.Dense(64, activation="relu"),  # 40 x 2048 x 64: in parts on the threads
+                layers.Dense(40, activation="leaky_relu"),
+                layers.Dense(30),
+                layers.BatchNormalization(),
+                layers.Dense(20, activation="tanh"),  # an activation the pass does not apply
+                layers.Dense(5, activation="softmax"),  # the output: the loss reads its logits
+            ]
+        )
+        steps = model._steps(training=False)
+        assert [type(s).__name__ for s in steps] == [
+            "Flatten", "DenseActivate", "DenseActivate", "DenseActivate",
+            "BatchNormalization", "Dense", "Dense",
+        ]  # fmt: skip
+        assert [s.negative_slope for s in steps[1:4]] == [0.0, 0.2, None]
+        assert not any(isinstance(s, fusion.DenseActivate) for s in model._steps(training=True))
+        rng = np.random.default_rng(9)
+        for layer in model.layers:  # biases away from zero, so that each is seen added
+            if isinstance(layer, layers.Dense):
+                layer.weights["bias"][...] = rng.normal(size=layer.units)
+        x = rng.normal(size=(40, 16, 16, 8)).astype(np.float32)
+        np.testing.assert_allclose(model.predict(x, batch_size=40), model(x), rtol=1e-5, atol=1e-5)
+        with pytest.raises(ValueError, match="runs at inference only"):
+            steps[1](x.reshape(40, -1), training=True)
+    finally:
+        parallel.set_num_threads(before)

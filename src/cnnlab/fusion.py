@@ -12,7 +12,8 @@ convolution to batch norm's passes over the rows it wrote, the cores meeting for
 sums, one hand-over to the threads each way (:mod:`cnnlab.engine.conv_batchnorm`); at
 inference batch norm's statistics are fixed, and the convolution applies both to each chunk of
 its output while that is in the cache, and consecutive ones run as one step, each core taking
-its slice of the batch through all of them (:class:`ConvChain`).
+its slice of the batch through all of them (:class:`ConvChain`); a Dense layer's own
+activation is applied in the pass that adds up its product's parts (:class:`DenseActivate`).
 ``Sequential.train_step``, ``predict`` and ``evaluate`` run these steps when the engine is
 "fast" (:func:`cnnlab.backend.fuses`); calling the model, or a layer, still runs each layer on
 its own, keeping what its ``backward`` needs. The steps group layers, so they live above
@@ -26,9 +27,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from cnnlab.engine import batchnorm, conv_batchnorm, parallel
+from cnnlab.engine import batchnorm, conv_batchnorm, dense, parallel
 from cnnlab.engine.conv import conv2d_forward_plan
-from cnnlab.layers import BatchNormalization, Conv2D, Layer
+from cnnlab.layers import BatchNormalization, Conv2D, Dense, Layer
 from cnnlab.layers.core import Activation
 
 
@@ -183,6 +184,36 @@ class ConvChain:
         return y
 
 
+class DenseActivate:
+    """Inference: a Dense layer with its own ReLU or LeakyReLU (or none), as one op: the
+    activation is applied in the pass that adds up the cores' partial products and the bias
+    (:func:`cnnlab.engine.dense.dense_forward` with ``negative_slope``), instead of a pass of
+    its own over the output, each with Python around it."""
+
+    trainable_names: list[str] = []
+
+    def __init__(self, layer: Dense):
+        self.dense = layer
+        self.layers = [layer]
+        self.name = layer.name
+        self.output_shape = layer.output_shape
+        activation = layer.activation
+        self.negative_slope = {"linear": None, "relu": 0.0}.get(
+            activation.name, activation.negative_slope
+        )
+
+    def __call__(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        if training:
+            raise ValueError(f"{self.name} runs at inference only, got training=True")
+        layer = self.dense
+        layer._check_input(x)
+        x = x.astype(layer.dtype, copy=False)
+        kernel, bias = layer.weights["kernel"], layer.weights.get("bias")
+        x2 = x.reshape(-1, x.shape[-1])
+        y, _ = dense.dense_forward(x2, kernel, bias, negative_slope=self.negative_slope)
+        return y.reshape(*x.shape[:-1], layer.units)
+
+
 def _negative_slope(activation: Activation) -> float:
     return 0.0 if activation.activation.name == "relu" else activation.activation.negative_slope
 
@@ -195,6 +226,10 @@ def _norm_then_activation(layers: list[Layer]) -> bool:
         and layers[1].activation.name in ("relu", "leaky_relu")
         and layers[1].dtype == layers[0].dtype
     )
+
+
+def _dense_activate(layer: Layer) -> bool:
+    return isinstance(layer, Dense) and layer.activation.name in ("linear", "relu", "leaky_relu")
 
 
 def _conv_then_norm(layers: list[Layer]) -> bool:
@@ -212,7 +247,8 @@ def steps(layers: list[Layer], training: bool = True) -> list:
     after that (if there is one) replaced by one :class:`ConvNormalizeActivate` step, each
     other batch norm and the activation right after it by one :class:`NormalizeActivate`; for
     inference (``training=False``), two or more ConvNormalizeActivate steps in a row in one
-    :class:`ConvChain`."""
+    :class:`ConvChain`, and each Dense layer with a ReLU, LeakyReLU or no activation of its
+    own as a :class:`DenseActivate`."""
     out: list = []
     i = 0
     while i < len(layers):
@@ -223,6 +259,9 @@ def steps(layers: list[Layer], training: bool = True) -> list:
         elif _norm_then_activation(rest):
             take = 2
             out.append(NormalizeActivate(*rest[:2]))
+        elif not training and _dense_activate(layers[i]):
+            take = 1
+            out.append(DenseActivate(layers[i]))
         else:
             take = 1
             out.append(layers[i])

@@ -14,21 +14,27 @@ from collections.abc import Callable
 
 import numpy as np
 
-from cnnlab.engine import parallel, scratch
+from cnnlab.engine import kernels, parallel, scratch
 from cnnlab.engine.sums import column_sums
 from cnnlab.nn.dense import DenseCache
 
 
 def dense_forward(
-    x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None
+    x: np.ndarray,
+    kernel: np.ndarray,
+    bias: np.ndarray | None,
+    *,
+    negative_slope: float | None = None,
 ) -> tuple[np.ndarray, DenseCache]:
     """Fast :func:`cnnlab.nn.dense.dense_forward`: each thread multiplies a block of ``x``'s
     columns by the same block of ``kernel``'s rows, ``x[:, lo:hi] @ kernel[lo:hi]``, by
     :mod:`cnnlab.engine.tiles` where it can (:func:`_tiled`), else by BLAS
-    (:func:`cnnlab.engine.parallel.over_batch`), and the threads' partial products are added
-    up in order."""
+    (:func:`cnnlab.engine.parallel.over_batch`), and the threads' partial products and the
+    bias are added up in order, in one pass (:func:`cnnlab.engine.kernels.dense_finish`).
+    ``negative_slope``, for inference, applies ``leaky(v) = v if v > 0 else negative_slope *
+    v`` in that pass (0: ReLU; None: no activation)."""
     if _tiled(x, kernel):
-        y = _tiles_forward(x, kernel)
+        y, parts = _tiles_forward(x, kernel)
     else:
         y, *others = parallel.over_batch(
             lambda lo, hi: np.matmul(x[:, lo:hi], kernel[lo:hi]),
@@ -37,8 +43,11 @@ def dense_forward(
         )
         for part in others:
             y += part
-    if bias is not None:
-        y += bias
+        parts = np.empty((0, *y.shape), y.dtype)
+    if bias is not None or negative_slope is not None or len(parts):
+        added = np.empty(0, y.dtype) if bias is None else np.asarray(bias, y.dtype)
+        slope = y.dtype.type(0 if negative_slope is None else negative_slope)
+        kernels.dense_finish(y, parts, len(parts), added, slope, negative_slope is not None)
     return y, DenseCache(x, kernel)
 
 
@@ -53,28 +62,28 @@ def _tiled(x: np.ndarray, kernel: np.ndarray) -> bool:
     )
 
 
-def _tiles_forward(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-    """``x @ kernel``, a block of the inputs on each thread (:func:`parallel.over_products`):
-    the calling thread's first block into the result, the others' into buffers kept for them
-    (which then stay in their caches), added to it in order; one block by BLAS."""
+def _tiles_forward(x: np.ndarray, kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``x @ kernel`` in parts, a block of the inputs on each thread
+    (:func:`parallel.over_products`): the calling thread's first block into the result
+    ``y``, the others' into a buffer kept for them (which then stays in their caches),
+    ``parts``, for the caller to add to ``y`` in order; one block by BLAS, with no parts."""
     m, d = x.shape
     n = kernel.shape[1]
     threads = min(parallel.num_threads(), d // _grain(m, n, _MIN_PART))
     if threads <= 1:
-        return np.matmul(x, kernel)
+        return np.matmul(x, kernel), np.empty((0, m, n), np.float32)
     first, *blocks = parallel.batch_slices(d, threads)
     y = np.empty((m, n), np.float32)
-    outs = [scratch.buffer(("dense part", i), (m, n), np.float32) for i in range(len(blocks))]
-    a, b, size = x.ctypes.data, kernel.ctypes.data, x.itemsize
+    parts = scratch.buffer("dense parts", (len(blocks), m, n), np.float32)
+    a, b, c, size = x.ctypes.data, kernel.ctypes.data, parts.ctypes.data, x.itemsize
 
-    def part(block: tuple[int, int], out: np.ndarray) -> tuple[int, ...]:
+    def part(block: tuple[int, int], out: int) -> tuple[int, ...]:
         lo, hi = block
-        return (a + size * lo, d, 1, b + size * lo * n, n, out.ctypes.data, n, m, n, hi - lo, 0)
+        return (a + size * lo, d, 1, b + size * lo * n, n, out, n, m, n, hi - lo, 0)
 
-    parallel.over_products([*map(part, blocks, outs), part(first, y)])
-    for out in outs:
-        y += out
-    return y
+    outs = [c + size * i * m * n for i in range(len(blocks))]
+    parallel.over_products([*map(part, blocks, outs), part(first, y.ctypes.data)])
+    return y, parts
 
 
 def dense_backward(

@@ -531,3 +531,24 @@ def crossentropy_from_logits(z, labels, one_hot, grad):
             total -= y * log_p
             grad[i, j] = (np.exp(log_p) - y) / count
     return total
+
+
+@_compiled
+def dense_finish(y, parts, count, bias, slope, activate):
+    """A dense layer's output from its threads' partial products, in place, row by row::
+
+        y = y + parts[0] + ... + parts[count - 1] + bias      (no bias where it is empty)
+        y = y if y > 0 else slope * y                        (with ``activate``)
+
+    ``y: (M, N)``, ``parts: (>= count, M, N)``, ``bias: (N,)``: the sums of
+    :func:`cnnlab.nn.dense.dense_forward`, in the order NumPy's ``+=`` would add them, and
+    the (leaky) ReLU of :func:`leaky_relu`."""
+    m, n = y.shape
+    with_bias = bias.size > 0
+    for r in range(m):
+        for t in range(count):
+            for j in range(n):
+                y[r, j] += parts[t, r, j]
+        for j in range(n):
+            v = y[r, j] + bias[j] if with_bias else y[r, j]
+            y[r, j] = v if v > 0 or not activate else slope * v
