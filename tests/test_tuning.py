@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import numpy as np
 import pytest
@@ -599,3 +600,20 @@ def test_batch_norm_splits_over_the_threads_from_the_grain_on(tuned, monkeypatch
     split = batchnorm.batchnorm_train_forward(x, gamma, beta, 1e-3)[0]
     assert splits == [2]
     np.testing.assert_allclose(split, whole, rtol=1e-6, atol=1e-6)
+
+
+def test_the_threads_modes_take_turns_so_that_one_slow_spell_does_not_decide(monkeypatch):
+    """The machine slow while "cnnlab" has its first block: its second block still counts."""
+    monkeypatch.setattr(tuning, "WARM_UP_SECONDS", 0.0)
+    order: list[str] = []
+    seconds = {"cnnlab": [0.004, 0.001], "blas": [0.002, 0.002]}  # by block
+
+    def trial(mode: str) -> None:
+        if not order or order[-1] != mode:
+            order.append(mode)
+        time.sleep(seconds[mode][order.count(mode) - 1])
+
+    best, noise = tuning._measure_modes(["cnnlab", "blas"], trial)
+    assert order == ["cnnlab", "blas"] * tuning.MODE_BLOCKS
+    assert best["cnnlab"] < best["blas"]
+    assert tuning._choose(best, "cnnlab") == "cnnlab"

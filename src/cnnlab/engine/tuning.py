@@ -74,6 +74,7 @@ KEEP_DEFAULT_WITHIN = 0.05  # the default stays unless another candidate is 5 % 
 MAX_NOISE = 0.25
 WARM_UP_SECONDS = 0.12  # a threads mode's passes before it is timed (_measure_modes)
 ROUND_SECONDS = 0.005  # and the passes of each timed round
+MODE_BLOCKS = 2  # times the threads modes take turns, each a block of rounds
 _MAX_FILE_BYTES = 4 << 20
 
 
@@ -439,20 +440,24 @@ def _measure_modes(modes: list[str], trial: Callable[[str], None]):
     """:func:`_measure` for the threads modes, which cannot take turns in every round: after
     passes with BLAS's threads, those spin on for a while and slow cnnlab's threads down (the
     book's MLP at batch 32 on the 2-core EPYC: 8 ms a pass for the next eight passes, then
-    0.3 ms). So each mode runs in a block of its own: warmed up for :data:`WARM_UP_SECONDS`,
-    then :data:`ROUNDS` rounds of enough passes to take :data:`ROUND_SECONDS` each."""
+    0.3 ms). So each mode runs in blocks of its own: warmed up for :data:`WARM_UP_SECONDS`,
+    then :data:`ROUNDS` rounds of enough passes to take :data:`ROUND_SECONDS` each; and the
+    modes take turns :data:`MODE_BLOCKS` times, so that a slow spell of the machine during
+    one mode's block does not decide alone (on a shared Xeon VM one block each chose BLAS's
+    threads for the MLP in one run of two, where cnnlab's were 15 % faster)."""
     rounds: dict[str, list[float]] = {mode: [] for mode in modes}
-    for mode in modes:
-        start, passes = time.perf_counter(), 0
-        while passes < 2 or time.perf_counter() - start < WARM_UP_SECONDS:
-            trial(mode)
-            passes += 1
-        runs = max(1, round(ROUND_SECONDS * passes / (time.perf_counter() - start)))
-        for _ in range(ROUNDS):
-            start = time.perf_counter()
-            for _ in range(runs):
+    for _ in range(MODE_BLOCKS):
+        for mode in modes:
+            start, passes = time.perf_counter(), 0
+            while passes < 2 or time.perf_counter() - start < WARM_UP_SECONDS:
                 trial(mode)
-            rounds[mode].append((time.perf_counter() - start) / runs)
+                passes += 1
+            runs = max(1, round(ROUND_SECONDS * passes / (time.perf_counter() - start)))
+            for _ in range(ROUNDS):
+                start = time.perf_counter()
+                for _ in range(runs):
+                    trial(mode)
+                rounds[mode].append((time.perf_counter() - start) / runs)
     return _best_and_noise(rounds)
 
 
