@@ -13,7 +13,7 @@ import pytest
 from threadpoolctl import threadpool_info
 
 from cnnlab import nn
-from cnnlab.engine import activations, batchnorm, conv, dense, parallel
+from cnnlab.engine import activations, batchnorm, conv, dense, kernels, parallel, shared
 
 
 @pytest.fixture
@@ -81,7 +81,7 @@ def test_a_failing_slice_raises_after_every_slice_has_finished(threads):
 def _put_meet_and_add(values, flags, index):
     """Slice ``index`` puts its value, meets the others, and adds up everyone's."""
     values[index] = index + 1.0
-    if not parallel.meet(flags[0], index):
+    if not shared.meet(flags[0], index):
         return -1.0
     return values[: flags.shape[1]].sum()
 
@@ -213,7 +213,7 @@ def test_a_forked_child_starts_workers_of_its_own(threads):
 
 def _split_and_exit():
     keep, outs, parts, expected = _product_parts(np.random.default_rng(7), 4, [(0, 6), (6, 12)], 5)
-    parallel.over_products(parts)
+    parallel.over_parts(parts)
     posted = all(map(np.allclose, outs, expected))
     os._exit(0 if parallel.over_batch(lambda a, b: b - a, 5) == [2, 3] and posted else 1)
 
@@ -285,14 +285,14 @@ def test_dense_gives_the_formula_on_any_number_of_threads(threads, slice_counts,
 
 def _product_parts(rng, m, blocks, n):
     """Random float32 ``a: (m, k)``, ``b: (k, n)`` cut at ``blocks`` of ``k``, one output per
-    block, and the parts of ``tiles.product`` that fill them, with ``a @ b`` for the sum."""
+    block, the parts (``tiles.product``) that fill them, and what each should hold."""
     k = blocks[-1][1]
     a = rng.normal(size=(m, k)).astype(np.float32)
     b = rng.normal(size=(k, n)).astype(np.float32)
     outs = [np.full((m, n), np.nan, np.float32) for _ in blocks]
     parts = [
-        (a.ctypes.data + 4 * lo, k, 1, b.ctypes.data + 4 * lo * n, n, out.ctypes.data, n, m, n,
-         hi - lo, 0)
+        (kernels.PRODUCT, a.ctypes.data + 4 * lo, k, 1, b.ctypes.data + 4 * lo * n, n,
+         out.ctypes.data, n, m, n, hi - lo, 0)
         for (lo, hi), out in zip(blocks, outs, strict=True)
     ]  # fmt: skip
     return (a, b), outs, parts, [a[:, lo:hi] @ b[lo:hi] for lo, hi in blocks]
@@ -305,7 +305,7 @@ def test_posted_products_fill_every_part(threads, n_threads):
     for count in (1, 2, 3, 4):  # parts beyond the threads run on the caller
         keep, outs, parts, expected = _product_parts(rng, 19, parallel.batch_slices(40, count), 37)
         for _ in range(50):  # back to back, as a model's layers come
-            parallel.over_products(parts)
+            parallel.over_parts(parts)
         for out, want in zip(outs, expected, strict=True):
             np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-4)
 
@@ -317,7 +317,7 @@ def test_posted_products_wake_a_sleeping_worker(threads, monkeypatch):
     for _ in range(20):
         time.sleep(0.002)
         keep, outs, parts, expected = _product_parts(rng, 8, [(0, 30), (30, 64)], 20)
-        parallel.over_products(parts)
+        parallel.over_parts(parts)
         for out, want in zip(outs, expected, strict=True):
             np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-4)
 
@@ -330,12 +330,12 @@ def test_posted_products_run_on_the_caller_inside_a_slice_or_blas_threads(thread
 
     def inside(start, stop):
         callers.append(threading.get_ident())
-        parallel.over_products(parts)  # the workers are busy with this op's slices
+        parallel.over_parts(parts)  # the workers are busy with this op's slices
 
     parallel.over_batch(inside, 2)
     assert len(set(callers)) == 2
     with parallel.blas_threads():
-        parallel.over_products(parts)
+        parallel.over_parts(parts)
     for out, want in zip(outs, expected, strict=True):
         np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-4)
 
@@ -407,3 +407,51 @@ def test_the_package_sets_and_tells_the_number_of_threads(threads):
 
     cnnlab.set_num_threads(3)
     assert cnnlab.num_threads() == parallel.num_threads() == 3
+
+
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
+@pytest.mark.parametrize("shape", [(32, 4096, 128), (7, 3000, 45), (128, 200, 150)])
+@pytest.mark.parametrize("input_gradient", [True, False])
+def test_float32_dense_backward_in_posted_parts_gives_the_formula_and_adams_update(
+    threads, monkeypatch, n_threads, shape, input_gradient
+):
+    """Each part takes its rows of the kernel gradient, its columns of dx (from the kernel as
+    it was) and Adam's update of its rows: the numbers of the formula, and Adam's update the
+    bits of the same update after the backward pass."""
+    from cnnlab.engine.optimizers import AdamRows
+
+    threads(n_threads)
+    kinds = []
+    real = parallel.over_parts
+    monkeypatch.setattr(
+        parallel, "over_parts", lambda parts: (kinds.extend(p[0] for p in parts), real(parts))
+    )
+    rng = np.random.default_rng(11)
+    m, d, n = shape
+    x = rng.normal(size=(m, d)).astype(np.float32)
+    kernel = rng.normal(size=(d, n)).astype(np.float32)
+    dy = rng.normal(size=(m, n)).astype(np.float32)
+    slots = [rng.normal(size=(d, n)).astype(np.float32) for _ in range(2)]
+    slots[1] **= 2  # v >= 0
+    before, after_slots = kernel.copy(), [s.copy() for s in slots]
+    update = AdamRows(kernel, *slots, 3, 1e-3, 0.9, 0.999, 1e-7)
+    _, cache = dense.dense_forward(x, kernel, None)
+    kinds.clear()
+    dx, dk, db = dense.dense_backward(dy, cache, input_gradient, update=update)
+    assert set(kinds) == {kernels.DENSE_BACKWARD}
+    assert len(kinds) == min(
+        n_threads, max(1, d // dense._grain(m, n * (1 + input_gradient), dense._MIN_PART))
+    )
+    x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
+    np.testing.assert_allclose(dk, x64.T @ dy64, rtol=1e-4, atol=1e-4 * np.sqrt(m))
+    np.testing.assert_allclose(db, dy64.sum(axis=0), rtol=1e-5, atol=1e-4)
+    if input_gradient:
+        np.testing.assert_allclose(dx, dy64 @ before.T, rtol=1e-4, atol=1e-4 * np.sqrt(n))
+    else:
+        assert dx is None
+    assert update.rows_done == d
+    whole = AdamRows(before, *after_slots, 3, 1e-3, 0.9, 0.999, 1e-7)
+    whole(dk, slice(None))  # the update after the backward pass, from the same gradient
+    np.testing.assert_array_equal(kernel, before)
+    for mine, theirs in zip(slots, after_slots, strict=True):
+        np.testing.assert_array_equal(mine, theirs)

@@ -17,10 +17,9 @@ API compute the same numbers, bit for bit.
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -365,7 +364,7 @@ class Model:
         the model runs each op whole on BLAS's threads (its gradient then comes in one
         block, and updating it in the backward pass gains nothing)."""
         updated: set[int] = set()
-        done: dict[int, tuple[int, list[int]]] = {}  # by kernel: its rows, and those updated
+        done: dict[int, object] = {}  # by kernel: its update, which counts the rows it updated
         layers = []
         if backend.fuses() and not _blas_threads_mode():
             weights = self.trainable_weights
@@ -377,8 +376,7 @@ class Model:
                     k = i + names.index("kernel")
                     update = self.optimizer.row_update(k, weights[k])
                     if update is not None:
-                        done[k] = (len(weights[k]), [])
-                        layer.kernel_update = functools.partial(_counting_rows, update, done[k][1])
+                        done[k] = layer.kernel_update = update
                         layers.append(layer)
                 i += len(names)
         try:
@@ -386,7 +384,7 @@ class Model:
         finally:
             for layer in layers:
                 layer.kernel_update = None
-        updated.update(i for i, (rows, blocks) in done.items() if sum(blocks) == rows)
+        updated.update(i for i, update in done.items() if update.rows_done == len(update.weight))
 
     def test_step(self, x, y) -> dict[str, float]:
         """Loss and metrics on a batch in inference mode."""
@@ -613,12 +611,6 @@ def _blas_threads_mode() -> bool:
     from cnnlab.engine import parallel
 
     return parallel.whole()
-
-
-def _counting_rows(update: Callable, done: list[int], grad: np.ndarray, block: slice) -> None:
-    """``update(grad, block)``, noting in ``done`` how many rows it updated."""
-    update(grad, block)
-    done.append(block.stop - block.start)
 
 
 class Sequential(Model):

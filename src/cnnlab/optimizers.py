@@ -15,8 +15,6 @@ backward pass, each core its rows right after their gradient, while they are in 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 
 from cnnlab import backend, checks
@@ -72,20 +70,16 @@ class Optimizer:
                 self.update(i, g.astype(w.dtype, copy=False), w)
         self.iterations += 1
 
-    def row_update(self, i: int, weight: np.ndarray) -> Callable[[np.ndarray, slice], None] | None:
+    def row_update(self, i: int, weight: np.ndarray) -> RowUpdate | None:
         """``update(grad, rows)``: this step's update of ``weight[rows]`` (weight ``i`` of
         :meth:`apply`'s list; the slots made by :meth:`build`) from those rows' gradient, the
         numbers :meth:`apply` gives them, for a layer whose gradient comes a block of rows at a
         time; :meth:`apply` then skips the weight. None where a row's update needs all of the
-        gradient (``clipnorm``). Safe to call from several threads on different rows."""
+        gradient (``clipnorm``). Safe to call from several threads on different rows; its
+        ``rows_done`` counts the rows updated."""
         if self.clipnorm is not None:
             return None
-
-        def update(grad: np.ndarray, rows: slice) -> None:
-            grad = backend.ops().clip_gradient(grad, None, self.clipvalue)
-            self.update(i, grad.astype(weight.dtype, copy=False), weight[rows], rows)
-
-        return update
+        return RowUpdate(self, i, weight)
 
     def update(
         self, i: int, grad: np.ndarray, weight: np.ndarray, rows: slice = slice(None)
@@ -118,6 +112,21 @@ class Optimizer:
             keys = sorted((k for k in state if k.startswith(name + "/")), key=_index)
             if keys:
                 self.slots[name] = [np.array(state[k]) for k in keys]
+
+
+class RowUpdate:
+    """:meth:`Optimizer.row_update`'s ``update(grad, rows)`` by the optimizer's own
+    :meth:`~Optimizer.update`, after ``clipvalue``; ``rows_done`` counts the rows updated."""
+
+    def __init__(self, optimizer: Optimizer, i: int, weight: np.ndarray):
+        self.optimizer, self.i, self.weight = optimizer, i, weight
+        self.rows_done = 0
+
+    def __call__(self, grad: np.ndarray, rows: slice) -> None:
+        optimizer, weight = self.optimizer, self.weight
+        grad = backend.ops().clip_gradient(grad, None, optimizer.clipvalue)
+        optimizer.update(self.i, grad.astype(weight.dtype, copy=False), weight[rows], rows)
+        self.rows_done += len(range(*rows.indices(len(weight))))
 
 
 def _index(key: str) -> int:
@@ -186,11 +195,11 @@ class Adam(Optimizer):
         clipped = self.clipnorm is not None or self.clipvalue is not None
         if clipped or backend.get_engine() != "fast":
             return super().row_update(i, weight)
-        from cnnlab.engine.optimizers import adam_rows  # the fast engine's, loaded with it
+        from cnnlab.engine.optimizers import AdamRows  # the fast engine's, loaded with it
 
         m, v = self.slots["m"][i], self.slots["v"][i]
         t, lr = self.iterations + 1, self.learning_rate
-        return adam_rows(weight, m, v, t, lr, self.beta_1, self.beta_2, self.epsilon)
+        return AdamRows(weight, m, v, t, lr, self.beta_1, self.beta_2, self.epsilon)
 
     def get_config(self):
         return {

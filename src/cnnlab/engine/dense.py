@@ -15,6 +15,7 @@ from collections.abc import Callable
 import numpy as np
 
 from cnnlab.engine import kernels, parallel, scratch
+from cnnlab.engine.optimizers import AdamRows
 from cnnlab.engine.sums import column_sums
 from cnnlab.nn.dense import DenseCache
 
@@ -64,7 +65,7 @@ def _tiled(x: np.ndarray, kernel: np.ndarray) -> bool:
 
 def _tiles_forward(x: np.ndarray, kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``x @ kernel`` in parts, a block of the inputs on each thread
-    (:func:`parallel.over_products`): the calling thread's first block into the result
+    (:func:`parallel.over_parts`): the calling thread's first block into the result
     ``y``, the others' into a buffer kept for them (which then stays in their caches),
     ``parts``, for the caller to add to ``y`` in order; one block by BLAS, with no parts."""
     m, d = x.shape
@@ -79,10 +80,23 @@ def _tiles_forward(x: np.ndarray, kernel: np.ndarray) -> tuple[np.ndarray, np.nd
 
     def part(block: tuple[int, int], out: int) -> tuple[int, ...]:
         lo, hi = block
-        return (a + size * lo, d, 1, b + size * lo * n, n, out, n, m, n, hi - lo, 0)
+        return (
+            kernels.PRODUCT,
+            a + size * lo,
+            d,
+            1,
+            b + size * lo * n,
+            n,
+            out,
+            n,
+            m,
+            n,
+            hi - lo,
+            0,
+        )
 
     outs = [c + size * i * m * n for i in range(len(blocks))]
-    parallel.over_products([*map(part, blocks, outs), part(first, y.ctypes.data)])
+    parallel.over_parts([*map(part, blocks, outs), part(first, y.ctypes.data)])
     return y, parts
 
 
@@ -100,6 +114,8 @@ def dense_backward(
     ``update(dkernel[lo:hi], slice(lo, hi))``: its rows of the kernel are updated while they
     and their gradient are in its cache, after ``dx`` has read them."""
     x, kernel = cache
+    if _tiled(x, kernel) and dy.dtype == np.float32 and _posted_update(update, kernel):
+        return _posted_backward(np.ascontiguousarray(dy), x, kernel, input_gradient, update)
     dtype = np.result_type(dy, kernel)
     d, units = kernel.shape
     dkernel = np.empty(kernel.shape, dtype=dtype)
@@ -113,6 +129,44 @@ def dense_backward(
             update(dkernel[lo:hi], slice(lo, hi))
 
     parallel.over_batch(inputs, d, _grain(len(x), units, _MIN_WORK))
+    return dx, dkernel, column_sums(dy)
+
+
+def _posted_update(update, kernel: np.ndarray) -> bool:
+    """Whether the update of the kernel's rows can run in compiled code: none, or Adam's
+    (:class:`cnnlab.engine.optimizers.AdamRows`) of this kernel."""
+    return update is None or (isinstance(update, AdamRows) and update.weight is kernel)
+
+
+def _posted_backward(dy, x, kernel, input_gradient, update):
+    """:func:`dense_backward` in float32 as parts posted to the threads
+    (:func:`cnnlab.engine.kernels.dense_backward_rows`, :func:`parallel.over_parts`): each a
+    block of the inputs, its rows of the kernel gradient and of Adam's update, and its
+    columns of ``dx``, by the tiles."""
+    m, d = x.shape
+    n = kernel.shape[1]
+    grain = _grain(m, n * (2 if input_gradient else 1), _MIN_PART)
+    blocks = parallel.batch_slices(d, max(1, min(parallel.num_threads(), d // grain)))
+    dkernel = np.empty_like(kernel)
+    dx = np.empty((m, d), np.float32) if input_gradient else None
+    at = [a.ctypes.data for a in (x, dy, kernel, dkernel)]
+    if input_gradient:  # dx's columns, each block's first as rows of a buffer, from dy.T
+        dy_t = np.ascontiguousarray(dy.T)
+        buffer = scratch.buffer("dense dx blocks", (d, m), np.float32).ctypes.data
+        at += [dy_t.ctypes.data, dx.ctypes.data]
+    else:
+        buffer, at = 0, at + [0, 0]
+    x_at, dy_at, kernel_at, dkernel_at, dy_t_at, dx_at = at
+    adam = (
+        (0,) * 6 if update is None else (update.m.ctypes.data, update.v.ctypes.data, *update.bits)
+    )
+    parallel.over_parts([
+        (kernels.DENSE_BACKWARD, x_at, dy_at, dy_t_at, kernel_at, dkernel_at, dx_at,
+         buffer + 4 * lo * m, m, d, n, lo, hi, *adam)
+        for lo, hi in blocks
+    ])  # fmt: skip
+    if update is not None:
+        update.rows_done += d
     return dx, dkernel, column_sums(dy)
 
 

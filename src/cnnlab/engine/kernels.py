@@ -7,7 +7,7 @@ compiled by numba, do the same arithmetic in one or two passes. Each loop is ser
 that call it hand each core a slice of the rows (:mod:`cnnlab.engine.parallel`); numba's own
 threads, measured, fought OpenBLAS's for the cores (benchmarks/README.md). Batch norm's loops
 for a slice of a convolution's op (:func:`batchnorm_rows_forward`) wait in compiled code for
-the other slices' sums (:func:`cnnlab.engine.parallel.meet`). Each loop is the
+the other slices' sums (:func:`cnnlab.engine.shared.meet`). Each loop is the
 plain formula of a function of :mod:`cnnlab.nn` (its docstring says which), and the tests
 check that they agree. No fast-math: every operation rounds as IEEE says.
 
@@ -22,7 +22,7 @@ import numba
 import numpy as np
 
 from cnnlab.engine import blas, tiles
-from cnnlab.engine.parallel import meet
+from cnnlab.engine.shared import floats, meet
 
 # error_model="numpy": a division by zero gives inf or nan, as in NumPy, instead of a check
 # for Python's ZeroDivisionError at every division, which keeps LLVM from vectorising a loop
@@ -552,3 +552,58 @@ def dense_finish(y, parts, count, bias, slope, activate):
         for j in range(n):
             v = y[r, j] + bias[j] if with_bias else y[r, j]
             y[r, j] = v if v > 0 or not activate else slope * v
+
+
+# The parts a thread runs in compiled code, posted to it
+# (:func:`cnnlab.engine.parallel.over_parts`): an int64 row, its kind first, then its
+# arguments (addresses of float32 arrays, sizes, and float64 constants as their bits).
+PRODUCT = 1  # tiles.product(*row[1:12])
+DENSE_BACKWARD = 2  # dense_backward_rows(row)
+PART_LENGTH = 19
+
+
+@_compiled
+def run_part(part):
+    """Run the part ``part`` describes (:data:`PRODUCT` or :data:`DENSE_BACKWARD`)."""
+    if part[0] == PRODUCT:
+        tiles.product(part[1], part[2], part[3], part[4], part[5], part[6], part[7], part[8],
+                      part[9], part[10], part[11])  # fmt: skip
+    elif part[0] == DENSE_BACKWARD:
+        dense_backward_rows(part)
+
+
+@_compiled
+def dense_backward_rows(part):
+    """One thread's block of inputs ``[lo, hi)`` of a float32 dense layer's backward pass,
+    :func:`cnnlab.nn.dense.dense_backward` with ``x: (M, D)``, ``kernel: (D, N)``, ``dy: (M,
+    N)``, and Adam's update of those rows of the kernel after it (:func:`adam_update`)::
+
+        dkernel[lo:hi] = x[:, lo:hi].T @ dy
+        dx[:, lo:hi] = (kernel[lo:hi] @ dy.T).T           (where dx is given: not 0)
+        kernel[lo:hi], m[lo:hi], v[lo:hi] = Adam's step   (where m is given)
+
+    ``part``: kind, then the addresses of ``x``, ``dy``, ``dy.T`` (contiguous), ``kernel``,
+    ``dkernel``, ``dx`` and of this block's ``(hi - lo, M)`` buffer, then ``M, D, N, lo, hi``,
+    the addresses of Adam's ``m`` and ``v``, and its four constants (:func:`adam_update`) as
+    float64 bits. The products are :mod:`cnnlab.engine.tiles`'; ``dx`` reads each row of the
+    kernel before Adam changes it."""
+    x, dy, dy_t, kernel = part[1], part[2], part[3], part[4]
+    dkernel, dx, buffer = part[5], part[6], part[7]
+    m, d, n, lo, hi = part[8], part[9], part[10], part[11], part[12]
+    rows = hi - lo
+    tiles.product(x + 4 * lo, 1, d, dy, n, dkernel + 4 * lo * n, n, rows, n, m, 0)
+    if dx != 0:
+        tiles.product(kernel + 4 * lo * n, n, 1, dy_t, m, buffer, m, rows, m, n, 0)
+        block, out = floats(buffer, rows * m), floats(dx, m * d)
+        for r in range(m):
+            for i in range(rows):
+                out[r * d + lo + i] = block[i * m + r]
+    if part[13] != 0:
+        constants = part.view(np.float64)[15:19]
+        start, size = 4 * lo * n, rows * n
+        adam_update(
+            floats(kernel + start, size), floats(dkernel + start, size),
+            floats(part[13] + start, size), floats(part[14] + start, size),
+            np.float32(constants[0]), np.float32(constants[1]), np.float32(constants[2]),
+            np.float32(constants[3]),
+        )  # fmt: skip

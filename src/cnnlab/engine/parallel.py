@@ -24,14 +24,16 @@ this way, most of it the GIL passing between the threads; the CNN's training ste
 
 An op whose slices must wait for each other part way, as batch norm's for the batch's sums
 after a convolution, runs them by :func:`over_batch_meeting`: all at once, each on its own
-thread, meeting in compiled code (:func:`meet`) instead of handing over to the threads again.
+thread, meeting in compiled code (:func:`cnnlab.engine.shared.meet`) instead of handing over
+to the threads again.
 
-A matrix product split over the threads (a dense layer's) goes to them without Python at
-all, by :func:`over_products`: each thread's part, the addresses and sizes of a product of
-:mod:`cnnlab.engine.tiles`, is posted to it where it waits in compiled code, and it runs the
-part there and marks it done, never taking the GIL. A slice that runs Python must first take
-the GIL from the calling thread, which is running its own slice's Python then, and sleep on it
-until woken (45-75 us on a 2-core VM); a posted part starts within a few microseconds.
+A dense layer's products split over the threads go to them without Python at all, by
+:func:`over_parts`: each thread's part (:func:`cnnlab.engine.kernels.run_part`: what to run,
+the addresses and sizes of its arrays) is posted to it where it waits in compiled code, and
+it runs the part there and marks it done, never taking the GIL. A slice that runs Python
+must first take the GIL from the calling thread, which is running its own slice's Python
+then, and sleep on it until woken (45-75 us on a 2-core VM); a posted part starts within a
+few microseconds.
 
 Threads: :func:`set_num_threads`, or the environment variable ``CNNLAB_NUM_THREADS``; by
 default, as many as the cores this process may run on.
@@ -50,11 +52,10 @@ from typing import TypeVar
 
 import numba
 import numpy as np
-from numba import types
-from numba.extending import intrinsic
 
 from cnnlab import checks
-from cnnlab.engine import tiles
+from cnnlab.engine import kernels
+from cnnlab.engine.shared import leave, load_acquire, store_release
 
 T = TypeVar("T")
 
@@ -220,7 +221,7 @@ def _start_workers() -> None:
     if not _workers:
         # Compiled (or loaded from numba's cache) here, before any worker runs them: two
         # threads compiling at once could deadlock on numba's compiler lock and the GIL.
-        posted, empty = np.zeros(2, np.int64), np.zeros(_TASK, np.int64)  # an empty product
+        posted, empty = np.zeros(2, np.int64), np.zeros(kernels.PART_LENGTH, np.int64)
         _post(posted)
         _serve(np.ones(1, np.int64), 0, posted, empty, 1, np.zeros(1, np.int64), 0)
         _wait_posted(posted)
@@ -234,9 +235,9 @@ def over_batch_meeting(
     """:func:`over_batch` for slices that meet: all of them run at the same time, each on a
     thread of its own, and ``run(start, stop, index, flags)`` is told its place among them and
     given ``flags``, ``meetings`` rows of one int64 zero per slice, so that compiled code in a
-    slice can wait for every slice to reach a point (:func:`meet` on a row of them, each row
-    once); one slice, ``(0, n)``, where the op runs whole. A slice that raises is marked
-    failed in every row, so that the others stop waiting for it."""
+    slice can wait for every slice to reach a point (:func:`cnnlab.engine.shared.meet` on a
+    row of them, each row once); one slice, ``(0, n)``, where the op runs whole. A slice that
+    raises is marked failed in every row, so that the others stop waiting for it."""
     slices = batch_slices(n, max(1, _threads_for(n, grain)))
     place = {piece: index for index, piece in enumerate(slices)}
     shared = np.zeros((meetings, len(slices)), np.int64)
@@ -250,24 +251,23 @@ def over_batch_meeting(
             return run(start, stop, index, flags)
         except BaseException:
             for row in flags:
-                _leave(row, index)
+                leave(row, index)
             raise
 
     return over_batch(meeting, n, grain)
 
 
-def over_products(parts: list[tuple[int, ...]]) -> None:
-    """``tiles.product(*part)`` for each part of ``parts``, each on a thread of its own, in
-    compiled code from start to end (:func:`cnnlab.engine.tiles.product`'s arguments: the
-    addresses of float32 matrices, their strides and sizes). The calling thread runs the last
-    part, and any for which there is no thread; called from inside a slice, inside
-    :func:`blas_threads`, or while another thread's op holds the threads, it runs them all,
-    one after the other. The caller keeps the matrices alive and writes nothing they share
-    until it returns."""
+def over_parts(parts: list[tuple[int, ...]]) -> None:
+    """Each part of ``parts``, each on a thread of its own, in compiled code from start to
+    end: a part is a row of :func:`cnnlab.engine.kernels.run_part` (its kind, then the
+    addresses and sizes of float32 arrays). The calling thread runs the last part, and any
+    for which there is no thread; called from inside a slice, inside :func:`blas_threads`,
+    or while another thread's op holds the threads, it runs them all, one after the other.
+    The caller keeps the arrays alive and writes nothing they share until it returns."""
     alone = len(parts) == 1 or getattr(_state, "inside", False) or whole()
     if alone or not _using_workers.acquire(blocking=False):
         for part in parts:
-            tiles.product(*part)
+            kernels.run_part(np.array(part, np.int64))
         return
     try:
         _start_workers()
@@ -276,58 +276,12 @@ def over_products(parts: list[tuple[int, ...]]) -> None:
             worker.post(part)
         try:
             for part in parts[len(posted) :]:
-                tiles.product(*part)
+                kernels.run_part(np.array(part, np.int64))
         finally:  # no part outlives the call
             for worker in _workers[: len(posted)]:
                 worker.wait_posted()
     finally:
         _using_workers.release()
-
-
-@intrinsic
-def _load_acquire(typingctx, flags, index):
-    """``flags[index]`` of an int64 array, read atomically, with acquire ordering: what
-    another thread wrote before it stored this flag (with release ordering) is seen after."""
-
-    def codegen(context, builder, signature, args):
-        array = context.make_array(signature.args[0])(context, builder, args[0])
-        value = builder.load_atomic(builder.gep(array.data, [args[1]]), "acquire", 8)
-        return value
-
-    return types.int64(flags, types.intp), codegen
-
-
-@intrinsic
-def _store_release(typingctx, flags, index, value):
-    """``flags[index] = value`` for an int64 array, atomically, with release ordering."""
-
-    def codegen(context, builder, signature, args):
-        array = context.make_array(signature.args[0])(context, builder, args[0])
-        builder.store_atomic(args[2], builder.gep(array.data, [args[1]]), "release", 8)
-        return context.get_dummy_value()
-
-    return types.void(flags, types.intp, types.int64), codegen
-
-
-@numba.njit(nogil=True, cache=True)
-def meet(flags, index):
-    """In compiled code, in slice ``index`` of :func:`over_batch_meeting`: mark this slice
-    arrived in ``flags`` (a row of the flags it was given), and wait, spinning, until every
-    slice has arrived. What each slice wrote before it arrived is then seen by all. False if a
-    slice failed instead."""
-    _store_release(flags, index, 1)
-    for other in range(len(flags)):
-        flag = _load_acquire(flags, other)
-        while flag == 0:
-            flag = _load_acquire(flags, other)
-        if flag < 0:
-            return False
-    return True
-
-
-@numba.njit(nogil=True, cache=True)
-def _leave(flags, index):
-    _store_release(flags, index, -1)
 
 
 def _inside(run: Callable[[int, int], T], start: int, stop: int) -> T:
@@ -353,31 +307,27 @@ def _wait_for_change(flag, old, spins, scratch, linger):
     return False
 
 
-_TASK = 11  # the arguments of tiles.product: a part posted to a thread (over_products)
+@numba.njit(nogil=True, cache=True)
+def _run_posted(posted, part):
+    """Run the part posted in ``part`` (:func:`cnnlab.engine.kernels.run_part`), then mark it
+    done: ``posted`` holds the count of parts posted and of parts done."""
+    target = load_acquire(posted, 0)
+    kernels.run_part(part)
+    store_release(posted, 1, target)
 
 
 @numba.njit(nogil=True, cache=True)
-def _run_posted(posted, task):
-    """Run the part posted in ``task`` (``tiles.product``'s arguments), then mark it done:
-    ``posted`` holds the count of parts posted and of parts done."""
-    target = _load_acquire(posted, 0)
-    tiles.product(task[0], task[1], task[2], task[3], task[4], task[5], task[6], task[7],
-                  task[8], task[9], task[10])  # fmt: skip
-    _store_release(posted, 1, target)
-
-
-@numba.njit(nogil=True, cache=True)
-def _serve(given, seen, posted, task, spins, scratch, linger):
+def _serve(given, seen, posted, part, spins, scratch, linger):
     """A worker's wait, without the GIL: run each part posted to it (:func:`_run_posted`) as
     it comes, until a slice is given (``given[0] != seen``: True, after lingering ``linger``
     rounds, as :func:`_wait_for_change`) or ``spins`` rounds pass with nothing to do
     (False)."""
     idle = 0
     while idle < spins:
-        if _load_acquire(posted, 0) != posted[1]:
-            _run_posted(posted, task)
+        if load_acquire(posted, 0) != posted[1]:
+            _run_posted(posted, part)
             idle = 0
-        elif _load_acquire(given, 0) != seen:
+        elif load_acquire(given, 0) != seen:
             for _ in range(linger):
                 scratch[0] += given[0] & 1
             return True
@@ -389,14 +339,14 @@ def _serve(given, seen, posted, task, spins, scratch, linger):
 @numba.njit(nogil=True, cache=True)
 def _post(posted):
     """Count one more part posted, after its arguments were written (release ordering)."""
-    _store_release(posted, 0, posted[0] + 1)
+    store_release(posted, 0, posted[0] + 1)
 
 
 @numba.njit(nogil=True, cache=True)
 def _wait_posted(posted):
     """Spin, without the GIL, until every part posted is done."""
     target = posted[0]
-    while _load_acquire(posted, 1) != target:
+    while load_acquire(posted, 1) != target:
         pass
 
 
@@ -425,7 +375,7 @@ class _Worker:
 
     def __init__(self, name: str):
         self.given, self.done = np.zeros(1, np.int64), np.zeros(1, np.int64)
-        self.posted, self.task = np.zeros(2, np.int64), np.zeros(_TASK, np.int64)
+        self.posted, self.part = np.zeros(2, np.int64), np.zeros(kernels.PART_LENGTH, np.int64)
         self._scratch = np.zeros((2, 1), np.int64)  # one row for each side's spinning
         self.linger = _linger_rounds()
         self._changed = threading.Condition()
@@ -451,9 +401,9 @@ class _Worker:
         return self._result
 
     def post(self, part: tuple[int, ...]) -> None:
-        """Run ``tiles.product(*part)`` on this thread, in compiled code; at most one part
-        is posted at a time (:meth:`wait_posted` before the next)."""
-        self.task[:] = part
+        """Run ``part`` on this thread, in compiled code (:func:`over_parts`); at most one
+        part is posted at a time (:meth:`wait_posted` before the next)."""
+        self.part[: len(part)] = part
         _post(self.posted)
         with self._changed:  # wakes the thread if it sleeps
             self._changed.notify_all()
@@ -469,7 +419,7 @@ class _Worker:
     def _loop(self) -> None:
         seen = 0
         while True:
-            if not _serve(self.given, seen, self.posted, self.task, _SPINS, self._scratch[1],
+            if not _serve(self.given, seen, self.posted, self.part, _SPINS, self._scratch[1],
                           self.linger):  # fmt: skip
                 with self._changed:
                     while self.given[0] == seen and self.posted[0] == self.posted[1]:

@@ -1,0 +1,73 @@
+"""Memory that cnnlab's threads share, from compiled code: int64 flags stored and read
+atomically with release and acquire ordering (what a thread wrote before it stored a flag is
+seen by a thread that reads the flag), slices meeting on them, and float32 arrays given by
+their addresses, as the parts posted to a thread carry them
+(:func:`cnnlab.engine.parallel.over_parts`).
+"""
+
+from __future__ import annotations
+
+import numba
+from numba import types
+from numba.extending import intrinsic
+
+
+@intrinsic
+def load_acquire(typingctx, flags, index):
+    """``flags[index]`` of an int64 array, read atomically, with acquire ordering: what
+    another thread wrote before it stored this flag (with release ordering) is seen after."""
+
+    def codegen(context, builder, signature, args):
+        array = context.make_array(signature.args[0])(context, builder, args[0])
+        value = builder.load_atomic(builder.gep(array.data, [args[1]]), "acquire", 8)
+        return value
+
+    return types.int64(flags, types.intp), codegen
+
+
+@intrinsic
+def store_release(typingctx, flags, index, value):
+    """``flags[index] = value`` for an int64 array, atomically, with release ordering."""
+
+    def codegen(context, builder, signature, args):
+        array = context.make_array(signature.args[0])(context, builder, args[0])
+        builder.store_atomic(args[2], builder.gep(array.data, [args[1]]), "release", 8)
+        return context.get_dummy_value()
+
+    return types.void(flags, types.intp, types.int64), codegen
+
+
+@numba.njit(nogil=True, cache=True)
+def meet(flags, index):
+    """In compiled code, in slice ``index`` of
+    :func:`cnnlab.engine.parallel.over_batch_meeting`: mark this slice arrived in ``flags`` (a
+    row of the flags it was given), and wait, spinning, until every slice has arrived. What
+    each slice wrote before it arrived is then seen by all. False if a slice failed instead."""
+    store_release(flags, index, 1)
+    for other in range(len(flags)):
+        flag = load_acquire(flags, other)
+        while flag == 0:
+            flag = load_acquire(flags, other)
+        if flag < 0:
+            return False
+    return True
+
+
+@numba.njit(nogil=True, cache=True)
+def leave(flags, index):
+    """Mark slice ``index`` failed in ``flags``: the others stop waiting for it (:func:`meet`)."""
+    store_release(flags, index, -1)
+
+
+@intrinsic
+def _float32_pointer(typingctx, address):
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
+
+    return types.CPointer(types.float32)(types.int64), codegen
+
+
+@numba.njit(nogil=True, cache=True)
+def floats(address, count):
+    """The ``count`` float32 values at ``address``, as a 1-D array (no copy)."""
+    return numba.carray(_float32_pointer(address), count)
