@@ -65,15 +65,15 @@ def _tiled(x: np.ndarray, kernel: np.ndarray) -> bool:
 
 def _tiles_forward(x: np.ndarray, kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``x @ kernel`` in parts, a block of the inputs on each thread
-    (:func:`parallel.over_parts`): the calling thread's first block into the result
-    ``y``, the others' into a buffer kept for them (which then stays in their caches),
-    ``parts``, for the caller to add to ``y`` in order; one block by BLAS, with no parts."""
+    (:func:`parallel.over_parts`): the calling thread's, the last, into the result ``y``, the
+    others' into a buffer kept for them (which then stays in their caches), ``parts``, for
+    the caller to add to ``y`` in order; one block by BLAS, with no parts."""
     m, d = x.shape
     n = kernel.shape[1]
     threads = min(parallel.num_threads(), d // _grain(m, n, _MIN_PART))
     if threads <= 1:
         return np.matmul(x, kernel), np.empty((0, m, n), np.float32)
-    first, *blocks = parallel.batch_slices(d, threads)
+    *blocks, last = parallel.batch_slices(d, threads)
     y = np.empty((m, n), np.float32)
     parts = scratch.buffer("dense parts", (len(blocks), m, n), np.float32)
     a, b, c, size = x.ctypes.data, kernel.ctypes.data, parts.ctypes.data, x.itemsize
@@ -96,7 +96,7 @@ def _tiles_forward(x: np.ndarray, kernel: np.ndarray) -> tuple[np.ndarray, np.nd
         )
 
     outs = [c + size * i * m * n for i in range(len(blocks))]
-    parallel.over_parts([*map(part, blocks, outs), part(first, y.ctypes.data)])
+    parallel.over_parts([*map(part, blocks, outs), part(last, y.ctypes.data)])
     return y, parts
 
 
@@ -114,8 +114,10 @@ def dense_backward(
     ``update(dkernel[lo:hi], slice(lo, hi))``: its rows of the kernel are updated while they
     and their gradient are in its cache, after ``dx`` has read them."""
     x, kernel = cache
-    if _tiled(x, kernel) and dy.dtype == np.float32 and _posted_update(update, kernel):
-        return _posted_backward(np.ascontiguousarray(dy), x, kernel, input_gradient, update)
+    blocks = _posted_blocks(dy, x, kernel, input_gradient, update)
+    if len(blocks) > 1:
+        dy = np.ascontiguousarray(dy)
+        return _posted_backward(dy, x, kernel, input_gradient, blocks, update)
     dtype = np.result_type(dy, kernel)
     d, units = kernel.shape
     dkernel = np.empty(kernel.shape, dtype=dtype)
@@ -132,21 +134,28 @@ def dense_backward(
     return dx, dkernel, column_sums(dy)
 
 
-def _posted_update(update, kernel: np.ndarray) -> bool:
-    """Whether the update of the kernel's rows can run in compiled code: none, or Adam's
-    (:class:`cnnlab.engine.optimizers.AdamRows`) of this kernel."""
-    return update is None or (isinstance(update, AdamRows) and update.weight is kernel)
+def _posted_blocks(dy, x, kernel, input_gradient, update) -> list[tuple[int, int]]:
+    """The blocks of inputs of :func:`_posted_backward`, one for each thread that pays: float32
+    (:func:`_tiled`), and no update of the kernel's rows or Adam's
+    (:class:`cnnlab.engine.optimizers.AdamRows`), which runs in compiled code too. Where one
+    block would do, none: BLAS on the calling thread is as fast as the tiles on one."""
+    adam = update is None or (isinstance(update, AdamRows) and update.weight is kernel)
+    if not (adam and dy.dtype == np.float32 and _tiled(x, kernel)):
+        return []
+    (m, d), n = x.shape, kernel.shape[1]
+    grain = _grain(m, n * (2 if input_gradient else 1), _MIN_PART)
+    return parallel.batch_slices(d, min(parallel.num_threads(), d // grain))
 
 
-def _posted_backward(dy, x, kernel, input_gradient, update):
+def _posted_backward(dy, x, kernel, input_gradient, blocks, update):
     """:func:`dense_backward` in float32 as parts posted to the threads
     (:func:`cnnlab.engine.kernels.dense_backward_rows`, :func:`parallel.over_parts`): each a
     block of the inputs, its rows of the kernel gradient and of Adam's update, and its
-    columns of ``dx``, by the tiles."""
+    columns of ``dx``, by the tiles. The calling thread takes the last block, as in
+    :func:`dense_forward`, so that each core's rows of the kernel stay in its cache from the
+    update to the next forward pass."""
     m, d = x.shape
     n = kernel.shape[1]
-    grain = _grain(m, n * (2 if input_gradient else 1), _MIN_PART)
-    blocks = parallel.batch_slices(d, max(1, min(parallel.num_threads(), d // grain)))
     dkernel = np.empty_like(kernel)
     dx = np.empty((m, d), np.float32) if input_gradient else None
     at = [a.ctypes.data for a in (x, dy, kernel, dkernel)]
