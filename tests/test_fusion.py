@@ -538,10 +538,10 @@ def test_inference_takes_each_dense_layer_with_its_own_activation(n_threads):
         )
         steps = model._steps(training=False)
         assert [type(s).__name__ for s in steps] == [
-            "Flatten", "DenseActivate", "DenseActivate", "DenseActivate",
-            "BatchNormalization", "Dense", "Dense",
+            "Flatten", "DenseChain", "BatchNormalization", "Dense", "Dense",
         ]  # fmt: skip
-        assert [s.negative_slope for s in steps[1:4]] == [0.0, 0.2, None]
+        assert [type(s).__name__ for s in steps[1].steps] == ["DenseActivate"] * 3
+        assert [s.negative_slope for s in steps[1].steps] == [0.0, 0.2, None]
         assert not any(isinstance(s, fusion.DenseActivate) for s in model._steps(training=True))
         rng = np.random.default_rng(9)
         for layer in model.layers:  # biases away from zero, so that each is seen added
@@ -551,5 +551,94 @@ def test_inference_takes_each_dense_layer_with_its_own_activation(n_threads):
         np.testing.assert_allclose(model.predict(x, batch_size=40), model(x), rtol=1e-5, atol=1e-5)
         with pytest.raises(ValueError, match="runs at inference only"):
             steps[1](x.reshape(40, -1), training=True)
+        with pytest.raises(ValueError, match="runs at inference only"):
+            steps[1].steps[0](x.reshape(40, -1), training=True)
     finally:
         parallel.set_num_threads(before)
+
+
+def _dense_chain(dtype=np.float32):
+    """Three dense layers (one without a bias) as one DenseChain, and their steps."""
+    model = Sequential(
+        [
+            layers.Input((3000,), dtype=dtype),
+            layers.Dense(70, activation="leaky_relu", dtype=dtype),
+            layers.Dense(33, activation="relu", use_bias=False, dtype=dtype),
+            layers.Dense(9, dtype=dtype),
+            layers.Dense(2, dtype=dtype),  # the output, on its own
+        ]
+    )
+    rng = np.random.default_rng(12)
+    for layer in model.layers:
+        if layer.use_bias:
+            layer.weights["bias"][...] = rng.normal(size=layer.units)
+    chain = model._steps(training=False)[0]
+    assert isinstance(chain, fusion.DenseChain) and len(chain.steps) == 3
+    return model, chain
+
+
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
+def test_a_dense_chain_gives_the_numbers_of_its_layers_one_by_one(n_threads):
+    before = parallel.num_threads()
+    parallel.set_num_threads(n_threads)
+    try:
+        model, chain = _dense_chain()
+        rng = np.random.default_rng(13)
+        for rows in (1, 7, 32, 7):  # a table for each batch size, kept and used again
+            x = rng.normal(size=(rows, 3000)).astype(np.float32)
+            expected = x
+            for layer in chain.layers:
+                expected = layer(expected)
+            for _ in range(2):
+                np.testing.assert_allclose(chain(x), expected, rtol=1e-5, atol=1e-5)
+        assert len(chain._tables.kept) == 3
+        with parallel.blas_threads():  # each step on its own, BLAS on its threads
+            np.testing.assert_allclose(chain(x), expected, rtol=1e-5, atol=1e-5)
+        inside = parallel.over_batch(lambda a, b: chain(x), 2)  # no threads to meet inside
+        for y in inside:
+            np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+    finally:
+        parallel.set_num_threads(before)
+
+
+def test_a_dense_chain_of_other_dtypes_runs_its_steps_and_follows_new_weights():
+    model, chain = _dense_chain(np.float64)
+    x = np.random.default_rng(14).normal(size=(5, 3000))
+    expected = x
+    for layer in chain.layers:
+        expected = layer(expected)
+    np.testing.assert_allclose(chain(x), expected, rtol=1e-12)
+    model, chain = _dense_chain()
+    x = x.astype(np.float32)
+    chain(x)
+    model.set_weights([w * 2 for w in model.get_weights()])  # new values, maybe new arrays
+    expected = x
+    for layer in chain.layers:
+        expected = layer(expected)
+    np.testing.assert_allclose(chain(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_callers_on_two_threads_each_get_their_own_dense_chain_results():
+    model, chain = _dense_chain()
+    rng = np.random.default_rng(15)
+    inputs = [rng.normal(size=(6, 3000)).astype(np.float32) for _ in range(2)]
+    expected = []
+    for x in inputs:
+        for layer in chain.layers:
+            x = layer(x)
+        expected.append(x)
+    errors = []
+
+    def caller(k):
+        try:
+            for _ in range(100):
+                np.testing.assert_allclose(chain(inputs[k]), expected[k], rtol=1e-5, atol=1e-5)
+        except BaseException as err:
+            errors.append(err)
+
+    callers = [threading.Thread(target=caller, args=(k,)) for k in (0, 1)]
+    for thread in callers:
+        thread.start()
+    for thread in callers:
+        thread.join(timeout=60)
+    assert not errors

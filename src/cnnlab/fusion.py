@@ -23,11 +23,12 @@ its own, keeping what its ``backward`` needs. The steps group layers, so they li
 from __future__ import annotations
 
 import itertools
+import threading
 from collections.abc import Callable
 
 import numpy as np
 
-from cnnlab.engine import batchnorm, conv_batchnorm, dense, parallel
+from cnnlab.engine import batchnorm, conv_batchnorm, dense, kernels, parallel
 from cnnlab.engine.conv import conv2d_forward_plan
 from cnnlab.layers import BatchNormalization, Conv2D, Dense, Layer
 from cnnlab.layers.core import Activation
@@ -214,6 +215,85 @@ class DenseActivate:
         return y.reshape(*x.shape[:-1], layer.units)
 
 
+class DenseChain:
+    """Inference: consecutive :class:`DenseActivate` steps as one. Each core multiplies its
+    block of a layer's inputs, the cores meet in compiled code, each adds up the parts, the
+    bias and the activation for its block of the output's rows, and they meet again before
+    the next layer (:func:`cnnlab.engine.kernels.dense_chain_part`): one hand-over for all the
+    layers, and no Python between them. In float32 on cnnlab's threads; else the steps one by
+    one. The parts' table is kept for each batch size, set of weights and number of threads,
+    by each calling thread: a call writes only its input's and its output's addresses."""
+
+    trainable_names: list[str] = []
+    _KEPT = 8  # tables kept for each calling thread, at most
+
+    def __init__(self, steps: list[DenseActivate]):
+        self.steps = steps
+        self.layers = [step.dense for step in steps]
+        self.name = f"{steps[0].name} .. {steps[-1].name}"
+        self.output_shape = steps[-1].output_shape
+        self._tables = threading.local()
+
+    def __call__(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        if training:
+            raise ValueError(f"{self.name} runs at inference only, got training=True")
+        first = self.layers[0]
+        first._check_input(x)
+        x = x.astype(first.dtype, copy=False)
+        weights = [(layer.weights["kernel"], layer.weights.get("bias")) for layer in self.layers]
+        arrays = [x] + [w for pair in weights for w in pair if w is not None]
+        if parallel.whole() or not all(_flat_float32(a) for a in arrays):
+            for step in self.steps:
+                x = step(x)
+            return x
+        x2 = x.reshape(-1, x.shape[-1])
+        out = np.empty((len(x2), self.layers[-1].units), np.float32)
+
+        def parts(threads: int) -> list[tuple[int, ...]]:
+            table, flags, parts = self._table(threads, len(x2), weights)
+            table[0, 0], table[-1, 3] = x2.ctypes.data, out.ctypes.data
+            flags[...] = 0
+            return parts
+
+        parallel.over_meeting_parts(parts)
+        return out.reshape(*x.shape[:-1], self.layers[-1].units)
+
+    def _table(self, threads: int, m: int, weights: list) -> tuple:
+        """``(table, flags, parts)`` of :func:`cnnlab.engine.kernels.dense_chain_part` for
+        ``m`` rows on ``threads`` threads, with the layers' outputs but the last in buffers of
+        their own; made the first time, and kept with the weights it points to."""
+        kept = getattr(self._tables, "kept", None)
+        if kept is None:
+            kept = self._tables.kept = {}
+        key = (threads, m, *(id(w) for pair in weights for w in pair))
+        if key not in kept:
+            if len(kept) >= self._KEPT:
+                kept.clear()
+            table = np.zeros((len(self.layers), kernels.CHAIN_FIELDS), np.int64)
+            arrays = [weights]  # kept alive with the table
+            for row, step, (kernel, bias) in zip(table, self.steps, weights, strict=True):
+                d, n = kernel.shape
+                out, sums = np.empty((m, n), np.float32), np.empty((threads, m, n), np.float32)
+                arrays += [out, sums]
+                slope = step.negative_slope
+                row[:8] = [0, kernel.ctypes.data, 0 if bias is None else bias.ctypes.data,
+                           out.ctypes.data, sums.ctypes.data, d, n, slope is not None]  # fmt: skip
+                row[8:] = np.array([slope or 0.0]).view(np.int64)
+            table[1:, 0] = table[:-1, 3]  # each layer reads the one before
+            flags = np.zeros((2 * len(self.layers), threads), np.int64)
+            parts = [
+                (kernels.DENSE_CHAIN, table.ctypes.data, len(table), index, threads,
+                 flags.ctypes.data, m)
+                for index in range(threads)
+            ]  # fmt: skip
+            kept[key] = (table, flags, parts, arrays)
+        return kept[key][:3]
+
+
+def _flat_float32(array: np.ndarray) -> bool:
+    return array.dtype == np.float32 and array.flags.c_contiguous
+
+
 def _negative_slope(activation: Activation) -> float:
     return 0.0 if activation.activation.name == "relu" else activation.activation.negative_slope
 
@@ -270,9 +350,11 @@ def steps(layers: list[Layer], training: bool = True) -> list:
 
 
 def _chained(steps: list) -> list:
-    """Each run of two or more ConvNormalizeActivate steps in ``steps`` as one ConvChain."""
+    """Each run of two or more ConvNormalizeActivate steps in ``steps`` as one ConvChain, and
+    of DenseActivate steps as one DenseChain."""
+    chains = {ConvNormalizeActivate: ConvChain, DenseActivate: DenseChain}
     out: list = []
-    for fused, run in itertools.groupby(steps, lambda s: isinstance(s, ConvNormalizeActivate)):
+    for kind, run in itertools.groupby(steps, type):
         run = list(run)
-        out += [ConvChain(run)] if fused and len(run) > 1 else run
+        out += [chains[kind](run)] if kind in chains and len(run) > 1 else run
     return out

@@ -32,8 +32,8 @@ def dense_forward(
     :mod:`cnnlab.engine.tiles` where it can (:func:`_tiled`), else by BLAS
     (:func:`cnnlab.engine.parallel.over_batch`), and the threads' partial products and the
     bias are added up in order, in one pass (:func:`cnnlab.engine.kernels.dense_finish`).
-    ``negative_slope``, for inference, applies ``leaky(v) = v if v > 0 else negative_slope *
-    v`` in that pass (0: ReLU; None: no activation)."""
+    For inference, that pass also applies ``leaky(v) = v if v > 0 else negative_slope * v``
+    (0: ReLU; None: no activation)."""
     if _tiled(x, kernel):
         y, parts = _tiles_forward(x, kernel)
     else:
@@ -45,10 +45,11 @@ def dense_forward(
         for part in others:
             y += part
         parts = np.empty((0, *y.shape), y.dtype)
-    if bias is not None or negative_slope is not None or len(parts):
+    activate = negative_slope is not None
+    if bias is not None or activate or len(parts):
         added = np.empty(0, y.dtype) if bias is None else np.asarray(bias, y.dtype)
-        slope = y.dtype.type(0 if negative_slope is None else negative_slope)
-        kernels.dense_finish(y, parts, len(parts), added, slope, negative_slope is not None)
+        slope = y.dtype.type(negative_slope or 0)
+        kernels.dense_finish(y, parts, len(parts), added, activate, slope)
     return y, DenseCache(x, kernel)
 
 

@@ -22,7 +22,7 @@ import numba
 import numpy as np
 
 from cnnlab.engine import blas, tiles
-from cnnlab.engine.shared import floats, meet
+from cnnlab.engine.shared import floats, ints, meet
 
 # error_model="numpy": a division by zero gives inf or nan, as in NumPy, instead of a check
 # for Python's ZeroDivisionError at every division, which keeps LLVM from vectorising a loop
@@ -534,24 +534,34 @@ def crossentropy_from_logits(z, labels, one_hot, grad):
 
 
 @_compiled
-def dense_finish(y, parts, count, bias, slope, activate):
+def activate_row(row, activate, slope):
+    """A dense layer's activation on one row of its output, in place, with ``activate``: the
+    (leaky) ReLU ``v if v > 0 else slope * v`` of :func:`leaky_relu`."""
+    if activate:
+        for j in range(row.size):
+            v = row[j]
+            row[j] = v if v > 0 else slope * v
+
+
+@_compiled
+def dense_finish(y, parts, count, bias, activate, slope):
     """A dense layer's output from its threads' partial products, in place, row by row::
 
         y = y + parts[0] + ... + parts[count - 1] + bias      (no bias where it is empty)
-        y = y if y > 0 else slope * y                        (with ``activate``)
+        y = activation(y)                                    (:func:`activate_row`)
 
     ``y: (M, N)``, ``parts: (>= count, M, N)``, ``bias: (N,)``: the sums of
-    :func:`cnnlab.nn.dense.dense_forward`, in the order NumPy's ``+=`` would add them, and
-    the (leaky) ReLU of :func:`leaky_relu`."""
+    :func:`cnnlab.nn.dense.dense_forward`, in the order NumPy's ``+=`` would add them."""
     m, n = y.shape
     with_bias = bias.size > 0
     for r in range(m):
         for t in range(count):
             for j in range(n):
                 y[r, j] += parts[t, r, j]
-        for j in range(n):
-            v = y[r, j] + bias[j] if with_bias else y[r, j]
-            y[r, j] = v if v > 0 or not activate else slope * v
+        if with_bias:
+            for j in range(n):
+                y[r, j] += bias[j]
+        activate_row(y[r], activate, slope)
 
 
 # The parts a thread runs in compiled code, posted to it
@@ -559,17 +569,22 @@ def dense_finish(y, parts, count, bias, slope, activate):
 # arguments (addresses of float32 arrays, sizes, and float64 constants as their bits).
 PRODUCT = 1  # tiles.product(*row[1:12])
 DENSE_BACKWARD = 2  # dense_backward_rows(row)
+DENSE_CHAIN = 3  # dense_chain_part(row)
+CHAIN_FIELDS = 9  # a layer's row in dense_chain_part's table
 PART_LENGTH = 19
 
 
 @_compiled
 def run_part(part):
-    """Run the part ``part`` describes (:data:`PRODUCT` or :data:`DENSE_BACKWARD`)."""
+    """Run the part ``part`` describes (:data:`PRODUCT`, :data:`DENSE_BACKWARD` or
+    :data:`DENSE_CHAIN`)."""
     if part[0] == PRODUCT:
         tiles.product(part[1], part[2], part[3], part[4], part[5], part[6], part[7], part[8],
                       part[9], part[10], part[11])  # fmt: skip
     elif part[0] == DENSE_BACKWARD:
         dense_backward_rows(part)
+    elif part[0] == DENSE_CHAIN:
+        dense_chain_part(part)
 
 
 @_compiled
@@ -607,3 +622,46 @@ def dense_backward_rows(part):
             np.float32(constants[0]), np.float32(constants[1]), np.float32(constants[2]),
             np.float32(constants[3]),
         )  # fmt: skip
+
+
+@_compiled
+def dense_chain_part(part):
+    """Part ``index`` of ``threads`` of float32 dense layers one after the other at inference,
+    each ``y = activation(x @ kernel + bias)`` as :func:`dense_finish` finishes it, the threads
+    meeting in compiled code (:func:`cnnlab.engine.shared.meet`) instead of returning to
+    Python between layers. For each layer, this part multiplies its block of the inputs into
+    its row of ``parts``, meets the others, adds up every part (in order), the bias and the
+    activation for its block of ``y``'s rows, and meets them again before the next layer
+    reads ``y``.
+
+    ``part``: kind, the address of the table, its layers, ``index``, ``threads``, the address
+    of the flags (int64, two rows of ``threads`` for each layer, zeros), and ``M``, the rows.
+    The table has a row of :data:`CHAIN_FIELDS` for each layer: the addresses of ``x: (M,
+    D)``, ``kernel: (D, N)``, ``bias: (N,)`` (0: none), ``y: (M, N)`` and ``parts: (threads,
+    M, N)``, then ``D``, ``N``, whether to apply the activation (:func:`activate_row`) and its
+    slope as float64 bits."""
+    layers, index, threads, m = part[2], part[3], part[4], part[6]
+    table = ints(part[1], layers, CHAIN_FIELDS)
+    slopes = table.view(np.float64)
+    flags = ints(part[5], 2 * layers, threads)
+    first, last = m * index // threads, m * (index + 1) // threads
+    for layer in range(layers):
+        x, kernel, bias, y = table[layer, 0], table[layer, 1], table[layer, 2], table[layer, 3]
+        sums, d, n = table[layer, 4], table[layer, 5], table[layer, 6]
+        lo, hi = d * index // threads, d * (index + 1) // threads
+        tiles.product(x + 4 * lo, d, 1, kernel + 4 * lo * n, n, sums + 4 * index * m * n, n,
+                      m, n, hi - lo, 0)  # fmt: skip
+        meet(flags[2 * layer], index)
+        partial, out = floats(sums, threads * m * n), floats(y, m * n)
+        biases = floats(bias, n if bias != 0 else 0)
+        activate, slope = table[layer, 7] != 0, np.float32(slopes[layer, 8])
+        for r in range(first, last):
+            for j in range(n):
+                v = partial[r * n + j]
+                for t in range(1, threads):
+                    v += partial[(t * m + r) * n + j]
+                if bias != 0:
+                    v += biases[j]
+                out[r * n + j] = v
+            activate_row(out[r * n : (r + 1) * n], activate, slope)
+        meet(flags[2 * layer + 1], index)

@@ -266,22 +266,47 @@ def over_parts(parts: list[tuple[int, ...]]) -> None:
     The caller keeps the arrays alive and writes nothing they share until it returns."""
     alone = len(parts) == 1 or getattr(_state, "inside", False) or whole()
     if alone or not _using_workers.acquire(blocking=False):
-        for part in parts:
-            kernels.run_part(np.array(part, np.int64))
+        _run_here(parts)
         return
     try:
         _start_workers()
-        posted = parts[: min(len(parts) - 1, len(_workers))]
-        for worker, part in zip(_workers, posted, strict=False):
-            worker.post(part)
-        try:
-            for part in parts[len(posted) :]:
-                kernels.run_part(np.array(part, np.int64))
-        finally:  # no part outlives the call
-            for worker in _workers[: len(posted)]:
-                worker.wait_posted()
+        _post_and_run(parts)
     finally:
         _using_workers.release()
+
+
+def over_meeting_parts(make: Callable[[int], list[tuple[int, ...]]]) -> None:
+    """:func:`over_parts` for parts that meet in compiled code, and so must all run at once:
+    ``make(threads)`` gives one part for each of ``threads`` threads, each on its own; one,
+    on the calling thread, where the threads cannot be had (one thread, inside a slice or
+    :func:`blas_threads`, or another thread's op holding them)."""
+    alone = num_threads() == 1 or getattr(_state, "inside", False) or whole()
+    if alone or not _using_workers.acquire(blocking=False):
+        _run_here(make(1))
+        return
+    try:
+        _start_workers()
+        _post_and_run(make(len(_workers) + 1))
+    finally:
+        _using_workers.release()
+
+
+def _run_here(parts: list[tuple[int, ...]]) -> None:
+    for part in parts:
+        kernels.run_part(np.array(part, np.int64))
+
+
+def _post_and_run(parts: list[tuple[int, ...]]) -> None:
+    """Post the first parts to the workers, one each, and run the rest here; holding
+    ``_using_workers``."""
+    posted = parts[: min(len(parts) - 1, len(_workers))]
+    for worker, part in zip(_workers, posted, strict=False):
+        worker.post(part)
+    try:
+        _run_here(parts[len(posted) :])
+    finally:  # no part outlives the call
+        for worker in _workers[: len(posted)]:
+            worker.wait_posted()
 
 
 def _inside(run: Callable[[int, int], T], start: int, stop: int) -> T:

@@ -71,3 +71,17 @@ def _float32_pointer(typingctx, address):
 def floats(address, count):
     """The ``count`` float32 values at ``address``, as a 1-D array (no copy)."""
     return numba.carray(_float32_pointer(address), count)
+
+
+@intrinsic
+def _int64_pointer(typingctx, address):
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
+
+    return types.CPointer(types.int64)(types.int64), codegen
+
+
+@numba.njit(nogil=True, cache=True)
+def ints(address, rows, columns):
+    """The ``rows x columns`` int64 values at ``address``, as a 2-D array (no copy)."""
+    return numba.carray(_int64_pointer(address), (rows, columns))
