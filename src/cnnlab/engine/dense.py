@@ -3,10 +3,11 @@ same products, the same arguments and the same :class:`DenseCache`, split over t
 layer's inputs (the rows of ``kernel``), so that each thread reads and writes blocks of its
 own, whole rows of ``kernel`` and of ``dkernel``.
 
-In float32, with cnnlab's threads splitting the ops, the forward product goes by
+In float32, with cnnlab's threads splitting the ops, the products go by
 :mod:`cnnlab.engine.tiles`, each core's part posted to it in compiled code
-(:func:`cnnlab.engine.parallel.over_products`): a layer's product of a few dozen rows is over in
-a few hundred microseconds, and handing a slice of Python to a thread cost 45-75 us of it."""
+(:func:`cnnlab.engine.parallel.over_parts`), forward and backward with Adam's update of its
+rows: a layer's product of a few dozen rows is over in a few hundred microseconds, and handing
+a slice of Python to a thread cost 45-75 us of it."""
 
 from __future__ import annotations
 
