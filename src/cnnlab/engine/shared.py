@@ -8,6 +8,7 @@ their addresses, as the parts posted to a thread carry them
 from __future__ import annotations
 
 import numba
+import numpy as np
 from numba import types
 from numba.extending import intrinsic
 
@@ -60,28 +61,22 @@ def leave(flags, index):
 
 
 @intrinsic
-def _float32_pointer(typingctx, address):
+def _pointer(typingctx, address, dtype):
+    """A pointer to values of ``dtype`` (a NumPy scalar type) at ``address`` (an int64)."""
+
     def codegen(context, builder, signature, args):
         return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
 
-    return types.CPointer(types.float32)(types.int64), codegen
+    return types.CPointer(dtype.instance_type)(types.int64, dtype), codegen
 
 
 @numba.njit(nogil=True, cache=True)
 def floats(address, count):
     """The ``count`` float32 values at ``address``, as a 1-D array (no copy)."""
-    return numba.carray(_float32_pointer(address), count)
-
-
-@intrinsic
-def _int64_pointer(typingctx, address):
-    def codegen(context, builder, signature, args):
-        return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
-
-    return types.CPointer(types.int64)(types.int64), codegen
+    return numba.carray(_pointer(address, np.float32), count)
 
 
 @numba.njit(nogil=True, cache=True)
 def ints(address, rows, columns):
     """The ``rows x columns`` int64 values at ``address``, as a 2-D array (no copy)."""
-    return numba.carray(_int64_pointer(address), (rows, columns))
+    return numba.carray(_pointer(address, np.int64), (rows, columns))
