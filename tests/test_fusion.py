@@ -642,3 +642,15 @@ def test_callers_on_two_threads_each_get_their_own_dense_chain_results():
     for thread in callers:
         thread.join(timeout=60)
     assert not errors
+
+
+def test_a_model_copied_after_predict_predicts_alike_with_tables_of_its_own():
+    import copy
+
+    model, chain = _dense_chain()
+    x = np.random.default_rng(16).normal(size=(4, 3000)).astype(np.float32)
+    expected = model.predict(x, verbose=0)
+    twin = copy.deepcopy(model)
+    np.testing.assert_array_equal(twin.predict(x, verbose=0), expected)
+    twin.layers[0].weights["bias"][...] += 1  # the copy's weights are its own
+    np.testing.assert_array_equal(model.predict(x, verbose=0), expected)

@@ -234,6 +234,13 @@ class DenseChain:
         self.output_shape = steps[-1].output_shape
         self._tables = threading.local()
 
+    def __getstate__(self) -> dict:  # a copy (copy.deepcopy, pickle) makes its own tables
+        return {key: value for key, value in self.__dict__.items() if key != "_tables"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._tables = threading.local()
+
     def __call__(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         if training:
             raise ValueError(f"{self.name} runs at inference only, got training=True")
