@@ -120,13 +120,17 @@ class RowUpdate:
 
     def __init__(self, optimizer: Optimizer, i: int, weight: np.ndarray):
         self.optimizer, self.i, self.weight = optimizer, i, weight
-        self.rows_done = 0
+        self.blocks: list[int] = []  # rows of each block updated (appended: safe across threads)
+
+    @property
+    def rows_done(self) -> int:
+        return sum(self.blocks)
 
     def __call__(self, grad: np.ndarray, rows: slice) -> None:
         optimizer, weight = self.optimizer, self.weight
         grad = backend.ops().clip_gradient(grad, None, optimizer.clipvalue)
         optimizer.update(self.i, grad.astype(weight.dtype, copy=False), weight[rows], rows)
-        self.rows_done += len(range(*rows.indices(len(weight))))
+        self.blocks.append(len(range(*rows.indices(len(weight)))))
 
 
 def _index(key: str) -> int:

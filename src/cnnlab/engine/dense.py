@@ -177,7 +177,7 @@ def _posted_backward(dy, x, kernel, input_gradient, blocks, update):
         for lo, hi in blocks
     ])  # fmt: skip
     if update is not None:
-        update.rows_done += d
+        update.blocks.append(d)
     return dx, dkernel, column_sums(dy)
 
 

@@ -33,8 +33,8 @@ class AdamRows:
     in one compiled pass, the step's constants worked out once (a dense layer's backward pass
     calls it on every core: :meth:`cnnlab.optimizers.Optimizer.row_update`, or runs the same
     pass in its own compiled parts, :func:`cnnlab.engine.kernels.dense_backward_rows`, from
-    ``weight``, ``m``, ``v`` and ``bits``, the constants as float64 bits). ``rows_done``
-    counts the rows updated."""
+    ``weight``, ``m``, ``v`` and ``bits``, the constants as float64 bits, noting the rows in
+    ``blocks``). ``rows_done`` counts the rows updated."""
 
     def __init__(
         self,
@@ -58,7 +58,11 @@ class AdamRows:
             dtype(epsilon),
         )
         self.bits = tuple(int(b) for b in np.array(self.constants, np.float64).view(np.int64))
-        self.rows_done = 0
+        self.blocks: list[int] = []  # rows of each block updated (appended: safe across threads)
+
+    @property
+    def rows_done(self) -> int:
+        return sum(self.blocks)
 
     def __call__(self, grad: np.ndarray, rows: slice) -> None:
         weight = self.weight
@@ -69,4 +73,4 @@ class AdamRows:
             self.v[rows].reshape(-1),
             *self.constants,
         )
-        self.rows_done += len(range(*rows.indices(len(weight))))
+        self.blocks.append(len(range(*rows.indices(len(weight)))))
