@@ -13,7 +13,8 @@ sums, one hand-over to the threads each way (:mod:`cnnlab.engine.conv_batchnorm`
 inference batch norm's statistics are fixed, and the convolution applies both to each chunk of
 its output while that is in the cache, and consecutive ones run as one step, each core taking
 its slice of the batch through all of them (:class:`ConvChain`); a Dense layer's own
-activation is applied in the pass that adds up its product's parts (:class:`DenseActivate`).
+activation is applied in the pass that adds up its product's parts (:class:`DenseActivate`),
+and consecutive ones run as one step, the cores meeting between layers (:class:`DenseChain`).
 ``Sequential.train_step``, ``predict`` and ``evaluate`` run these steps when the engine is
 "fast" (:func:`cnnlab.backend.fuses`); calling the model, or a layer, still runs each layer on
 its own, keeping what its ``backward`` needs. The steps group layers, so they live above
@@ -278,13 +279,18 @@ class DenseChain:
                 kept.clear()
             table = np.zeros((len(self.layers), kernels.CHAIN_FIELDS), np.int64)
             arrays = [weights]  # kept alive with the table
-            for row, step, (kernel, bias) in zip(table, self.steps, weights, strict=True):
+            lasts = [False] * (len(table) - 1) + [True]
+            for row, step, (kernel, bias), last in zip(
+                table, self.steps, weights, lasts, strict=True
+            ):
                 d, n = kernel.shape
-                out, sums = np.empty((m, n), np.float32), np.empty((threads, m, n), np.float32)
+                sums = np.empty((threads, m, n), np.float32)
+                out = None if last else np.empty((m, n), np.float32)  # the last: each call's own
                 arrays += [out, sums]
                 slope = step.negative_slope
                 row[:8] = [0, kernel.ctypes.data, 0 if bias is None else bias.ctypes.data,
-                           out.ctypes.data, sums.ctypes.data, d, n, slope is not None]  # fmt: skip
+                           0 if last else out.ctypes.data, sums.ctypes.data, d, n,
+                           slope is not None]  # fmt: skip
                 row[8:] = np.array([slope or 0.0]).view(np.int64)
             table[1:, 0] = table[:-1, 3]  # each layer reads the one before
             flags = np.zeros((2 * len(self.layers), threads), np.int64)
@@ -335,7 +341,7 @@ def steps(layers: list[Layer], training: bool = True) -> list:
     other batch norm and the activation right after it by one :class:`NormalizeActivate`; for
     inference (``training=False``), two or more ConvNormalizeActivate steps in a row in one
     :class:`ConvChain`, and each Dense layer with a ReLU, LeakyReLU or no activation of its
-    own as a :class:`DenseActivate`."""
+    own as a :class:`DenseActivate`, two or more in a row in one :class:`DenseChain`."""
     out: list = []
     i = 0
     while i < len(layers):
