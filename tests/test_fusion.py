@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 
-from cnnlab import fusion, layers, optimizers, zoo
+from cnnlab import backend, fusion, layers, optimizers, zoo
 from cnnlab.engine import activations, batchnorm, conv, conv_batchnorm, parallel, scratch
 from cnnlab.fusion import NormalizeActivate
 from cnnlab.model import Model, Sequential
@@ -172,7 +172,7 @@ def test_inference_steps_take_each_conv_with_the_batch_norm_after_it():
         "Conv2D",
         "BatchNormalization",
         "Flatten",
-        "Dense",
+        "DenseActivate",  # the model's output joins at inference
     ]
     assert [type(s).__name__ for s in steps[0].steps] == ["ConvNormalizeActivate"] * 2
     assert [s.negative_slope for s in steps[0].steps] == [0.1, None]
@@ -209,7 +209,7 @@ def test_a_conv_alone_between_other_layers_is_not_chained():
     kinds = [type(s).__name__ for s in model._steps(training=False)]
     assert kinds == ["ConvNormalizeActivate", "MaxPooling2D", "ConvNormalizeActivate"] + [
         "Flatten",
-        "Dense",
+        "DenseActivate",
     ]
 
 
@@ -538,8 +538,9 @@ def test_inference_takes_each_dense_layer_with_its_own_activation(n_threads):
         )
         steps = model._steps(training=False)
         assert [type(s).__name__ for s in steps] == [
-            "Flatten", "DenseChain", "BatchNormalization", "Dense", "Dense",
+            "Flatten", "DenseChain", "BatchNormalization", "Dense", "DenseActivate",
         ]  # fmt: skip
+        assert steps[-1].softmax and steps[-1].negative_slope is None
         assert [type(s).__name__ for s in steps[1].steps] == ["DenseActivate"] * 3
         assert [s.negative_slope for s in steps[1].steps] == [0.0, 0.2, None]
         assert not any(isinstance(s, fusion.DenseActivate) for s in model._steps(training=True))
@@ -558,14 +559,15 @@ def test_inference_takes_each_dense_layer_with_its_own_activation(n_threads):
 
 
 def _dense_chain(dtype=np.float32):
-    """Three dense layers (one without a bias) as one DenseChain, and their steps."""
+    """Four dense layers (one without a bias, the last the model's softmax output) as one
+    DenseChain, and the model."""
     model = Sequential(
         [
             layers.Input((3000,), dtype=dtype),
             layers.Dense(70, activation="leaky_relu", dtype=dtype),
             layers.Dense(33, activation="relu", use_bias=False, dtype=dtype),
             layers.Dense(9, dtype=dtype),
-            layers.Dense(2, dtype=dtype),  # the output, on its own
+            layers.Dense(2, activation="softmax", dtype=dtype),  # the output joins at inference
         ]
     )
     rng = np.random.default_rng(12)
@@ -573,7 +575,7 @@ def _dense_chain(dtype=np.float32):
         if layer.use_bias:
             layer.weights["bias"][...] = rng.normal(size=layer.units)
     chain = model._steps(training=False)[0]
-    assert isinstance(chain, fusion.DenseChain) and len(chain.steps) == 3
+    assert isinstance(chain, fusion.DenseChain) and len(chain.steps) == 4
     return model, chain
 
 
@@ -654,3 +656,35 @@ def test_a_model_copied_after_predict_predicts_alike_with_tables_of_its_own():
     np.testing.assert_array_equal(twin.predict(x, verbose=0), expected)
     twin.layers[0].weights["bias"][...] += 1  # the copy's weights are its own
     np.testing.assert_array_equal(model.predict(x, verbose=0), expected)
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_a_softmax_output_at_inference_leaves_its_logits_for_the_loss(n_threads):
+    """evaluate computes the loss from the output layer's logits; the fused output (alone, or
+    at the end of a chain) leaves them where the layer's own call does."""
+    before = parallel.num_threads()
+    parallel.set_num_threads(n_threads)
+    try:
+        rng = np.random.default_rng(17)
+        x = rng.normal(size=(9, 3000)).astype(np.float32)
+        y = rng.integers(0, 2, 9)
+        alone = Sequential([
+            layers.Input((3000,)), layers.Dense(8, activation="tanh"),
+            layers.Dense(2, activation="softmax"),
+        ])  # fmt: skip
+        chained, _ = _dense_chain()
+        for model in (alone, chained):
+            model.compile("adam", "sparse_categorical_crossentropy")
+            output = model.layers[-1]
+            expected_logits = x
+            for layer in model.layers[:-1]:
+                expected_logits = layer(expected_logits)
+            expected_logits = expected_logits @ output.weights["kernel"] + output.weights["bias"]
+            probabilities = model.predict(x, verbose=0)
+            np.testing.assert_allclose(output.logits, expected_logits, rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose(output.activation.y, probabilities, rtol=1e-6)
+            loss = model.evaluate(x, y, verbose=0)
+            with backend.engine("reference"):
+                assert loss == pytest.approx(model.evaluate(x, y, verbose=0), rel=1e-5)
+    finally:
+        parallel.set_num_threads(before)

@@ -187,10 +187,12 @@ class ConvChain:
 
 
 class DenseActivate:
-    """Inference: a Dense layer with its own ReLU or LeakyReLU (or none), as one op: the
-    activation is applied in the pass that adds up the cores' partial products and the bias
-    (:func:`cnnlab.engine.dense.dense_forward` with ``negative_slope``), instead of a pass of
-    its own over the output, each with Python around it."""
+    """Inference: a Dense layer with its own ReLU, LeakyReLU or softmax (or none), as one op:
+    the activation is applied in the pass that adds up the cores' partial products and the
+    bias (:func:`cnnlab.engine.dense.dense_forward` with ``negative_slope`` or ``softmax``),
+    instead of a pass of its own over the output, each with Python around it. With a softmax
+    it leaves the values before it in the layer's ``logits``, as the layer's own call does:
+    a model's loss reads them there."""
 
     trainable_names: list[str] = []
 
@@ -200,7 +202,8 @@ class DenseActivate:
         self.name = layer.name
         self.output_shape = layer.output_shape
         activation = layer.activation
-        self.negative_slope = {"linear": None, "relu": 0.0}.get(
+        self.softmax = activation.name == "softmax"
+        self.negative_slope = {"linear": None, "relu": 0.0, "softmax": None}.get(
             activation.name, activation.negative_slope
         )
 
@@ -212,8 +215,19 @@ class DenseActivate:
         x = x.astype(layer.dtype, copy=False)
         kernel, bias = layer.weights["kernel"], layer.weights.get("bias")
         x2 = x.reshape(-1, x.shape[-1])
-        y, _ = dense.dense_forward(x2, kernel, bias, negative_slope=self.negative_slope)
-        return y.reshape(*x.shape[:-1], layer.units)
+        logits = np.empty((len(x2), layer.units), np.result_type(x2, kernel))
+        y, _ = dense.dense_forward(
+            x2, kernel, bias, negative_slope=self.negative_slope, softmax=self.softmax,
+            logits=logits if self.softmax else None,
+        )  # fmt: skip
+        shape = (*x.shape[:-1], layer.units)
+        if self.softmax:
+            self.keep_logits(logits.reshape(shape), y.reshape(shape))
+        return y.reshape(shape)
+
+    def keep_logits(self, logits: np.ndarray, y: np.ndarray) -> None:
+        """Leave ``logits`` and the softmax's output ``y`` where the layer's own call does."""
+        self.dense.activation.x, self.dense.activation.y = logits, y
 
 
 class DenseChain:
@@ -256,15 +270,21 @@ class DenseChain:
             return x
         x2 = x.reshape(-1, x.shape[-1])
         out = np.empty((len(x2), self.layers[-1].units), np.float32)
+        last = self.steps[-1]
+        logits = np.empty_like(out) if last.softmax else None
 
         def parts(threads: int) -> list[tuple[int, ...]]:
             table, flags, parts = self._table(threads, len(x2), weights)
             table[0, 0], table[-1, 3] = x2.ctypes.data, out.ctypes.data
+            table[-1, 9] = 0 if logits is None else logits.ctypes.data
             flags[...] = 0
             return parts
 
         parallel.over_meeting_parts(parts)
-        return out.reshape(*x.shape[:-1], self.layers[-1].units)
+        shape = (*x.shape[:-1], self.layers[-1].units)
+        if logits is not None:
+            last.keep_logits(logits.reshape(shape), out.reshape(shape))
+        return out.reshape(shape)
 
     def _table(self, threads: int, m: int, weights: list) -> tuple:
         """``(table, flags, parts)`` of :func:`cnnlab.engine.kernels.dense_chain_part` for
@@ -290,8 +310,8 @@ class DenseChain:
                 slope = step.negative_slope
                 row[:8] = [0, kernel.ctypes.data, 0 if bias is None else bias.ctypes.data,
                            0 if last else out.ctypes.data, sums.ctypes.data, d, n,
-                           slope is not None]  # fmt: skip
-                row[8:] = np.array([slope or 0.0]).view(np.int64)
+                           dense.activation_kind(slope, step.softmax)]  # fmt: skip
+                row[8] = np.array([slope or 0.0]).view(np.int64)[0]  # row[9]: the logits
             table[1:, 0] = table[:-1, 3]  # each layer reads the one before
             flags = np.zeros((2 * len(self.layers), threads), np.int64)
             parts = [
@@ -322,7 +342,14 @@ def _norm_then_activation(layers: list[Layer]) -> bool:
 
 
 def _dense_activate(layer: Layer) -> bool:
-    return isinstance(layer, Dense) and layer.activation.name in ("linear", "relu", "leaky_relu")
+    names = ("linear", "relu", "leaky_relu", "softmax")
+    return isinstance(layer, Dense) and layer.activation.name in names
+
+
+def joins_at_inference(layer: Layer) -> bool:
+    """Whether a model's output layer joins the fused steps at inference: a Dense layer that
+    :class:`DenseActivate` takes, which leaves a softmax's logits where the loss reads them."""
+    return _dense_activate(layer)
 
 
 def _conv_then_norm(layers: list[Layer]) -> bool:
@@ -340,8 +367,8 @@ def steps(layers: list[Layer], training: bool = True) -> list:
     after that (if there is one) replaced by one :class:`ConvNormalizeActivate` step, each
     other batch norm and the activation right after it by one :class:`NormalizeActivate`; for
     inference (``training=False``), two or more ConvNormalizeActivate steps in a row in one
-    :class:`ConvChain`, and each Dense layer with a ReLU, LeakyReLU or no activation of its
-    own as a :class:`DenseActivate`, two or more in a row in one :class:`DenseChain`."""
+    :class:`ConvChain`, and each Dense layer with a ReLU, LeakyReLU, softmax or no activation
+    of its own as a :class:`DenseActivate`, two or more in a row in one :class:`DenseChain`."""
     out: list = []
     i = 0
     while i < len(layers):

@@ -5,8 +5,9 @@ On the fast engine, each run of consecutive layers that only feed one another (o
 one consumer, called once in the graph) is handed to :func:`cnnlab.fusion.steps`, which runs
 a convolution, its batch norm and activation as one op, and batch norm and its activation as
 one op elsewhere.
-The layer that gives a model output stays on its own: the loss reads its logits. A model's
-call (``model(x)``) and its :meth:`~cnnlab.model.Model.backward` run every layer on its own.
+The layer that gives a model output stays on its own in training, where the loss reads its
+logits (at inference a Dense output joins the fused steps, which leave them in the layer). A
+model's call (``model(x)``) and its :meth:`~cnnlab.model.Model.backward` run every layer on its own.
 
 Backward, from the last step to the first, each tensor's gradient is the sum of what its
 consumers send back. A step whose output leads to no loss, or whose inputs and ancestors
@@ -102,7 +103,12 @@ class Plan:
     def _add(self, run: list[Node], fuse: bool, training: bool, calls: Counter) -> None:
         layers = [node.layer for node in run]
         if fuse:
-            body = len(layers) - (id(run[-1].output) in self.output_keys)
+            # A model's output stays on its own in training, where the loss reads its logits;
+            # at inference a Dense output joins, its fused step leaving them in the layer.
+            output = id(run[-1].output) in self.output_keys
+            body = len(layers) - (
+                output and (training or not fusion.joins_at_inference(layers[-1]))
+            )
             ops = fusion.steps(layers[:body], training) + layers[body:]
         else:
             ops = layers

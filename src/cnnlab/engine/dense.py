@@ -27,6 +27,8 @@ def dense_forward(
     bias: np.ndarray | None,
     *,
     negative_slope: float | None = None,
+    softmax: bool = False,
+    logits: np.ndarray | None = None,
 ) -> tuple[np.ndarray, DenseCache]:
     """Fast :func:`cnnlab.nn.dense.dense_forward`: each thread multiplies a block of ``x``'s
     columns by the same block of ``kernel``'s rows, ``x[:, lo:hi] @ kernel[lo:hi]``, by
@@ -34,7 +36,8 @@ def dense_forward(
     (:func:`cnnlab.engine.parallel.over_batch`), and the threads' partial products and the
     bias are added up in order, in one pass (:func:`cnnlab.engine.kernels.dense_finish`).
     For inference, that pass also applies ``leaky(v) = v if v > 0 else negative_slope * v``
-    (0: ReLU; None: no activation)."""
+    (0: ReLU; None: none), or with ``softmax`` the softmax over each row; ``logits``, an
+    array shaped as the output, then receives the values before the activation."""
     if _tiled(x, kernel):
         y, parts = _tiles_forward(x, kernel)
     else:
@@ -46,12 +49,18 @@ def dense_forward(
         for part in others:
             y += part
         parts = np.empty((0, *y.shape), y.dtype)
-    activate = negative_slope is not None
-    if bias is not None or activate or len(parts):
+    kind = activation_kind(negative_slope, softmax)
+    if bias is not None or kind or len(parts) or logits is not None:
         added = np.empty(0, y.dtype) if bias is None else np.asarray(bias, y.dtype)
         slope = y.dtype.type(negative_slope or 0)
-        kernels.dense_finish(y, parts, len(parts), added, activate, slope)
+        kept = np.empty((0, 0), y.dtype) if logits is None else logits
+        kernels.dense_finish(y, parts, len(parts), added, kind, slope, kept)
     return y, DenseCache(x, kernel)
+
+
+def activation_kind(negative_slope: float | None, softmax: bool) -> int:
+    """The activation as :func:`cnnlab.engine.kernels.activate_row` numbers it."""
+    return 2 if softmax else int(negative_slope is not None)
 
 
 def _tiled(x: np.ndarray, kernel: np.ndarray) -> bool:

@@ -534,26 +534,38 @@ def crossentropy_from_logits(z, labels, one_hot, grad):
 
 
 @_compiled
-def activate_row(row, activate, slope):
-    """A dense layer's activation on one row of its output, in place, with ``activate``: the
-    (leaky) ReLU ``v if v > 0 else slope * v`` of :func:`leaky_relu`."""
-    if activate:
+def activate_row(row, kind, slope):
+    """A dense layer's activation on one row of its output, in place: none (``kind`` 0), the
+    (leaky) ReLU ``v if v > 0 else slope * v`` of :func:`leaky_relu` (1), or the softmax of
+    :func:`cnnlab.nn.activations.softmax` (2), ``exp(v - max) / sum(exp(v - max))``."""
+    if kind == 1:
         for j in range(row.size):
             v = row[j]
             row[j] = v if v > 0 else slope * v
+    elif kind == 2:
+        top = row[0]
+        for j in range(1, row.size):
+            top = max(top, row[j])
+        total = row.dtype.type(0)
+        for j in range(row.size):
+            row[j] = np.exp(row[j] - top)
+            total += row[j]
+        for j in range(row.size):
+            row[j] = row[j] / total
 
 
 @_compiled
-def dense_finish(y, parts, count, bias, activate, slope):
+def dense_finish(y, parts, count, bias, kind, slope, logits):
     """A dense layer's output from its threads' partial products, in place, row by row::
 
         y = y + parts[0] + ... + parts[count - 1] + bias      (no bias where it is empty)
+        logits = y                                           (where logits is not empty)
         y = activation(y)                                    (:func:`activate_row`)
 
-    ``y: (M, N)``, ``parts: (>= count, M, N)``, ``bias: (N,)``: the sums of
+    ``y, logits: (M, N)``, ``parts: (>= count, M, N)``, ``bias: (N,)``: the sums of
     :func:`cnnlab.nn.dense.dense_forward`, in the order NumPy's ``+=`` would add them."""
     m, n = y.shape
-    with_bias = bias.size > 0
+    with_bias, keep = bias.size > 0, logits.size > 0
     for r in range(m):
         for t in range(count):
             for j in range(n):
@@ -561,7 +573,9 @@ def dense_finish(y, parts, count, bias, activate, slope):
         if with_bias:
             for j in range(n):
                 y[r, j] += bias[j]
-        activate_row(y[r], activate, slope)
+        if keep:
+            logits[r] = y[r]
+        activate_row(y[r], kind, slope)
 
 
 # The parts a thread runs in compiled code, posted to it
@@ -570,7 +584,7 @@ def dense_finish(y, parts, count, bias, activate, slope):
 PRODUCT = 1  # tiles.product(*row[1:12])
 DENSE_BACKWARD = 2  # dense_backward_rows(row)
 DENSE_CHAIN = 3  # dense_chain_part(row)
-CHAIN_FIELDS = 9  # a layer's row in dense_chain_part's table
+CHAIN_FIELDS = 10  # a layer's row in dense_chain_part's table
 PART_LENGTH = 19
 
 
@@ -638,8 +652,9 @@ def dense_chain_part(part):
     of the flags (int64, two rows of ``threads`` for each layer, zeros), and ``M``, the rows.
     The table has a row of :data:`CHAIN_FIELDS` for each layer: the addresses of ``x: (M,
     D)``, ``kernel: (D, N)``, ``bias: (N,)`` (0: none), ``y: (M, N)`` and ``parts: (threads,
-    M, N)``, then ``D``, ``N``, whether to apply the activation (:func:`activate_row`) and its
-    slope as float64 bits."""
+    M, N)``, then ``D``, ``N``, the activation's kind (:func:`activate_row`), its slope as
+    float64 bits, and the address of an ``(M, N)`` array for the values before the activation
+    (0: none)."""
     layers, index, threads, m = part[2], part[3], part[4], part[6]
     table = ints(part[1], layers, CHAIN_FIELDS)
     slopes = table.view(np.float64)
@@ -654,7 +669,8 @@ def dense_chain_part(part):
         meet(flags[2 * layer], index)
         partial, out = floats(sums, threads * m * n), floats(y, m * n)
         biases = floats(bias, n if bias != 0 else 0)
-        activate, slope = table[layer, 7] != 0, np.float32(slopes[layer, 8])
+        kind, slope, logits = table[layer, 7], np.float32(slopes[layer, 8]), table[layer, 9]
+        kept = floats(logits, m * n if logits != 0 else 0)
         for r in range(first, last):
             for j in range(n):
                 v = partial[r * n + j]
@@ -663,5 +679,7 @@ def dense_chain_part(part):
                 if bias != 0:
                     v += biases[j]
                 out[r * n + j] = v
-            activate_row(out[r * n : (r + 1) * n], activate, slope)
+            if logits != 0:
+                kept[r * n : (r + 1) * n] = out[r * n : (r + 1) * n]
+            activate_row(out[r * n : (r + 1) * n], kind, slope)
         meet(flags[2 * layer + 1], index)

@@ -335,7 +335,10 @@ def _wait_for_change(flag, old, spins, scratch, linger):
 @numba.njit(nogil=True, cache=True)
 def _run_posted(posted, part):
     """Run the part posted in ``part`` (:func:`cnnlab.engine.kernels.run_part`), then mark it
-    done: ``posted`` holds the count of parts posted and of parts done."""
+    done: ``posted`` holds the count of parts posted and of parts done. numba's cache of this
+    file holds the compiled parts it calls, and numba checks only this file's date: after a
+    change to :mod:`cnnlab.engine.kernels`, clear the cache (``find src -name '*.nb[ic]'
+    -delete``) or the workers may run the old parts."""
     target = load_acquire(posted, 0)
     kernels.run_part(part)
     store_release(posted, 1, target)
