@@ -54,7 +54,7 @@ def dense_forward(
         added = np.empty(0, y.dtype) if bias is None else np.asarray(bias, y.dtype)
         slope = y.dtype.type(negative_slope or 0)
         kept = np.empty((0, 0), y.dtype) if logits is None else logits
-        kernels.dense_finish(y, parts, len(parts), added, kind, slope, kept)
+        kernels.dense_finish(y, parts, len(parts), added, kind, slope, kept, 0, len(y))
     return y, DenseCache(x, kernel)
 
 
@@ -81,30 +81,17 @@ def _tiles_forward(x: np.ndarray, kernel: np.ndarray) -> tuple[np.ndarray, np.nd
     the caller to add to ``y`` in order; one block by BLAS, with no parts."""
     m, d = x.shape
     n = kernel.shape[1]
-    threads = min(parallel.num_threads(), d // _grain(m, n, _MIN_PART))
-    if threads <= 1:
+    *blocks, last = _part_blocks(m, d, n)
+    if not blocks:
         return np.matmul(x, kernel), np.empty((0, m, n), np.float32)
-    *blocks, last = parallel.batch_slices(d, threads)
     y = np.empty((m, n), np.float32)
     parts = scratch.buffer("dense parts", (len(blocks), m, n), np.float32)
     a, b, c, size = x.ctypes.data, kernel.ctypes.data, parts.ctypes.data, x.itemsize
 
     def part(block: tuple[int, int], out: int) -> tuple[int, ...]:
         lo, hi = block
-        return (
-            kernels.PRODUCT,
-            a + size * lo,
-            d,
-            1,
-            b + size * lo * n,
-            n,
-            out,
-            n,
-            m,
-            n,
-            hi - lo,
-            0,
-        )
+        return (kernels.PRODUCT, a + size * lo, d, 1, b + size * lo * n, n, out, n, m, n,
+                hi - lo, 0)  # fmt: skip
 
     outs = [c + size * i * m * n for i in range(len(blocks))]
     parallel.over_parts([*map(part, blocks, outs), part(last, y.ctypes.data)])
@@ -146,16 +133,24 @@ def dense_backward(
 
 
 def _posted_blocks(dy, x, kernel, input_gradient, update) -> list[tuple[int, int]]:
-    """The blocks of inputs of :func:`_posted_backward`, one for each thread that pays: float32
-    (:func:`_tiled`), and no update of the kernel's rows or Adam's
-    (:class:`cnnlab.engine.optimizers.AdamRows`), which runs in compiled code too. Where one
-    block would do, none: BLAS on the calling thread is as fast as the tiles on one."""
+    """The blocks of inputs of :func:`_posted_backward` (:func:`_part_blocks`), where it can
+    run: float32 (:func:`_tiled`), and no update of the kernel's rows or Adam's
+    (:class:`cnnlab.engine.optimizers.AdamRows`), which runs in compiled code too; none where
+    it cannot. The caller keeps one block to BLAS on the calling thread, as fast as the tiles
+    on one."""
     adam = update is None or (isinstance(update, AdamRows) and update.weight is kernel)
     if not (adam and dy.dtype == np.float32 and _tiled(x, kernel)):
         return []
     (m, d), n = x.shape, kernel.shape[1]
-    grain = _grain(m, n * (2 if input_gradient else 1), _MIN_PART)
-    return parallel.batch_slices(d, min(parallel.num_threads(), d // grain))
+    return _part_blocks(m, d, n * (2 if input_gradient else 1))
+
+
+def _part_blocks(rows: int, inputs: int, work: int) -> list[tuple[int, int]]:
+    """The blocks of ``inputs`` inputs, one for each thread that pays, for parts posted to
+    the threads: each input ``rows x work`` multiply-adds, each part at least
+    :data:`_MIN_PART`."""
+    threads = min(parallel.num_threads(), inputs // _grain(rows, work, _MIN_PART))
+    return parallel.batch_slices(inputs, threads)
 
 
 def _posted_backward(dy, x, kernel, input_gradient, blocks, update):

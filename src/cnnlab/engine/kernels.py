@@ -555,8 +555,9 @@ def activate_row(row, kind, slope):
 
 
 @_compiled
-def dense_finish(y, parts, count, bias, kind, slope, logits):
-    """A dense layer's output from its threads' partial products, in place, row by row::
+def dense_finish(y, parts, count, bias, kind, slope, logits, first, last):
+    """A dense layer's output from its threads' partial products, in place, rows ``first`` to
+    ``last``::
 
         y = y + parts[0] + ... + parts[count - 1] + bias      (no bias where it is empty)
         logits = y                                           (where logits is not empty)
@@ -564,9 +565,9 @@ def dense_finish(y, parts, count, bias, kind, slope, logits):
 
     ``y, logits: (M, N)``, ``parts: (>= count, M, N)``, ``bias: (N,)``: the sums of
     :func:`cnnlab.nn.dense.dense_forward`, in the order NumPy's ``+=`` would add them."""
-    m, n = y.shape
+    n = y.shape[1]
     with_bias, keep = bias.size > 0, logits.size > 0
-    for r in range(m):
+    for r in range(first, last):
         for t in range(count):
             for j in range(n):
                 y[r, j] += parts[t, r, j]
@@ -662,24 +663,16 @@ def dense_chain_part(part):
     first, last = m * index // threads, m * (index + 1) // threads
     for layer in range(layers):
         x, kernel, bias, y = table[layer, 0], table[layer, 1], table[layer, 2], table[layer, 3]
-        sums, d, n = table[layer, 4], table[layer, 5], table[layer, 6]
+        sums, d, n, logits = table[layer, 4], table[layer, 5], table[layer, 6], table[layer, 9]
         lo, hi = d * index // threads, d * (index + 1) // threads
         tiles.product(x + 4 * lo, d, 1, kernel + 4 * lo * n, n, sums + 4 * index * m * n, n,
                       m, n, hi - lo, 0)  # fmt: skip
         meet(flags[2 * layer], index)
-        partial, out = floats(sums, threads * m * n), floats(y, m * n)
+        partial = floats(sums, threads * m * n).reshape((threads, m, n))
+        out = floats(y, m * n).reshape((m, n))
+        out[first:last] = partial[0, first:last]
+        kept = floats(logits, m * n if logits != 0 else 0).reshape((m if logits != 0 else 0, n))
+        kind, slope = table[layer, 7], np.float32(slopes[layer, 8])
         biases = floats(bias, n if bias != 0 else 0)
-        kind, slope, logits = table[layer, 7], np.float32(slopes[layer, 8]), table[layer, 9]
-        kept = floats(logits, m * n if logits != 0 else 0)
-        for r in range(first, last):
-            for j in range(n):
-                v = partial[r * n + j]
-                for t in range(1, threads):
-                    v += partial[(t * m + r) * n + j]
-                if bias != 0:
-                    v += biases[j]
-                out[r * n + j] = v
-            if logits != 0:
-                kept[r * n : (r + 1) * n] = out[r * n : (r + 1) * n]
-            activate_row(out[r * n : (r + 1) * n], kind, slope)
+        dense_finish(out, partial[1:], threads - 1, biases, kind, slope, kept, first, last)
         meet(flags[2 * layer + 1], index)

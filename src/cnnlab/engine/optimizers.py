@@ -57,12 +57,16 @@ class AdamRows:
             dtype(adam_step_size(learning_rate, beta_1, beta_2, t)),
             dtype(epsilon),
         )
-        self.bits = tuple(int(b) for b in np.array(self.constants, np.float64).view(np.int64))
         self.blocks: list[int] = []  # rows of each block updated (appended: safe across threads)
 
     @property
     def rows_done(self) -> int:
         return sum(self.blocks)
+
+    @property
+    def bits(self) -> tuple[int, ...]:
+        """The constants as the bits of float64 values, for compiled parts given int64 rows."""
+        return tuple(int(b) for b in np.array(self.constants, np.float64).view(np.int64))
 
     def __call__(self, grad: np.ndarray, rows: slice) -> None:
         weight = self.weight
