@@ -47,6 +47,30 @@ def test_slices_run_on_separate_threads_and_come_back_in_order(threads):
     assert len({name for _, _, name in names}) == 3
 
 
+def test_splits_are_recorded_with_their_slices_times_only_when_asked(threads):
+    threads(3)
+    ran: dict[int, tuple[float, float]] = {}
+
+    def run(start, stop):
+        begin = time.perf_counter()
+        time.sleep(0.002 * (start + 1))  # slices of different lengths
+        ran[start] = (begin, time.perf_counter())
+        return start
+
+    parallel.over_batch(run, 3)  # not recorded
+    with parallel.recorded() as record:
+        parallel.over_batch(run, 3)
+        inside = [ran[k] for k in range(3)]
+        parallel.over_batch(run, 1)  # one slice: no split
+    parallel.over_batch(run, 3)
+    assert len(record) == 1
+    began, ended, slices = record[0]
+    assert len(slices) == 3
+    for k, ((start, end), (low, high)) in enumerate(zip(slices, inside, strict=True)):
+        assert began <= start <= low < high <= end <= ended
+        assert end - start >= 0.002 * (k + 1)
+
+
 def test_blas_is_held_to_one_thread_inside_and_given_back_after(threads):
     threads(2)
 

@@ -198,6 +198,10 @@ def over_batch(run: Callable[[int, int], T], n: int, grain: int = 1) -> list[T]:
     try:
         _start_workers()
         *others, last = batch_slices(n, threads)
+        record, began = _record, time.perf_counter()
+        if record is not None:
+            times: dict[int, tuple[float, float]] = {}
+            run = functools.partial(_timed, run, times)
         with one_blas_thread():
             for worker, (start, stop) in zip(_workers, others, strict=False):
                 # In a copy of the caller's context, so that NumPy's np.errstate (a context
@@ -210,10 +214,38 @@ def over_batch(run: Callable[[int, int], T], n: int, grain: int = 1) -> list[T]:
                 results = [worker.wait() for worker in _workers[: len(others)]]
     finally:
         _using_workers.release()
+    if record is not None:
+        record.append((began, time.perf_counter(), [times[a] for a, _ in (*others, last)]))
     for ok, value in results:
         if not ok:
             raise value
     return [value for _, value in results] + [mine]
+
+
+_record: list | None = None  # where :func:`recorded` keeps the splits' times
+
+
+@contextmanager
+def recorded() -> Iterator[list[tuple[float, float, list[tuple[float, float]]]]]:
+    """For profiling: within it, each split of :func:`over_batch` (and so of
+    :func:`over_batch_meeting`) over the threads appends ``(began, ended, slices)`` to the
+    list yielded, ``slices`` holding each slice's ``(start, end)`` in slice order (the last
+    one the calling thread's), all ``time.perf_counter()`` seconds: how long the slices
+    wait to start, and how long the split outlasts its slowest one."""
+    global _record
+    outer, _record = _record, []
+    try:
+        yield _record
+    finally:
+        _record = outer
+
+
+def _timed(run: Callable[[int, int], T], times: dict, start: int, stop: int) -> T:
+    began = time.perf_counter()
+    try:
+        return run(start, stop)
+    finally:
+        times[start] = (began, time.perf_counter())
 
 
 def _start_workers() -> None:
