@@ -16,10 +16,10 @@ from cnnlab.engine.tuning import ConvPlan
 
 @pytest.fixture(params=["compiled", "numpy"])
 def products(request, monkeypatch):
-    """The conv ops' two forms of their copies: compiled loops calling ``memcpy`` and NumPy's
-    BLAS (where they are found), and NumPy calls from Python (where there is no ``memcpy``)."""
+    """The conv ops' two forms: compiled loops that copy the windows and call NumPy's BLAS
+    (where it is found), and NumPy calls from Python (where it is not)."""
     if request.param == "numpy":
-        monkeypatch.setattr(conv.blas, "memcpy", lambda: None)
+        monkeypatch.setattr(conv.blas, "gemm", lambda dtype: None)
         assert not conv._compiled_products(np.zeros(1), np.zeros(1))
     return request.param
 

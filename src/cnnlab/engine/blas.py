@@ -1,11 +1,12 @@
-"""NumPy's own BLAS matrix product and libc's ``memcpy``, callable from compiled loops.
+"""NumPy's own BLAS matrix product, callable from compiled loops.
 
 A conv layer's slice of the batch is a loop of chunks: copy the windows, one matrix product,
-the epilogue. As one compiled loop (:func:`cnnlab.engine.kernels.conv_forward_images`) it copies
-each window row with ``memcpy`` (the im2col of the book's CNN's four convs, 16 images on one
-core: 0.29 ms, against 0.41 ms for NumPy's strided copy and 1.0-2.2 ms for plain numba copy
-loops, which LLVM did not vectorise) and calls the same OpenBLAS routine as ``np.matmul``, as
-fast, through a function pointer; a slice runs without the GIL from start to end.
+the epilogue. As one compiled loop (:func:`cnnlab.engine.kernels.conv_forward_images`) it
+copies each window row with LLVM's ``memcpy`` (:func:`cnnlab.engine.shared.copy`; the im2col
+of the book's CNN's four convs, 16 images on one core: 0.29 ms, against 0.41 ms for NumPy's
+strided copy and 1.0-2.2 ms for plain numba copy loops, which LLVM did not vectorise) and
+calls the same OpenBLAS routine as ``np.matmul``, as fast, through a function pointer; a slice
+runs without the GIL from start to end.
 
 :func:`gemm` finds ``cblas_sgemm`` / ``cblas_dgemm`` in the BLAS library NumPy loaded, as
 threadpoolctl reports it, under the names OpenBLAS builds give them; None where there is no
@@ -65,15 +66,3 @@ def gemm(dtype: np.dtype) -> ctypes._CFuncPtr | None:
             function.restype = None
             return function
     return None
-
-
-@functools.cache
-def memcpy() -> ctypes._CFuncPtr | None:
-    """libc's ``memcpy(dst, src, nbytes)``, or None where there is no libc to load."""
-    try:
-        function = ctypes.CDLL(None).memcpy
-    except (OSError, AttributeError, TypeError):
-        return None
-    function.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
-    function.restype = ctypes.c_void_p
-    return function

@@ -6,8 +6,9 @@ few images at a time, so that a chunk's im2col matrix stays in the cache between
 its matrix products; the backward pass copies the windows again instead of keeping the whole
 batch's im2col matrix. The forward pass runs a core's chunks as one compiled loop that calls
 NumPy's own BLAS (:func:`cnnlab.engine.kernels.conv_forward_images`,
-:mod:`cnnlab.engine.blas`), whose ``memcpy`` im2col reads the input itself and writes zeros
-for the padding; where that BLAS is not found, as NumPy calls on a padded copy. In float32 the
+:mod:`cnnlab.engine.blas`), whose im2col copies rows of the input itself
+(:func:`cnnlab.engine.shared.copy`) and writes zeros for the padding; where that BLAS is not
+found, as NumPy calls on a padded copy. In float32 the
 products can go to cnnlab's own register tiles instead (:mod:`cnnlab.engine.tiles`), which
 can also read each output row's windows straight from a padded chunk of the input, with no
 im2col at all, forward and for the kernel gradient
@@ -82,13 +83,19 @@ def _by_tiles(x: np.ndarray, kernel: np.ndarray, plan: ConvPlan) -> bool:
 def _direct(x: np.ndarray, kernel: np.ndarray, plan: ConvPlan) -> bool:
     """Whether the forward pass and the kernel gradient read the windows straight from the
     input, without im2col (:func:`cnnlab.engine.kernels.conv_direct_forward_images`): the
-    plan says so, and they can (float32, libc's ``memcpy`` found)."""
-    return plan.products == "direct" and _by_tiles(x, kernel, plan) and blas.memcpy() is not None
+    plan says so, and they can (float32)."""
+    return plan.products == "direct" and _by_tiles(x, kernel, plan)
+
+
+def _gemm(x: np.ndarray, kernel: np.ndarray, plan: ConvPlan):
+    """What multiplies in the compiled chunks: NumPy's BLAS ``gemm``, or None for cnnlab's
+    tiles where the plan says so and they can (:func:`_by_tiles`)."""
+    return None if _by_tiles(x, kernel, plan) else blas.gemm(x.dtype)
 
 
 def _compiled_products(x: np.ndarray, kernel: np.ndarray) -> bool:
     """Whether the chunks can run as one compiled loop: NumPy's BLAS found, one float dtype."""
-    return x.dtype == kernel.dtype and blas.gemm(x.dtype) is not None and blas.memcpy() is not None
+    return x.dtype == kernel.dtype and blas.gemm(x.dtype) is not None
 
 
 def conv2d_forward(
@@ -157,10 +164,10 @@ def conv2d_forward_plan(
         return _direct_forward_plan(x, kernel, bias, strides, pads, normalize, step, (oh, ow))
     y = np.empty((n, oh, ow, f), dtype=np.result_type(x, kernel))
     compiled = _compiled_products(x, kernel)
-    rows, tiled = plan.gemm_rows(k, f), _by_tiles(x, kernel, plan)
+    rows = plan.gemm_rows(k, f)
     if compiled:
         x, kmat = np.ascontiguousarray(x), np.ascontiguousarray(kmat)
-        gemm, copy, corner = blas.gemm(y.dtype), blas.memcpy(), (top, left)
+        gemm, corner = _gemm(x, kernel, plan), (top, left)
         if normalize is not None:  # one dtype for the compiled loop; a 0-d array slope is slow
             *vectors, slope = normalize
             normalize = (*(np.asarray(v, y.dtype) for v in vectors), y.dtype.type(slope))
@@ -172,9 +179,8 @@ def conv2d_forward_plan(
         cols = scratch.buffer("conv cols", (step, oh, ow, kh, kw, c), x.dtype)
         if compiled:  # im2col straight from x, with zeros for the padding
             kernels.conv_forward_images(
-                gemm, copy, x, corner, strides, start, stop, kmat, cols, rows, tiled, bias,
-                normalize, y,
-            )  # fmt: skip
+                gemm, x, corner, strides, start, stop, kmat, cols, rows, bias, normalize, y
+            )
             return
         for a, b in _chunks(start, stop, step):
             if xp is not x:
@@ -201,12 +207,12 @@ def _direct_forward_plan(x, kernel, bias, strides, pads, normalize, step, out_hw
     if normalize is not None:  # one dtype for the compiled loop
         *vectors, slope = normalize
         normalize = (*(np.asarray(v, x.dtype) for v in vectors), x.dtype.type(slope))
-    copy, corner = blas.memcpy(), (pads[0][0], pads[1][0])
+    corner = (pads[0][0], pads[1][0])
 
     def images(start: int, stop: int) -> None:
         xp = _chunk_buffer(x, pads, step)
         kernels.conv_direct_forward_images(
-            copy, x, corner, tuple(strides), (kh, kw), start, stop, kmat, xp, bias, normalize, y
+            x, corner, tuple(strides), (kh, kw), start, stop, kmat, xp, bias, normalize, y
         )
 
     return y, images, ConvCache(x, kernel, tuple(strides), pads)
@@ -310,16 +316,15 @@ def _compiled_backward(x, kernel, dy, strides, corner, step, plan, dx, sums) -> 
     k = kh * kw * c
     kmat_t = np.ascontiguousarray(kernel.reshape(k, f).T)
     _, oh, ow, _ = dy.shape
-    gemm, copy, rows = blas.gemm(x.dtype), blas.memcpy(), plan.gemm_rows(k, f)
-    tiled = _by_tiles(x, kernel, plan)
+    gemm, rows = _gemm(x, kernel, plan), plan.gemm_rows(k, f)
 
     def images(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         cols = scratch.buffer("conv cols", (step, oh, ow, kh, kw, c), x.dtype)
         dcols = None if dx is None else scratch.buffer("conv dcols", cols.shape, x.dtype)
         dkernel = np.empty((k, f), x.dtype)
         kernels.conv_backward_images(
-            gemm, copy, x, corner, tuple(strides), start, stop, dy, kmat_t, cols, dcols, rows,
-            tiled, dkernel, dx,
+            gemm, x, corner, tuple(strides), start, stop, dy, kmat_t, cols, dcols, rows, dkernel,
+            dx,
         )  # fmt: skip
         return dkernel, sums(dy[start:stop].reshape(-1, f))
 
@@ -334,7 +339,7 @@ def _direct_backward(x, kernel, dy, strides, pads, step, dx, sums) -> Callable:
     kh, kw, c, f = kernel.shape
     kmat_t = np.ascontiguousarray(kernel.reshape(-1, f).T)
     _, oh, ow, _ = dy.shape
-    copy, corner = blas.memcpy(), (pads[0][0], pads[1][0])
+    corner = (pads[0][0], pads[1][0])
 
     def images(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         xp = _chunk_buffer(x, pads, step)
@@ -343,7 +348,7 @@ def _direct_backward(x, kernel, dy, strides, pads, step, dx, sums) -> Callable:
             dcols = scratch.buffer("conv dcols", (step, oh, ow, kh, kw, c), x.dtype)
         dkernel = np.empty((kh * kw * c, f), x.dtype)
         kernels.conv_direct_backward_images(
-            copy, x, corner, tuple(strides), (kh, kw), start, stop, dy, kmat_t, xp, dcols,
+            x, corner, tuple(strides), (kh, kw), start, stop, dy, kmat_t, xp, dcols,
             dkernel, dx,
         )  # fmt: skip
         return dkernel, sums(dy[start:stop].reshape(-1, f))
@@ -364,11 +369,11 @@ def _numpy_backward(x, kernel, dy, strides, pads, step, dx, sums) -> Callable:
     xp = _padded(x, pads)
     patches = windows(xp, (kh, kw), strides, (oh, ow))
     (top, _), (left, _) = pads
-    copy = blas.memcpy() if x.flags.c_contiguous else None
+    contiguous = x.flags.c_contiguous
 
     def images(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-        if xp is not x and copy is not None:
-            kernels.pad_images(copy, x, xp, top, left, start, stop)
+        if xp is not x and contiguous:
+            kernels.pad_images(x, xp, top, left, start, stop)
         elif xp is not x:
             xp[start:stop, top : top + h, left : left + w] = x[start:stop]
         cols = scratch.buffer("conv cols", (step, oh, ow, kh, kw, c), x.dtype)

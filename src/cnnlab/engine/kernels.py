@@ -22,7 +22,7 @@ import numba
 import numpy as np
 
 from cnnlab.engine import blas, tiles
-from cnnlab.engine.shared import floats, ints, meet
+from cnnlab.engine.shared import copy, floats, ints, meet
 
 # error_model="numpy": a division by zero gives inf or nan, as in NumPy, instead of a check
 # for Python's ZeroDivisionError at every division, which keeps LLVM from vectorising a loop
@@ -258,24 +258,25 @@ def _products_t(gemm, rows, m, n, k, a, b, beta, c, size):
 
 
 @_compiled
-def pad_images(memcpy, x, xp, top, left, start, stop):
-    """``xp[start:stop, top : top + H, left : left + W] = x[start:stop]``, one ``memcpy`` per
-    row of ``W * C`` values, for ``x: (N, H, W, C)`` and the padded ``xp``, both C-contiguous;
-    the border of ``xp`` is left as it is."""
+def pad_images(x, xp, top, left, start, stop):
+    """``xp[start:stop, top : top + H, left : left + W] = x[start:stop]``, one
+    :func:`~cnnlab.engine.shared.copy` per row of ``W * C`` values, for ``x: (N, H, W, C)`` and
+    the padded ``xp``, both C-contiguous; the border of ``xp`` is left as it is."""
     _, h, w, c = x.shape
     hp, wp = xp.shape[1], xp.shape[2]
     size, x_at, xp_at = x.itemsize, x.ctypes.data, xp.ctypes.data
     for img in range(start, stop):
         for i in range(h):
             dst = ((img * hp + top + i) * wp + left) * c
-            memcpy(xp_at + dst * size, x_at + (img * h + i) * w * c * size, w * c * size)
+            copy(xp_at + dst * size, x_at + (img * h + i) * w * c * size, w * c * size)
 
 
 @_compiled
-def _im2col(memcpy, x, top, left, sh, sw, a, b, cols):
-    """``cols[: b - a]``, the windows of images ``a:b`` of ``x``: one ``memcpy`` per window row
-    (``kw * C`` consecutive values of ``x``), zeros where the row or part of it falls on the
-    padding (``top`` rows above, ``left`` columns before)."""
+def _im2col(x, top, left, sh, sw, a, b, cols):
+    """``cols[: b - a]``, the windows of images ``a:b`` of ``x``: one
+    :func:`~cnnlab.engine.shared.copy` per window row (``kw * C`` consecutive values of ``x``),
+    zeros where the row or part of it falls on the padding (``top`` rows above, ``left``
+    columns before)."""
     _, h, w, c = x.shape
     _, oh, ow, kh, kw, _ = cols.shape
     size = x.itemsize
@@ -291,14 +292,14 @@ def _im2col(memcpy, x, top, left, sh, sw, a, b, cols):
                     r = i * sh + p - top
                     if 0 <= r < h and lo == q and hi == q + kw:
                         src = ((img * h + r) * w + q) * c
-                        memcpy(cols_at + dst * size, x_at + src * size, kw * c * size)
+                        copy(cols_at + dst * size, x_at + src * size, kw * c * size)
                     else:
                         for e in range(dst, dst + kw * c):
                             flat[e] = 0
                         if 0 <= r < h and lo < hi:
                             src = ((img * h + r) * w + lo) * c
                             at = dst + (lo - q) * c
-                            memcpy(cols_at + at * size, x_at + src * size, (hi - lo) * c * size)
+                            copy(cols_at + at * size, x_at + src * size, (hi - lo) * c * size)
                     dst += kw * c
 
 
@@ -317,13 +318,12 @@ def _finish(out, bias, norm):
 
 
 @_compiled
-def conv_forward_images(gemm, memcpy, x, pads, strides, start, stop, kmat, cols, rows, tiled,
-                        bias, norm, y):  # fmt: skip
+def conv_forward_images(gemm, x, pads, strides, start, stop, kmat, cols, rows, bias, norm, y):
     """Images ``start:stop`` of a convolution, a chunk of ``len(cols)`` images at a time, each
     chunk copied into the cache, multiplied and finished there, all without the GIL.
 
     For each chunk: im2col (:func:`_im2col`); ``y = cols @ kmat`` by BLAS's ``gemm``,
-    ``rows`` rows a call (:func:`_products`), or with ``tiled`` (float32) by
+    ``rows`` rows a call (:func:`_products`), or with ``gemm`` None (float32) by
     :func:`cnnlab.engine.tiles.product`; then
     either ``y += bias`` or, with ``norm = (mean, scale, beta, slope)``,
     ``y = leaky((y - mean) * scale + beta)`` (:func:`normalize_in_place`).
@@ -340,10 +340,10 @@ def conv_forward_images(gemm, memcpy, x, pads, strides, start, stop, kmat, cols,
     y2 = y.reshape(n * per_image, f)
     for a in range(start, stop, step):
         b = min(a + step, stop)
-        _im2col(memcpy, x, pads[0], pads[1], strides[0], strides[1], a, b, cols)
+        _im2col(x, pads[0], pads[1], strides[0], strides[1], a, b, cols)
         m = (b - a) * per_image
         out = y2[a * per_image : b * per_image]
-        if tiled:
+        if gemm is None:
             tiles.product(cols.ctypes.data, k, 1, kmat.ctypes.data, f, out.ctypes.data, f, m, f,
                           k, 0)  # fmt: skip
         else:
@@ -353,15 +353,15 @@ def conv_forward_images(gemm, memcpy, x, pads, strides, start, stop, kmat, cols,
 
 
 @_compiled
-def conv_backward_images(gemm, memcpy, x, pads, strides, start, stop, dy, kmat_t, cols, dcols,
-                         rows, tiled, dkernel, dx):  # fmt: skip
+def conv_backward_images(gemm, x, pads, strides, start, stop, dy, kmat_t, cols, dcols, rows,
+                         dkernel, dx):  # fmt: skip
     """The kernel gradient of images ``start:stop`` of a convolution, and with ``dx`` (not
     None) their input gradient, a chunk of ``len(cols)`` images at a time, without the GIL.
 
     For each chunk: im2col (:func:`_im2col`); ``dkernel += cols.T @ dy`` by ``gemm``
     (:func:`_products_t`); and ``dcols = dy @ kmat.T`` (:func:`_products`, from ``kmat_t``,
     the kernel matrix transposed, ``(F, kh*kw*C)``), which :func:`col2im` adds into ``dx``;
-    ``rows`` rows a call. With ``tiled`` (float32), by :func:`cnnlab.engine.tiles.product`
+    ``rows`` rows a call. With ``gemm`` None (float32), by :func:`cnnlab.engine.tiles.product`
     instead. ``dkernel: (kh*kw*C, F)`` is overwritten with the sum over the chunks; the shapes
     and dtypes are those of :func:`conv_forward_images`, ``dy: (N, oh, ow, F)``, ``dcols`` as
     ``cols``.
@@ -373,18 +373,18 @@ def conv_backward_images(gemm, memcpy, x, pads, strides, start, stop, dy, kmat_t
     dy2 = dy.reshape(dy.shape[0] * per_image, f)
     for a in range(start, stop, step):
         b = min(a + step, stop)
-        _im2col(memcpy, x, pads[0], pads[1], strides[0], strides[1], a, b, cols)
+        _im2col(x, pads[0], pads[1], strides[0], strides[1], a, b, cols)
         m = (b - a) * per_image
         g = dy2[a * per_image : b * per_image]
         accumulate = 0.0 if a == start else 1.0
-        if tiled:
+        if gemm is None:
             tiles.product(cols.ctypes.data, 1, k, g.ctypes.data, f, dkernel.ctypes.data, f, k, f,
                           m, int(accumulate))  # fmt: skip
         else:
             _products_t(gemm, rows, m, f, k, cols.ctypes.data, g.ctypes.data, accumulate,
                         dkernel.ctypes.data, size)  # fmt: skip
         if dx is not None:
-            if tiled:
+            if gemm is None:
                 tiles.product(g.ctypes.data, f, 1, kmat_t.ctypes.data, k, dcols.ctypes.data, k,
                               m, k, f, 0)  # fmt: skip
             else:
@@ -394,20 +394,20 @@ def conv_backward_images(gemm, memcpy, x, pads, strides, start, stop, dy, kmat_t
 
 
 @_compiled
-def _pad_chunk(memcpy, x, a, b, top, left, xp):
-    """``xp[: b - a, top : top + H, left : left + W] = x[a:b]``, one ``memcpy`` per row of ``W *
-    C`` values, for C-contiguous ``x: (N, H, W, C)`` and ``xp``; the border of ``xp`` is left
-    as it is."""
+def _pad_chunk(x, a, b, top, left, xp):
+    """``xp[: b - a, top : top + H, left : left + W] = x[a:b]``, one
+    :func:`~cnnlab.engine.shared.copy` per row of ``W * C`` values, for C-contiguous ``x: (N,
+    H, W, C)`` and ``xp``; the border of ``xp`` is left as it is."""
     _, h, w, c = x.shape
     size = x.itemsize
     for img in range(a, b):
         for i in range(h):
-            memcpy(xp[img - a, top + i].ctypes.data + left * c * size, x[img, i].ctypes.data,
-                   w * c * size)  # fmt: skip
+            copy(xp[img - a, top + i].ctypes.data + left * c * size, x[img, i].ctypes.data,
+                 w * c * size)  # fmt: skip
 
 
 @_compiled
-def conv_direct_forward_images(memcpy, x, pads, strides, window, start, stop, kmat, xp, bias,
+def conv_direct_forward_images(x, pads, strides, window, start, stop, kmat, xp, bias,
                                norm, y):  # fmt: skip
     """Images ``start:stop`` of a convolution straight from the input, without im2col, a chunk
     of ``len(xp)`` images at a time: the chunk copied into ``xp`` with its padding; then for
@@ -429,7 +429,7 @@ def conv_direct_forward_images(memcpy, x, pads, strides, window, start, stop, km
     y2 = y.reshape(-1, f)
     for a in range(start, stop, step):
         b = min(a + step, stop)
-        _pad_chunk(memcpy, x, a, b, pads[0], pads[1], xp)
+        _pad_chunk(x, a, b, pads[0], pads[1], xp)
         for img in range(a, b):
             for r in range(oh):
                 out = np.int64(y[img, r].ctypes.data)
@@ -441,7 +441,7 @@ def conv_direct_forward_images(memcpy, x, pads, strides, window, start, stop, km
 
 
 @_compiled
-def conv_direct_backward_images(memcpy, x, pads, strides, window, start, stop, dy, kmat_t, xp,
+def conv_direct_backward_images(x, pads, strides, window, start, stop, dy, kmat_t, xp,
                                 dcols, dkernel, dx):  # fmt: skip
     """The kernel gradient of images ``start:stop`` of a convolution straight from the input,
     without im2col, and with ``dx`` (not None) their input gradient, a chunk of ``len(xp)``
@@ -464,7 +464,7 @@ def conv_direct_backward_images(memcpy, x, pads, strides, window, start, stop, d
     dy2 = dy.reshape(-1, f)
     for a in range(start, stop, step):
         b = min(a + step, stop)
-        _pad_chunk(memcpy, x, a, b, pads[0], pads[1], xp)
+        _pad_chunk(x, a, b, pads[0], pads[1], xp)
         for img in range(a, b):
             for r in range(oh):
                 g = np.int64(dy[img, r].ctypes.data)

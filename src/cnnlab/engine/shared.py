@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
@@ -80,3 +81,19 @@ def floats(address, count):
 def ints(address, rows, columns):
     """The ``rows x columns`` int64 values at ``address``, as a 2-D array (no copy)."""
     return numba.carray(_pointer(address, np.int64), (rows, columns))
+
+
+@intrinsic
+def copy(typingctx, destination, source, size):
+    """``size`` bytes from address ``source`` to address ``destination`` (int64s; the two do
+    not overlap): LLVM's ``memcpy``, which calls libc's for a size known only at run time."""
+
+    def codegen(context, builder, signature, args):
+        byte = ir.IntType(8).as_pointer()
+        i64 = ir.IntType(64)
+        function = builder.module.declare_intrinsic("llvm.memcpy", [byte, byte, i64])
+        dst, src = (builder.inttoptr(v, byte) for v in args[:2])
+        builder.call(function, [dst, src, args[2], ir.Constant(ir.IntType(1), 0)])
+        return context.get_dummy_value()
+
+    return types.void(types.int64, types.int64, types.int64), codegen

@@ -113,10 +113,10 @@ def _columns_out(back, i, n, ints, out, at):
 
 
 @_compiled
-def forward_images(gemm, tiled, x, top, left, start, stop, u, v, m, norm, y):
+def forward_images(gemm, x, top, left, start, stop, u, v, m, norm, y):
     """Images ``start:stop`` of the convolution, a chunk of ``v.shape[1] // tiles`` images at a
     time: each tile's patch transformed into ``v``, 36 matrix products ``m[p] = v[p] @ u[p]``
-    by BLAS's ``gemm`` (with ``tiled``, float32, by :func:`cnnlab.engine.tiles.product`), each
+    by BLAS's ``gemm`` (with ``gemm`` None, float32, by :func:`cnnlab.engine.tiles.product`), each
     tile transformed back into ``y`` and finished there, with
     ``norm = (mean, scale, beta, slope)`` as ``leaky((y - mean) * scale + beta)``, or not
     (None).
@@ -163,7 +163,7 @@ def forward_images(gemm, tiled, x, top, left, start, stop, u, v, m, norm, y):
                     _rows_in(half, tj * TILE, v, t, ints)
                     t += 1
         for p in range(PATCH * PATCH):
-            if tiled:
+            if gemm is None:
                 tiles.product(v[p].ctypes.data, c, 1, u[p].ctypes.data, f, m[p].ctypes.data, f,
                               t, f, c, 0)  # fmt: skip
             else:
@@ -264,11 +264,11 @@ def _plan(x, u, corner, out_hw, normalize, tiled):
     f = u.shape[2]
     per_image = -(-out_hw[0] // TILE) * -(-out_hw[1] // TILE)  # tiles of an image
     y = np.empty((n, *out_hw, f), x.dtype)
-    gemm = blas.gemm(x.dtype)
+    gemm = None if tiled else blas.gemm(x.dtype)
 
     def images(start: int, stop: int) -> None:
         v = scratch.buffer("winograd v", (PATCH * PATCH, per_image, c), x.dtype)
         m = scratch.buffer("winograd m", (PATCH * PATCH, per_image, f), x.dtype)
-        forward_images(gemm, tiled, x, *corner, start, stop, u, v, m, normalize, y)
+        forward_images(gemm, x, *corner, start, stop, u, v, m, normalize, y)
 
     return y, images
