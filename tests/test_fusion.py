@@ -9,8 +9,9 @@ import threading
 import numpy as np
 import pytest
 
-from cnnlab import backend, fusion, layers, optimizers, zoo
-from cnnlab.engine import activations, batchnorm, conv, conv_batchnorm, parallel, scratch
+from cnnlab import backend, fusion, layers, nn, optimizers, zoo
+from cnnlab.engine import activations, batchnorm, conv, conv_batchnorm, parallel, scratch, tuning
+from cnnlab.engine.tuning import ConvPlan
 from cnnlab.fusion import NormalizeActivate
 from cnnlab.model import Model, Sequential
 
@@ -107,6 +108,62 @@ def test_conv_and_batch_norm_in_training_give_the_numbers_of_the_ops_one_by_one(
         assert dbias.dtype == dtype and dbias.shape == (6,)
         assert np.all(np.abs(dbias - sums) <= tol * sizes)
         assert (y < 0).any() == (slope != 0)
+    finally:
+        parallel.set_num_threads(before)
+
+
+_PLANS = {
+    "im2col, by the tiles": ConvPlan(False, 1 << 14, 0, "tiles"),
+    "straight from the input": ConvPlan(False, 1 << 14, 0, "direct"),
+    "Winograd, the kernel gradient by im2col": ConvPlan(True, 1 << 14, 0, "tiles"),
+    "Winograd, the kernel gradient straight from the input": ConvPlan(True, 1 << 20, 0, "direct"),
+}
+
+
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
+@pytest.mark.parametrize("way", sorted(_PLANS))
+@pytest.mark.parametrize(
+    "batch,strides,padding,bias,input_gradient",
+    [(7, 1, "same", True, True), (5, 2, "same", False, True), (2, 1, "valid", True, False),
+     (1, 2, "same", True, True)],
+)  # fmt: skip
+def test_the_ops_compiled_parts_give_the_numbers_of_its_slices_in_python(
+    monkeypatch, n_threads, way, batch, strides, padding, bias, input_gradient
+):
+    """Where the convolution multiplies by cnnlab's tiles, the op runs as one compiled part a
+    thread (cnnlab.engine.parts), without Python: the same numbers, bit for bit, as its slices
+    in Python, on any number of threads, more of them than images too."""
+    monkeypatch.setattr(tuning, "conv_plan", lambda *args: _PLANS[way])
+    before = parallel.num_threads()
+    parallel.set_num_threads(n_threads)
+    try:
+        rng = np.random.default_rng(11)
+        x = rng.normal(size=(batch, 9, 10, 16)).astype(np.float32)
+        kernel = rng.normal(0, 0.1, size=(3, 3, 16, 6)).astype(np.float32)
+        b = rng.normal(size=6).astype(np.float32) if bias else None
+        gamma = rng.uniform(0.5, 1.5, 6).astype(np.float32)
+        beta = rng.normal(size=6).astype(np.float32)
+        s = (strides, strides)
+        assert conv.by_parts(x, kernel, s, padding)
+        results = []
+        for by_parts in (True, False):
+            monkeypatch.setattr(conv, "by_parts", lambda *args, answer=by_parts: answer)
+            y, mean, var, cache = conv_batchnorm.conv_batchnorm_train_forward(
+                x, kernel, b, s, padding, gamma, beta, 1e-3, 0.2
+            )
+            dy = np.random.default_rng(5).normal(size=y.shape).astype(np.float32)
+            grads = conv_batchnorm.conv_batchnorm_train_backward(dy, cache, input_gradient)
+            results.append((y, mean, var, cache.z, cache.stats, *grads))
+        for posted, in_python in zip(*results, strict=True):
+            if in_python is None:
+                assert posted is None
+            else:
+                assert posted.dtype == in_python.dtype
+                np.testing.assert_array_equal(posted, in_python)
+        assert (results[0][-5] is None) == (not input_gradient)
+        z, _ = nn.conv2d_forward(x, kernel, b, s, padding)  # and the plain forward pass's
+        expected = nn.leaky_relu(nn.batchnorm_train_forward(z, gamma, beta, 1e-3)[0], 0.2)
+        np.testing.assert_allclose(results[0][0], expected, rtol=2e-5, atol=2e-5)
     finally:
         parallel.set_num_threads(before)
 

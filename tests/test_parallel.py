@@ -13,7 +13,8 @@ import pytest
 from threadpoolctl import threadpool_info
 
 from cnnlab import nn
-from cnnlab.engine import activations, batchnorm, conv, dense, kernels, parallel, shared
+from cnnlab.engine import activations, batchnorm, conv, dense, parallel, shared
+from cnnlab.engine.parts import DENSE_BACKWARD, PRODUCT
 
 
 @pytest.fixture
@@ -315,7 +316,7 @@ def _product_parts(rng, m, blocks, n):
     b = rng.normal(size=(k, n)).astype(np.float32)
     outs = [np.full((m, n), np.nan, np.float32) for _ in blocks]
     parts = [
-        (kernels.PRODUCT, a.ctypes.data + 4 * lo, k, 1, b.ctypes.data + 4 * lo * n, n,
+        (PRODUCT, a.ctypes.data + 4 * lo, k, 1, b.ctypes.data + 4 * lo * n, n,
          out.ctypes.data, n, m, n, hi - lo, 0)
         for (lo, hi), out in zip(blocks, outs, strict=True)
     ]  # fmt: skip
@@ -465,7 +466,7 @@ def test_float32_dense_backward_in_posted_parts_gives_the_formula_and_adams_upda
     dx, dk, db = dense.dense_backward(dy, cache, input_gradient, update=update)
     grain = dense._grain(m, n * (1 + input_gradient), dense._MIN_PART)
     parts = min(n_threads, d // grain)
-    assert kinds == ([kernels.DENSE_BACKWARD] * parts if parts > 1 else [])  # one: by BLAS
+    assert kinds == ([DENSE_BACKWARD] * parts if parts > 1 else [])  # one: by BLAS
     x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
     np.testing.assert_allclose(dk, x64.T @ dy64, rtol=1e-4, atol=1e-4 * np.sqrt(m))
     np.testing.assert_allclose(db, dy64.sum(axis=0), rtol=1e-5, atol=1e-4)

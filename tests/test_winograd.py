@@ -15,6 +15,14 @@ needs_blas = pytest.mark.skipif(
 )
 
 
+def _forward(x, u, padding, normalize=None, tiled=False):
+    """The convolution by :func:`cnnlab.engine.winograd.forward_images`, the batch split over
+    the threads."""
+    y, images = winograd.conv3x3_forward_plan(x, u, padding, normalize, tiled)
+    parallel.over_batch(images, len(x))
+    return y
+
+
 def test_the_transforms_give_a_correlation_of_six_values_with_three():
     rng = np.random.default_rng(0)
     d, g = rng.normal(size=6), rng.normal(size=3)
@@ -57,8 +65,8 @@ def test_winograd_equals_the_direct_convolution(case, dtype):
     tolerance = 1e-12 if dtype == np.float64 else 2e-5
     by_the_algebra = plain.winograd_conv3x3(x, kernel, padding)
     u = plain.filter_transform(kernel)
-    tiled = [winograd.conv3x3_forward(x, u, padding, tiled=True)] if dtype == np.float32 else []
-    for y in [by_the_algebra, *(winograd.conv3x3_forward(x, u, padding) for _ in range(2)), *tiled]:
+    tiled = [_forward(x, u, padding, tiled=True)] if dtype == np.float32 else []
+    for y in [by_the_algebra, *(_forward(x, u, padding) for _ in range(2)), *tiled]:
         # the plain form, then the compiled one twice (the second reuses the scratch), and
         # with the products by cnnlab's tiles
         assert y.dtype == dtype and y.shape == expected.shape
@@ -81,7 +89,7 @@ def test_winograd_with_batch_norm_and_leaky_relu_applies_their_formula(n_threads
     parallel.set_num_threads(n_threads)
     try:
         u = plain.filter_transform(kernel)
-        y = winograd.conv3x3_forward(x, u, "same", (mean, scale, beta, slope))
+        y = _forward(x, u, "same", (mean, scale, beta, slope))
     finally:
         parallel.set_num_threads(before)
     assert (expected < 0).any()

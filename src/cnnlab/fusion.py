@@ -31,6 +31,7 @@ import numpy as np
 
 from cnnlab.engine import batchnorm, conv_batchnorm, dense, kernels, parallel
 from cnnlab.engine.conv import conv2d_forward_plan
+from cnnlab.engine.parts import DENSE_CHAIN
 from cnnlab.layers import BatchNormalization, Conv2D, Dense, Layer
 from cnnlab.layers.core import Activation
 
@@ -315,7 +316,7 @@ class DenseChain:
             table[1:, 0] = table[:-1, 3]  # each layer reads the one before
             flags = np.zeros((2 * len(self.layers), threads), np.int64)
             parts = [
-                (kernels.DENSE_CHAIN, table.ctypes.data, len(table), index, threads,
+                (DENSE_CHAIN, table.ctypes.data, len(table), index, threads,
                  flags.ctypes.data, m)
                 for index in range(threads)
             ]  # fmt: skip

@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from cnnlab.engine import blas, kernels, parallel, scratch, tuning, winograd
+from cnnlab.engine import blas, kernels, parallel, parts, scratch, tuning, winograd
 from cnnlab.engine.sums import column_sums
 from cnnlab.engine.tuning import ConvPlan
 from cnnlab.nn.conv import ConvCache
@@ -390,3 +390,147 @@ def _numpy_backward(x, kernel, dy, strides, pads, step, dx, sums) -> Callable:
         return dkernel, sums(dy[start:stop].reshape(-1, f))
 
     return images
+
+
+# -- the same passes as compiled parts (cnnlab.engine.parts) ----------------------------------
+def by_parts(x: np.ndarray, kernel: np.ndarray, strides, padding: str) -> bool:
+    """Whether a convolution's passes can run as compiled parts (:mod:`cnnlab.engine.parts`,
+    :func:`forward_table`): its plan multiplies by cnnlab's tiles, in float32 (BLAS is called
+    through Python's ctypes, which a part cannot hold)."""
+    _, pads = window_geometry(x.shape[1:3], kernel.shape[:2], strides, padding)
+    return _by_tiles(x, kernel, _plan(x, kernel, strides, pads, None))
+
+
+def _table(x: np.ndarray, kernel: np.ndarray, strides, pads: Pads, threads: int):
+    """The table of :mod:`cnnlab.engine.parts` with the geometry of the convolution of ``x``
+    with ``kernel`` and each thread's images, and the shape's plan."""
+    n, h, w, c = x.shape
+    kh, kw, _, f = kernel.shape
+    (oh, ow), _ = window_geometry((h, w), (kh, kw), strides, _padding(pads))
+    (top, bottom), (left, right) = pads
+    plan = _plan(x, kernel, strides, pads, None)
+    t = np.zeros(parts.SHARED_FIELDS + threads * parts.THREAD_FIELDS, np.int64)
+    step = tuning.images_per_chunk(plan, (oh, ow), kh * kw * c, x.itemsize)
+    geometry = {parts.N: n, parts.H: h, parts.W: w, parts.C: c, parts.HP: h + top + bottom,
+                parts.WP: w + left + right, parts.F: f, parts.KH: kh, parts.KW: kw,
+                parts.SH: strides[0], parts.SW: strides[1], parts.TOP: top, parts.LEFT: left,
+                parts.OH: oh, parts.OW: ow, parts.THREADS: threads, parts.STEP: step}  # fmt: skip
+    for field, value in geometry.items():
+        t[field] = value
+    for index in range(threads):
+        row = parts.SHARED_FIELDS + index * parts.THREAD_FIELDS
+        t[row + parts.START], t[row + parts.STOP] = n * index // threads, n * (index + 1) // threads
+    return t, plan
+
+
+def _padding(pads: Pads) -> str:
+    return "same" if any(map(any, pads)) else "valid"
+
+
+def _rows(t: np.ndarray) -> list[np.ndarray]:
+    """Each thread's row of the table ``t`` (views)."""
+    rows = t[parts.SHARED_FIELDS :].reshape(-1, parts.THREAD_FIELDS)
+    return list(rows)
+
+
+def _chunk_fields(t: np.ndarray, x: np.ndarray, pads: Pads, way: int, keep: list) -> None:
+    """Each thread's chunk buffer: the padded images of the direct way, zero on their border,
+    or im2col's columns."""
+    step, c = t[parts.STEP], t[parts.C]
+    for index, row in enumerate(_rows(t)):
+        if way == parts.DIRECT:
+            shape = (step, t[parts.HP], t[parts.WP], c)
+            buffer = scratch.buffer(("conv direct input", pads, index), shape, x.dtype, zeros=True)
+        else:
+            shape = (step, t[parts.OH], t[parts.OW], t[parts.KH], t[parts.KW], c)
+            buffer = scratch.buffer(("conv cols", index), shape, x.dtype)
+        row[parts.CHUNK] = buffer.ctypes.data
+        keep.append(buffer)
+
+
+def _winograd_fields(t, rows_field, c_in, c_out, v_field, m_field, dtype, name, keep) -> None:
+    """Each thread's buffers of :func:`cnnlab.engine.winograd.forward_images` for images whose
+    output is cut into ``t[rows_field]`` tiles, from ``c_in`` channels to ``c_out``."""
+    tiles_ = t[rows_field]
+    for index, row in enumerate(_rows(t)):
+        v = scratch.buffer((name, "v", index), (36, tiles_, c_in), dtype)
+        m = scratch.buffer((name, "m", index), (36, tiles_, c_out), dtype)
+        row[v_field], row[m_field] = v.ctypes.data, m.ctypes.data
+        keep += [v, m]
+
+
+def _tiles_of(h: int, w: int) -> int:
+    return -(-h // winograd.TILE) * -(-w // winograd.TILE)
+
+
+def forward_table(x, kernel, bias, strides, padding: str, threads: int):
+    """The convolution's forward pass for :func:`cnnlab.engine.parts.conv_bn_forward`:
+    ``(z, t, keep, cache)``, ``z`` not yet filled, ``t`` the table with the convolution's
+    fields (the caller adds the rest), ``keep`` the arrays it points to (the caller holds them
+    until the parts are done). For :func:`by_parts` convolutions."""
+    _, pads = window_geometry(x.shape[1:3], kernel.shape[:2], strides, padding)
+    x = np.ascontiguousarray(x)
+    t, plan = _table(x, kernel, strides, pads, threads)
+    f = kernel.shape[3]
+    z = np.empty((len(x), t[parts.OH], t[parts.OW], f), x.dtype)
+    keep = [x, z]
+    if _by_winograd(x, kernel, strides, plan):
+        t[parts.WAY], u = parts.WINOGRAD, winograd.transformed(kernel)
+        t[parts.TILES] = _tiles_of(t[parts.OH], t[parts.OW])
+        _winograd_fields(t, parts.TILES, x.shape[3], f, parts.V, parts.M, x.dtype, "forward",
+                         keep)  # fmt: skip
+        if bias is not None:  # z + bias, as the epilogue computes it
+            ones = np.ones(f, x.dtype)
+            epilogue = np.stack([-np.asarray(bias, x.dtype), ones, ones * 0])
+            t[parts.EPILOGUE] = epilogue.ctypes.data
+            keep.append(epilogue)
+        t[parts.WEIGHTS] = u.ctypes.data
+        keep.append(u)
+    else:
+        t[parts.WAY] = parts.DIRECT if _direct(x, kernel, plan) else parts.IM2COL
+        kmat = np.ascontiguousarray(kernel.reshape(-1, f))
+        t[parts.WEIGHTS] = kmat.ctypes.data
+        keep.append(kmat)
+        _chunk_fields(t, x, pads, t[parts.WAY], keep)
+        if bias is not None:
+            bias = np.ascontiguousarray(bias, x.dtype)
+            t[parts.BIAS] = bias.ctypes.data
+            keep.append(bias)
+    t[parts.X], t[parts.Z] = x.ctypes.data, z.ctypes.data
+    return z, t, keep, ConvCache(x, kernel, tuple(strides), pads)
+
+
+def backward_table(dz: np.ndarray, cache: ConvCache, input_gradient: bool, threads: int):
+    """The convolution's backward pass for :func:`cnnlab.engine.parts.conv_bn_backward`:
+    ``(dx, dkernels, t, keep)``, ``dx`` (None without ``input_gradient``) and ``dkernels:
+    (threads, kh*kw*C, F)``, each thread's kernel gradient, not yet filled; ``t`` and ``keep``
+    as in :func:`forward_table`; ``dz: (N, oh, ow, F)``, C-contiguous, the gradient at the
+    convolution's output, of ``x``'s dtype."""
+    x, kernel, strides, pads = cache
+    t, plan = _table(x, kernel, strides, pads, threads)
+    kh, kw, c, f = kernel.shape
+    kmat_t = np.ascontiguousarray(kernel.reshape(-1, f).T)
+    dkernels = np.empty((threads, kh * kw * c, f), x.dtype)
+    keep = [x, dz, kmat_t, dkernels]
+    t[parts.WAY] = parts.DIRECT if _direct(x, kernel, plan) else parts.IM2COL
+    _chunk_fields(t, x, pads, t[parts.WAY], keep)
+    dx = np.empty(x.shape, x.dtype) if input_gradient else None
+    if dx is not None and _by_winograd(x, kernel, strides, plan):
+        t[parts.DX_WAY], turned = parts.WINOGRAD, winograd.turned(kernel)
+        t[parts.TURNED], t[parts.TURNED_TILES] = turned.ctypes.data, _tiles_of(*x.shape[1:3])
+        _winograd_fields(t, parts.TURNED_TILES, f, c, parts.V, parts.M, x.dtype, "input",
+                         keep)  # fmt: skip
+        keep.append(turned)
+    elif dx is not None:
+        shape = (t[parts.STEP], t[parts.OH], t[parts.OW], kh, kw, c)
+        for index, row in enumerate(_rows(t)):
+            dcols = scratch.buffer(("conv dcols", index), shape, x.dtype)
+            row[parts.DCOLS] = dcols.ctypes.data
+            keep.append(dcols)
+    for index, row in enumerate(_rows(t)):
+        row[parts.DKERNEL] = dkernels[index].ctypes.data
+    t[parts.X], t[parts.KMAT_T] = x.ctypes.data, kmat_t.ctypes.data
+    t[parts.DZ], t[parts.DX] = dz.ctypes.data, 0 if dx is None else dx.ctypes.data
+    if dx is not None:
+        keep.append(dx)
+    return dx, dkernels, t, keep

@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from cnnlab.engine import kernels, parallel
+from cnnlab.engine import conv, kernels, parallel, parts
 from cnnlab.engine.conv import conv2d_backward_plan, conv2d_forward_plan
 from cnnlab.nn.conv import ConvCache
 
@@ -54,6 +54,9 @@ def conv_batchnorm_train_forward(
     bias`` (``x: (N, H, W, C)``, ``kernel: (kh, kw, C, F)``), with the batch's ``mean`` and
     ``var`` of ``z`` per filter; ``leaky(v) = v if v > 0 else negative_slope * v`` (None: no
     activation). Returns ``y``, ``mean``, ``var`` (for the moving averages) and the cache."""
+    if conv.by_parts(x, kernel, strides, padding):
+        return _forward_by_parts(x, kernel, bias, strides, padding, gamma, beta, epsilon,
+                                 negative_slope)  # fmt: skip
     z, images, conv_cache = conv2d_forward_plan(x, kernel, bias, strides, padding)
     n, oh, ow, f = z.shape
     y = np.empty_like(z)
@@ -77,12 +80,42 @@ def conv_batchnorm_train_forward(
     return y, cache.stats[0], cache.stats[1], cache
 
 
+def _forward_by_parts(x, kernel, bias, strides, padding, gamma, beta, epsilon, negative_slope):
+    """:func:`conv_batchnorm_train_forward` as one compiled part a thread
+    (:func:`cnnlab.engine.parts.conv_bn_forward`)."""
+    tables: dict[int, tuple] = {}
+
+    def make(threads: int) -> list[tuple[int, ...]]:
+        z, t, keep, cache = conv.forward_table(x, kernel, bias, strides, padding, threads)
+        f = z.shape[-1]
+        y, flags = np.empty_like(z), np.zeros((2, threads), np.int64)
+        sums, stats = np.empty((threads, 2, f)), np.empty((threads, 4, f), z.dtype)
+        gamma_, beta_ = (np.ascontiguousarray(v, z.dtype) for v in (gamma, beta))
+        slope = 1.0 if negative_slope is None else negative_slope
+        for field, array in ((parts.GAMMA, gamma_), (parts.BETA, beta_), (parts.FLAGS, flags),
+                             (parts.SUMS, sums), (parts.STATS, stats), (parts.Y, y)):  # fmt: skip
+            t[field] = array.ctypes.data
+        floats = t.view(np.float64)
+        floats[parts.EPSILON], floats[parts.SLOPE] = z.dtype.type(epsilon), z.dtype.type(slope)
+        tables[threads] = (z, y, stats, cache, t, keep, gamma_, beta_, flags, sums)
+        return [(parts.CONV_BN_FORWARD, t.ctypes.data, index, len(t)) for index in range(threads)]
+
+    parallel.over_meeting_parts(make)
+    ((z, y, stats, conv_cache, *_),) = tables.values()
+    slope = z.dtype.type(1.0 if negative_slope is None else negative_slope)
+    cache = ConvBatchNormCache(conv_cache, z, stats[0].copy(), np.asarray(beta, z.dtype), slope)
+    return y, cache.stats[0], cache.stats[1], cache
+
+
 def conv_batchnorm_train_backward(
     dy: np.ndarray, cache: ConvBatchNormCache, input_gradient: bool = True
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The gradients for ``dy``, the gradient at the activation's output: ``(dx, dkernel,
     dbias, dgamma, dbeta)`` (``dx`` None without ``input_gradient``)."""
     conv_cache, z, stats, beta, slope = cache
+    x, kernel, strides, pads = conv_cache
+    if conv.by_parts(x, kernel, strides, "same" if any(map(any, pads)) else "valid"):
+        return _backward_by_parts(dy, cache, input_gradient)
     f = z.shape[-1]
     z2 = z.reshape(-1, f)
     dy2 = np.ascontiguousarray(dy, dtype=z.dtype).reshape(z2.shape)
@@ -105,4 +138,34 @@ def conv_batchnorm_train_backward(
     parts = parallel.over_batch_meeting(slice_, len(z), meetings=1)
     dkernel = sum(parts).reshape(conv_cache.kernel.shape)
     dbias = totals[: len(parts)].sum(axis=0).astype(z.dtype)
+    return dx, dkernel, dbias, grads[0, 1].copy(), grads[0, 0].copy()
+
+
+def _backward_by_parts(dy, cache: ConvBatchNormCache, input_gradient: bool):
+    """:func:`conv_batchnorm_train_backward` as one compiled part a thread
+    (:func:`cnnlab.engine.parts.conv_bn_backward`)."""
+    conv_cache, z, stats, beta, slope = cache
+    f = z.shape[-1]
+    dy = np.ascontiguousarray(dy, dtype=z.dtype)
+    dz = np.empty_like(z)
+    beta = np.ascontiguousarray(beta)
+    tables: dict[int, tuple] = {}
+
+    def make(threads: int) -> list[tuple[int, ...]]:
+        dx, dkernels, t, keep = conv.backward_table(dz, conv_cache, input_gradient, threads)
+        flags, sums = np.zeros((1, threads), np.int64), np.empty((threads, 2, f))
+        grads, totals = np.empty((threads, 4, f), z.dtype), np.zeros((threads, f))
+        for field, array in ((parts.DY, dy), (parts.Z, z), (parts.FORWARD_STATS, stats),
+                             (parts.BETA, beta), (parts.FLAGS, flags), (parts.SUMS, sums),
+                             (parts.GRADS, grads), (parts.TOTALS, totals)):  # fmt: skip
+            t[field] = array.ctypes.data
+        floats = t.view(np.float64)
+        floats[parts.SLOPE], floats[parts.ROWS] = slope, z.dtype.type(z.size // f)
+        tables[threads] = (dx, dkernels, grads, totals, t, keep, flags, sums)
+        return [(parts.CONV_BN_BACKWARD, t.ctypes.data, index, len(t)) for index in range(threads)]
+
+    parallel.over_meeting_parts(make)
+    ((dx, dkernels, grads, totals, *_),) = tables.values()
+    dkernel = sum(dkernels).reshape(conv_cache.kernel.shape)
+    dbias = totals.sum(axis=0).astype(z.dtype)
     return dx, dkernel, dbias, grads[0, 1].copy(), grads[0, 0].copy()

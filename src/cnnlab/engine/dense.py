@@ -17,6 +17,7 @@ import numpy as np
 
 from cnnlab.engine import kernels, parallel, scratch
 from cnnlab.engine.optimizers import AdamRows
+from cnnlab.engine.parts import DENSE_BACKWARD, PRODUCT
 from cnnlab.engine.sums import column_sums
 from cnnlab.nn.dense import DenseCache
 
@@ -90,7 +91,7 @@ def _tiles_forward(x: np.ndarray, kernel: np.ndarray) -> tuple[np.ndarray, np.nd
 
     def part(block: tuple[int, int], out: int) -> tuple[int, ...]:
         lo, hi = block
-        return (kernels.PRODUCT, a + size * lo, d, 1, b + size * lo * n, n, out, n, m, n,
+        return (PRODUCT, a + size * lo, d, 1, b + size * lo * n, n, out, n, m, n,
                 hi - lo, 0)  # fmt: skip
 
     outs = [c + size * i * m * n for i in range(len(blocks))]
@@ -176,7 +177,7 @@ def _posted_backward(dy, x, kernel, input_gradient, blocks, update):
         (0,) * 6 if update is None else (update.m.ctypes.data, update.v.ctypes.data, *update.bits)
     )
     parallel.over_parts([
-        (kernels.DENSE_BACKWARD, x_at, dy_at, dy_t_at, kernel_at, dkernel_at, dx_at,
+        (DENSE_BACKWARD, x_at, dy_at, dy_t_at, kernel_at, dkernel_at, dx_at,
          buffer + 4 * lo * m, m, d, n, lo, hi, *adam)
         for lo, hi in blocks
     ])  # fmt: skip

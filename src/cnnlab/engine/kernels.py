@@ -579,27 +579,7 @@ def dense_finish(y, parts, count, bias, kind, slope, logits, first, last):
         activate_row(y[r], kind, slope)
 
 
-# The parts a thread runs in compiled code, posted to it
-# (:func:`cnnlab.engine.parallel.over_parts`): an int64 row, its kind first, then its
-# arguments (addresses of float32 arrays, sizes, and float64 constants as their bits).
-PRODUCT = 1  # tiles.product(*row[1:12])
-DENSE_BACKWARD = 2  # dense_backward_rows(row)
-DENSE_CHAIN = 3  # dense_chain_part(row)
 CHAIN_FIELDS = 10  # a layer's row in dense_chain_part's table
-PART_LENGTH = 19
-
-
-@_compiled
-def run_part(part):
-    """Run the part ``part`` describes (:data:`PRODUCT`, :data:`DENSE_BACKWARD` or
-    :data:`DENSE_CHAIN`)."""
-    if part[0] == PRODUCT:
-        tiles.product(part[1], part[2], part[3], part[4], part[5], part[6], part[7], part[8],
-                      part[9], part[10], part[11])  # fmt: skip
-    elif part[0] == DENSE_BACKWARD:
-        dense_backward_rows(part)
-    elif part[0] == DENSE_CHAIN:
-        dense_chain_part(part)
 
 
 @_compiled

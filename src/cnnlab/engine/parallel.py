@@ -28,7 +28,7 @@ thread, meeting in compiled code (:func:`cnnlab.engine.shared.meet`) instead of 
 to the threads again.
 
 A dense layer's products split over the threads go to them without Python at all, by
-:func:`over_parts`: each thread's part (:func:`cnnlab.engine.kernels.run_part`: what to run,
+:func:`over_parts`: each thread's part (:func:`cnnlab.engine.parts.run_part`: what to run,
 the addresses and sizes of its arrays) is posted to it where it waits in compiled code, and
 it runs the part there and marks it done, never taking the GIL. A slice that runs Python
 must first take the GIL from the calling thread, which is running its own slice's Python
@@ -54,7 +54,7 @@ import numba
 import numpy as np
 
 from cnnlab import checks
-from cnnlab.engine import kernels
+from cnnlab.engine.parts import PART_LENGTH, run_part
 from cnnlab.engine.shared import leave, load_acquire, store_release
 
 T = TypeVar("T")
@@ -253,7 +253,7 @@ def _start_workers() -> None:
     if not _workers:
         # Compiled (or loaded from numba's cache) here, before any worker runs them: two
         # threads compiling at once could deadlock on numba's compiler lock and the GIL.
-        posted, empty = np.zeros(2, np.int64), np.zeros(kernels.PART_LENGTH, np.int64)
+        posted, empty = np.zeros(2, np.int64), np.zeros(PART_LENGTH, np.int64)
         _post(posted)
         _serve(np.ones(1, np.int64), 0, posted, empty, 1, np.zeros(1, np.int64), 0)
         _wait_posted(posted)
@@ -291,7 +291,7 @@ def over_batch_meeting(
 
 def over_parts(parts: list[tuple[int, ...]]) -> None:
     """Each part of ``parts``, each on a thread of its own, in compiled code from start to
-    end: a part is a row of :func:`cnnlab.engine.kernels.run_part` (its kind, then the
+    end: a part is a row of :func:`cnnlab.engine.parts.run_part` (its kind, then the
     addresses and sizes of float32 arrays). The calling thread runs the last part, and any
     for which there is no thread; called from inside a slice, inside :func:`blas_threads`,
     or while another thread's op holds the threads, it runs them all, one after the other.
@@ -325,7 +325,7 @@ def over_meeting_parts(make: Callable[[int], list[tuple[int, ...]]]) -> None:
 
 def _run_here(parts: list[tuple[int, ...]]) -> None:
     for part in parts:
-        kernels.run_part(np.array(part, np.int64))
+        run_part(np.array(part, np.int64))
 
 
 def _post_and_run(parts: list[tuple[int, ...]]) -> None:
@@ -366,13 +366,14 @@ def _wait_for_change(flag, old, spins, scratch, linger):
 
 @numba.njit(nogil=True, cache=True)
 def _run_posted(posted, part):
-    """Run the part posted in ``part`` (:func:`cnnlab.engine.kernels.run_part`), then mark it
+    """Run the part posted in ``part`` (:func:`cnnlab.engine.parts.run_part`), then mark it
     done: ``posted`` holds the count of parts posted and of parts done. numba's cache of this
     file holds the compiled parts it calls, and numba checks only this file's date: after a
-    change to :mod:`cnnlab.engine.kernels`, clear the cache (``find src -name '*.nb[ic]'
-    -delete``) or the workers may run the old parts."""
+    change to a module they come from (:mod:`cnnlab.engine.parts`, ``kernels``, ``winograd``,
+    ``tiles``), clear the cache (``find src -name '*.nb[ic]' -delete``) or the workers may run
+    the old parts."""
     target = load_acquire(posted, 0)
-    kernels.run_part(part)
+    run_part(part)
     store_release(posted, 1, target)
 
 
@@ -435,7 +436,7 @@ class _Worker:
 
     def __init__(self, name: str):
         self.given, self.done = np.zeros(1, np.int64), np.zeros(1, np.int64)
-        self.posted, self.part = np.zeros(2, np.int64), np.zeros(kernels.PART_LENGTH, np.int64)
+        self.posted, self.part = np.zeros(2, np.int64), np.zeros(PART_LENGTH, np.int64)
         self._scratch = np.zeros((2, 1), np.int64)  # one row for each side's spinning
         self.linger = _linger_rounds()
         self._changed = threading.Condition()

@@ -1,8 +1,8 @@
 """Memory that cnnlab's threads share, from compiled code: int64 flags stored and read
 atomically with release and acquire ordering (what a thread wrote before it stored a flag is
-seen by a thread that reads the flag), slices meeting on them, and float32 arrays given by
-their addresses, as the parts posted to a thread carry them
-(:func:`cnnlab.engine.parallel.over_parts`).
+seen by a thread that reads the flag), slices meeting on them, arrays given by their
+addresses, as the parts posted to a thread carry them (:func:`cnnlab.engine.parallel.over_parts`),
+and a copy between two addresses.
 """
 
 from __future__ import annotations
@@ -97,3 +97,9 @@ def copy(typingctx, destination, source, size):
         return context.get_dummy_value()
 
     return types.void(types.int64, types.int64, types.int64), codegen
+
+
+@numba.njit(nogil=True, cache=True)
+def doubles(address, count):
+    """The ``count`` float64 values at ``address``, as a 1-D array (no copy)."""
+    return numba.carray(_pointer(address, np.float64), count)

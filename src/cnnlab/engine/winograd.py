@@ -22,7 +22,7 @@ from collections.abc import Callable
 import numba
 import numpy as np
 
-from cnnlab.engine import blas, parallel, scratch, tiles
+from cnnlab.engine import blas, scratch, tiles
 from cnnlab.nn.padding import window_geometry
 from cnnlab.nn.winograd import PATCH, TILE, filter_transform
 
@@ -209,31 +209,27 @@ def transformed(kernel: np.ndarray) -> np.ndarray:
     return scratch.kept("winograd filters", kernel, filter_transform)
 
 
+def turned(kernel: np.ndarray) -> np.ndarray:
+    """The transformed filters of the input gradient's convolution, ``(36, F, C)``: each filter
+    turned half a turn, the input and output channels swapped; kept from call to call while
+    the kernel stays the same, as :func:`transformed`."""
+    return scratch.kept("winograd filters turned", kernel, _turned)
+
+
 def _turned(kernel: np.ndarray) -> np.ndarray:
-    """The filters of the input gradient's convolution: each turned half a turn, the input
-    and output channels swapped, transformed."""
     return filter_transform(np.ascontiguousarray(kernel[::-1, ::-1].transpose(0, 1, 3, 2)))
-
-
-def conv3x3_forward(
-    x: np.ndarray, u: np.ndarray, padding: str, normalize: tuple | None = None, tiled: bool = False
-) -> np.ndarray:
-    """``y: (N, oh, ow, F)``, the 3x3 convolution with strides 1 whose transformed filters are
-    ``u: (36, C, F)`` (:func:`cnnlab.nn.winograd.filter_transform`), of ``x: (N, H, W, C)``,
-    C-contiguous and of ``u``'s dtype. The batch is split over the cores, and each core takes
-    its images a chunk at a time (:func:`forward_images`). ``normalize = (mean, scale, beta,
-    slope)`` as in :func:`cnnlab.engine.conv.conv2d_forward`; ``tiled``: the products by
-    :mod:`cnnlab.engine.tiles` (float32), not BLAS."""
-    y, images = conv3x3_forward_plan(x, u, padding, normalize, tiled)
-    parallel.over_batch(images, len(x))
-    return y
 
 
 def conv3x3_forward_plan(
     x: np.ndarray, u: np.ndarray, padding: str, normalize: tuple | None = None, tiled: bool = False
 ) -> tuple[np.ndarray, Callable[[int, int], None]]:
-    """:func:`conv3x3_forward` before it runs: ``y``, not yet filled, and ``images(start,
-    stop)``, which fills ``y[start:stop]``, as :func:`cnnlab.engine.conv.conv2d_forward_plan`."""
+    """``y: (N, oh, ow, F)``, not yet filled, the 3x3 convolution with strides 1 whose
+    transformed filters are ``u: (36, C, F)`` (:func:`cnnlab.nn.winograd.filter_transform`),
+    of ``x: (N, H, W, C)``, C-contiguous and of ``u``'s dtype, and ``images(start, stop)``,
+    which fills ``y[start:stop]`` a chunk of images at a time (:func:`forward_images`), as
+    :func:`cnnlab.engine.conv.conv2d_forward_plan`. ``normalize = (mean, scale, beta, slope)``
+    as in :func:`cnnlab.engine.conv.conv2d_forward`; ``tiled``: the products by
+    :mod:`cnnlab.engine.tiles` (float32), not BLAS."""
     _, h, w, _ = x.shape
     (oh, ow), ((top, _), (left, _)) = window_geometry((h, w), (3, 3), (1, 1), padding)
     return _plan(x, u, (top, left), (oh, ow), normalize, tiled)
@@ -249,9 +245,9 @@ def conv3x3_backward_input_plan(
     swapped,
     ``dx[n, r, q, c] = sum_{a, b, f} dy[n, r + top - a, q + left - b, f] * kernel[a, b, c, f]``,
     ``dy`` read as zero outside; so by :func:`forward_images` too, with padding ``2 - top``
-    above and ``2 - left`` before; ``tiled`` as in :func:`conv3x3_forward`."""
+    above and ``2 - left`` before; ``tiled`` as in :func:`conv3x3_forward_plan`."""
     (top, _), (left, _) = pads
-    u = scratch.kept("winograd filters turned", kernel, _turned)
+    u = turned(kernel)
     dy = np.ascontiguousarray(dy, dtype=kernel.dtype)
     return _plan(dy, u, (2 - top, 2 - left), x_shape[1:3], None, tiled)
 

@@ -1,0 +1,221 @@
+"""The parts cnnlab's threads run in compiled code, posted to them where they wait
+(:func:`cnnlab.engine.parallel.over_parts`): an int64 row, its kind first, then its arguments
+(addresses of arrays, sizes, float constants as their float64 bits). A part runs from start
+to end without the GIL, so a thread starts it within microseconds of its posting, where a
+slice in Python first waits for the GIL (:mod:`cnnlab.engine.parallel`).
+
+The kinds: one product by :mod:`cnnlab.engine.tiles` (:data:`PRODUCT`), a block of a dense
+layer's backward pass (:func:`cnnlab.engine.kernels.dense_backward_rows`), a thread's part of
+dense layers in a row at inference (:func:`cnnlab.engine.kernels.dense_chain_part`), and a
+thread's slice of the batch of a convolution with its batch norm and activation in training,
+forward (:func:`conv_bn_forward`) and backward (:func:`conv_bn_backward`), in the ways
+:mod:`cnnlab.engine.conv` runs a convolution by cnnlab's tiles: im2col, straight from the
+input, or by Winograd. Those two read a table (:class:`cnnlab.engine.conv.ConvParts` writes
+its fields): what every thread shares, then a row of its own for each thread.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from cnnlab.engine import kernels, tiles, winograd
+from cnnlab.engine.shared import doubles, floats, ints
+
+_compiled = numba.njit(cache=True, nogil=True, error_model="numpy")
+
+PRODUCT = 1  # tiles.product(*row[1:12])
+DENSE_BACKWARD = 2  # kernels.dense_backward_rows(row)
+DENSE_CHAIN = 3  # kernels.dense_chain_part(row)
+CONV_BN_FORWARD = 4  # conv_bn_forward(table at row[1], thread row[2])
+CONV_BN_BACKWARD = 5  # conv_bn_backward(table at row[1], thread row[2])
+PART_LENGTH = 19
+
+# The ways a convolution runs (the table's WAY; DX_WAY backward)
+IM2COL, DIRECT, WINOGRAD = 1, 2, 3
+
+# The table's fields. The convolution: its input x: (N, H, W, C) and padded sizes, F filters
+# of KH x KW, strides, padding before (TOP, LEFT), the output (OH, OW), images a chunk (STEP)
+# and Winograd's tiles an image (TILES, forward; for the input gradient, TURNED_TILES).
+WAY, X, N, H, W, C, HP, WP, F, KH, KW, SH, SW, TOP, LEFT, OH, OW, STEP = range(18)
+TILES, TURNED_TILES = 18, 19
+# Forward: the weights (kmat: (KH*KW*C, F); Winograd's u: (36, C, F)), the output z, the bias
+# (0: none), and with Winograd the bias as its epilogue, (3, F): -bias, ones, zeros.
+WEIGHTS, Z, BIAS, EPILOGUE = 20, 21, 22, 23
+# Backward: kmat.T: (F, KH*KW*C), dx (0: none) and how it is made (DX_WAY), Winograd's turned
+# filters (36, F, C).
+KMAT_T, DX, DX_WAY, TURNED = 24, 25, 26, 27
+# Batch norm: gamma, beta, epsilon and the activation's slope (float64 bits), the flags of
+# the meetings (meetings x threads), the slices' sums (threads, 2, F) float64, and forward
+# the statistics (threads, 4, F), y; backward the gradient at the activation's output dy,
+# the forward's statistics (4, F), the rows M (float64 bits), the gradients (threads, 4, F),
+# dz, the gradient at the conv's output, and its column sums (threads, F) float64.
+GAMMA, BETA, EPSILON, SLOPE, FLAGS, SUMS, STATS, Y = 28, 29, 30, 31, 32, 33, 34, 35
+DY, FORWARD_STATS, ROWS, GRADS, DZ, TOTALS, THREADS = 36, 37, 38, 39, 40, 41, 42
+SHARED_FIELDS = 43
+# A thread's row, after them: its images [START, STOP), its kernel gradient (KH*KW*C, F),
+# its chunk buffer (im2col's columns, or the padded images read in place), im2col's columns
+# of the input gradient, and Winograd's buffers V and M.
+START, STOP, DKERNEL, CHUNK, DCOLS, V, M = range(7)
+THREAD_FIELDS = 7
+
+
+@_compiled
+def run_part(part):
+    """Run the part ``part`` describes (its kind first: :data:`PRODUCT`, ...)."""
+    kind = part[0]
+    if kind == PRODUCT:
+        tiles.product(part[1], part[2], part[3], part[4], part[5], part[6], part[7], part[8],
+                      part[9], part[10], part[11])  # fmt: skip
+    elif kind == DENSE_BACKWARD:
+        kernels.dense_backward_rows(part)
+    elif kind == DENSE_CHAIN:
+        kernels.dense_chain_part(part)
+    elif kind == CONV_BN_FORWARD:
+        conv_bn_forward(ints(part[1], 1, part[3])[0], part[2])
+    elif kind == CONV_BN_BACKWARD:
+        conv_bn_backward(ints(part[1], 1, part[3])[0], part[2])
+
+
+@_compiled
+def _array4(address, a, b, c, d):
+    return floats(address, a * b * c * d).reshape((a, b, c, d))
+
+
+@_compiled
+def _array3(address, a, b, c):
+    return floats(address, a * b * c).reshape((a, b, c))
+
+
+@_compiled
+def _array2(address, a, b):
+    return floats(address, a * b).reshape((a, b))
+
+
+@_compiled
+def _float(t, field):
+    """The float32 whose float64 bits are ``t[field]``."""
+    return np.float32(t[field : field + 1].view(np.float64)[0])
+
+
+@_compiled
+def _thread_row(t, thread):
+    return t[SHARED_FIELDS + thread * THREAD_FIELDS : SHARED_FIELDS + (thread + 1) * THREAD_FIELDS]
+
+
+@_compiled
+def conv_bn_forward(t, thread):
+    """Thread ``thread``'s slice of
+    :func:`cnnlab.engine.conv_batchnorm.conv_batchnorm_train_forward`, from table ``t``: the
+    convolution of its images into ``z``, with the bias, then
+    :func:`cnnlab.engine.kernels.batchnorm_rows_forward` on their rows, meeting the others."""
+    row = _thread_row(t, thread)
+    start, stop, f, threads = row[START], row[STOP], t[F], t[THREADS]
+    x = _array4(t[X], t[N], t[H], t[W], t[C])
+    z = _array4(t[Z], t[N], t[OH], t[OW], f)
+    if t[WAY] == WINOGRAD:
+        u = _array3(t[WEIGHTS], 36, t[C], f)
+        v, m = _array3(row[V], 36, t[TILES], t[C]), _array3(row[M], 36, t[TILES], f)
+        if t[EPILOGUE] != 0:
+            e = _array2(t[EPILOGUE], 3, f)
+            norm = (e[0], e[1], e[2], np.float32(1.0))
+            winograd.forward_images(None, x, t[TOP], t[LEFT], start, stop, u, v, m, norm, z)
+        else:
+            winograd.forward_images(None, x, t[TOP], t[LEFT], start, stop, u, v, m, None, z)
+    elif t[BIAS] != 0:
+        _forward_chunks(t, row, x, floats(t[BIAS], f), z)
+    else:
+        _forward_chunks(t, row, x, None, z)
+    rows = t[OH] * t[OW]
+    kernels.batchnorm_rows_forward(
+        z.reshape((-1, f)), start * rows, stop * rows, floats(t[GAMMA], f), floats(t[BETA], f),
+        _float(t, EPSILON), _float(t, SLOPE), ints(t[FLAGS], 2, threads), thread,
+        doubles(t[SUMS], threads * 2 * f).reshape((threads, 2, f)),
+        _array3(t[STATS], threads, 4, f), _array2(t[Y], t[N] * rows, f),
+    )  # fmt: skip
+
+
+@_compiled
+def _forward_chunks(t, row, x, bias, z):
+    """The convolution of a thread's images by im2col and the tiles, or straight from the
+    input (:func:`cnnlab.engine.kernels.conv_direct_forward_images`), with ``bias`` (None:
+    none)."""
+    kmat = _array2(t[WEIGHTS], t[KH] * t[KW] * t[C], t[F])
+    pads, strides = (t[TOP], t[LEFT]), (t[SH], t[SW])
+    if t[WAY] == DIRECT:
+        xp = _array4(row[CHUNK], t[STEP], t[HP], t[WP], t[C])
+        kernels.conv_direct_forward_images(x, pads, strides, (t[KH], t[KW]), row[START],
+                                           row[STOP], kmat, xp, bias, None, z)  # fmt: skip
+    else:
+        cols = floats(row[CHUNK], t[STEP] * t[OH] * t[OW] * t[KH] * t[KW] * t[C]).reshape(
+            (t[STEP], t[OH], t[OW], t[KH], t[KW], t[C])
+        )
+        kernels.conv_forward_images(None, x, pads, strides, row[START], row[STOP], kmat, cols,
+                                    0, bias, None, z)  # fmt: skip
+
+
+@_compiled
+def conv_bn_backward(t, thread):
+    """Thread ``thread``'s slice of
+    :func:`cnnlab.engine.conv_batchnorm.conv_batchnorm_train_backward`, from table ``t``:
+    :func:`cnnlab.engine.kernels.batchnorm_rows_backward` on its rows of ``dy`` into ``dz``,
+    meeting the others, then the convolution's backward pass of its images, the kernel
+    gradient into its own buffer (zeros for no images) and ``dx`` where asked for."""
+    row = _thread_row(t, thread)
+    start, stop, f, threads = row[START], row[STOP], t[F], t[THREADS]
+    rows = t[OH] * t[OW]
+    m = t[N] * rows
+    stats = _array2(t[FORWARD_STATS], 4, f)
+    kernels.batchnorm_rows_backward(
+        _array2(t[DY], m, f), _array2(t[Z], m, f), start * rows, stop * rows, stats[0],
+        stats[2], stats[3], floats(t[BETA], f), _float(t, SLOPE), _float(t, ROWS),
+        ints(t[FLAGS], 1, threads), thread,
+        doubles(t[SUMS], threads * 2 * f).reshape((threads, 2, f)),
+        _array3(t[GRADS], threads, 4, f), _array2(t[DZ], m, f),
+        doubles(t[TOTALS], threads * f).reshape((threads, f)),
+    )  # fmt: skip
+    x = _array4(t[X], t[N], t[H], t[W], t[C])
+    dz = _array4(t[DZ], t[N], t[OH], t[OW], f)
+    dkernel = _array2(row[DKERNEL], t[KH] * t[KW] * t[C], f)
+    if start == stop:
+        dkernel[:] = 0
+        return
+    if t[DX] == 0:
+        _backward_chunks(t, row, x, dz, dkernel, None)
+        return
+    dx = _array4(t[DX], t[N], t[H], t[W], t[C])
+    if t[DX_WAY] == WINOGRAD:  # dz convolved with the turned filters, then the kernel gradient
+        u = _array3(t[TURNED], 36, f, t[C])
+        v, m = _array3(row[V], 36, t[TURNED_TILES], f), _array3(row[M], 36, t[TURNED_TILES], t[C])
+        winograd.forward_images(None, dz, 2 - t[TOP], 2 - t[LEFT], start, stop, u, v, m, None, dx)
+        _backward_chunks(t, row, x, dz, dkernel, None)
+    else:
+        _backward_chunks(t, row, x, dz, dkernel, dx)
+
+
+@_compiled
+def _backward_chunks(t, row, x, dz, dkernel, dx):
+    """A thread's kernel gradient by im2col and the tiles, or straight from the input
+    (:func:`cnnlab.engine.kernels.conv_direct_backward_images`), and with ``dx`` (not None)
+    its images' input gradient by the tiles and col2im, through the columns ``dcols``."""
+    shape = (t[STEP], t[OH], t[OW], t[KH], t[KW], t[C])
+    size = t[STEP] * t[OH] * t[OW] * t[KH] * t[KW] * t[C]
+    if dx is None:
+        _backward_ways(t, row, x, dz, dkernel, None, None)
+    else:
+        _backward_ways(t, row, x, dz, dkernel, floats(row[DCOLS], size).reshape(shape), dx)
+
+
+@_compiled
+def _backward_ways(t, row, x, dz, dkernel, dcols, dx):
+    kmat_t = _array2(t[KMAT_T], t[F], t[KH] * t[KW] * t[C])
+    pads, strides, window = (t[TOP], t[LEFT]), (t[SH], t[SW]), (t[KH], t[KW])
+    if t[WAY] == DIRECT:
+        xp = _array4(row[CHUNK], t[STEP], t[HP], t[WP], t[C])
+        kernels.conv_direct_backward_images(x, pads, strides, window, row[START], row[STOP], dz,
+                                            kmat_t, xp, dcols, dkernel, dx)  # fmt: skip
+    else:
+        size = t[STEP] * t[OH] * t[OW] * t[KH] * t[KW] * t[C]
+        cols = floats(row[CHUNK], size).reshape((t[STEP], t[OH], t[OW], t[KH], t[KW], t[C]))
+        kernels.conv_backward_images(None, x, pads, strides, row[START], row[STOP], dz, kmat_t,
+                                     cols, dcols, 0, dkernel, dx)  # fmt: skip
