@@ -3,9 +3,12 @@ in fresh processes that alternate between the versions.
 
     python benchmarks/versions.py ec4ce62 HEAD                  # the CNN at batch 32, 6 pairs
     python benchmarks/versions.py ec4ce62 HEAD --batch-size 128 --pairs 4 --model mlp
+    python benchmarks/versions.py ec4ce62 HEAD --tuning ~/.cache/cnnlab/tuning
 
 Each version is checked out into a git worktree of its own (under a temporary folder) and run
-from its ``src`` with its own tuning folder, so that each keeps the choices it measured. Each
+from its ``src`` with its own tuning folder, so that each keeps the choices it measured; with
+``--tuning FOLDER``, each starts from a copy of that folder (``~/.cache/cnnlab/tuning``, say),
+so that both run the same choices and the comparison sees the code, not the tuner's noise. Each
 pair runs one process of each version, the first of them in turn; a process times 30
 training steps and 30 ``predict`` calls after 3 warm-up steps, and gives the medians. A shared
 machine drifts from minute to minute; alternating moves both sides alike, and the table gives
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -87,10 +91,14 @@ def main() -> None:
     parser.add_argument("--model", default="cnn", choices=("cnn", "mlp"))
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--pairs", type=int, default=6)
+    parser.add_argument("--tuning", type=Path, help="a tuning folder both versions start from")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         trees = [worktree(revision, Path(folder)) for revision in (args.before, args.after)]
         try:
+            if args.tuning is not None:
+                for tree in trees:
+                    shutil.copytree(args.tuning.expanduser(), tree / ".tuning")
             rows = []
             for pair in range(args.pairs):
                 order = (0, 1) if pair % 2 == 0 else (1, 0)
