@@ -500,18 +500,23 @@ def forward_table(x, kernel, bias, strides, padding: str, threads: int):
     return z, t, keep, ConvCache(x, kernel, tuple(strides), pads)
 
 
-def backward_table(dz: np.ndarray, cache: ConvCache, input_gradient: bool, threads: int):
+def backward_table(cache: ConvCache, input_gradient: bool, threads: int):
     """The convolution's backward pass for :func:`cnnlab.engine.parts.conv_bn_backward`:
     ``(dx, dkernels, t, keep)``, ``dx`` (None without ``input_gradient``) and ``dkernels:
     (threads, kh*kw*C, F)``, each thread's kernel gradient, not yet filled; ``t`` and ``keep``
-    as in :func:`forward_table`; ``dz: (N, oh, ow, F)``, C-contiguous, the gradient at the
-    convolution's output, of ``x``'s dtype."""
+    as in :func:`forward_table`, with each thread's buffer for a chunk of the gradient at the
+    convolution's output."""
     x, kernel, strides, pads = cache
     t, plan = _table(x, kernel, strides, pads, threads)
     kh, kw, c, f = kernel.shape
     kmat_t = np.ascontiguousarray(kernel.reshape(-1, f).T)
     dkernels = np.empty((threads, kh * kw * c, f), x.dtype)
-    keep = [x, dz, kmat_t, dkernels]
+    keep = [x, kmat_t, dkernels]
+    shape = (t[parts.STEP], t[parts.OH], t[parts.OW], f)
+    for index, row in enumerate(_rows(t)):
+        chunk = scratch.buffer(("conv output gradient", index), shape, x.dtype)
+        row[parts.DZ_CHUNK] = chunk.ctypes.data
+        keep.append(chunk)
     t[parts.WAY] = parts.DIRECT if _direct(x, kernel, plan) else parts.IM2COL
     _chunk_fields(t, x, pads, t[parts.WAY], keep)
     dx = np.empty(x.shape, x.dtype) if input_gradient else None
@@ -530,7 +535,7 @@ def backward_table(dz: np.ndarray, cache: ConvCache, input_gradient: bool, threa
     for index, row in enumerate(_rows(t)):
         row[parts.DKERNEL] = dkernels[index].ctypes.data
     t[parts.X], t[parts.KMAT_T] = x.ctypes.data, kmat_t.ctypes.data
-    t[parts.DZ], t[parts.DX] = dz.ctypes.data, 0 if dx is None else dx.ctypes.data
+    t[parts.DX] = 0 if dx is None else dx.ctypes.data
     if dx is not None:
         keep.append(dx)
     return dx, dkernels, t, keep

@@ -147,12 +147,11 @@ def _backward_by_parts(dy, cache: ConvBatchNormCache, input_gradient: bool):
     conv_cache, z, stats, beta, slope = cache
     f = z.shape[-1]
     dy = np.ascontiguousarray(dy, dtype=z.dtype)
-    dz = np.empty_like(z)
     beta = np.ascontiguousarray(beta)
     tables: dict[int, tuple] = {}
 
     def make(threads: int) -> list[tuple[int, ...]]:
-        dx, dkernels, t, keep = conv.backward_table(dz, conv_cache, input_gradient, threads)
+        dx, dkernels, t, keep = conv.backward_table(conv_cache, input_gradient, threads)
         flags, sums = np.zeros((1, threads), np.int64), np.empty((threads, 2, f))
         grads, totals = np.empty((threads, 4, f), z.dtype), np.zeros((threads, f))
         for field, array in ((parts.DY, dy), (parts.Z, z), (parts.FORWARD_STATS, stats),

@@ -175,13 +175,32 @@ def batchnorm_rows_backward(dy, x, start, stop, mean, inv_std, scale, beta, slop
     :func:`cnnlab.engine.batchnorm.batchnorm_train_backward` and after a convolution.
 
     ``mean``, ``inv_std`` and ``scale = gamma * inv_std``: the forward pass's; ``m``: the rows
-    of ``x``, in its dtype. Each slice's
-    :func:`normalize_backward_sums` go to ``sums[index]`` (float64, ``(slices, 2, C)``); once
-    all are there, every slice adds them up in slice order into ``grads[index]`` (the dtype's,
-    ``(slices, 4, C)``): ``dbeta``, ``dgamma``, ``dbeta / m`` and
-    ``dgamma / m``, and :func:`normalize_backward` writes ``out``'s rows, and given
-    ``totals`` (float64, ``(slices, C)``, zero before), their column sums in
-    ``totals[index]``. False if another slice failed."""
+    of ``x``, in its dtype. :func:`batchnorm_rows_backward_sums`, then
+    :func:`normalize_backward` writes ``out``'s rows, and given ``totals`` (float64,
+    ``(slices, C)``, zero before), their column sums in ``totals[index]``. False if another
+    slice failed."""
+    if not batchnorm_rows_backward_sums(dy, x, start, stop, mean, inv_std, scale, beta, slope,
+                                        m, flags, index, sums, grads):  # fmt: skip
+        return False
+    mine, rows = grads[index], slice(start, stop)
+    if totals is None:
+        normalize_backward(dy[rows], x[rows], mean, inv_std, scale, beta, slope, mine[2],
+                           mine[3], out[rows])  # fmt: skip
+    else:
+        normalize_backward(dy[rows], x[rows], mean, inv_std, scale, beta, slope, mine[2],
+                           mine[3], out[rows], totals[index])  # fmt: skip
+    return True
+
+
+@_compiled
+def batchnorm_rows_backward_sums(dy, x, start, stop, mean, inv_std, scale, beta, slope, m,
+                                 flags, index, sums, grads):  # fmt: skip
+    """The sums of batch norm's backward pass, for slice ``index`` of rows ``start:stop``
+    (:func:`batchnorm_rows_backward`): its :func:`normalize_backward_sums` go to
+    ``sums[index]`` (float64, ``(slices, 2, C)``); once all are there (the meeting on
+    ``flags[0]``), it adds them up in slice order into ``grads[index]`` (the dtype's,
+    ``(slices, 4, C)``): ``dbeta``, ``dgamma``, ``dbeta / m`` and ``dgamma / m``, which
+    :func:`normalize_backward` takes. False if another slice failed."""
     rows = slice(start, stop)
     sums[index, 0], sums[index, 1] = normalize_backward_sums(
         dy[rows], x[rows], mean, inv_std, scale, beta, slope
@@ -197,12 +216,6 @@ def batchnorm_rows_backward(dy, x, start, stop, mean, inv_std, scale, beta, slop
         mine[0, j], mine[1, j] = dbeta, dgamma
         mine[2, j] = mine[0, j] / m
         mine[3, j] = mine[1, j] / m
-    if totals is None:
-        normalize_backward(dy[rows], x[rows], mean, inv_std, scale, beta, slope, mine[2],
-                           mine[3], out[rows])  # fmt: skip
-    else:
-        normalize_backward(dy[rows], x[rows], mean, inv_std, scale, beta, slope, mine[2],
-                           mine[3], out[rows], totals[index])  # fmt: skip
     return True
 
 
@@ -354,7 +367,7 @@ def conv_forward_images(gemm, x, pads, strides, start, stop, kmat, cols, rows, b
 
 @_compiled
 def conv_backward_images(gemm, x, pads, strides, start, stop, dy, kmat_t, cols, dcols, rows,
-                         dkernel, dx):  # fmt: skip
+                         dkernel, dx, accumulate=False):  # fmt: skip
     """The kernel gradient of images ``start:stop`` of a convolution, and with ``dx`` (not
     None) their input gradient, a chunk of ``len(cols)`` images at a time, without the GIL.
 
@@ -362,7 +375,8 @@ def conv_backward_images(gemm, x, pads, strides, start, stop, dy, kmat_t, cols, 
     (:func:`_products_t`); and ``dcols = dy @ kmat.T`` (:func:`_products`, from ``kmat_t``,
     the kernel matrix transposed, ``(F, kh*kw*C)``), which :func:`col2im` adds into ``dx``;
     ``rows`` rows a call. With ``gemm`` None (float32), by :func:`cnnlab.engine.tiles.product`
-    instead. ``dkernel: (kh*kw*C, F)`` is overwritten with the sum over the chunks; the shapes
+    instead. ``dkernel: (kh*kw*C, F)`` is overwritten with the sum over the chunks (added to,
+    with ``accumulate``); the shapes
     and dtypes are those of :func:`conv_forward_images`, ``dy: (N, oh, ow, F)``, ``dcols`` as
     ``cols``.
     """
@@ -376,12 +390,12 @@ def conv_backward_images(gemm, x, pads, strides, start, stop, dy, kmat_t, cols, 
         _im2col(x, pads[0], pads[1], strides[0], strides[1], a, b, cols)
         m = (b - a) * per_image
         g = dy2[a * per_image : b * per_image]
-        accumulate = 0.0 if a == start else 1.0
+        add = 1.0 if accumulate or a != start else 0.0
         if gemm is None:
             tiles.product(cols.ctypes.data, 1, k, g.ctypes.data, f, dkernel.ctypes.data, f, k, f,
-                          m, int(accumulate))  # fmt: skip
+                          m, int(add))  # fmt: skip
         else:
-            _products_t(gemm, rows, m, f, k, cols.ctypes.data, g.ctypes.data, accumulate,
+            _products_t(gemm, rows, m, f, k, cols.ctypes.data, g.ctypes.data, add,
                         dkernel.ctypes.data, size)  # fmt: skip
         if dx is not None:
             if gemm is None:
@@ -442,7 +456,7 @@ def conv_direct_forward_images(x, pads, strides, window, start, stop, kmat, xp, 
 
 @_compiled
 def conv_direct_backward_images(x, pads, strides, window, start, stop, dy, kmat_t, xp,
-                                dcols, dkernel, dx):  # fmt: skip
+                                dcols, dkernel, dx, accumulate=False):  # fmt: skip
     """The kernel gradient of images ``start:stop`` of a convolution straight from the input,
     without im2col, and with ``dx`` (not None) their input gradient, a chunk of ``len(xp)``
     images at a time.
@@ -450,10 +464,10 @@ def conv_direct_backward_images(x, pads, strides, window, start, stop, dy, kmat_
     For each output row ``r`` and row ``i`` of the window, ``dkernel[i * kw * C : (i + 1) * kw
     * C] += xp[img, r * sh + i, windows of the row].T @ dy[img, r]`` by
     :func:`cnnlab.engine.tiles.product`, the windows read in place as in
-    :func:`conv_direct_forward_images`; ``dkernel: (kh*kw*C, F)`` is overwritten with the sum.
-    With ``dx``: ``dcols = dy @ kmat.T`` for the chunk by the tiles too (``kmat_t: (F,
-    kh*kw*C)``), which :func:`col2im` adds into ``dx``. float32; shapes as in
-    :func:`conv_direct_forward_images`, ``dcols: (step, oh, ow, kh, kw, C)``."""
+    :func:`conv_direct_forward_images`; ``dkernel: (kh*kw*C, F)`` is overwritten with the sum
+    (added to, with ``accumulate``). With ``dx``: ``dcols = dy @ kmat.T`` for the chunk by the
+    tiles too (``kmat_t: (F, kh*kw*C)``), which :func:`col2im` adds into ``dx``. float32;
+    shapes as in :func:`conv_direct_forward_images`, ``dcols: (step, oh, ow, kh, kw, C)``."""
     c = x.shape[3]
     step = xp.shape[0]
     _, oh, ow, f = dy.shape
@@ -468,10 +482,11 @@ def conv_direct_backward_images(x, pads, strides, window, start, stop, dy, kmat_
         for img in range(a, b):
             for r in range(oh):
                 g = np.int64(dy[img, r].ctypes.data)
+                add = 0 if img == start and r == 0 and not accumulate else 1
                 for i in range(kh):
-                    tiles.product(np.int64(xp[img - a, r * sh + i].ctypes.data), 1, sw * c, g, f,
-                                  np.int64(dkernel[i * span].ctypes.data), f, span, f, ow,
-                                  0 if img == start and r == 0 else 1)  # fmt: skip
+                    windows = np.int64(xp[img - a, r * sh + i].ctypes.data)
+                    out = np.int64(dkernel[i * span].ctypes.data)
+                    tiles.product(windows, 1, sw * c, g, f, out, f, span, f, ow, add)
         if dx is not None:
             m = (b - a) * oh * ow
             tiles.product(np.int64(dy2[a * oh * ow].ctypes.data), f, 1,

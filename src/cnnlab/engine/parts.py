@@ -49,15 +49,15 @@ KMAT_T, DX, DX_WAY, TURNED = 24, 25, 26, 27
 # the meetings (meetings x threads), the slices' sums (threads, 2, F) float64, and forward
 # the statistics (threads, 4, F), y; backward the gradient at the activation's output dy,
 # the forward's statistics (4, F), the rows M (float64 bits), the gradients (threads, 4, F),
-# dz, the gradient at the conv's output, and its column sums (threads, F) float64.
+# and the column sums of dz, the gradient at the conv's output (threads, F) float64.
 GAMMA, BETA, EPSILON, SLOPE, FLAGS, SUMS, STATS, Y = 28, 29, 30, 31, 32, 33, 34, 35
-DY, FORWARD_STATS, ROWS, GRADS, DZ, TOTALS, THREADS = 36, 37, 38, 39, 40, 41, 42
-SHARED_FIELDS = 43
+DY, FORWARD_STATS, ROWS, GRADS, TOTALS, THREADS = 36, 37, 38, 39, 40, 41
+SHARED_FIELDS = 42
 # A thread's row, after them: its images [START, STOP), its kernel gradient (KH*KW*C, F),
 # its chunk buffer (im2col's columns, or the padded images read in place), im2col's columns
-# of the input gradient, and Winograd's buffers V and M.
-START, STOP, DKERNEL, CHUNK, DCOLS, V, M = range(7)
-THREAD_FIELDS = 7
+# of the input gradient, Winograd's buffers V and M, and a chunk of dz (STEP, OH, OW, F).
+START, STOP, DKERNEL, CHUNK, DCOLS, V, M, DZ_CHUNK = range(8)
+THREAD_FIELDS = 8
 
 
 @_compiled
@@ -157,65 +157,86 @@ def _forward_chunks(t, row, x, bias, z):
 @_compiled
 def conv_bn_backward(t, thread):
     """Thread ``thread``'s slice of
-    :func:`cnnlab.engine.conv_batchnorm.conv_batchnorm_train_backward`, from table ``t``:
-    :func:`cnnlab.engine.kernels.batchnorm_rows_backward` on its rows of ``dy`` into ``dz``,
-    meeting the others, then the convolution's backward pass of its images, the kernel
-    gradient into its own buffer (zeros for no images) and ``dx`` where asked for."""
+    :func:`cnnlab.engine.conv_batchnorm.conv_batchnorm_train_backward`, from table ``t``: the
+    sums of batch norm's backward pass over its rows of ``dy``, meeting the others
+    (:func:`cnnlab.engine.kernels.batchnorm_rows_backward_sums`); then a chunk of its images at
+    a time, the gradient at the convolution's output ``dz`` for the chunk, into a buffer that
+    stays in the core's cache (:func:`cnnlab.engine.kernels.normalize_backward`, adding up its
+    column sums, the bias gradient), and the convolution's backward pass of the chunk: the
+    kernel gradient, added up in the thread's own buffer (zeros for no images), and ``dx``
+    where asked for. ``dz`` is never written whole."""
     row = _thread_row(t, thread)
     start, stop, f, threads = row[START], row[STOP], t[F], t[THREADS]
     rows = t[OH] * t[OW]
     m = t[N] * rows
     stats = _array2(t[FORWARD_STATS], 4, f)
-    kernels.batchnorm_rows_backward(
-        _array2(t[DY], m, f), _array2(t[Z], m, f), start * rows, stop * rows, stats[0],
-        stats[2], stats[3], floats(t[BETA], f), _float(t, SLOPE), _float(t, ROWS),
-        ints(t[FLAGS], 1, threads), thread,
-        doubles(t[SUMS], threads * 2 * f).reshape((threads, 2, f)),
-        _array3(t[GRADS], threads, 4, f), _array2(t[DZ], m, f),
-        doubles(t[TOTALS], threads * f).reshape((threads, f)),
+    dy, z = _array2(t[DY], m, f), _array2(t[Z], m, f)
+    beta, slope = floats(t[BETA], f), _float(t, SLOPE)
+    grads = _array3(t[GRADS], threads, 4, f)
+    kernels.batchnorm_rows_backward_sums(
+        dy, z, start * rows, stop * rows, stats[0], stats[2], stats[3], beta, slope,
+        _float(t, ROWS), ints(t[FLAGS], 1, threads), thread,
+        doubles(t[SUMS], threads * 2 * f).reshape((threads, 2, f)), grads,
     )  # fmt: skip
-    x = _array4(t[X], t[N], t[H], t[W], t[C])
-    dz = _array4(t[DZ], t[N], t[OH], t[OW], f)
     dkernel = _array2(row[DKERNEL], t[KH] * t[KW] * t[C], f)
     if start == stop:
         dkernel[:] = 0
         return
+    x = _array4(t[X], t[N], t[H], t[W], t[C])
     if t[DX] == 0:
-        _backward_chunks(t, row, x, dz, dkernel, None)
-        return
-    dx = _array4(t[DX], t[N], t[H], t[W], t[C])
-    if t[DX_WAY] == WINOGRAD:  # dz convolved with the turned filters, then the kernel gradient
-        u = _array3(t[TURNED], 36, f, t[C])
-        v, m = _array3(row[V], 36, t[TURNED_TILES], f), _array3(row[M], 36, t[TURNED_TILES], t[C])
-        winograd.forward_images(None, dz, 2 - t[TOP], 2 - t[LEFT], start, stop, u, v, m, None, dx)
-        _backward_chunks(t, row, x, dz, dkernel, None)
+        _backward_chunks(t, thread, x, dy, z, dkernel, None)
     else:
-        _backward_chunks(t, row, x, dz, dkernel, dx)
+        dx = _array4(t[DX], t[N], t[H], t[W], t[C])
+        _backward_chunks(t, thread, x, dy, z, dkernel, dx)
 
 
 @_compiled
-def _backward_chunks(t, row, x, dz, dkernel, dx):
-    """A thread's kernel gradient by im2col and the tiles, or straight from the input
+def _backward_chunks(t, thread, x, dy, z, dkernel, dx):
+    """:func:`conv_bn_backward` after the sums, chunk by chunk."""
+    row, f, rows, step = _thread_row(t, thread), t[F], t[OH] * t[OW], t[STEP]
+    stats = _array2(t[FORWARD_STATS], 4, f)
+    beta, slope = floats(t[BETA], f), _float(t, SLOPE)
+    grads = _array3(t[GRADS], t[THREADS], 4, f)[thread]  # dbeta / m, dgamma / m in rows 2, 3
+    totals = doubles(t[TOTALS], t[THREADS] * f).reshape((t[THREADS], f))[thread]
+    chunk = _array4(row[DZ_CHUNK], step, t[OH], t[OW], f)
+    start, stop = row[START], row[STOP]
+    for a in range(start, stop, step):
+        b = min(a + step, stop)
+        dz = chunk[: b - a]
+        kernels.normalize_backward(dy[a * rows : b * rows], z[a * rows : b * rows], stats[0],
+                                   stats[2], stats[3], beta, slope, grads[2], grads[3],
+                                   dz.reshape((-1, f)), totals)  # fmt: skip
+        if dx is None:
+            _backward_ways(t, row, x[a:b], dz, dkernel, None, None, a != start)
+        elif t[DX_WAY] == WINOGRAD:  # dz convolved with the turned filters
+            u = _array3(t[TURNED], 36, f, t[C])
+            v = _array3(row[V], 36, t[TURNED_TILES], f)
+            w = _array3(row[M], 36, t[TURNED_TILES], t[C])
+            winograd.forward_images(None, dz, 2 - t[TOP], 2 - t[LEFT], 0, b - a, u, v, w, None,
+                                    dx[a:b])  # fmt: skip
+            _backward_ways(t, row, x[a:b], dz, dkernel, None, None, a != start)
+        else:
+            size = step * rows * t[KH] * t[KW] * t[C]
+            dcols = floats(row[DCOLS], size).reshape((step, t[OH], t[OW], t[KH], t[KW], t[C]))
+            _backward_ways(t, row, x[a:b], dz, dkernel, dcols, dx[a:b], a != start)
+
+
+@_compiled
+def _backward_ways(t, row, x, dz, dkernel, dcols, dx, accumulate):
+    """The convolution's backward pass of the images ``x`` (a chunk) whose output gradient is
+    ``dz``: its kernel gradient added to ``dkernel`` (or written there, but for
+    ``accumulate``) by im2col and the tiles, or straight from the input
     (:func:`cnnlab.engine.kernels.conv_direct_backward_images`), and with ``dx`` (not None)
-    its images' input gradient by the tiles and col2im, through the columns ``dcols``."""
-    shape = (t[STEP], t[OH], t[OW], t[KH], t[KW], t[C])
-    size = t[STEP] * t[OH] * t[OW] * t[KH] * t[KW] * t[C]
-    if dx is None:
-        _backward_ways(t, row, x, dz, dkernel, None, None)
-    else:
-        _backward_ways(t, row, x, dz, dkernel, floats(row[DCOLS], size).reshape(shape), dx)
-
-
-@_compiled
-def _backward_ways(t, row, x, dz, dkernel, dcols, dx):
+    their input gradient, through the columns ``dcols``."""
     kmat_t = _array2(t[KMAT_T], t[F], t[KH] * t[KW] * t[C])
     pads, strides, window = (t[TOP], t[LEFT]), (t[SH], t[SW]), (t[KH], t[KW])
+    n = len(x)
     if t[WAY] == DIRECT:
         xp = _array4(row[CHUNK], t[STEP], t[HP], t[WP], t[C])
-        kernels.conv_direct_backward_images(x, pads, strides, window, row[START], row[STOP], dz,
-                                            kmat_t, xp, dcols, dkernel, dx)  # fmt: skip
+        kernels.conv_direct_backward_images(x, pads, strides, window, 0, n, dz, kmat_t, xp,
+                                            dcols, dkernel, dx, accumulate)  # fmt: skip
     else:
         size = t[STEP] * t[OH] * t[OW] * t[KH] * t[KW] * t[C]
         cols = floats(row[CHUNK], size).reshape((t[STEP], t[OH], t[OW], t[KH], t[KW], t[C]))
-        kernels.conv_backward_images(None, x, pads, strides, row[START], row[STOP], dz, kmat_t,
-                                     cols, dcols, 0, dkernel, dx)  # fmt: skip
+        kernels.conv_backward_images(None, x, pads, strides, 0, n, dz, kmat_t, cols, dcols, 0,
+                                     dkernel, dx, accumulate)  # fmt: skip
