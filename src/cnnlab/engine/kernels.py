@@ -52,14 +52,21 @@ def shifted_sums(x, shift):
     """``x: (M, C)`` -> ``sum_i d`` and ``sum_i d**2`` per channel, ``d = x[i, c] - shift[c]``,
     in float64: the mean and the variance in one pass. With ``shift`` a row of ``x``, near the
     mean, a large mean costs the variance no precision (the shifted-data algorithm)."""
+    total, squares = np.zeros(x.shape[1]), np.zeros(x.shape[1])
+    add_shifted_sums(x, shift, total, squares)
+    return total, squares
+
+
+@_compiled
+def add_shifted_sums(x, shift, total, squares):
+    """:func:`shifted_sums` of ``x``'s rows added to ``total`` and ``squares``, in row order:
+    the sums of a slice's rows a chunk at a time, as of all of them at once."""
     m, c = x.shape
-    total, squares = np.zeros(c), np.zeros(c)
     for i in range(m):
         for j in range(c):
             d = np.float64(x[i, j]) - shift[j]
             total[j] += d
             squares[j] += d * d
-    return total, squares
 
 
 @_compiled
@@ -142,17 +149,35 @@ def batchnorm_rows_forward(x, start, stop, gamma, beta, epsilon, slope, flags, i
     False if another slice failed."""
     if not meet(flags[0], index):
         return False
-    c = x.shape[1]
-    shift = np.empty(c)
-    for j in range(c):
-        shift[j] = x[0, j]
-    sums[index, 0], sums[index, 1] = shifted_sums(x[start:stop], shift)
-    if not meet(flags[1], index):
+    sums[index, 0], sums[index, 1] = shifted_sums(x[start:stop], _shift(x))
+    if not batchnorm_statistics(x, gamma, epsilon, flags[1], index, sums, stats):
         return False
-    m, mine = x.shape[0], stats[index]
-    for j in range(c):
+    normalize(x[start:stop], stats[index, 0], stats[index, 3], beta, slope, out[start:stop])
+    return True
+
+
+@_compiled
+def _shift(x):
+    """The shift of :func:`shifted_sums`: ``x``'s first row, in float64."""
+    shift = np.empty(x.shape[1])
+    for j in range(x.shape[1]):
+        shift[j] = x[0, j]
+    return shift
+
+
+@_compiled
+def batchnorm_statistics(x, gamma, epsilon, flags, index, sums, stats):
+    """Once every slice has put the :func:`shifted_sums` of its rows of ``x`` (shifted by
+    ``x[0]``, written by then) in ``sums`` (the meeting on the row ``flags``), slice
+    ``index`` adds them up in slice order into ``stats[index]``: ``mean``, ``var``,
+    ``inv_std`` and ``scale`` (:func:`batchnorm_rows_forward`). False if another slice
+    failed."""
+    if not meet(flags, index):
+        return False
+    shift, m, mine = _shift(x), x.shape[0], stats[index]
+    for j in range(x.shape[1]):
         total, squares = 0.0, 0.0
-        for other in range(flags.shape[1]):
+        for other in range(flags.shape[0]):
             total += sums[other, 0, j]
             squares += sums[other, 1, j]
         total /= m
@@ -163,7 +188,6 @@ def batchnorm_rows_forward(x, start, stop, gamma, beta, epsilon, slope, flags, i
         mine[2, j] = np.sqrt(mine[2, j])
         mine[2, j] = 1.0 / mine[2, j]
         mine[3, j] = gamma[j] * mine[2, j]
-    normalize(x[start:stop], mine[0], mine[3], beta, slope, out[start:stop])
     return True
 
 

@@ -20,7 +20,7 @@ import numba
 import numpy as np
 
 from cnnlab.engine import kernels, tiles, winograd
-from cnnlab.engine.shared import doubles, floats, ints
+from cnnlab.engine.shared import doubles, floats, ints, load_acquire, store_release
 
 _compiled = numba.njit(cache=True, nogil=True, error_model="numpy")
 
@@ -106,13 +106,46 @@ def _thread_row(t, thread):
 @_compiled
 def conv_bn_forward(t, thread):
     """Thread ``thread``'s slice of
-    :func:`cnnlab.engine.conv_batchnorm.conv_batchnorm_train_forward`, from table ``t``: the
-    convolution of its images into ``z``, with the bias, then
-    :func:`cnnlab.engine.kernels.batchnorm_rows_forward` on their rows, meeting the others."""
+    :func:`cnnlab.engine.conv_batchnorm.conv_batchnorm_train_forward`, from table ``t``: a
+    chunk of its images at a time, the convolution into ``z`` (with the bias), and the chunk's
+    rows added to the slice's :func:`cnnlab.engine.kernels.shifted_sums` while they are in the
+    core's cache (shifted by ``z``'s first row, which the thread that makes it marks made in
+    the first row of flags); then, meeting the others, batch norm's statistics
+    (:func:`cnnlab.engine.kernels.batchnorm_statistics`), and its rows of ``y``."""
     row = _thread_row(t, thread)
-    start, stop, f, threads = row[START], row[STOP], t[F], t[THREADS]
+    start, stop, f, threads, step = row[START], row[STOP], t[F], t[THREADS], t[STEP]
     x = _array4(t[X], t[N], t[H], t[W], t[C])
     z = _array4(t[Z], t[N], t[OH], t[OW], f)
+    rows = t[OH] * t[OW]
+    flat = z.reshape((-1, f))
+    flags = ints(t[FLAGS], 2, threads)
+    sums = doubles(t[SUMS], threads * 2 * f).reshape((threads, 2, f))
+    sums[thread] = 0
+    shift = np.empty(f)
+    for a in range(start, stop, step):
+        b = min(a + step, stop)
+        _convolve(t, row, x, a, b, z)
+        if a == 0:
+            store_release(flags[0], 0, 1)
+        if a == start:
+            while load_acquire(flags[0], 0) == 0:
+                pass
+            shift[:] = flat[0]
+        kernels.add_shifted_sums(flat[a * rows : b * rows], shift, sums[thread, 0],
+                                 sums[thread, 1])  # fmt: skip
+    stats = _array3(t[STATS], threads, 4, f)
+    kernels.batchnorm_statistics(flat, floats(t[GAMMA], f), _float(t, EPSILON), flags[1], thread,
+                                 sums, stats)  # fmt: skip
+    mine, y = slice(start * rows, stop * rows), _array2(t[Y], t[N] * rows, f)
+    kernels.normalize(flat[mine], stats[thread, 0], stats[thread, 3], floats(t[BETA], f),
+                      _float(t, SLOPE), y[mine])  # fmt: skip
+
+
+@_compiled
+def _convolve(t, row, x, start, stop, z):
+    """The convolution of images ``start:stop`` of ``x`` into ``z``, with the bias, in the
+    table's way."""
+    f = t[F]
     if t[WAY] == WINOGRAD:
         u = _array3(t[WEIGHTS], 36, t[C], f)
         v, m = _array3(row[V], 36, t[TILES], t[C]), _array3(row[M], 36, t[TILES], f)
@@ -123,35 +156,28 @@ def conv_bn_forward(t, thread):
         else:
             winograd.forward_images(None, x, t[TOP], t[LEFT], start, stop, u, v, m, None, z)
     elif t[BIAS] != 0:
-        _forward_chunks(t, row, x, floats(t[BIAS], f), z)
+        _forward_chunks(t, row, x, start, stop, floats(t[BIAS], f), z)
     else:
-        _forward_chunks(t, row, x, None, z)
-    rows = t[OH] * t[OW]
-    kernels.batchnorm_rows_forward(
-        z.reshape((-1, f)), start * rows, stop * rows, floats(t[GAMMA], f), floats(t[BETA], f),
-        _float(t, EPSILON), _float(t, SLOPE), ints(t[FLAGS], 2, threads), thread,
-        doubles(t[SUMS], threads * 2 * f).reshape((threads, 2, f)),
-        _array3(t[STATS], threads, 4, f), _array2(t[Y], t[N] * rows, f),
-    )  # fmt: skip
+        _forward_chunks(t, row, x, start, stop, None, z)
 
 
 @_compiled
-def _forward_chunks(t, row, x, bias, z):
-    """The convolution of a thread's images by im2col and the tiles, or straight from the
+def _forward_chunks(t, row, x, start, stop, bias, z):
+    """The convolution of images ``start:stop`` by im2col and the tiles, or straight from the
     input (:func:`cnnlab.engine.kernels.conv_direct_forward_images`), with ``bias`` (None:
     none)."""
     kmat = _array2(t[WEIGHTS], t[KH] * t[KW] * t[C], t[F])
     pads, strides = (t[TOP], t[LEFT]), (t[SH], t[SW])
     if t[WAY] == DIRECT:
         xp = _array4(row[CHUNK], t[STEP], t[HP], t[WP], t[C])
-        kernels.conv_direct_forward_images(x, pads, strides, (t[KH], t[KW]), row[START],
-                                           row[STOP], kmat, xp, bias, None, z)  # fmt: skip
+        kernels.conv_direct_forward_images(x, pads, strides, (t[KH], t[KW]), start, stop, kmat,
+                                           xp, bias, None, z)  # fmt: skip
     else:
         cols = floats(row[CHUNK], t[STEP] * t[OH] * t[OW] * t[KH] * t[KW] * t[C]).reshape(
             (t[STEP], t[OH], t[OW], t[KH], t[KW], t[C])
         )
-        kernels.conv_forward_images(None, x, pads, strides, row[START], row[STOP], kmat, cols,
-                                    0, bias, None, z)  # fmt: skip
+        kernels.conv_forward_images(None, x, pads, strides, start, stop, kmat, cols, 0, bias,
+                                    None, z)  # fmt: skip
 
 
 @_compiled
