@@ -10,7 +10,16 @@ import numpy as np
 import pytest
 
 from cnnlab import backend, fusion, layers, nn, optimizers, zoo
-from cnnlab.engine import activations, batchnorm, conv, conv_batchnorm, parallel, scratch, tuning
+from cnnlab.engine import (
+    activations,
+    batchnorm,
+    blas,
+    conv,
+    conv_batchnorm,
+    parallel,
+    scratch,
+    tuning,
+)
 from cnnlab.engine.tuning import ConvPlan
 from cnnlab.fusion import NormalizeActivate
 from cnnlab.model import Model, Sequential
@@ -113,6 +122,9 @@ def test_conv_and_batch_norm_in_training_give_the_numbers_of_the_ops_one_by_one(
 
 
 _PLANS = {
+    "im2col, by BLAS": ConvPlan(False, 1 << 14, 0, "blas"),
+    "im2col, by BLAS in calls of 4K multiply-adds": ConvPlan(False, 1 << 14, 1 << 12, "blas"),
+    "Winograd, by BLAS": ConvPlan(True, 1 << 14, 0, "blas"),
     "im2col, by the tiles": ConvPlan(False, 1 << 14, 0, "tiles"),
     "straight from the input": ConvPlan(False, 1 << 14, 0, "direct"),
     "Winograd, the kernel gradient by im2col": ConvPlan(True, 1 << 14, 0, "tiles"),
@@ -130,9 +142,12 @@ _PLANS = {
 def test_the_ops_compiled_parts_give_the_numbers_of_its_slices_in_python(
     monkeypatch, n_threads, way, batch, strides, padding, bias, input_gradient
 ):
-    """Where the convolution multiplies by cnnlab's tiles, the op runs as one compiled part a
-    thread (cnnlab.engine.parts), without Python: the same numbers, bit for bit, as its slices
-    in Python, on any number of threads, more of them than images too."""
+    """In float32 the op runs as one compiled part a thread (cnnlab.engine.parts), without
+    Python, whatever multiplies (NumPy's BLAS called at its address, or cnnlab's tiles): the
+    same numbers, bit for bit, as its slices in Python, on any number of threads, more of them
+    than images too."""
+    if _PLANS[way].products == "blas" and blas.sgemm_address() is None:
+        pytest.skip("NumPy's BLAS is not OpenBLAS")
     monkeypatch.setattr(tuning, "conv_plan", lambda *args: _PLANS[way])
     before = parallel.num_threads()
     parallel.set_num_threads(n_threads)

@@ -26,6 +26,9 @@ import ctypes
 import functools
 
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic, overload
 
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112  # CBLAS's enum values
 
@@ -66,3 +69,77 @@ def gemm(dtype: np.dtype) -> ctypes._CFuncPtr | None:
             function.restype = None
             return function
     return None
+
+
+@functools.cache
+def sgemm_address() -> tuple[int, int] | None:
+    """``(address, wide)`` of NumPy's ``cblas_sgemm``, ``wide`` 1 where its sizes are 64-bit
+    integers: what a compiled part, which holds no ctypes object, calls (:func:`call_gemm`);
+    or None."""
+    function = gemm(np.float32)
+    if function is None:
+        return None
+    wide = int(function.argtypes[3] is ctypes.c_int64)
+    return ctypes.cast(function, ctypes.c_void_p).value, wide
+
+
+def _sgemm_at(size: ir.IntType):
+    """The intrinsic ``sgemm_at(address, order, trans_a, trans_b, m, n, k, alpha, a, lda, b,
+    ldb, beta, c, ldc)``: ``cblas_sgemm`` called at ``address``, its sizes ``size`` wide."""
+    enum, scalar, byte = ir.IntType(32), ir.FloatType(), ir.IntType(8).as_pointer()
+    kinds = [enum] * 3 + [size] * 3 + [scalar, byte, size, byte, size, scalar, byte, size]
+    function_type = ir.FunctionType(ir.VoidType(), kinds)
+
+    @intrinsic
+    def sgemm_at(typingctx, address, order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb,
+                 beta, c, ldc):  # fmt: skip
+        def codegen(context, builder, signature, args):
+            function = builder.inttoptr(args[0], function_type.as_pointer())
+            values = []
+            for value, kind in zip(args[1:], kinds, strict=True):
+                if kind is scalar:
+                    values.append(builder.fptrunc(value, scalar))
+                elif kind is byte:
+                    values.append(builder.inttoptr(value, byte))
+                elif kind.width < 64:
+                    values.append(builder.trunc(value, kind))
+                else:
+                    values.append(value)
+            builder.call(function, values)
+            return context.get_dummy_value()
+
+        arguments = [types.int64] * 7 + [types.float64] + [types.int64] * 4
+        arguments += [types.float64, types.int64, types.int64]
+        return types.void(*arguments), codegen
+
+    return sgemm_at
+
+
+_sgemm_at_64, _sgemm_at_32 = _sgemm_at(ir.IntType(64)), _sgemm_at(ir.IntType(32))
+
+
+def call_gemm(gemm, order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    """``gemm(order, ...)`` from compiled code, for ``gemm`` the ctypes function of
+    :func:`gemm`, or the ``(address, wide)`` of :func:`sgemm_address`."""
+    gemm(order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+
+
+@overload(call_gemm)
+def _call_gemm(gemm, order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    if isinstance(gemm, types.BaseTuple):
+
+        def by_address(gemm, order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c,
+                       ldc):  # fmt: skip
+            if gemm[1]:
+                _sgemm_at_64(gemm[0], order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb,
+                             beta, c, ldc)  # fmt: skip
+            else:
+                _sgemm_at_32(gemm[0], order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb,
+                             beta, c, ldc)  # fmt: skip
+
+        return by_address
+
+    def by_ctypes(gemm, order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+        gemm(order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+
+    return by_ctypes

@@ -395,10 +395,14 @@ def _numpy_backward(x, kernel, dy, strides, pads, step, dx, sums) -> Callable:
 # -- the same passes as compiled parts (cnnlab.engine.parts) ----------------------------------
 def by_parts(x: np.ndarray, kernel: np.ndarray, strides, padding: str) -> bool:
     """Whether a convolution's passes can run as compiled parts (:mod:`cnnlab.engine.parts`,
-    :func:`forward_table`): its plan multiplies by cnnlab's tiles, in float32 (BLAS is called
-    through Python's ctypes, which a part cannot hold)."""
+    :func:`forward_table`): float32, and its plan multiplies by cnnlab's tiles, or by NumPy's
+    BLAS where that is found."""
+    if not x.dtype == kernel.dtype == np.float32:
+        return False
     _, pads = window_geometry(x.shape[1:3], kernel.shape[:2], strides, padding)
-    return _by_tiles(x, kernel, _plan(x, kernel, strides, pads, None))
+    return _by_tiles(x, kernel, _plan(x, kernel, strides, pads, None)) or (
+        blas.sgemm_address() is not None
+    )
 
 
 def _table(x: np.ndarray, kernel: np.ndarray, strides, pads: Pads, threads: int):
@@ -417,6 +421,9 @@ def _table(x: np.ndarray, kernel: np.ndarray, strides, pads: Pads, threads: int)
                 parts.OH: oh, parts.OW: ow, parts.THREADS: threads, parts.STEP: step}  # fmt: skip
     for field, value in geometry.items():
         t[field] = value
+    if not _by_tiles(x, kernel, plan):  # NumPy's BLAS, at its address
+        t[parts.GEMM], t[parts.GEMM_WIDE] = blas.sgemm_address()
+        t[parts.GEMM_ROWS] = plan.gemm_rows(kh * kw * c, f)
     for index in range(threads):
         row = parts.SHARED_FIELDS + index * parts.THREAD_FIELDS
         t[row + parts.START], t[row + parts.STOP] = n * index // threads, n * (index + 1) // threads

@@ -3,14 +3,17 @@ numbers of :func:`cnnlab.engine.conv.conv2d_forward` and
 :func:`cnnlab.engine.batchnorm.batchnorm_train_forward` one after the other (and of their
 backward passes), with one hand-over to the threads each way instead of up to three.
 
-Forward, each core convolves its slice of the batch, and goes on to batch norm's passes over
-the rows it has just written, while they are still in its cache: the threads meet in compiled
-code once all of the convolution's output is written and once each has put its sums down
+In float32 each thread's slice is one compiled part (:mod:`cnnlab.engine.parts`), posted to
+it without Python: forward, a chunk of its images at a time, the convolution and the chunk's
+rows added to batch norm's sums while they are in the cache; the threads meet in compiled
+code for the batch's sums, and each normalizes its rows with the activation. Backward, each
+takes batch norm's gradient back over its rows for the sums, meets the others, then a chunk
+of images at a time writes the gradient at the convolution's output into a buffer that stays
+in its cache, adding up the conv's bias gradient as it goes, and runs the convolution's
+backward pass on the chunk. In other dtypes the slices run as Python calls of compiled loops
 (:func:`cnnlab.engine.parallel.over_batch_meeting`,
-:func:`cnnlab.engine.kernels.batchnorm_rows_forward`). Backward, each core takes batch norm's
-gradient back over its rows, meets the others for the sums, writes the gradient at the
-convolution's output for its slice, adding up the conv's bias gradient as it goes, and runs
-the convolution's backward pass on it. Batch norm
+:func:`cnnlab.engine.kernels.batchnorm_rows_forward`), the gradient at the convolution's output
+written whole: the same sums in the same order. Batch norm
 alone splits over the threads only from a size up (:func:`cnnlab.engine.tuning.batchnorm_grain`),
 as each hand-over costs about as much as a pass over tens of thousands of values; here it rides
 on the convolution's hand-over, and runs on every core at every size.

@@ -278,8 +278,8 @@ def _products(gemm, rows, m, n, k, a, b, c, size):
     step = m if rows <= 0 else rows
     for i in range(0, m, step):
         r = min(step, m - i)
-        gemm(blas.ROW_MAJOR, blas.NO_TRANS, blas.NO_TRANS, r, n, k, 1.0, a + i * k * size, k,
-             b, n, 0.0, c + i * n * size, n)  # fmt: skip
+        blas.call_gemm(gemm, blas.ROW_MAJOR, blas.NO_TRANS, blas.NO_TRANS, r, n, k, 1.0,
+                       a + i * k * size, k, b, n, 0.0, c + i * n * size, n)  # fmt: skip
 
 
 @_compiled
@@ -290,8 +290,9 @@ def _products_t(gemm, rows, m, n, k, a, b, beta, c, size):
     step = m if rows <= 0 else rows
     for i in range(0, m, step):
         r = min(step, m - i)
-        gemm(blas.ROW_MAJOR, blas.TRANS, blas.NO_TRANS, k, n, r, 1.0, a + i * k * size, k,
-             b + i * n * size, n, beta if i == 0 else 1.0, c, n)  # fmt: skip
+        first = beta if i == 0 else 1.0
+        blas.call_gemm(gemm, blas.ROW_MAJOR, blas.TRANS, blas.NO_TRANS, k, n, r, 1.0,
+                       a + i * k * size, k, b + i * n * size, n, first, c, n)  # fmt: skip
 
 
 @_compiled

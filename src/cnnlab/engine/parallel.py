@@ -27,13 +27,13 @@ after a convolution, runs them by :func:`over_batch_meeting`: all at once, each 
 thread, meeting in compiled code (:func:`cnnlab.engine.shared.meet`) instead of handing over
 to the threads again.
 
-A dense layer's products split over the threads go to them without Python at all, by
-:func:`over_parts`: each thread's part (:func:`cnnlab.engine.parts.run_part`: what to run,
-the addresses and sizes of its arrays) is posted to it where it waits in compiled code, and
-it runs the part there and marks it done, never taking the GIL. A slice that runs Python
-must first take the GIL from the calling thread, which is running its own slice's Python
-then, and sleep on it until woken (45-75 us on a 2-core VM); a posted part starts within a
-few microseconds.
+A dense layer's products split over the threads, and a convolution with its batch norm in
+training, go to them without Python at all, by :func:`over_parts`: each thread's part
+(:func:`cnnlab.engine.parts.run_part`: what to run, the addresses and sizes of its arrays) is
+posted to it where it waits in compiled code, and it runs the part there and marks it done,
+never taking the GIL. A slice that runs Python must first take the GIL from the calling
+thread, which is running its own slice's Python then, and sleep on it until woken (45-150 us
+on a 2-core VM, :func:`recorded` times it); a posted part starts within a few microseconds.
 
 Threads: :func:`set_num_threads`, or the environment variable ``CNNLAB_NUM_THREADS``; by
 default, as many as the cores this process may run on.

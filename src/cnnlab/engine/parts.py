@@ -8,10 +8,12 @@ The kinds: one product by :mod:`cnnlab.engine.tiles` (:data:`PRODUCT`), a block 
 layer's backward pass (:func:`cnnlab.engine.kernels.dense_backward_rows`), a thread's part of
 dense layers in a row at inference (:func:`cnnlab.engine.kernels.dense_chain_part`), and a
 thread's slice of the batch of a convolution with its batch norm and activation in training,
-forward (:func:`conv_bn_forward`) and backward (:func:`conv_bn_backward`), in the ways
-:mod:`cnnlab.engine.conv` runs a convolution by cnnlab's tiles: im2col, straight from the
-input, or by Winograd. Those two read a table (:class:`cnnlab.engine.conv.ConvParts` writes
-its fields): what every thread shares, then a row of its own for each thread.
+forward (:func:`conv_bn_forward`) and backward (:func:`conv_bn_backward`), in each way
+:mod:`cnnlab.engine.conv` runs a float32 convolution: im2col, straight from the input, or by
+Winograd, the products by cnnlab's tiles or NumPy's BLAS, called at its address
+(:func:`cnnlab.engine.blas.call_gemm`). Those two read a table, whose fields
+:func:`cnnlab.engine.conv.forward_table` and :func:`~cnnlab.engine.conv.backward_table`
+write: what every thread shares, then a row of its own for each thread.
 """
 
 from __future__ import annotations
@@ -52,7 +54,10 @@ KMAT_T, DX, DX_WAY, TURNED = 24, 25, 26, 27
 # and the column sums of dz, the gradient at the conv's output (threads, F) float64.
 GAMMA, BETA, EPSILON, SLOPE, FLAGS, SUMS, STATS, Y = 28, 29, 30, 31, 32, 33, 34, 35
 DY, FORWARD_STATS, ROWS, GRADS, TOTALS, THREADS = 36, 37, 38, 39, 40, 41
-SHARED_FIELDS = 42
+# What multiplies: cnnlab's tiles (GEMM 0), or NumPy's cblas_sgemm at the address GEMM, its
+# sizes 64-bit integers where GEMM_WIDE is 1, GEMM_ROWS rows of a product a call (0: all).
+GEMM, GEMM_WIDE, GEMM_ROWS = 42, 43, 44
+SHARED_FIELDS = 45
 # A thread's row, after them: its images [START, STOP), its kernel gradient (KH*KW*C, F),
 # its chunk buffer (im2col's columns, or the padded images read in place), im2col's columns
 # of the input gradient, Winograd's buffers V and M, and a chunk of dz (STEP, OH, OW, F).
@@ -145,6 +150,15 @@ def conv_bn_forward(t, thread):
 def _convolve(t, row, x, start, stop, z):
     """The convolution of images ``start:stop`` of ``x`` into ``z``, with the bias, in the
     table's way."""
+    if t[GEMM] != 0:
+        _convolve_by((t[GEMM], t[GEMM_WIDE]), t, row, x, start, stop, z)
+    else:
+        _convolve_by(None, t, row, x, start, stop, z)
+
+
+@_compiled
+def _convolve_by(gemm, t, row, x, start, stop, z):
+    """:func:`_convolve`, the products by ``gemm`` (None: the tiles)."""
     f = t[F]
     if t[WAY] == WINOGRAD:
         u = _array3(t[WEIGHTS], 36, t[C], f)
@@ -152,20 +166,20 @@ def _convolve(t, row, x, start, stop, z):
         if t[EPILOGUE] != 0:
             e = _array2(t[EPILOGUE], 3, f)
             norm = (e[0], e[1], e[2], np.float32(1.0))
-            winograd.forward_images(None, x, t[TOP], t[LEFT], start, stop, u, v, m, norm, z)
+            winograd.forward_images(gemm, x, t[TOP], t[LEFT], start, stop, u, v, m, norm, z)
         else:
-            winograd.forward_images(None, x, t[TOP], t[LEFT], start, stop, u, v, m, None, z)
+            winograd.forward_images(gemm, x, t[TOP], t[LEFT], start, stop, u, v, m, None, z)
     elif t[BIAS] != 0:
-        _forward_chunks(t, row, x, start, stop, floats(t[BIAS], f), z)
+        _forward_chunks(gemm, t, row, x, start, stop, floats(t[BIAS], f), z)
     else:
-        _forward_chunks(t, row, x, start, stop, None, z)
+        _forward_chunks(gemm, t, row, x, start, stop, None, z)
 
 
 @_compiled
-def _forward_chunks(t, row, x, start, stop, bias, z):
-    """The convolution of images ``start:stop`` by im2col and the tiles, or straight from the
-    input (:func:`cnnlab.engine.kernels.conv_direct_forward_images`), with ``bias`` (None:
-    none)."""
+def _forward_chunks(gemm, t, row, x, start, stop, bias, z):
+    """The convolution of images ``start:stop`` by im2col and ``gemm`` (None: the tiles), or
+    straight from the input (:func:`cnnlab.engine.kernels.conv_direct_forward_images`), with
+    ``bias`` (None: none)."""
     kmat = _array2(t[WEIGHTS], t[KH] * t[KW] * t[C], t[F])
     pads, strides = (t[TOP], t[LEFT]), (t[SH], t[SW])
     if t[WAY] == DIRECT:
@@ -176,8 +190,8 @@ def _forward_chunks(t, row, x, start, stop, bias, z):
         cols = floats(row[CHUNK], t[STEP] * t[OH] * t[OW] * t[KH] * t[KW] * t[C]).reshape(
             (t[STEP], t[OH], t[OW], t[KH], t[KW], t[C])
         )
-        kernels.conv_forward_images(None, x, pads, strides, start, stop, kmat, cols, 0, bias,
-                                    None, z)  # fmt: skip
+        kernels.conv_forward_images(gemm, x, pads, strides, start, stop, kmat, cols,
+                                    t[GEMM_ROWS], bias, None, z)  # fmt: skip
 
 
 @_compiled
@@ -219,6 +233,15 @@ def conv_bn_backward(t, thread):
 @_compiled
 def _backward_chunks(t, thread, x, dy, z, dkernel, dx):
     """:func:`conv_bn_backward` after the sums, chunk by chunk."""
+    if t[GEMM] != 0:
+        _backward_chunks_by((t[GEMM], t[GEMM_WIDE]), t, thread, x, dy, z, dkernel, dx)
+    else:
+        _backward_chunks_by(None, t, thread, x, dy, z, dkernel, dx)
+
+
+@_compiled
+def _backward_chunks_by(gemm, t, thread, x, dy, z, dkernel, dx):
+    """:func:`_backward_chunks`, the products by ``gemm`` (None: the tiles)."""
     row, f, rows, step = _thread_row(t, thread), t[F], t[OH] * t[OW], t[STEP]
     stats = _array2(t[FORWARD_STATS], 4, f)
     beta, slope = floats(t[BETA], f), _float(t, SLOPE)
@@ -233,25 +256,25 @@ def _backward_chunks(t, thread, x, dy, z, dkernel, dx):
                                    stats[2], stats[3], beta, slope, grads[2], grads[3],
                                    dz.reshape((-1, f)), totals)  # fmt: skip
         if dx is None:
-            _backward_ways(t, row, x[a:b], dz, dkernel, None, None, a != start)
+            _backward_ways(gemm, t, row, x[a:b], dz, dkernel, None, None, a != start)
         elif t[DX_WAY] == WINOGRAD:  # dz convolved with the turned filters
             u = _array3(t[TURNED], 36, f, t[C])
             v = _array3(row[V], 36, t[TURNED_TILES], f)
             w = _array3(row[M], 36, t[TURNED_TILES], t[C])
-            winograd.forward_images(None, dz, 2 - t[TOP], 2 - t[LEFT], 0, b - a, u, v, w, None,
+            winograd.forward_images(gemm, dz, 2 - t[TOP], 2 - t[LEFT], 0, b - a, u, v, w, None,
                                     dx[a:b])  # fmt: skip
-            _backward_ways(t, row, x[a:b], dz, dkernel, None, None, a != start)
+            _backward_ways(gemm, t, row, x[a:b], dz, dkernel, None, None, a != start)
         else:
             size = step * rows * t[KH] * t[KW] * t[C]
             dcols = floats(row[DCOLS], size).reshape((step, t[OH], t[OW], t[KH], t[KW], t[C]))
-            _backward_ways(t, row, x[a:b], dz, dkernel, dcols, dx[a:b], a != start)
+            _backward_ways(gemm, t, row, x[a:b], dz, dkernel, dcols, dx[a:b], a != start)
 
 
 @_compiled
-def _backward_ways(t, row, x, dz, dkernel, dcols, dx, accumulate):
+def _backward_ways(gemm, t, row, x, dz, dkernel, dcols, dx, accumulate):
     """The convolution's backward pass of the images ``x`` (a chunk) whose output gradient is
     ``dz``: its kernel gradient added to ``dkernel`` (or written there, but for
-    ``accumulate``) by im2col and the tiles, or straight from the input
+    ``accumulate``) by im2col and ``gemm`` (None: the tiles), or straight from the input
     (:func:`cnnlab.engine.kernels.conv_direct_backward_images`), and with ``dx`` (not None)
     their input gradient, through the columns ``dcols``."""
     kmat_t = _array2(t[KMAT_T], t[F], t[KH] * t[KW] * t[C])
@@ -264,5 +287,5 @@ def _backward_ways(t, row, x, dz, dkernel, dcols, dx, accumulate):
     else:
         size = t[STEP] * t[OH] * t[OW] * t[KH] * t[KW] * t[C]
         cols = floats(row[CHUNK], size).reshape((t[STEP], t[OH], t[OW], t[KH], t[KW], t[C]))
-        kernels.conv_backward_images(None, x, pads, strides, 0, n, dz, kmat_t, cols, dcols, 0,
-                                     dkernel, dx, accumulate)  # fmt: skip
+        kernels.conv_backward_images(gemm, x, pads, strides, 0, n, dz, kmat_t, cols, dcols,
+                                     t[GEMM_ROWS], dkernel, dx, accumulate)  # fmt: skip

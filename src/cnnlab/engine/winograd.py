@@ -167,8 +167,8 @@ def forward_images(gemm, x, top, left, start, stop, u, v, m, norm, y):
                 tiles.product(v[p].ctypes.data, c, 1, u[p].ctypes.data, f, m[p].ctypes.data, f,
                               t, f, c, 0)  # fmt: skip
             else:
-                gemm(
-                    blas.ROW_MAJOR, blas.NO_TRANS, blas.NO_TRANS, t, f, c, 1.0,
+                blas.call_gemm(
+                    gemm, blas.ROW_MAJOR, blas.NO_TRANS, blas.NO_TRANS, t, f, c, 1.0,
                     v[p].ctypes.data, c, u[p].ctypes.data, f, 0.0, m[p].ctypes.data, f,
                 )  # fmt: skip
         t = 0
