@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cnnlab import fusion, nn, zoo
-from cnnlab.engine import blas, conv, parallel, tuning, winograd
+from cnnlab.engine import blas, conv, parallel, parts, tuning, winograd
 from cnnlab.nn import winograd as plain
 
 needs_blas = pytest.mark.skipif(
@@ -99,15 +99,30 @@ def test_winograd_with_batch_norm_and_leaky_relu_applies_their_formula(n_threads
 @pytest.fixture
 def by_winograd(monkeypatch):
     """The kernels that went through Winograd's filter transform, in order: the forward
-    pass's (``"forward"``) and the input gradient's (``"backward"``)."""
+    pass's (``"forward"``) and the input gradient's (``"backward"``), in Python or in the
+    compiled parts of a conv op in training (whose tables say so)."""
     seen = []
-    real = winograd.scratch.kept
+    real, forward, backward = winograd.scratch.kept, conv.forward_table, conv.backward_table
 
     def spy(name, source, make):
         seen.append(("backward" if "turned" in name else "forward", source))
         return real(name, source, make)
 
+    def forward_spy(x, kernel, *args):
+        z, t, keep, cache = forward(x, kernel, *args)
+        if t[parts.WAY] == parts.WINOGRAD:
+            seen.append(("forward", kernel))
+        return z, t, keep, cache
+
+    def backward_spy(cache, *args):
+        dx, dkernels, t, keep = backward(cache, *args)
+        if t[parts.DX_WAY] == parts.WINOGRAD:
+            seen.append(("backward", cache.kernel))
+        return dx, dkernels, t, keep
+
     monkeypatch.setattr(winograd.scratch, "kept", spy)
+    monkeypatch.setattr(conv, "forward_table", forward_spy)
+    monkeypatch.setattr(conv, "backward_table", backward_spy)
     return seen
 
 

@@ -23,6 +23,7 @@ kept from call to call (:mod:`cnnlab.engine.scratch`), and col2im is a compiled 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 import numpy as np
@@ -430,6 +431,26 @@ def _table(x: np.ndarray, kernel: np.ndarray, strides, pads: Pads, threads: int)
     return t, plan
 
 
+_kept = threading.local()
+
+
+def _template(key: tuple, make: Callable[[], tuple[np.ndarray, list]]) -> np.ndarray:
+    """A copy of the table ``make()`` gives for ``key`` (what it holds but the addresses of a
+    call's own arrays: the geometry, the plan's way, each thread's buffers), made the first
+    time on this thread and kept, with the buffers it points to: a training step meets the same
+    shapes again and again, and making a table in Python took about 100 us."""
+    tables = getattr(_kept, "tables", None)
+    if tables is None:
+        tables = _kept.tables = {}
+    if key not in tables:
+        table, buffers = tables[key] = make()
+        held = sum(b.nbytes for _, kept in tables.values() for b in kept)
+        if held > scratch.LIMIT_BYTES:  # many shapes: start again
+            tables.clear()
+            tables[key] = (table, buffers)
+    return tables[key][0].copy()
+
+
 def _padding(pads: Pads) -> str:
     return "same" if any(map(any, pads)) else "valid"
 
@@ -477,34 +498,45 @@ def forward_table(x, kernel, bias, strides, padding: str, threads: int):
     until the parts are done). For :func:`by_parts` convolutions."""
     _, pads = window_geometry(x.shape[1:3], kernel.shape[:2], strides, padding)
     x = np.ascontiguousarray(x)
-    t, plan = _table(x, kernel, strides, pads, threads)
+    plan = _plan(x, kernel, strides, pads, None)
+    key = ("forward", x.shape, kernel.shape, x.dtype, tuple(strides), pads, threads, plan)
+    t = _template(key, lambda: _forward_template(x, kernel, strides, pads, threads))
     f = kernel.shape[3]
     z = np.empty((len(x), t[parts.OH], t[parts.OW], f), x.dtype)
     keep = [x, z]
-    if _by_winograd(x, kernel, strides, plan):
-        t[parts.WAY], u = parts.WINOGRAD, winograd.transformed(kernel)
-        t[parts.TILES] = _tiles_of(t[parts.OH], t[parts.OW])
-        _winograd_fields(t, parts.TILES, x.shape[3], f, parts.V, parts.M, x.dtype, "forward",
-                         keep)  # fmt: skip
+    if t[parts.WAY] == parts.WINOGRAD:  # transformed by the parts
+        weights = np.empty((36, *kernel.shape[2:]), x.dtype)
+        taps = np.ascontiguousarray(kernel, x.dtype)
+        t[parts.KERNEL] = taps.ctypes.data
+        keep.append(taps)
         if bias is not None:  # z + bias, as the epilogue computes it
             ones = np.ones(f, x.dtype)
             epilogue = np.stack([-np.asarray(bias, x.dtype), ones, ones * 0])
             t[parts.EPILOGUE] = epilogue.ctypes.data
             keep.append(epilogue)
-        t[parts.WEIGHTS] = u.ctypes.data
-        keep.append(u)
     else:
-        t[parts.WAY] = parts.DIRECT if _direct(x, kernel, plan) else parts.IM2COL
-        kmat = np.ascontiguousarray(kernel.reshape(-1, f))
-        t[parts.WEIGHTS] = kmat.ctypes.data
-        keep.append(kmat)
-        _chunk_fields(t, x, pads, t[parts.WAY], keep)
+        weights = np.ascontiguousarray(kernel.reshape(-1, f))
         if bias is not None:
             bias = np.ascontiguousarray(bias, x.dtype)
             t[parts.BIAS] = bias.ctypes.data
             keep.append(bias)
-    t[parts.X], t[parts.Z] = x.ctypes.data, z.ctypes.data
+    keep.append(weights)
+    t[parts.X], t[parts.Z], t[parts.WEIGHTS] = x.ctypes.data, z.ctypes.data, weights.ctypes.data
     return z, t, keep, ConvCache(x, kernel, tuple(strides), pads)
+
+
+def _forward_template(x, kernel, strides, pads: Pads, threads: int) -> tuple[np.ndarray, list]:
+    """:func:`forward_table`'s table but for the call's own arrays, and its buffers."""
+    t, plan = _table(x, kernel, strides, pads, threads)
+    buffers: list[np.ndarray] = []
+    if _by_winograd(x, kernel, strides, plan):
+        t[parts.WAY], t[parts.TILES] = parts.WINOGRAD, _tiles_of(t[parts.OH], t[parts.OW])
+        _winograd_fields(t, parts.TILES, x.shape[3], kernel.shape[3], parts.V, parts.M, x.dtype,
+                         "forward", buffers)  # fmt: skip
+    else:
+        t[parts.WAY] = parts.DIRECT if _direct(x, kernel, plan) else parts.IM2COL
+        _chunk_fields(t, x, pads, t[parts.WAY], buffers)
+    return t, buffers
 
 
 def backward_table(cache: ConvCache, input_gradient: bool, threads: int):
@@ -514,35 +546,49 @@ def backward_table(cache: ConvCache, input_gradient: bool, threads: int):
     as in :func:`forward_table`, with each thread's buffer for a chunk of the gradient at the
     convolution's output."""
     x, kernel, strides, pads = cache
-    t, plan = _table(x, kernel, strides, pads, threads)
+    plan = _plan(x, kernel, strides, pads, None)
+    key = ("backward", x.shape, kernel.shape, x.dtype, strides, pads, threads, plan,
+           input_gradient)  # fmt: skip
+    t = _template(key, lambda: _backward_template(cache, input_gradient, threads))
     kh, kw, c, f = kernel.shape
     kmat_t = np.ascontiguousarray(kernel.reshape(-1, f).T)
     dkernels = np.empty((threads, kh * kw * c, f), x.dtype)
     keep = [x, kmat_t, dkernels]
+    for index, row in enumerate(_rows(t)):
+        row[parts.DKERNEL] = dkernels[index].ctypes.data
+    t[parts.X], t[parts.KMAT_T] = x.ctypes.data, kmat_t.ctypes.data
+    dx = np.empty(x.shape, x.dtype) if input_gradient else None
+    if dx is not None:
+        t[parts.DX] = dx.ctypes.data
+        keep.append(dx)
+    if t[parts.DX_WAY] == parts.WINOGRAD:  # transformed by the parts
+        turned, taps = np.empty((36, f, c), x.dtype), np.ascontiguousarray(kernel, x.dtype)
+        t[parts.TURNED], t[parts.KERNEL] = turned.ctypes.data, taps.ctypes.data
+        keep += [turned, taps]
+    return dx, dkernels, t, keep
+
+
+def _backward_template(cache: ConvCache, input_gradient: bool, threads: int):
+    """:func:`backward_table`'s table but for the call's own arrays, and its buffers."""
+    x, kernel, strides, pads = cache
+    t, plan = _table(x, kernel, strides, pads, threads)
+    kh, kw, c, f = kernel.shape
+    buffers: list[np.ndarray] = []
     shape = (t[parts.STEP], t[parts.OH], t[parts.OW], f)
     for index, row in enumerate(_rows(t)):
         chunk = scratch.buffer(("conv output gradient", index), shape, x.dtype)
         row[parts.DZ_CHUNK] = chunk.ctypes.data
-        keep.append(chunk)
+        buffers.append(chunk)
     t[parts.WAY] = parts.DIRECT if _direct(x, kernel, plan) else parts.IM2COL
-    _chunk_fields(t, x, pads, t[parts.WAY], keep)
-    dx = np.empty(x.shape, x.dtype) if input_gradient else None
-    if dx is not None and _by_winograd(x, kernel, strides, plan):
-        t[parts.DX_WAY], turned = parts.WINOGRAD, winograd.turned(kernel)
-        t[parts.TURNED], t[parts.TURNED_TILES] = turned.ctypes.data, _tiles_of(*x.shape[1:3])
+    _chunk_fields(t, x, pads, t[parts.WAY], buffers)
+    if input_gradient and _by_winograd(x, kernel, strides, plan):
+        t[parts.DX_WAY], t[parts.TURNED_TILES] = parts.WINOGRAD, _tiles_of(*x.shape[1:3])
         _winograd_fields(t, parts.TURNED_TILES, f, c, parts.V, parts.M, x.dtype, "input",
-                         keep)  # fmt: skip
-        keep.append(turned)
-    elif dx is not None:
+                         buffers)  # fmt: skip
+    elif input_gradient:
         shape = (t[parts.STEP], t[parts.OH], t[parts.OW], kh, kw, c)
         for index, row in enumerate(_rows(t)):
             dcols = scratch.buffer(("conv dcols", index), shape, x.dtype)
             row[parts.DCOLS] = dcols.ctypes.data
-            keep.append(dcols)
-    for index, row in enumerate(_rows(t)):
-        row[parts.DKERNEL] = dkernels[index].ctypes.data
-    t[parts.X], t[parts.KMAT_T] = x.ctypes.data, kmat_t.ctypes.data
-    t[parts.DX] = 0 if dx is None else dx.ctypes.data
-    if dx is not None:
-        keep.append(dx)
-    return dx, dkernels, t, keep
+            buffers.append(dcols)
+    return t, buffers

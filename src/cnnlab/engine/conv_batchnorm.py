@@ -91,7 +91,7 @@ def _forward_by_parts(x, kernel, bias, strides, padding, gamma, beta, epsilon, n
     def make(threads: int) -> list[tuple[int, ...]]:
         z, t, keep, cache = conv.forward_table(x, kernel, bias, strides, padding, threads)
         f = z.shape[-1]
-        y, flags = np.empty_like(z), np.zeros((2, threads), np.int64)
+        y, flags = np.empty_like(z), np.zeros((3, threads), np.int64)
         sums, stats = np.empty((threads, 2, f)), np.empty((threads, 4, f), z.dtype)
         gamma_, beta_ = (np.ascontiguousarray(v, z.dtype) for v in (gamma, beta))
         slope = 1.0 if negative_slope is None else negative_slope

@@ -22,7 +22,7 @@ import numba
 import numpy as np
 
 from cnnlab.engine import kernels, tiles, winograd
-from cnnlab.engine.shared import doubles, floats, ints, load_acquire, store_release
+from cnnlab.engine.shared import doubles, floats, ints, load_acquire, meet, store_release
 
 _compiled = numba.njit(cache=True, nogil=True, error_model="numpy")
 
@@ -57,7 +57,10 @@ DY, FORWARD_STATS, ROWS, GRADS, TOTALS, THREADS = 36, 37, 38, 39, 40, 41
 # What multiplies: cnnlab's tiles (GEMM 0), or NumPy's cblas_sgemm at the address GEMM, its
 # sizes 64-bit integers where GEMM_WIDE is 1, GEMM_ROWS rows of a product a call (0: all).
 GEMM, GEMM_WIDE, GEMM_ROWS = 42, 43, 44
-SHARED_FIELDS = 45
+# The kernel (3, 3, C, F), whose Winograd transform (into WEIGHTS forward, TURNED backward)
+# the threads make first, each a share of its 36 rows.
+KERNEL = 45
+SHARED_FIELDS = 46
 # A thread's row, after them: its images [START, STOP), its kernel gradient (KH*KW*C, F),
 # its chunk buffer (im2col's columns, or the padded images read in place), im2col's columns
 # of the input gradient, Winograd's buffers V and M, and a chunk of dz (STEP, OH, OW, F).
@@ -104,6 +107,16 @@ def _float(t, field):
 
 
 @_compiled
+def _transform_share(t, field, turn, thread):
+    """This thread's share of the 36 rows of the Winograd transform of the kernel into the
+    array at ``t[field]`` (:func:`cnnlab.engine.winograd.transform_rows`)."""
+    n = t[C] * t[F]
+    rows = 36 * thread // t[THREADS], 36 * (thread + 1) // t[THREADS]
+    winograd.transform_rows(_array2(t[KERNEL], 9, n), t[C], turn, _array2(t[field], 36, n),
+                            rows[0], rows[1])  # fmt: skip
+
+
+@_compiled
 def _thread_row(t, thread):
     return t[SHARED_FIELDS + thread * THREAD_FIELDS : SHARED_FIELDS + (thread + 1) * THREAD_FIELDS]
 
@@ -123,9 +136,12 @@ def conv_bn_forward(t, thread):
     z = _array4(t[Z], t[N], t[OH], t[OW], f)
     rows = t[OH] * t[OW]
     flat = z.reshape((-1, f))
-    flags = ints(t[FLAGS], 2, threads)
+    flags = ints(t[FLAGS], 3, threads)
     sums = doubles(t[SUMS], threads * 2 * f).reshape((threads, 2, f))
     sums[thread] = 0
+    if t[WAY] == WINOGRAD:  # the filters' transform, a share each, before any uses it
+        _transform_share(t, WEIGHTS, False, thread)
+        meet(flags[2], thread)
     shift = np.empty(f)
     for a in range(start, stop, step):
         b = min(a + step, stop)
@@ -213,6 +229,8 @@ def conv_bn_backward(t, thread):
     dy, z = _array2(t[DY], m, f), _array2(t[Z], m, f)
     beta, slope = floats(t[BETA], f), _float(t, SLOPE)
     grads = _array3(t[GRADS], threads, 4, f)
+    if t[DX] != 0 and t[DX_WAY] == WINOGRAD:  # a share each; all made by the meeting below
+        _transform_share(t, TURNED, True, thread)
     kernels.batchnorm_rows_backward_sums(
         dy, z, start * rows, stop * rows, stats[0], stats[2], stats[3], beta, slope,
         _float(t, ROWS), ints(t[FLAGS], 1, threads), thread,

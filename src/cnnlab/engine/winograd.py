@@ -24,7 +24,7 @@ import numpy as np
 
 from cnnlab.engine import blas, scratch, tiles
 from cnnlab.nn.padding import window_geometry
-from cnnlab.nn.winograd import PATCH, TILE, filter_transform
+from cnnlab.nn.winograd import G_KRON_G, PATCH, TILE
 
 # With fewer input channels the transforms cost more than the products save: with the book's
 # first conv layer (3 channels) by Winograd too, predict at batch 32 took 2.59-2.69 ms,
@@ -121,7 +121,7 @@ def forward_images(gemm, x, top, left, start, stop, u, v, m, norm, y):
     ``norm = (mean, scale, beta, slope)`` as ``leaky((y - mean) * scale + beta)``, or not
     (None).
 
-    ``x: (N, H, W, C)``; ``u: (36, C, F)`` (:func:`filter_transform`); ``v: (36, T, C)`` and
+    ``x: (N, H, W, C)``; ``u: (36, C, F)`` (:func:`transformed`); ``v: (36, T, C)`` and
     ``m: (36, T, F)`` scratch for ``T`` tiles; ``y: (N, oh, ow, F)``; ``(top, left)`` the
     padding before the first row and column. Pixels outside ``x`` read as zero.
     """
@@ -204,9 +204,9 @@ def applies(kernel_shape: tuple, strides: tuple[int, int], dtype) -> bool:
 
 def transformed(kernel: np.ndarray) -> np.ndarray:
     """:func:`cnnlab.nn.winograd.filter_transform` of ``kernel``, kept from call to call while
-    the kernel stays the same (:func:`cnnlab.engine.scratch.kept`): the transform is a float64
-    product (about 50 us for the book's third conv), the comparison about 5 us."""
-    return scratch.kept("winograd filters", kernel, filter_transform)
+    the kernel stays the same (:func:`cnnlab.engine.scratch.kept`; the comparison takes about
+    5 us), by :func:`transform_rows`."""
+    return scratch.kept("winograd filters", kernel, _filters)
 
 
 def turned(kernel: np.ndarray) -> np.ndarray:
@@ -216,8 +216,44 @@ def turned(kernel: np.ndarray) -> np.ndarray:
     return scratch.kept("winograd filters turned", kernel, _turned)
 
 
+def _filters(kernel: np.ndarray, turn: bool = False) -> np.ndarray:
+    _, _, c, f = kernel.shape
+    u = np.empty((PATCH * PATCH, f, c) if turn else (PATCH * PATCH, c, f), kernel.dtype)
+    taps = np.ascontiguousarray(kernel).reshape(9, c * f)
+    transform_rows(taps, c, turn, u.reshape(-1, c * f), 0, PATCH * PATCH)
+    return u
+
+
 def _turned(kernel: np.ndarray) -> np.ndarray:
-    return filter_transform(np.ascontiguousarray(kernel[::-1, ::-1].transpose(0, 1, 3, 2)))
+    return _filters(kernel, turn=True)
+
+
+@_compiled
+def transform_rows(kernel, channels, turn, u, first, last):
+    """Rows ``first:last`` of ``U = G g G^T`` for every filter, as
+    :func:`cnnlab.nn.winograd.filter_transform`: ``u[p] = sum_k G_KRON_G[p, k] * kernel[k]``
+    in float64, rounded once to ``u``'s dtype, for ``kernel: (9, C * F)``, the 3x3 filters'
+    taps in rows (``C = channels``), and ``u: (36, C * F)``. With ``turn``, the filters of the
+    input gradient's convolution: each turned half a turn (tap ``k`` from ``8 - k``), and
+    ``u``'s rows ``(F, C)``, the channels swapped. The threads of a compiled part take a share
+    of the rows each (:mod:`cnnlab.engine.parts`)."""
+    n = kernel.shape[1]
+    filters = n // channels
+    sums = np.empty(n)
+    for p in range(first, last):
+        sums[:] = 0.0
+        for k in range(9):
+            weight = G_KRON_G[p, k]
+            taps = kernel[8 - k] if turn else kernel[k]
+            for q in range(n):
+                sums[q] += weight * np.float64(taps[q])
+        if turn:
+            for c in range(channels):
+                for f in range(filters):
+                    u[p, f * channels + c] = sums[c * filters + f]
+        else:
+            for q in range(n):
+                u[p, q] = sums[q]
 
 
 def conv3x3_forward_plan(
