@@ -3,6 +3,8 @@ is chosen for (3x3 filters, strides 1, enough channels) in inference."""
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 import pytest
 
@@ -37,6 +39,26 @@ def test_filter_transform_is_g_g_transposed_for_each_filter():
     for c, f in [(0, 0), (1, 4)]:
         expected = plain.G @ kernel[:, :, c, f].astype(np.float64) @ plain.G.T
         np.testing.assert_allclose(u[:, c, f].reshape(6, 6), expected, rtol=1e-6)
+
+
+def test_the_fast_filters_are_the_exact_transform_rounded_once():
+    """The fast engine's transforms (the forward's, and the input gradient's of the filters
+    turned half a turn with the channels swapped) are G g G^T in exact fractions, rounded once
+    to float32, for every value."""
+    kernel = np.random.default_rng(2).normal(size=(3, 3, 4, 5)).astype(np.float32)
+    g = [[Fraction(v).limit_denominator(24) for v in row] for row in plain.G]
+    turned = kernel[::-1, ::-1].transpose(0, 1, 3, 2)
+    for u, taps in ((winograd.transformed(kernel), kernel), (winograd.turned(kernel), turned)):
+        assert u.shape == (36, *taps.shape[2:]) and u.dtype == np.float32
+        for c in range(taps.shape[2]):
+            for f in range(taps.shape[3]):
+                filt = [[Fraction(float(taps[a, b, c, f])) for b in range(3)] for a in range(3)]
+                for i in range(6):
+                    for j in range(6):
+                        exact = sum(
+                            g[i][a] * filt[a][b] * g[j][b] for a in range(3) for b in range(3)
+                        )
+                        assert u[6 * i + j, c, f] == np.float32(float(exact))
 
 
 CASES = [
