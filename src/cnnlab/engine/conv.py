@@ -54,7 +54,7 @@ def trial(x_shape, kernel_shape, strides, pads, dtype) -> Callable[[ConvPlan], N
     x = rng.standard_normal(x_shape).astype(dtype)
     kernel = (rng.standard_normal(kernel_shape) * 0.1).astype(dtype)
     bias = np.zeros(kernel_shape[3], dtype)
-    padding = "same" if any(map(any, pads)) else "valid"
+    padding = padding_of(pads)
     (oh, ow), _ = window_geometry(x_shape[1:3], kernel_shape[:2], strides, padding)
     dy = rng.standard_normal((x_shape[0], oh, ow, kernel_shape[3])).astype(dtype)
 
@@ -411,7 +411,7 @@ def _table(x: np.ndarray, kernel: np.ndarray, strides, pads: Pads, threads: int)
     with ``kernel`` and each thread's images, and the shape's plan."""
     n, h, w, c = x.shape
     kh, kw, _, f = kernel.shape
-    (oh, ow), _ = window_geometry((h, w), (kh, kw), strides, _padding(pads))
+    (oh, ow), _ = window_geometry((h, w), (kh, kw), strides, padding_of(pads))
     (top, bottom), (left, right) = pads
     plan = _plan(x, kernel, strides, pads, None)
     t = np.zeros(parts.SHARED_FIELDS + threads * parts.THREAD_FIELDS, np.int64)
@@ -451,7 +451,8 @@ def _template(key: tuple, make: Callable[[], tuple[np.ndarray, list]]) -> np.nda
     return tables[key][0].copy()
 
 
-def _padding(pads: Pads) -> str:
+def padding_of(pads: Pads) -> str:
+    """The ``padding`` that gives ``pads``: "same" where there are any, else "valid"."""
     return "same" if any(map(any, pads)) else "valid"
 
 
@@ -485,10 +486,6 @@ def _winograd_fields(t, rows_field, c_in, c_out, v_field, m_field, dtype, name, 
         m = scratch.buffer((name, "m", index), (36, tiles_, c_out), dtype)
         row[v_field], row[m_field] = v.ctypes.data, m.ctypes.data
         keep += [v, m]
-
-
-def _tiles_of(h: int, w: int) -> int:
-    return -(-h // winograd.TILE) * -(-w // winograd.TILE)
 
 
 def forward_table(x, kernel, bias, strides, padding: str, threads: int):
@@ -530,7 +527,7 @@ def _forward_template(x, kernel, strides, pads: Pads, threads: int) -> tuple[np.
     t, plan = _table(x, kernel, strides, pads, threads)
     buffers: list[np.ndarray] = []
     if _by_winograd(x, kernel, strides, plan):
-        t[parts.WAY], t[parts.TILES] = parts.WINOGRAD, _tiles_of(t[parts.OH], t[parts.OW])
+        t[parts.WAY], t[parts.TILES] = parts.WINOGRAD, winograd.tiles_of(t[parts.OH], t[parts.OW])
         _winograd_fields(t, parts.TILES, x.shape[3], kernel.shape[3], parts.V, parts.M, x.dtype,
                          "forward", buffers)  # fmt: skip
     else:
@@ -582,7 +579,7 @@ def _backward_template(cache: ConvCache, input_gradient: bool, threads: int):
     t[parts.WAY] = parts.DIRECT if _direct(x, kernel, plan) else parts.IM2COL
     _chunk_fields(t, x, pads, t[parts.WAY], buffers)
     if input_gradient and _by_winograd(x, kernel, strides, plan):
-        t[parts.DX_WAY], t[parts.TURNED_TILES] = parts.WINOGRAD, _tiles_of(*x.shape[1:3])
+        t[parts.DX_WAY], t[parts.TURNED_TILES] = parts.WINOGRAD, winograd.tiles_of(*x.shape[1:3])
         _winograd_fields(t, parts.TURNED_TILES, f, c, parts.V, parts.M, x.dtype, "input",
                          buffers)  # fmt: skip
     elif input_gradient:

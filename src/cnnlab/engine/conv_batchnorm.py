@@ -87,6 +87,7 @@ def _forward_by_parts(x, kernel, bias, strides, padding, gamma, beta, epsilon, n
     """:func:`conv_batchnorm_train_forward` as one compiled part a thread
     (:func:`cnnlab.engine.parts.conv_bn_forward`)."""
     tables: dict[int, tuple] = {}
+    slope = x.dtype.type(1.0 if negative_slope is None else negative_slope)
 
     def make(threads: int) -> list[tuple[int, ...]]:
         z, t, keep, cache = conv.forward_table(x, kernel, bias, strides, padding, threads)
@@ -94,18 +95,16 @@ def _forward_by_parts(x, kernel, bias, strides, padding, gamma, beta, epsilon, n
         y, flags = np.empty_like(z), np.zeros((3, threads), np.int64)
         sums, stats = np.empty((threads, 2, f)), np.empty((threads, 4, f), z.dtype)
         gamma_, beta_ = (np.ascontiguousarray(v, z.dtype) for v in (gamma, beta))
-        slope = 1.0 if negative_slope is None else negative_slope
         for field, array in ((parts.GAMMA, gamma_), (parts.BETA, beta_), (parts.FLAGS, flags),
                              (parts.SUMS, sums), (parts.STATS, stats), (parts.Y, y)):  # fmt: skip
             t[field] = array.ctypes.data
         floats = t.view(np.float64)
-        floats[parts.EPSILON], floats[parts.SLOPE] = z.dtype.type(epsilon), z.dtype.type(slope)
+        floats[parts.EPSILON], floats[parts.SLOPE] = z.dtype.type(epsilon), slope
         tables[threads] = (z, y, stats, cache, t, keep, gamma_, beta_, flags, sums)
         return [(parts.CONV_BN_FORWARD, t.ctypes.data, index, len(t)) for index in range(threads)]
 
     parallel.over_meeting_parts(make)
     ((z, y, stats, conv_cache, *_),) = tables.values()
-    slope = z.dtype.type(1.0 if negative_slope is None else negative_slope)
     cache = ConvBatchNormCache(conv_cache, z, stats[0].copy(), np.asarray(beta, z.dtype), slope)
     return y, cache.stats[0], cache.stats[1], cache
 
@@ -117,7 +116,7 @@ def conv_batchnorm_train_backward(
     dbias, dgamma, dbeta)`` (``dx`` None without ``input_gradient``)."""
     conv_cache, z, stats, beta, slope = cache
     x, kernel, strides, pads = conv_cache
-    if conv.by_parts(x, kernel, strides, "same" if any(map(any, pads)) else "valid"):
+    if conv.by_parts(x, kernel, strides, conv.padding_of(pads)):
         return _backward_by_parts(dy, cache, input_gradient)
     f = z.shape[-1]
     z2 = z.reshape(-1, f)

@@ -189,6 +189,11 @@ def forward_images(gemm, x, top, left, start, stop, u, v, m, norm, y):
                     t += 1
 
 
+def tiles_of(oh: int, ow: int) -> int:
+    """The tiles of 4x4 outputs an ``oh x ow`` output is cut into (the last ones in part)."""
+    return -(-oh // TILE) * -(-ow // TILE)
+
+
 def possible(kernel_shape: tuple, strides: tuple[int, int], dtype) -> bool:
     """Whether a conv layer can run this way: 3x3 filters, strides 1, and NumPy's BLAS found
     for the dtype."""
@@ -303,7 +308,7 @@ def _plan(x, u, corner, out_hw, normalize, tiled):
     thread's own scratch."""
     n, _, _, c = x.shape
     f = u.shape[2]
-    per_image = -(-out_hw[0] // TILE) * -(-out_hw[1] // TILE)  # tiles of an image
+    per_image = tiles_of(*out_hw)
     y = np.empty((n, *out_hw, f), x.dtype)
     gemm = None if tiled else blas.gemm(x.dtype)
 
