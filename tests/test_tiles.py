@@ -1,6 +1,6 @@
 """cnnlab's register-tile product (cnnlab.engine.tiles) against NumPy's matmul: every edge of
-a tile (rows left over, a 16-wide last tile, a masked one), strided and transposed inputs,
-accumulation."""
+a tile (rows left over, the columns left over in a last tile of 1, 2 or 3 vectors, masked),
+strided and transposed inputs, accumulation."""
 
 import os
 import subprocess
@@ -23,7 +23,7 @@ def tile_product(a: np.ndarray, b: np.ndarray, c: np.ndarray, accumulate: bool =
 
 
 @pytest.mark.parametrize("m", [1, 7, 8, 9, 17, 40])
-@pytest.mark.parametrize("n", [1, 15, 16, 17, 32, 48, 75, 80])
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 31, 32, 33, 48, 63, 75, 80, 200])
 @pytest.mark.parametrize("k", [0, 1, 5, 27, 64])
 def test_the_product_is_matmuls(m, n, k):
     rng = np.random.default_rng(m * 1000 + n * 10 + k)
@@ -36,6 +36,20 @@ def test_the_product_is_matmuls(m, n, k):
     c = before.copy()
     tile_product(a, b, c, accumulate=True)
     np.testing.assert_allclose(c, before + a.astype(np.float64) @ b, rtol=1e-5, atol=1e-5)
+
+
+def test_each_value_is_the_same_sum_whatever_its_tile():
+    """A column's values do not depend on the tile that computes them (a whole one, or the
+    last, of 1, 2 or 3 vectors): the same products added in the same order, bit for bit."""
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((11, 300), dtype=np.float32)
+    b = rng.standard_normal((300, 200), dtype=np.float32)
+    whole = np.empty((11, 200), np.float32)
+    tile_product(a, b, whole)
+    for lo, hi in [(0, 1), (0, 17), (40, 88), (150, 200), (192, 200), (199, 200)]:
+        part = np.empty((11, hi - lo), np.float32)
+        tile_product(a, b[:, lo:hi], part)
+        np.testing.assert_array_equal(part, whole[:, lo:hi])
 
 
 def test_strided_and_transposed_operands_are_read_in_place():

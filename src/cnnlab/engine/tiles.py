@@ -2,17 +2,20 @@
 conv layer (32 or 64 filters), which BLAS libraries run well below the machine's peak.
 
 ``c = a @ b``, or ``c += a @ b``, for ``a: (m, k)``, ``b: (k, n)``, ``c: (m, n)``. ``c`` is cut
-into tiles of 8 rows and 32 columns (6 rows and 16 columns without AVX-512; 16 columns at the
-right edge, and fewer, masked, after that; one row at a time at the bottom), and each tile's
-sums stay in vector registers for the whole sum over ``k``::
+into tiles of 8 rows and 32 columns (6 rows and 16 columns without AVX-512; one row at a time
+at the bottom), and each tile's sums stay in vector registers for the whole sum over ``k``::
 
     for p in range(k):
         c[i : i + 8, j : j + 32] += a[i : i + 8, p, None] * b[p, j : j + 32]
 
 16 floats a vector: one load of ``b``'s row for the 8 rows, one value of ``a`` broadcast to a
-vector for the 32 columns, and fused multiply-adds. Nothing is copied first: ``a`` is read
-through two strides, so that ``cols.T`` (a conv's kernel gradient, ``cols.T @ dy``) is read in
-place, and ``b`` and ``c`` through their row lengths.
+vector for the 32 columns, and fused multiply-adds. The columns left over at the right edge go
+in one tile whose last vector is masked: with AVX-512, 1 to 16 of them with the last whole tile
+(48 columns, 3 vectors), 17 to 31 as a tile of 2 vectors: a layer of 200 units is six tiles,
+not six and a half-empty one. Every value of ``c`` is the same sum in the same order whatever
+its tile. Nothing is copied first: ``a`` is read through two strides, so that ``cols.T`` (a
+conv's kernel gradient, ``cols.T @ dy``) is read in place, and ``b`` and ``c`` through their
+row lengths.
 
 The tile is written in LLVM's IR (numba's ``@intrinsic``): LLVM keeps the 16 sums of a tile in
 registers across the loop over ``k`` only when they are values, as here; as Python loops over
@@ -100,7 +103,8 @@ def _emit(builder: ir.IRBuilder, rows: int, vectors: int, masked: bool, args) ->
     a, a_rows, a_cols, b, ldb, c, ldc, k, accumulate, last = args
     a, b, c = (builder.inttoptr(p, _FLOAT.as_pointer()) for p in (a, b, c))
     fma = _declared(builder.module, "llvm.fma.v16f32", _VECTOR, _VECTOR, _VECTOR, _VECTOR)
-    vec = _Vectors(builder, last if masked else None)
+    whole, edge = _Vectors(builder), _Vectors(builder, last if masked else None)
+    lanes = [whole] * (vectors - 1) + [edge]  # the last vector masked, if any
 
     def const(n: int):
         return ir.Constant(_INT, n)
@@ -114,7 +118,7 @@ def _emit(builder: ir.IRBuilder, rows: int, vectors: int, masked: bool, args) ->
     loop, done = builder.append_basic_block("tile.loop"), builder.append_basic_block("tile.done")
     builder.cbranch(builder.icmp_signed("!=", accumulate, const(0)), read, ready)
     builder.position_at_end(read)
-    loads = [[vec.load(c, c_at(r, v)) for v in range(vectors)] for r in range(rows)]
+    loads = [[lanes[v].load(c, c_at(r, v)) for v in range(vectors)] for r in range(rows)]
     builder.branch(ready)
     builder.position_at_end(ready)
     zeros = ir.Constant(_VECTOR, [0.0] * WIDTH)
@@ -129,7 +133,7 @@ def _emit(builder: ir.IRBuilder, rows: int, vectors: int, masked: bool, args) ->
     builder.position_at_end(loop)
     p = builder.phi(_INT)
     sums = [[builder.phi(_VECTOR) for _ in range(vectors)] for _ in range(rows)]
-    b_row = [vec.load(b, builder.add(builder.mul(p, ldb), const(v * WIDTH)))
+    b_row = [lanes[v].load(b, builder.add(builder.mul(p, ldb), const(v * WIDTH)))
              for v in range(vectors)]  # fmt: skip
     a_col = builder.mul(p, a_cols)
     undefined = ir.Constant(_VECTOR, ir.Undefined)
@@ -156,13 +160,14 @@ def _emit(builder: ir.IRBuilder, rows: int, vectors: int, masked: bool, args) ->
         for v in range(vectors):
             totals[r][v].add_incoming(start[r][v], ready)
             totals[r][v].add_incoming(new[r][v], body)
-            vec.store(totals[r][v], c, c_at(r, v))
+            lanes[v].store(totals[r][v], c, c_at(r, v))
 
 
 def _tile(rows: int, vectors: int, masked: bool = False):
     """The intrinsic ``tile(a, a_rows, a_cols, b, ldb, c, ldc, k, accumulate, last)``: ``c[r,
     q] = (c[r, q] if accumulate else 0) + sum_p a[r * a_rows + p * a_cols] * b[p * ldb + q]``
-    for ``r < rows``, ``q < 16 * vectors`` (``q < last`` if ``masked``), where ``a``, ``b``,
+    for ``r < rows``, ``q < 16 * vectors`` (``q < 16 * (vectors - 1) + last`` if ``masked``:
+    the last vector's first ``last`` lanes), where ``a``, ``b``,
     ``c`` are the addresses of float32 values and the strides count values."""
 
     @intrinsic
@@ -176,8 +181,26 @@ def _tile(rows: int, vectors: int, masked: bool = False):
     return tile
 
 
-_full, _half, _masked = _tile(ROWS, VECTORS), _tile(ROWS, 1), _tile(ROWS, 1, True)
-_row_full, _row_half, _row_masked = _tile(1, VECTORS), _tile(1, 1), _tile(1, 1, True)
+STEP = VECTORS * WIDTH  # columns of a whole tile
+_full, _row_full = _tile(ROWS, VECTORS), _tile(1, VECTORS)
+# The tiles at the right edge, by their vectors, the last masked (3 only with AVX-512).
+_edge1, _edge2, _edge3 = (_tile(ROWS, v, True) for v in (1, 2, 3))
+_row_edge1, _row_edge2, _row_edge3 = (_tile(1, v, True) for v in (1, 2, 3))
+
+
+@numba.njit(cache=True, nogil=True)
+def edge(n):
+    """``(wide, vectors, lanes)`` of ``n`` columns: the columns in whole tiles, then one tile
+    of ``vectors`` vectors (0: none) whose last has ``lanes`` columns. With AVX-512, 1 to 16
+    columns left over join the last whole tile in one of 3 vectors."""
+    wide = n - n % STEP
+    rest = n - wide
+    if rest == 0:
+        return wide, 0, 0
+    if VECTORS == 2 and rest <= WIDTH and wide > 0:
+        return wide - STEP, 3, rest
+    vectors = -(-rest // WIDTH)
+    return wide, vectors, rest - (vectors - 1) * WIDTH
 
 
 @numba.njit(cache=True, nogil=True)
@@ -200,26 +223,27 @@ def product(a, a_rows, a_cols, b, ldb, c, ldc, m, n, k, accumulate):
 @numba.njit(cache=True, nogil=True)
 def _block(a, a_rows, a_cols, b, ldb, c, ldc, m, n, k, accumulate):
     """:func:`product` for one block of the sum, tile by tile."""
-    wide = n - n % (VECTORS * WIDTH)  # columns in whole tiles
-    half = n - n % WIDTH  # and up to here in one of 16 columns; the rest masked
+    wide, vectors, lanes = edge(n)
     for i in range(0, m - m % ROWS, ROWS):
         a_i, c_i = a + _ITEM * i * a_rows, c + _ITEM * i * ldc
-        for j in range(0, wide, VECTORS * WIDTH):
+        for j in range(0, wide, STEP):
             _full(a_i, a_rows, a_cols, b + _ITEM * j, ldb, c_i + _ITEM * j, ldc, k, accumulate, 0)
-        if wide < half:
-            _half(a_i, a_rows, a_cols, b + _ITEM * wide, ldb, c_i + _ITEM * wide, ldc, k,
-                  accumulate, 0)  # fmt: skip
-        if half < n:
-            _masked(a_i, a_rows, a_cols, b + _ITEM * half, ldb, c_i + _ITEM * half, ldc, k,
-                    accumulate, n - half)  # fmt: skip
+        b_j, c_j = b + _ITEM * wide, c_i + _ITEM * wide
+        if vectors == 1:
+            _edge1(a_i, a_rows, a_cols, b_j, ldb, c_j, ldc, k, accumulate, lanes)
+        elif vectors == 2:
+            _edge2(a_i, a_rows, a_cols, b_j, ldb, c_j, ldc, k, accumulate, lanes)
+        elif vectors == 3:
+            _edge3(a_i, a_rows, a_cols, b_j, ldb, c_j, ldc, k, accumulate, lanes)
     for i in range(m - m % ROWS, m):  # the last rows, one at a time
         a_i, c_i = a + _ITEM * i * a_rows, c + _ITEM * i * ldc
-        for j in range(0, wide, VECTORS * WIDTH):
+        for j in range(0, wide, STEP):
             _row_full(a_i, a_rows, a_cols, b + _ITEM * j, ldb, c_i + _ITEM * j, ldc, k,
                       accumulate, 0)  # fmt: skip
-        if wide < half:
-            _row_half(a_i, a_rows, a_cols, b + _ITEM * wide, ldb, c_i + _ITEM * wide, ldc, k,
-                      accumulate, 0)  # fmt: skip
-        if half < n:
-            _row_masked(a_i, a_rows, a_cols, b + _ITEM * half, ldb, c_i + _ITEM * half, ldc, k,
-                        accumulate, n - half)  # fmt: skip
+        b_j, c_j = b + _ITEM * wide, c_i + _ITEM * wide
+        if vectors == 1:
+            _row_edge1(a_i, a_rows, a_cols, b_j, ldb, c_j, ldc, k, accumulate, lanes)
+        elif vectors == 2:
+            _row_edge2(a_i, a_rows, a_cols, b_j, ldb, c_j, ldc, k, accumulate, lanes)
+        elif vectors == 3:
+            _row_edge3(a_i, a_rows, a_cols, b_j, ldb, c_j, ldc, k, accumulate, lanes)
