@@ -666,6 +666,10 @@ def test_a_dense_chain_gives_the_numbers_of_its_layers_one_by_one(n_threads):
             for _ in range(2):
                 np.testing.assert_allclose(chain(x), expected, rtol=1e-5, atol=1e-5)
         assert len(chain._tables.kept) == 3
+        # Both ways of splitting a layer ran: the first (3000 inputs, 840 KB of kernel) by
+        # blocks of its inputs on more than one thread, the small ones by rows.
+        split = {key[0]: table[:, 10].tolist() for key, (table, *_) in chain._tables.kept.items()}
+        assert split[n_threads] == ([1, 1, 1, 1] if n_threads == 1 else [0, 1, 1, 1])
         with parallel.blas_threads():  # each step on its own, BLAS on its threads
             np.testing.assert_allclose(chain(x), expected, rtol=1e-5, atol=1e-5)
         inside = parallel.over_batch(lambda a, b: chain(x), 2)  # no threads to meet inside

@@ -233,9 +233,10 @@ class DenseActivate:
 
 class DenseChain:
     """Inference: consecutive :class:`DenseActivate` steps as one. Each core multiplies its
-    block of a layer's inputs, the cores meet in compiled code, each adds up the parts, the
-    bias and the activation for its block of the output's rows, and they meet again before
-    the next layer (:func:`cnnlab.engine.kernels.dense_chain_part`): one hand-over for all the
+    block of a large layer's inputs, the cores meet in compiled code, each adds up the parts,
+    the bias and the activation for its block of the output's rows; a small layer
+    (:func:`cnnlab.engine.dense.by_rows`) each core takes through for its rows alone, with no
+    meeting (:func:`cnnlab.engine.kernels.dense_chain_part`): one hand-over for all the
     layers, and no Python between them. In float32 on cnnlab's threads; else the steps one by
     one. The parts' table is kept for each batch size, set of weights and number of threads,
     by each calling thread: a call writes only its input's and its output's addresses."""
@@ -305,14 +306,16 @@ class DenseChain:
                 table, self.steps, weights, lasts, strict=True
             ):
                 d, n = kernel.shape
-                sums = np.empty((threads, m, n), np.float32)
+                by_rows = dense.by_rows(m, kernel, threads)
+                sums = None if by_rows else np.empty((threads, m, n), np.float32)
                 out = None if last else np.empty((m, n), np.float32)  # the last: each call's own
                 arrays += [out, sums]
                 slope = step.negative_slope
                 row[:8] = [0, kernel.ctypes.data, 0 if bias is None else bias.ctypes.data,
-                           0 if last else out.ctypes.data, sums.ctypes.data, d, n,
-                           dense.activation_kind(slope, step.softmax)]  # fmt: skip
+                           0 if last else out.ctypes.data, 0 if by_rows else sums.ctypes.data,
+                           d, n, dense.activation_kind(slope, step.softmax)]  # fmt: skip
                 row[8] = np.array([slope or 0.0]).view(np.int64)[0]  # row[9]: the logits
+                row[10] = by_rows
             table[1:, 0] = table[:-1, 3]  # each layer reads the one before
             flags = np.zeros((2 * len(self.layers), threads), np.int64)
             parts = [

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from cnnlab.engine import kernels, parallel, scratch
+from cnnlab.engine import kernels, parallel, scratch, tiles
 from cnnlab.engine.optimizers import AdamRows
 from cnnlab.engine.parts import DENSE_BACKWARD, PRODUCT
 from cnnlab.engine.sums import column_sums
@@ -57,6 +57,18 @@ def dense_forward(
         kept = np.empty((0, 0), y.dtype) if logits is None else logits
         kernels.dense_finish(y, parts, len(parts), added, kind, slope, kept, 0, len(y))
     return y, DenseCache(x, kernel)
+
+
+def by_rows(rows: int, kernel: np.ndarray, threads: int) -> bool:
+    """Whether a float32 layer's product ``x @ kernel`` of ``rows`` rows goes over
+    ``threads`` threads by rows, each thread all of ``kernel`` for its rows, rather than by
+    blocks of the inputs, each thread a block of ``kernel``'s rows, whose partial products
+    are then added up across the cores: on one thread; for a kernel small enough for each
+    core to read whole (:data:`cnnlab.engine.tiles.B_BYTES`, what the tiles keep in the
+    cache at a time); or for no more inputs than rows, where the partial products would
+    outweigh the kernel."""
+    d = kernel.shape[0]
+    return threads == 1 or kernel.nbytes <= tiles.B_BYTES or d <= rows
 
 
 def activation_kind(negative_slope: float | None, softmax: bool) -> int:

@@ -619,7 +619,7 @@ def dense_finish(y, parts, count, bias, kind, slope, logits, first, last):
         activate_row(y[r], kind, slope)
 
 
-CHAIN_FIELDS = 10  # a layer's row in dense_chain_part's table
+CHAIN_FIELDS = 11  # a layer's row in dense_chain_part's table
 
 
 @_compiled
@@ -664,18 +664,21 @@ def dense_chain_part(part):
     """Part ``index`` of ``threads`` of float32 dense layers one after the other at inference,
     each ``y = activation(x @ kernel + bias)`` as :func:`dense_finish` finishes it, the threads
     meeting in compiled code (:func:`cnnlab.engine.shared.meet`) instead of returning to
-    Python between layers. For each layer, this part multiplies its block of the inputs into
-    its row of ``parts``, meets the others, adds up every part (in order), the bias and the
-    activation for its block of ``y``'s rows, and meets them again before the next layer
-    reads ``y``.
+    Python between layers. Each part owns a block of the rows, ``y[first:last]``. A layer
+    split by its inputs: this part multiplies its block of the inputs into its row of
+    ``parts``, meets the others, and adds up every part (in order), the bias and the
+    activation for its rows. A layer split by rows: this part multiplies its rows of ``x`` by
+    the whole kernel and finishes them, with no meeting (for a small kernel, which each core
+    reads whole, rather than adding up parts written by the other cores). The parts meet
+    again after a layer when the next is split by its inputs, which reads every row.
 
     ``part``: kind, the address of the table, its layers, ``index``, ``threads``, the address
     of the flags (int64, two rows of ``threads`` for each layer, zeros), and ``M``, the rows.
     The table has a row of :data:`CHAIN_FIELDS` for each layer: the addresses of ``x: (M,
     D)``, ``kernel: (D, N)``, ``bias: (N,)`` (0: none), ``y: (M, N)`` and ``parts: (threads,
-    M, N)``, then ``D``, ``N``, the activation's kind (:func:`activate_row`), its slope as
-    float64 bits, and the address of an ``(M, N)`` array for the values before the activation
-    (0: none)."""
+    M, N)`` (0 for a layer split by rows), then ``D``, ``N``, the activation's kind
+    (:func:`activate_row`), its slope as float64 bits, the address of an ``(M, N)`` array for
+    the values before the activation (0: none), and 1 for a layer split by rows, else 0."""
     layers, index, threads, m = part[2], part[3], part[4], part[6]
     table = ints(part[1], layers, CHAIN_FIELDS)
     slopes = table.view(np.float64)
@@ -684,15 +687,22 @@ def dense_chain_part(part):
     for layer in range(layers):
         x, kernel, bias, y = table[layer, 0], table[layer, 1], table[layer, 2], table[layer, 3]
         sums, d, n, logits = table[layer, 4], table[layer, 5], table[layer, 6], table[layer, 9]
-        lo, hi = d * index // threads, d * (index + 1) // threads
-        tiles.product(x + 4 * lo, d, 1, kernel + 4 * lo * n, n, sums + 4 * index * m * n, n,
-                      m, n, hi - lo, 0)  # fmt: skip
-        meet(flags[2 * layer], index)
-        partial = floats(sums, threads * m * n).reshape((threads, m, n))
         out = floats(y, m * n).reshape((m, n))
-        out[first:last] = partial[0, first:last]
         kept = floats(logits, m * n if logits != 0 else 0).reshape((m if logits != 0 else 0, n))
         kind, slope = table[layer, 7], np.float32(slopes[layer, 8])
         biases = floats(bias, n if bias != 0 else 0)
-        dense_finish(out, partial[1:], threads - 1, biases, kind, slope, kept, first, last)
-        meet(flags[2 * layer + 1], index)
+        if table[layer, 10] != 0:
+            tiles.product(x + 4 * first * d, d, 1, kernel, n, y + 4 * first * n, n,
+                          last - first, n, d, 0)  # fmt: skip
+            partial = out[:0].reshape((0, m, n))
+        else:
+            lo, hi = d * index // threads, d * (index + 1) // threads
+            tiles.product(x + 4 * lo, d, 1, kernel + 4 * lo * n, n, sums + 4 * index * m * n,
+                          n, m, n, hi - lo, 0)  # fmt: skip
+            meet(flags[2 * layer], index)
+            partial = floats(sums, threads * m * n).reshape((threads, m, n))
+            out[first:last] = partial[0, first:last]
+            partial = partial[1:]
+        dense_finish(out, partial, len(partial), biases, kind, slope, kept, first, last)
+        if layer + 1 < layers and table[layer + 1, 10] == 0:
+            meet(flags[2 * layer + 1], index)
