@@ -19,6 +19,7 @@ from click.testing import CliRunner
 import cnnlab
 from cnnlab import backend, engine, layers, nn, zoo
 from cnnlab.cli import main
+from cnnlab.engine import subnormals
 
 SRC = Path(cnnlab.__file__).parent
 
@@ -190,6 +191,20 @@ def _engine_code_called(run) -> set[str]:
         sys.setprofile(None)
         threading.setprofile(None)
     return seen
+
+
+@pytest.mark.skipif(not subnormals.X86, reason="MXCSR's FTZ and DAZ bits are x86's")
+def test_the_fast_engine_reads_subnormal_floats_as_zeros_in_a_step_and_only_there():
+    """As TensorFlow's CPU kernels (and so Keras) do; the reference engine keeps them, and
+    the user's NumPy after a step is as it was."""
+    model = cnnlab.Sequential([layers.Input((2,)), layers.Dense(1, use_bias=False)])
+    model.layers[0].weights["kernel"][...] = 1.0
+    x = np.array([[1e-38, 0.0]], np.float32)  # a subnormal float32 and a zero
+    with backend.engine("reference"):
+        assert model.predict(x, verbose=0)[0, 0] == np.float32(1e-38)
+    with backend.engine("fast"):
+        assert model.predict(x, verbose=0)[0, 0] == 0.0
+    assert np.float32(1e-38) * np.float32(0.5) > 0
 
 
 def test_the_reference_engine_runs_a_whole_run_on_cnnlab_nn_alone(tmp_path):

@@ -13,7 +13,7 @@ import pytest
 from threadpoolctl import threadpool_info
 
 from cnnlab import nn
-from cnnlab.engine import activations, batchnorm, conv, dense, parallel, shared
+from cnnlab.engine import activations, batchnorm, conv, dense, parallel, shared, subnormals
 from cnnlab.engine.parts import DENSE_BACKWARD, PRODUCT
 
 
@@ -86,6 +86,31 @@ def test_blas_is_held_to_one_thread_inside_and_given_back_after(threads):
     inside = parallel.over_batch(lambda a, b: blas_threads(), 4)
     assert all(counts == [1] * len(before) for counts in inside)
     assert blas_threads() == before
+
+
+SUBNORMAL = np.float32(1e-38)  # below float32's smallest normal, 1.18e-38
+
+
+def _half_of_a_subnormal() -> float:
+    """What this thread computes for a subnormal float32 times 0.5: 5e-39, or 0 where
+    subnormals are flushed."""
+    return float(SUBNORMAL * np.float32(0.5))
+
+
+@pytest.mark.skipif(not subnormals.X86, reason="MXCSR's FTZ and DAZ bits are x86's")
+def test_subnormals_are_zeros_on_cnnlab_threads_and_inside_flushed_only(threads):
+    threads(3)
+    assert _half_of_a_subnormal() > 0  # this thread keeps them: the user's NumPy as it was
+    on_workers = parallel.over_batch(lambda start, stop: _half_of_a_subnormal(), 3)
+    assert on_workers[:2] == [0.0, 0.0]  # the workers' slices
+    assert on_workers[2] > 0  # the calling thread's, outside flushed()
+    with subnormals.flushed():
+        assert _half_of_a_subnormal() == 0.0
+        assert float(SUBNORMAL + np.float32(0)) == 0.0  # a subnormal operand read as 0
+        with subnormals.flushed():  # nested: restores the outer block's setting
+            pass
+        assert _half_of_a_subnormal() == 0.0
+    assert _half_of_a_subnormal() > 0
 
 
 def test_a_failing_slice_raises_after_every_slice_has_finished(threads):

@@ -135,9 +135,16 @@ def running(threads: str = "cnnlab") -> contextlib.AbstractContextManager:
     held to one thread while cnnlab's threads split each op
     (:func:`cnnlab.engine.parallel.one_blas_thread`); with "blas", every op whole and BLAS on
     threads of its own (:func:`cnnlab.engine.parallel.blas_threads`), as
-    :func:`cnnlab.engine.tuning.threads_mode` chose for the model."""
-    if get_engine() != "fast":
-        return contextlib.nullcontext()
-    from cnnlab.engine.parallel import blas_threads, one_blas_thread
+    :func:`cnnlab.engine.tuning.threads_mode` chose for the model; and subnormal floats read
+    and written as zeros on the calling thread, as on cnnlab's own
+    (:mod:`cnnlab.engine.subnormals`)."""
+    return _fast_running(threads) if get_engine() == "fast" else contextlib.nullcontext()
 
-    return blas_threads() if threads == "blas" else one_blas_thread()
+
+@contextlib.contextmanager
+def _fast_running(threads: str) -> Iterator[None]:
+    from cnnlab.engine.parallel import blas_threads, one_blas_thread
+    from cnnlab.engine.subnormals import flushed
+
+    with blas_threads() if threads == "blas" else one_blas_thread(), flushed():
+        yield

@@ -54,6 +54,7 @@ import numba
 import numpy as np
 
 from cnnlab import checks
+from cnnlab.engine import subnormals
 from cnnlab.engine.parts import PART_LENGTH, run_part
 from cnnlab.engine.shared import leave, load_acquire, store_release
 
@@ -257,6 +258,8 @@ def _start_workers() -> None:
         _post(posted)
         _serve(np.ones(1, np.int64), 0, posted, empty, 1, np.zeros(1, np.int64), 0)
         _wait_posted(posted)
+        with subnormals.flushed():  # (compiles what a worker's first step calls)
+            pass
     while len(_workers) < num_threads() - 1:
         _workers.append(_Worker(f"cnnlab-{len(_workers) + 1}"))
 
@@ -478,6 +481,7 @@ class _Worker:
         self.thread.join()
 
     def _loop(self) -> None:
+        subnormals.flush_here()  # this thread runs cnnlab's ops alone
         seen = 0
         while True:
             if not _serve(self.given, seen, self.posted, self.part, _SPINS, self._scratch[1],
