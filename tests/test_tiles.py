@@ -52,6 +52,20 @@ def test_each_value_is_the_same_sum_whatever_its_tile():
         np.testing.assert_array_equal(part, whole[:, lo:hi])
 
 
+def test_a_transposed_a_summed_in_short_blocks_gives_the_same_sums():
+    """``a.T`` read in place is summed over ``k`` in blocks short enough for the cache, each
+    tile going on from ``c`` after each block: the same values in the same order as from a
+    copy of ``a.T``, summed in one block, bit for bit."""
+    rng = np.random.default_rng(2)
+    cols = rng.standard_normal((3000, 36), dtype=np.float32)  # k = 3000 rows of a.T
+    dy = rng.standard_normal((3000, 40), dtype=np.float32)
+    in_place, copied = np.empty((36, 40), np.float32), np.empty((36, 40), np.float32)
+    tile_product(cols.T, dy, in_place)
+    tile_product(np.ascontiguousarray(cols.T), dy, copied)
+    np.testing.assert_array_equal(in_place, copied)
+    np.testing.assert_allclose(in_place, cols.T.astype(np.float64) @ dy, rtol=1e-4, atol=1e-3)
+
+
 def test_strided_and_transposed_operands_are_read_in_place():
     rng = np.random.default_rng(0)
     cols = rng.standard_normal((50, 36), dtype=np.float32)

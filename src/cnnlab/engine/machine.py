@@ -17,8 +17,6 @@ from pathlib import Path
 import numba
 import numpy as np
 
-from cnnlab.engine import parallel
-
 
 @functools.cache
 def cpu_model() -> str:
@@ -49,6 +47,17 @@ def caches() -> dict[str, str]:
     return found
 
 
+def cache_bytes(name: str, default: int) -> int:
+    """The size in bytes of the cache :func:`caches` names ``name`` ("L1d", "L2", ...), or
+    ``default`` where it is not known."""
+    size = caches().get(name, "")
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    try:
+        return int(size[:-1]) * units[size[-1]] if size[-1:] in units else int(size)
+    except ValueError:
+        return default
+
+
 @functools.cache
 def numpy_blas() -> str:
     """NumPy's BLAS library, its version and the kernel it picked for this CPU, e.g.
@@ -62,13 +71,14 @@ def numpy_blas() -> str:
     return "not found"
 
 
-def description() -> dict[str, object]:
-    """The machine as the tuner keys it: CPU, caches, cores and threads, libraries."""
+def description(threads: int) -> dict[str, object]:
+    """The machine as the tuner keys it: CPU, caches, cores and the ``threads`` cnnlab runs
+    on, libraries."""
     return {
         "cpu": cpu_model(),
         "caches": caches(),
         "cores": os.cpu_count(),
-        "threads": parallel.num_threads(),
+        "threads": threads,
         "python": platform.python_version(),
         "numpy": np.__version__,
         "blas": numpy_blas(),

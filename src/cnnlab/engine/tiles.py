@@ -34,6 +34,8 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
+from cnnlab.engine import machine
+
 WIDTH = 16  # floats a vector
 # A tile's sums fill half to three quarters of the vector registers: 8 rows x 32 columns in
 # AVX-512's 32 registers of 16 floats, 6 rows x 16 columns in AVX2's 16 registers of 8.
@@ -50,6 +52,11 @@ _INT = ir.IntType(64)
 _I32 = ir.IntType(32)
 _ITEM = 4  # bytes of a float32
 B_BYTES = 1 << 18  # b's rows multiplied into all of c at a time fill about this many bytes
+# With a transposed (each step of a tile's sum reading a line of a, as cols.T in a kernel
+# gradient), the block of b's rows and the lines of a a tile reads over it fill half of L1,
+# but for at least _MIN_DEPTH rows: a tile stores its sums and loads them again after each
+# block, 32 vector moves, which 64 steps of 16 multiply-adds make 3 % of the work.
+_LINE, _L1_BYTES, _MIN_DEPTH = 64, machine.cache_bytes("L1d", 32 << 10), 64
 
 
 def _declared(module: ir.Module, name: str, returns: ir.Type, *arguments: ir.Type):
@@ -212,9 +219,15 @@ def product(a, a_rows, a_cols, b, ldb, c, ldc, m, n, k, accumulate):
 
     The sum over ``k`` is taken in blocks of ``b``'s rows of about :data:`B_BYTES` (all of them
     for a narrow ``b``), each block multiplied into every tile of ``c`` while it is in the
-    cache."""
+    cache. Where ``a`` is read across its rows (``a_cols > a_rows``: ``a`` transposed), each
+    step of a tile's sum reads another cache line of ``a``; the blocks are then short enough
+    that a block of ``b`` and the lines of ``a`` a tile reads over it fit in half the L1 data
+    cache (64 rows at least), and a tile's sum goes on from ``c`` after each (the same sums:
+    a tile keeps float32 sums in its registers, as ``c`` does)."""
     a, b, c = np.int64(a), np.int64(b), np.int64(c)  # addresses (NumPy's are unsigned)
     depth = max(ROWS, B_BYTES // (_ITEM * max(n, 1)))
+    if a_cols > a_rows:
+        depth = min(depth, max(_MIN_DEPTH, _L1_BYTES // 2 // (_LINE + _ITEM * n)))
     for p in range(0, max(k, 1), depth):
         _block(a + _ITEM * p * a_cols, a_rows, a_cols, b + _ITEM * p * ldb, ldb, c, ldc, m, n,
                min(depth, k - p), accumulate if p == 0 else 1)  # fmt: skip

@@ -500,7 +500,9 @@ def _path() -> Path:
 def _path_for(threads: int, folder: str) -> Path:
     """The file for this machine with ``threads`` threads in ``folder`` (kept: a conv op asks
     at every call)."""
-    digest = hashlib.sha256(json.dumps(machine.description(), sort_keys=True).encode())
+    digest = hashlib.sha256(
+        json.dumps(machine.description(parallel.num_threads()), sort_keys=True).encode()
+    )
     return _tune_dir() / f"conv-{digest.hexdigest()[:16]}.json"
 
 
@@ -533,7 +535,7 @@ def _read(path: Path) -> dict[str, dict]:
         return found
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         return found
-    if data.get("machine") != json.loads(json.dumps(machine.description())):
+    if data.get("machine") != json.loads(json.dumps(machine.description(parallel.num_threads()))):
         return found
     for section, entries in found.items():
         given = data.get(section, {})
@@ -590,7 +592,7 @@ def _keep(path: Path, section: str, key: str, choice, replace: bool) -> tuple[ob
             if key in kept[section] and not replace:
                 return kept[section][key], True
             kept[section][key] = choice
-            data = {"format": FORMAT, "machine": machine.description()}
+            data = {"format": FORMAT, "machine": machine.description(parallel.num_threads())}
             for name, entries in kept.items():
                 data[name] = {k: _entry(c) for k, c in sorted(entries.items())}
             with files.atomic_open(path, "w") as stream:
