@@ -33,6 +33,7 @@ from cnnlab import arrays, files, layers, optimizers
 from cnnlab.callbacks import Callback
 from cnnlab.datasets import idx
 from cnnlab.datasets.folder import image_folder
+from cnnlab.engine import kernels
 from cnnlab.model import Sequential
 from cnnlab.runs import RunDirectory
 from cnnlab.saving import load
@@ -552,10 +553,26 @@ def test_9_the_finite_check_finds_every_nan_and_inf_in_any_layout(dtype, layout,
 def test_9_the_finite_check_accepts_finite_values_whose_squares_overflow(dtype, huge):
     x = np.full((4, 5), huge, dtype=dtype)
     x[1, 2] = -huge
-    assert np.isinf(np.dot(x.reshape(-1), x.reshape(-1)))  # the fast pass cannot say
+    assert np.isinf(np.dot(x.reshape(-1), x.reshape(-1)))  # a sum of squares cannot say
     transposed = x.T
     assert arrays.finite(x, "x") is x
     assert arrays.finite(transposed, "x") is transposed
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_9_the_compiled_pass_finds_a_nan_or_inf_at_every_place_of_every_length(dtype):
+    """The pass over contiguous floats adds ``0 * v`` in vector lanes: a bad value in any lane
+    or in the tail after the last whole vector is found; the largest finite values are not
+    mistaken for it."""
+    for size in range(1, 70):
+        values = np.full(size, np.finfo(dtype).max, dtype)
+        values[::2] *= -1
+        assert kernels.zeros_if_finite(values) == 0
+        for at in range(size):
+            for bad in (np.nan, np.inf, -np.inf):
+                spoiled = values.copy()
+                spoiled[at] = bad
+                assert np.isnan(kernels.zeros_if_finite(spoiled)), (size, at, bad)
 
 
 def test_9_the_finite_check_passes_an_empty_array_and_integers_through():

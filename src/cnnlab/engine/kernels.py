@@ -619,6 +619,18 @@ def dense_finish(y, parts, count, bias, kind, slope, logits, first, last):
         activate_row(y[r], kind, slope)
 
 
+@numba.njit(cache=True, nogil=True, fastmath={"reassoc"})
+def zeros_if_finite(values):
+    """``sum(0 * v for v in values)`` of a 1-D float array: 0 when every value is finite, NaN
+    when one is NaN or infinite (``0 * inf`` is NaN). Added in any order (LLVM's vector
+    lanes), which cannot change a sum of zeros, nor a NaN: one pass at memory speed, on the
+    calling thread."""
+    total = values.dtype.type(0)
+    for i in range(values.size):
+        total += values[i] * values.dtype.type(0)
+    return total
+
+
 CHAIN_FIELDS = 11  # a layer's row in dense_chain_part's table
 
 
