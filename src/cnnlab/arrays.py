@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from cnnlab import backend
 from cnnlab.engine import kernels
 
 
@@ -52,12 +53,20 @@ def finite(array: np.ndarray, what: str) -> np.ndarray:
 def _surely_finite(array: np.ndarray) -> bool:
     """True if one fast pass shows every value of a float ``array`` finite; False if a value
     is NaN or inf, or if the pass cannot say, and the values must be looked at one by one.
-    For contiguous float32 and float64, the pass adds up ``0 * v``, which is NaN exactly
-    where a value is not finite (:func:`cnnlab.engine.kernels.zeros_if_finite`, compiled:
-    NumPy's dot product of the values with themselves, the pass before, woke BLAS's threads
-    and overflowed on large values); else the plain sum of the array, not copied, which a NaN
-    or an inf makes NaN or inf (and so can a sum that overflows)."""
-    if array.dtype in (np.float32, np.float64) and array.flags.c_contiguous:
+
+    On the fast engine, for contiguous float32 and float64, the pass adds up ``0 * v``, NaN
+    exactly where a value is not finite (:func:`cnnlab.engine.kernels.zeros_if_finite`,
+    compiled, on this thread). Else it is the sum of squares, BLAS's dot product of the
+    contiguous values with themselves (a NaN or an inf makes it NaN or inf: squares never
+    cancel; values beyond the square root of the dtype's largest overflow it), or the plain
+    sum for an array that is not contiguous, which is not copied."""
+    contiguous = array.flags.c_contiguous
+    if contiguous and array.dtype in (np.float32, np.float64) and backend.fuses():
         return bool(kernels.zeros_if_finite(array.reshape(-1)) == 0)
     with np.errstate(over="ignore", invalid="ignore"):
-        return bool(np.isfinite(array.sum()))
+        if contiguous:
+            flat = array.reshape(-1)
+            total = np.dot(flat, flat)
+        else:
+            total = array.sum()
+    return bool(np.isfinite(total))
