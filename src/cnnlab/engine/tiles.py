@@ -174,8 +174,8 @@ def _tile(rows: int, vectors: int, masked: bool = False):
     """The intrinsic ``tile(a, a_rows, a_cols, b, ldb, c, ldc, k, accumulate, last)``: ``c[r,
     q] = (c[r, q] if accumulate else 0) + sum_p a[r * a_rows + p * a_cols] * b[p * ldb + q]``
     for ``r < rows``, ``q < 16 * vectors`` (``q < 16 * (vectors - 1) + last`` if ``masked``:
-    the last vector's first ``last`` lanes), where ``a``, ``b``,
-    ``c`` are the addresses of float32 values and the strides count values."""
+    the last vector's first ``last`` lanes), where ``a``, ``b``, ``c`` are the addresses of
+    float32 values and the strides count values."""
 
     @intrinsic
     def tile(typingctx, a, a_rows, a_cols, b, ldb, c, ldc, k, accumulate, last):
@@ -196,7 +196,7 @@ _row_edge1, _row_edge2, _row_edge3 = (_tile(1, v, True) for v in (1, 2, 3))
 
 
 @numba.njit(cache=True, nogil=True)
-def edge(n):
+def _edge(n):
     """``(wide, vectors, lanes)`` of ``n`` columns: the columns in whole tiles, then one tile
     of ``vectors`` vectors (0: none) whose last has ``lanes`` columns. With AVX-512, 1 to 16
     columns left over join the last whole tile in one of 3 vectors."""
@@ -236,7 +236,7 @@ def product(a, a_rows, a_cols, b, ldb, c, ldc, m, n, k, accumulate):
 @numba.njit(cache=True, nogil=True)
 def _block(a, a_rows, a_cols, b, ldb, c, ldc, m, n, k, accumulate):
     """:func:`product` for one block of the sum, tile by tile."""
-    wide, vectors, lanes = edge(n)
+    wide, vectors, lanes = _edge(n)
     for i in range(0, m - m % ROWS, ROWS):
         a_i, c_i = a + _ITEM * i * a_rows, c + _ITEM * i * ldc
         for j in range(0, wide, STEP):
