@@ -235,28 +235,41 @@ def product(a, a_rows, a_cols, b, ldb, c, ldc, m, n, k, accumulate):
 
 @numba.njit(cache=True, nogil=True)
 def _block(a, a_rows, a_cols, b, ldb, c, ldc, m, n, k, accumulate):
-    """:func:`product` for one block of the sum, tile by tile."""
+    """:func:`product` for one block of the sum, a band of :data:`ROWS` rows of ``c`` at a
+    time, and the last rows one at a time."""
     wide, vectors, lanes = _edge(n)
-    for i in range(0, m - m % ROWS, ROWS):
-        a_i, c_i = a + _ITEM * i * a_rows, c + _ITEM * i * ldc
-        for j in range(0, wide, STEP):
-            _full(a_i, a_rows, a_cols, b + _ITEM * j, ldb, c_i + _ITEM * j, ldc, k, accumulate, 0)
-        b_j, c_j = b + _ITEM * wide, c_i + _ITEM * wide
-        if vectors == 1:
-            _edge1(a_i, a_rows, a_cols, b_j, ldb, c_j, ldc, k, accumulate, lanes)
-        elif vectors == 2:
-            _edge2(a_i, a_rows, a_cols, b_j, ldb, c_j, ldc, k, accumulate, lanes)
-        elif vectors == 3:
-            _edge3(a_i, a_rows, a_cols, b_j, ldb, c_j, ldc, k, accumulate, lanes)
-    for i in range(m - m % ROWS, m):  # the last rows, one at a time
-        a_i, c_i = a + _ITEM * i * a_rows, c + _ITEM * i * ldc
-        for j in range(0, wide, STEP):
-            _row_full(a_i, a_rows, a_cols, b + _ITEM * j, ldb, c_i + _ITEM * j, ldc, k,
-                      accumulate, 0)  # fmt: skip
-        b_j, c_j = b + _ITEM * wide, c_i + _ITEM * wide
-        if vectors == 1:
-            _row_edge1(a_i, a_rows, a_cols, b_j, ldb, c_j, ldc, k, accumulate, lanes)
-        elif vectors == 2:
-            _row_edge2(a_i, a_rows, a_cols, b_j, ldb, c_j, ldc, k, accumulate, lanes)
-        elif vectors == 3:
-            _row_edge3(a_i, a_rows, a_cols, b_j, ldb, c_j, ldc, k, accumulate, lanes)
+    whole = m - m % ROWS
+    i = 0
+    while i < m:
+        single = i >= whole
+        _band(single, a + _ITEM * i * a_rows, a_rows, a_cols, b, ldb, c + _ITEM * i * ldc, ldc,
+              k, accumulate, wide, vectors, lanes)  # fmt: skip
+        i += 1 if single else ROWS
+
+
+@numba.njit(cache=True, nogil=True)
+def _band(single, a, a_rows, a_cols, b, ldb, c, ldc, k, accumulate, wide, vectors, lanes):
+    """One band of ``c``'s rows (:data:`ROWS`, or one where ``single``) tile by tile: the whole
+    tiles up to column ``wide``, then the edge tile of :func:`_edge`'s ``vectors`` and
+    ``lanes``."""
+    for j in range(0, wide, STEP):
+        if single:
+            _row_full(a, a_rows, a_cols, b + _ITEM * j, ldb, c + _ITEM * j, ldc, k, accumulate, 0)
+        else:
+            _full(a, a_rows, a_cols, b + _ITEM * j, ldb, c + _ITEM * j, ldc, k, accumulate, 0)
+    b, c = b + _ITEM * wide, c + _ITEM * wide
+    if vectors == 1:
+        if single:
+            _row_edge1(a, a_rows, a_cols, b, ldb, c, ldc, k, accumulate, lanes)
+        else:
+            _edge1(a, a_rows, a_cols, b, ldb, c, ldc, k, accumulate, lanes)
+    elif vectors == 2:
+        if single:
+            _row_edge2(a, a_rows, a_cols, b, ldb, c, ldc, k, accumulate, lanes)
+        else:
+            _edge2(a, a_rows, a_cols, b, ldb, c, ldc, k, accumulate, lanes)
+    elif vectors == 3:
+        if single:
+            _row_edge3(a, a_rows, a_cols, b, ldb, c, ldc, k, accumulate, lanes)
+        else:
+            _edge3(a, a_rows, a_cols, b, ldb, c, ldc, k, accumulate, lanes)
