@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -47,7 +48,7 @@ def worker(way: str, steps: int, batch: int) -> list[float]:
     else:
         import torch
 
-        torch.set_num_threads(len(__import__("os").sched_getaffinity(0)))
+        torch.set_num_threads(len(os.sched_getaffinity(0)))
         model = bench.torch_model("mlp", 32)
         optimizer = torch.optim.Adam(model.parameters(), lr=5e-4, eps=1e-7)
         xt, yt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()), torch.from_numpy(y)

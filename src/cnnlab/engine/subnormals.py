@@ -67,10 +67,10 @@ def _set_controls(typingctx, value):
 
 
 @numba.njit(cache=True, nogil=True)
-def _swap(flush):
-    """MXCSR with FTZ and DAZ set (``flush``) or cleared; the value it had."""
+def _flush():
+    """MXCSR with FTZ and DAZ set; the value it had."""
     before = _controls()
-    _set_controls(before | FLUSH if flush else before & ~FLUSH)
+    _set_controls(before | FLUSH)
     return before
 
 
@@ -82,7 +82,7 @@ def _restore(value):
 def flush_here() -> None:
     """Subnormal floats as zeros on this thread from now on (x86; elsewhere nothing)."""
     if X86:
-        _swap(True)
+        _flush()
 
 
 @contextlib.contextmanager
@@ -92,7 +92,7 @@ def flushed() -> Iterator[None]:
     if not X86:
         yield
         return
-    before = _swap(True)
+    before = _flush()
     try:
         yield
     finally:
