@@ -82,6 +82,49 @@ def test_strided_and_transposed_operands_are_read_in_place():
     assert not out[:, :32].any() and not out[:, 77:].any()  # nothing written outside
 
 
+def runs_of(flat: np.ndarray, m: int, k: int, a_rows: int, a_cols: int, run: int, gap: int):
+    """The ``(m, k)`` matrix that tiles.product_in_runs reads from ``flat``: ``a[i, p] =
+    flat[i * a_rows + p * a_cols + (p // run) * gap]``, gathered by NumPy."""
+    i, p = np.arange(m)[:, None], np.arange(k)[None, :]
+    return flat[i * a_rows + p * a_cols + (p // run) * gap]
+
+
+@pytest.mark.parametrize(
+    "m, n, k, a_rows, a_cols, run, gap",
+    [
+        (32, 32, 27, 3, 1, 9, 93),  # a conv's windows: rows of 9 values, 102 apart
+        (16, 64, 288, 32, 1, 96, 480),  # more output pixels than a tile's rows, 2 tiles
+        (9, 32, 1024, 1, 3, 32, 6),  # a kernel gradient's rows of windows, in blocks of 128
+        (192, 64, 64, 1, 128, 8, 1024),  # ... 8 to a run, runs longer than a block
+        (13, 75, 200, 1, 7, 64, 3),  # rows left over, a masked edge, a block mid-run
+        (5, 17, 40, 50, 1, 1, 0),  # runs of one
+    ],
+)
+def test_a_product_in_runs_reads_a_by_runs_and_sums_as_from_a_copy(m, n, k, a_rows, a_cols, run,
+                                                                   gap):  # fmt: skip
+    """``a`` read in runs ``gap`` floats apart: the product of the matrix those reads make,
+    bit for bit the same sums as from a copy of it, with and without ``c`` to go on from."""
+    rng = np.random.default_rng(m + n + k)
+    flat = rng.standard_normal((m - 1) * a_rows + (k - 1) * a_cols + (k - 1) // run * gap + 1,
+                               dtype=np.float32)  # fmt: skip
+    b = rng.standard_normal((k, n), dtype=np.float32)
+    a = runs_of(flat, m, k, a_rows, a_cols, run, gap)
+    copied = np.empty((m, n), np.float32)
+    tile_product(np.ascontiguousarray(a) if a_rows >= a_cols else np.asfortranarray(a), b, copied)
+    np.testing.assert_allclose(copied, a.astype(np.float64) @ b, rtol=1e-4, atol=1e-4)
+    for accumulate in (0, 1):
+        before = rng.standard_normal((m, n), dtype=np.float32)
+        c = before.copy()
+        tiles.product_in_runs(flat.ctypes.data, a_rows, a_cols, run, gap, b.ctypes.data, n,
+                              c.ctypes.data, n, m, n, k, accumulate)  # fmt: skip
+        if accumulate:
+            expected = before.copy()
+            tile_product(np.asfortranarray(a) if a_cols > a_rows else a.copy(), b, expected, True)
+            np.testing.assert_array_equal(c, expected)
+        else:
+            np.testing.assert_array_equal(c, copied)
+
+
 def test_the_tile_shape_without_avx512_gives_the_same_products(tmp_path):
     """The 6-row, 16-column tiles that machines without AVX-512 compile, run here: a fresh
     process has numba compile for this CPU without its AVX-512 (``NUMBA_CPU_FEATURES``, as

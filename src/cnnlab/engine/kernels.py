@@ -450,32 +450,32 @@ def conv_direct_forward_images(x, pads, strides, window, start, stop, kmat, xp, 
                                norm, y):  # fmt: skip
     """Images ``start:stop`` of a convolution straight from the input, without im2col, a chunk
     of ``len(xp)`` images at a time: the chunk copied into ``xp`` with its padding; then for
-    each output row ``r`` and each row ``i`` of the window::
+    each output row ``r``::
 
-        y[img, r] += xp[img, r * sh + i, windows of the row] @ kmat[i * kw * C : (i + 1) * kw * C]
+        y[img, r] = sum over the window's rows i of
+                    xp[img, r * sh + i, windows of the row] @ kmat[i * kw * C : (i + 1) * kw * C]
 
-    by :func:`cnnlab.engine.tiles.product`, which reads the windows in place (one output pixel's
-    ``kw * C`` values are consecutive in ``xp``, the next pixel's ``sw * C`` values further on);
-    then the bias, or with ``norm`` batch norm and the activation, as in
-    :func:`conv_forward_images`. float32; ``window = (kh, kw)``, ``xp: (step, H + top +
+    by :func:`cnnlab.engine.tiles.product_in_runs`, which reads the windows in place (one
+    output pixel's ``kw * C`` values are consecutive in ``xp``, a run, the next row of its
+    window a row of ``xp`` further on, the next pixel's ``sw * C`` values further on), one
+    sum over the whole window; then the bias, or with ``norm`` batch norm and the activation,
+    as in :func:`conv_forward_images`. float32; ``window = (kh, kw)``, ``xp: (step, H + top +
     bottom, W + left + right, C)`` zero on its border, ``kmat: (kh*kw*C, F)``."""
     c = x.shape[3]
-    step = xp.shape[0]
+    step, wp = xp.shape[0], xp.shape[2]
     _, oh, ow, f = y.shape
     kh, kw = window
     sh, sw = strides
     span = kw * c  # values of one row of a window
-    y2 = y.reshape(-1, f)
+    y2, weights = y.reshape(-1, f), np.int64(kmat.ctypes.data)
     for a in range(start, stop, step):
         b = min(a + step, stop)
         _pad_chunk(x, a, b, pads[0], pads[1], xp)
         for img in range(a, b):
             for r in range(oh):
-                out = np.int64(y[img, r].ctypes.data)
-                for i in range(kh):
-                    tiles.product(np.int64(xp[img - a, r * sh + i].ctypes.data), sw * c, 1,
-                                  np.int64(kmat[i * span].ctypes.data), f, out, f, ow, f, span,
-                                  1 if i else 0)  # fmt: skip
+                windows, out = np.int64(xp[img - a, r * sh].ctypes.data), y[img, r].ctypes.data
+                tiles.product_in_runs(windows, sw * c, 1, span, wp * c - span, weights, f,
+                                      np.int64(out), f, ow, f, kh * span, 0)  # fmt: skip
         _finish(y2[a * oh * ow : b * oh * ow], bias, norm)
 
 
@@ -486,15 +486,16 @@ def conv_direct_backward_images(x, pads, strides, window, start, stop, dy, kmat_
     without im2col, and with ``dx`` (not None) their input gradient, a chunk of ``len(xp)``
     images at a time.
 
-    For each output row ``r`` and row ``i`` of the window, ``dkernel[i * kw * C : (i + 1) * kw
-    * C] += xp[img, r * sh + i, windows of the row].T @ dy[img, r]`` by
-    :func:`cnnlab.engine.tiles.product`, the windows read in place as in
-    :func:`conv_direct_forward_images`; ``dkernel: (kh*kw*C, F)`` is overwritten with the sum
-    (added to, with ``accumulate``). With ``dx``: ``dcols = dy @ kmat.T`` for the chunk by the
-    tiles too (``kmat_t: (F, kh*kw*C)``), which :func:`col2im` adds into ``dx``. float32;
-    shapes as in :func:`conv_direct_forward_images`, ``dcols: (step, oh, ow, kh, kw, C)``."""
+    For each image and row ``i`` of the window, ``dkernel[i * kw * C : (i + 1) * kw * C] +=
+    sum over the output rows r of xp[img, r * sh + i, windows of the row].T @ dy[img, r]`` by
+    :func:`cnnlab.engine.tiles.product_in_runs`, the windows read in place as in
+    :func:`conv_direct_forward_images`, a row of them a run: one sum over the image's output.
+    ``dkernel: (kh*kw*C, F)`` is overwritten with the sum (added to, with ``accumulate``). With
+    ``dx``: ``dcols = dy @ kmat.T`` for the chunk by the tiles too (``kmat_t: (F,
+    kh*kw*C)``), which :func:`col2im` adds into ``dx``. float32; shapes as in
+    :func:`conv_direct_forward_images`, ``dcols: (step, oh, ow, kh, kw, C)``."""
     c = x.shape[3]
-    step = xp.shape[0]
+    step, wp = xp.shape[0], xp.shape[2]
     _, oh, ow, f = dy.shape
     kh, kw = window
     sh, sw = strides
@@ -505,13 +506,13 @@ def conv_direct_backward_images(x, pads, strides, window, start, stop, dy, kmat_
         b = min(a + step, stop)
         _pad_chunk(x, a, b, pads[0], pads[1], xp)
         for img in range(a, b):
-            for r in range(oh):
-                g = np.int64(dy[img, r].ctypes.data)
-                add = 0 if img == start and r == 0 and not accumulate else 1
-                for i in range(kh):
-                    windows = np.int64(xp[img - a, r * sh + i].ctypes.data)
-                    out = np.int64(dkernel[i * span].ctypes.data)
-                    tiles.product(windows, 1, sw * c, g, f, out, f, span, f, ow, add)
+            g = np.int64(dy[img].ctypes.data)
+            add = 0 if img == start and not accumulate else 1
+            for i in range(kh):
+                windows = np.int64(xp[img - a, i].ctypes.data)
+                out = np.int64(dkernel[i * span].ctypes.data)
+                tiles.product_in_runs(windows, 1, sw * c, ow, sh * wp * c - ow * sw * c, g, f,
+                                      out, f, span, f, oh * ow, add)  # fmt: skip
         if dx is not None:
             m = (b - a) * oh * ow
             tiles.product(np.int64(dy2[a * oh * ow].ctypes.data), f, 1,

@@ -107,7 +107,7 @@ class _Vectors:
 
 def _emit(builder: ir.IRBuilder, rows: int, vectors: int, masked: bool, args) -> None:
     """The IR of one tile of ``rows x vectors * 16`` values (see :func:`_tile`)."""
-    a, a_rows, a_cols, b, ldb, c, ldc, k, accumulate, last = args
+    a, a_rows, a_cols, b, ldb, c, ldc, k, accumulate, last, first, run, gap = args
     a, b, c = (builder.inttoptr(p, _FLOAT.as_pointer()) for p in (a, b, c))
     fma = _declared(builder.module, "llvm.fma.v16f32", _VECTOR, _VECTOR, _VECTOR, _VECTOR)
     whole, edge = _Vectors(builder), _Vectors(builder, last if masked else None)
@@ -119,71 +119,100 @@ def _emit(builder: ir.IRBuilder, rows: int, vectors: int, masked: bool, args) ->
     def c_at(r: int, v: int):
         return builder.add(builder.mul(ldc, const(r)), const(v * WIDTH))
 
+    def phis(incoming: list) -> list:
+        """A phi of 16 floats for each sum, from each ``(sums, block)`` of ``incoming``."""
+        out = [[builder.phi(_VECTOR) for _ in range(vectors)] for _ in range(rows)]
+        for values, block in incoming:
+            for r in range(rows):
+                for v in range(vectors):
+                    out[r][v].add_incoming(values[r][v], block)
+        return out
+
     # The sums start from c's tile as it is (accumulate != 0), read only then, or from zeros.
-    first = builder.block
+    entry = builder.block
     read, ready = builder.append_basic_block("tile.read"), builder.append_basic_block("tile.ready")
-    loop, done = builder.append_basic_block("tile.loop"), builder.append_basic_block("tile.done")
+    runs, loop = builder.append_basic_block("tile.runs"), builder.append_basic_block("tile.loop")
+    ended, done = builder.append_basic_block("tile.ended"), builder.append_basic_block("tile.done")
     builder.cbranch(builder.icmp_signed("!=", accumulate, const(0)), read, ready)
     builder.position_at_end(read)
     loads = [[lanes[v].load(c, c_at(r, v)) for v in range(vectors)] for r in range(rows)]
     builder.branch(ready)
     builder.position_at_end(ready)
-    zeros = ir.Constant(_VECTOR, [0.0] * WIDTH)
-    start = [[builder.phi(_VECTOR) for _ in range(vectors)] for _ in range(rows)]
-    for r in range(rows):
-        for v in range(vectors):
-            start[r][v].add_incoming(zeros, first)
-            start[r][v].add_incoming(loads[r][v], read)
-    builder.cbranch(builder.icmp_signed(">", k, const(0)), loop, done)
+    zeros = [[ir.Constant(_VECTOR, [0.0] * WIDTH)] * vectors] * rows
+    start = phis([(zeros, entry), (loads, read)])
+    builder.cbranch(builder.icmp_signed(">", k, const(0)), runs, done)
 
-    # for p in range(k): sums[r][v] += a[r, p] * b[p, 16 v : 16 v + 16]
+    # The sum in runs of a's values: the first of ``first`` steps, the others of ``run``;
+    # ``gap`` more floats between one run's last value of a and the next run's first.
+    builder.position_at_end(runs)
+    q, length = builder.phi(_INT), builder.phi(_INT)
+    a_run, b_run = builder.phi(a.type), builder.phi(b.type)
+    begun = phis([(start, ready)])
+    left = builder.sub(k, q)
+    steps = builder.select(builder.icmp_signed("<", length, left), length, left)
+    builder.branch(loop)
+
+    # for p in range(steps): sums[r][v] += a[r, q + p] * b[q + p, 16 v : 16 v + 16]
     builder.position_at_end(loop)
     p = builder.phi(_INT)
-    sums = [[builder.phi(_VECTOR) for _ in range(vectors)] for _ in range(rows)]
-    b_row = [lanes[v].load(b, builder.add(builder.mul(p, ldb), const(v * WIDTH)))
+    sums = phis([(begun, runs)])
+    b_row = [lanes[v].load(b_run, builder.add(builder.mul(p, ldb), const(v * WIDTH)))
              for v in range(vectors)]  # fmt: skip
     a_col = builder.mul(p, a_cols)
     undefined = ir.Constant(_VECTOR, ir.Undefined)
     splat = ir.Constant(ir.VectorType(_I32, WIDTH), [0] * WIDTH)
     new = []
     for r in range(rows):
-        value = builder.load(builder.gep(a, [builder.add(builder.mul(a_rows, const(r)), a_col)]))
-        one = builder.insert_element(undefined, value, ir.Constant(_I32, 0))
+        at = builder.add(builder.mul(a_rows, const(r)), a_col)
+        one = builder.insert_element(undefined, builder.load(builder.gep(a_run, [at])),
+                                     ir.Constant(_I32, 0))  # fmt: skip
         broadcast = builder.shuffle_vector(one, undefined, splat)
         new.append([builder.call(fma, [broadcast, b_row[v], sums[r][v]]) for v in range(vectors)])
     following = builder.add(p, const(1))
     body = builder.block
-    p.add_incoming(const(0), ready)
+    p.add_incoming(const(0), runs)
     p.add_incoming(following, body)
     for r in range(rows):
         for v in range(vectors):
-            sums[r][v].add_incoming(start[r][v], ready)
             sums[r][v].add_incoming(new[r][v], body)
-    builder.cbranch(builder.icmp_signed("<", following, k), loop, done)
+    builder.cbranch(builder.icmp_signed("<", following, steps), loop, ended)
 
-    builder.position_at_end(done)
-    totals = [[builder.phi(_VECTOR) for _ in range(vectors)] for _ in range(rows)]
+    builder.position_at_end(ended)
+    next_q = builder.add(q, steps)
+    next_a = builder.gep(a_run, [builder.add(builder.mul(steps, a_cols), gap)])
+    next_b = builder.gep(b_run, [builder.mul(steps, ldb)])
+    for phi, initial, after in ((q, const(0), next_q), (length, first, run), (a_run, a, next_a),
+                                (b_run, b, next_b)):  # fmt: skip
+        phi.add_incoming(initial, ready)
+        phi.add_incoming(after, ended)
     for r in range(rows):
         for v in range(vectors):
-            totals[r][v].add_incoming(start[r][v], ready)
-            totals[r][v].add_incoming(new[r][v], body)
+            begun[r][v].add_incoming(new[r][v], ended)
+    builder.cbranch(builder.icmp_signed("<", next_q, k), runs, done)
+
+    builder.position_at_end(done)
+    totals = phis([(start, ready), (new, ended)])
+    for r in range(rows):
+        for v in range(vectors):
             lanes[v].store(totals[r][v], c, c_at(r, v))
 
 
 def _tile(rows: int, vectors: int, masked: bool = False):
-    """The intrinsic ``tile(a, a_rows, a_cols, b, ldb, c, ldc, k, accumulate, last)``: ``c[r,
-    q] = (c[r, q] if accumulate else 0) + sum_p a[r * a_rows + p * a_cols] * b[p * ldb + q]``
-    for ``r < rows``, ``q < 16 * vectors`` (``q < 16 * (vectors - 1) + last`` if ``masked``:
-    the last vector's first ``last`` lanes), where ``a``, ``b``, ``c`` are the addresses of
-    float32 values and the strides count values."""
+    """The intrinsic ``tile(a, a_rows, a_cols, b, ldb, c, ldc, k, accumulate, last, first, run,
+    gap)``: ``c[r, q] = (c[r, q] if accumulate else 0) + sum_p a[r * a_rows + at(p)] * b[p *
+    ldb + q]`` for ``r < rows``, ``q < 16 * vectors`` (``q < 16 * (vectors - 1) + last`` if
+    ``masked``: the last vector's first ``last`` lanes), where ``a``, ``b``, ``c`` are the
+    addresses of float32 values and the strides count values. ``at(p) = p * a_cols + gap *
+    runs(p)``, ``runs(p)`` the runs of ``a``'s values before step ``p``: the first of ``first``
+    steps, the others of ``run`` each."""
 
     @intrinsic
-    def tile(typingctx, a, a_rows, a_cols, b, ldb, c, ldc, k, accumulate, last):
+    def tile(typingctx, a, a_rows, a_cols, b, ldb, c, ldc, k, accumulate, last, first, run, gap):
         def codegen(context, builder, signature, args):
             _emit(builder, rows, vectors, masked, args)
             return context.get_dummy_value()
 
-        return types.void(*[types.int64] * 10), codegen
+        return types.void(*[types.int64] * 13), codegen
 
     return tile
 
@@ -215,7 +244,17 @@ def product(a, a_rows, a_cols, b, ldb, c, ldc, m, n, k, accumulate):
     """``c = a @ b`` (``c += a @ b`` for ``accumulate`` not 0) for float32 matrices given by
     the addresses of their first values: ``a[i, p]`` at ``a + 4 * (i * a_rows + p * a_cols)``,
     ``b[p, j]`` at ``b + 4 * (p * ldb + j)``, ``c[i, j]`` at ``c + 4 * (i * ldc + j)``; ``a:
-    (m, k)``, ``b: (k, n)``, ``c: (m, n)``.
+    (m, k)``, ``b: (k, n)``, ``c: (m, n)``. :func:`product_in_runs` with one run."""
+    product_in_runs(a, a_rows, a_cols, max(k, 1), 0, b, ldb, c, ldc, m, n, k, accumulate)
+
+
+@numba.njit(cache=True, nogil=True)
+def product_in_runs(a, a_rows, a_cols, run, gap, b, ldb, c, ldc, m, n, k, accumulate):
+    """:func:`product` with ``a``'s values along the sum in runs of ``run``, ``gap`` floats
+    apart: ``a[i, p]`` at ``a + 4 * (i * a_rows + p * a_cols + (p // run) * gap)``. A
+    convolution straight from its input reads its windows so: the rows of a window, or a row
+    of windows after another (:func:`cnnlab.engine.kernels.conv_direct_forward_images`),
+    each tile summing over all of them in its registers.
 
     The sum over ``k`` is taken in blocks of ``b``'s rows of about :data:`B_BYTES` (all of them
     for a narrow ``b``), each block multiplied into every tile of ``c`` while it is in the
@@ -229,47 +268,51 @@ def product(a, a_rows, a_cols, b, ldb, c, ldc, m, n, k, accumulate):
     if a_cols > a_rows:
         depth = min(depth, max(_MIN_DEPTH, _L1_BYTES // 2 // (_LINE + _ITEM * n)))
     for p in range(0, max(k, 1), depth):
-        _block(a + _ITEM * p * a_cols, a_rows, a_cols, b + _ITEM * p * ldb, ldb, c, ldc, m, n,
-               min(depth, k - p), accumulate if p == 0 else 1)  # fmt: skip
+        at = a + _ITEM * (p * a_cols + (p // run) * gap)
+        runs = (run - p % run, run, gap)
+        _block(at, a_rows, a_cols, b + _ITEM * p * ldb, ldb, c, ldc, m, n, min(depth, k - p),
+               accumulate if p == 0 else 1, runs)  # fmt: skip
 
 
 @numba.njit(cache=True, nogil=True)
-def _block(a, a_rows, a_cols, b, ldb, c, ldc, m, n, k, accumulate):
-    """:func:`product` for one block of the sum, a band of :data:`ROWS` rows of ``c`` at a
-    time, and the last rows one at a time."""
+def _block(a, a_rows, a_cols, b, ldb, c, ldc, m, n, k, accumulate, runs):
+    """:func:`product_in_runs` for one block of the sum, a band of :data:`ROWS` rows of ``c``
+    at a time, and the last rows one at a time; ``runs``: the tiles' ``(first, run, gap)``."""
     wide, vectors, lanes = _edge(n)
     whole = m - m % ROWS
     i = 0
     while i < m:
         single = i >= whole
         _band(single, a + _ITEM * i * a_rows, a_rows, a_cols, b, ldb, c + _ITEM * i * ldc, ldc,
-              k, accumulate, wide, vectors, lanes)  # fmt: skip
+              k, accumulate, wide, vectors, lanes, runs)  # fmt: skip
         i += 1 if single else ROWS
 
 
 @numba.njit(cache=True, nogil=True)
-def _band(single, a, a_rows, a_cols, b, ldb, c, ldc, k, accumulate, wide, vectors, lanes):
+def _band(single, a, a_rows, a_cols, b, ldb, c, ldc, k, accumulate, wide, vectors, lanes, runs):
     """One band of ``c``'s rows (:data:`ROWS`, or one where ``single``) tile by tile: the whole
     tiles up to column ``wide``, then the edge tile of :func:`_edge`'s ``vectors`` and
     ``lanes``."""
+    first, run, gap = runs
     for j in range(0, wide, STEP):
+        b_j, c_j = b + _ITEM * j, c + _ITEM * j
         if single:
-            _row_full(a, a_rows, a_cols, b + _ITEM * j, ldb, c + _ITEM * j, ldc, k, accumulate, 0)
+            _row_full(a, a_rows, a_cols, b_j, ldb, c_j, ldc, k, accumulate, 0, first, run, gap)
         else:
-            _full(a, a_rows, a_cols, b + _ITEM * j, ldb, c + _ITEM * j, ldc, k, accumulate, 0)
+            _full(a, a_rows, a_cols, b_j, ldb, c_j, ldc, k, accumulate, 0, first, run, gap)
     b, c = b + _ITEM * wide, c + _ITEM * wide
     if vectors == 1:
         if single:
-            _row_edge1(a, a_rows, a_cols, b, ldb, c, ldc, k, accumulate, lanes)
+            _row_edge1(a, a_rows, a_cols, b, ldb, c, ldc, k, accumulate, lanes, first, run, gap)
         else:
-            _edge1(a, a_rows, a_cols, b, ldb, c, ldc, k, accumulate, lanes)
+            _edge1(a, a_rows, a_cols, b, ldb, c, ldc, k, accumulate, lanes, first, run, gap)
     elif vectors == 2:
         if single:
-            _row_edge2(a, a_rows, a_cols, b, ldb, c, ldc, k, accumulate, lanes)
+            _row_edge2(a, a_rows, a_cols, b, ldb, c, ldc, k, accumulate, lanes, first, run, gap)
         else:
-            _edge2(a, a_rows, a_cols, b, ldb, c, ldc, k, accumulate, lanes)
+            _edge2(a, a_rows, a_cols, b, ldb, c, ldc, k, accumulate, lanes, first, run, gap)
     elif vectors == 3:
         if single:
-            _row_edge3(a, a_rows, a_cols, b, ldb, c, ldc, k, accumulate, lanes)
+            _row_edge3(a, a_rows, a_cols, b, ldb, c, ldc, k, accumulate, lanes, first, run, gap)
         else:
-            _edge3(a, a_rows, a_cols, b, ldb, c, ldc, k, accumulate, lanes)
+            _edge3(a, a_rows, a_cols, b, ldb, c, ldc, k, accumulate, lanes, first, run, gap)
