@@ -238,6 +238,10 @@ CASES = [
     ((3, 12, 12, 3), (3, 3, 3, 16), (1, 1), "same"),
     ((3, 12, 12, 16), (3, 3, 16, 32), (2, 2), "same"),
     ((3, 9, 10, 16), (3, 3, 16, 48), (1, 1), "same"),
+    # weights of a row of the window over half of L1 (48 KiB here): the direct convolution
+    # sums a row or two of its window a call
+    ((2, 7, 8, 64), (3, 3, 64, 40), (1, 1), "same"),
+    ((2, 8, 8, 16), (3, 3, 16, 64), (2, 2), "same"),
 ]
 
 
