@@ -15,7 +15,8 @@ in one tile whose last vector is masked: with AVX-512, 1 to 16 of them with the 
 not six and a half-empty one. Every value of ``c`` is the same sum in the same order whatever
 its tile. Nothing is copied first: ``a`` is read through two strides, so that ``cols.T`` (a
 conv's kernel gradient, ``cols.T @ dy``) is read in place, and ``b`` and ``c`` through their
-row lengths.
+row lengths; and along the sum in runs a gap apart (:func:`product_in_runs`), so that a
+convolution's windows are read in place from its input, a whole window in one sum.
 
 The tile is written in LLVM's IR (numba's ``@intrinsic``): LLVM keeps the 16 sums of a tile in
 registers across the loop over ``k`` only when they are values, as here; as Python loops over
