@@ -21,7 +21,8 @@ benchmark mode do, and keeps the fastest unless the default is within
 (:func:`cnnlab.engine.machine.description`) in the user's cache folder, or
 ``$CNNLAB_TUNE_DIR``: a shape is measured once per machine, and every run there makes the same
 choice, so the same seed still gives the same numbers run after run. A measurement disturbed
-by another program (:data:`MAX_NOISE`) keeps the default. The first choice written
+by another program (:data:`MAX_NOISE`) is taken again; disturbed :data:`MEASUREMENTS` times,
+it keeps the default. The first choice written
 for a shape stays; a process that measured the same shape at the same time takes it. A file
 this version did not write for this machine, or cannot read, is ignored and written anew.
 
@@ -68,10 +69,13 @@ MAX_IMAGES = 64  # a shape is measured, and keyed, on at most this many images
 ROUNDS = 5  # timed rounds of every candidate, after one untimed
 KEEP_DEFAULT_WITHIN = 0.05  # the default stays unless another candidate is 5 % faster
 # A measurement whose two best rounds of some candidate are further apart than this was
-# disturbed, by another program say (:func:`_best_and_noise`): the default is kept for the
-# shape, as if untuned, so that every later run makes the same choice (`cnnlab tune` measures
-# again).
+# disturbed, by another program say (:func:`_best_and_noise`): it is taken again, up to
+# MEASUREMENTS in all, and if every one was disturbed the default is kept for the shape, as if
+# untuned, so that every later run makes the same choice (`cnnlab tune` measures again). On a
+# shared Xeon VM the book's second conv at batch 32 came out disturbed in two of four runs of
+# the tuner, and its default ran 1.3x as long as the direct convolution chosen in the others.
 MAX_NOISE = 0.25
+MEASUREMENTS = 3
 WARM_UP_SECONDS = 0.12  # a threads mode's passes before it is timed (_measure_modes)
 ROUND_SECONDS = 0.005  # and the passes of each timed round
 MODE_BLOCKS = 2  # times the threads modes take turns, each a block of rounds
@@ -207,7 +211,8 @@ def _conv_plan(shape, kernel_shape, strides, pads, dtype, trial: Trial) -> ConvP
 def _tuned(section: str, key: str, default, measure: Callable[[], tuple | None]):
     """The choice kept in this machine's file for ``key`` in ``section``; else ``measure()``'s
     (``(seconds of each candidate, noise)``, or None: nothing to choose from, the default),
-    kept in the file; None while the threads are busy with another caller's op."""
+    measured again while disturbed, up to :data:`MEASUREMENTS` times, and kept in the file;
+    None while the threads are busy with another caller's op."""
     with _lock:
         path = _path()
         kept = _plans(path)[section]
@@ -220,6 +225,10 @@ def _tuned(section: str, key: str, default, measure: Callable[[], tuple | None])
         if measured is None:
             return default
         seconds, noise = measured
+        for _ in range(MEASUREMENTS - 1):
+            if noise <= MAX_NOISE:
+                break
+            seconds, noise = measure()
         if noise <= MAX_NOISE:
             chosen, written = _keep(path, section, key, _choose(seconds, default), again)
         elif key in kept:  # `cnnlab tune` on a busy machine: the choice kept stays
