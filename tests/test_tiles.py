@@ -141,6 +141,13 @@ for m, n, k in [(13, 48, 27), (6, 16, 5), (40, 75, 64), (5, 33, 1)]:
     c = np.full((m, n), np.nan, np.float32)
     tiles.product(a.ctypes.data, k, 1, b.ctypes.data, n, c.ctypes.data, n, m, n, k, 0)
     assert np.allclose(c, a.astype(np.float64) @ b, rtol=1e-5, atol=1e-5), (m, n, k)
+flat = rng.standard_normal(400, dtype=np.float32)  # a read in runs of 9, 30 floats apart
+a = flat[np.arange(13)[:, None] * 3 + np.arange(27) + np.arange(27) // 9 * 30]
+b = rng.standard_normal((27, 20), dtype=np.float32)
+c = np.empty((13, 20), np.float32)
+tiles.product_in_runs(flat.ctypes.data, 3, 1, 9, 30, b.ctypes.data, 20, c.ctypes.data, 20, 13,
+                      20, 27, 0)
+assert np.allclose(c, a.astype(np.float64) @ b, rtol=1e-5, atol=1e-5)
 print("ok")
 """
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path), "NUMBA_CPU_FEATURES": features}
