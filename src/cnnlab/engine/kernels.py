@@ -21,14 +21,13 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from cnnlab.engine import blas, machine, tiles
+from cnnlab.engine import blas, tiles
 from cnnlab.engine.shared import copy, floats, ints, meet
 
 # error_model="numpy": a division by zero gives inf or nan, as in NumPy, instead of a check
 # for Python's ZeroDivisionError at every division, which keeps LLVM from vectorising a loop
 # (Adam's update: 1.0 ms against 0.1 ms for 614,400 weights).
 _compiled = numba.njit(cache=True, nogil=True, error_model="numpy")
-_L1_BYTES = machine.cache_bytes("L1d", 32 << 10)
 
 
 @_compiled
@@ -470,7 +469,7 @@ def conv_direct_forward_images(x, pads, strides, window, start, stop, kmat, xp, 
     sh, sw = strides
     span = kw * c  # values of one row of a window
     y2, weights = y.reshape(-1, f), np.int64(kmat.ctypes.data)
-    group = max(1, _L1_BYTES // 2 // (4 * span * f))  # rows of the window whose weights fit
+    group = max(1, tiles.L1_BYTES // 2 // (4 * span * f))  # rows of the window whose weights fit
     for a in range(start, stop, step):
         b = min(a + step, stop)
         _pad_chunk(x, a, b, pads[0], pads[1], xp)

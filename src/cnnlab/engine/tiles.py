@@ -57,7 +57,7 @@ B_BYTES = 1 << 18  # b's rows multiplied into all of c at a time fill about this
 # gradient), the block of b's rows and the lines of a a tile reads over it fill half of L1,
 # but for at least _MIN_DEPTH rows: a tile stores its sums and loads them again after each
 # block, 32 vector moves, which 64 steps of 16 multiply-adds make 3 % of the work.
-_LINE, _L1_BYTES, _MIN_DEPTH = 64, machine.cache_bytes("L1d", 32 << 10), 64
+_LINE, L1_BYTES, _MIN_DEPTH = 64, machine.cache_bytes("L1d", 32 << 10), 64
 
 
 def _declared(module: ir.Module, name: str, returns: ir.Type, *arguments: ir.Type):
@@ -267,7 +267,7 @@ def product_in_runs(a, a_rows, a_cols, run, gap, b, ldb, c, ldc, m, n, k, accumu
     a, b, c = np.int64(a), np.int64(b), np.int64(c)  # addresses (NumPy's are unsigned)
     depth = max(ROWS, B_BYTES // (_ITEM * max(n, 1)))
     if a_cols > a_rows:
-        depth = min(depth, max(_MIN_DEPTH, _L1_BYTES // 2 // (_LINE + _ITEM * n)))
+        depth = min(depth, max(_MIN_DEPTH, L1_BYTES // 2 // (_LINE + _ITEM * n)))
     for p in range(0, max(k, 1), depth):
         at = a + _ITEM * (p * a_cols + (p // run) * gap)
         runs = (run - p % run, run, gap)
