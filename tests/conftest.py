@@ -13,7 +13,7 @@ import pytest
 os.environ["CNNLAB_TUNE"] = "off"
 os.environ["CNNLAB_TUNE_DIR"] = tempfile.mkdtemp(prefix="cnnlab-tuning-")
 
-from cnnlab import backend
+from cnnlab import backend, seeding
 
 
 @pytest.fixture(autouse=True)
@@ -25,6 +25,13 @@ def _engine_restored():
     backend.set_engine(before[0])
     backend.set_device(before[1])
     backend.set_precision(before[2])
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    """Every test builds its models from the same global seed, whichever tests ran before it:
+    a model's weights, and so a test's outcome, do not depend on the order of the tests."""
+    seeding.set_random_seed(0)
 
 
 @pytest.fixture(params=["reference", "fast"])
