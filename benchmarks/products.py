@@ -8,8 +8,10 @@ Two tables, each figure the median of 30 calls after a warm-up, with BLAS held t
    product ``a @ b``, the kernel gradient ``a.T @ dy`` and the input gradient's ``dy @ b.T``),
    by BLAS (``np.matmul``) and by the tiles.
 2. A convolution of 16 images straight from the input (the chunk padded, then one product per
-   output row and row of the window: ``kernels.conv_direct_forward_images``) against im2col
-   followed by one product by the tiles, forward and for the kernel gradient, in microseconds.
+   output row: ``kernels.conv_direct_forward_images``) against im2col followed by one product
+   by the tiles, forward and for the kernel gradient, in microseconds; and its input gradient
+   by the tiles' ``dcols = dy @ kmat.T`` and col2im, against the direct one (``dy`` padded,
+   then one product per row of each phase: ``kernels.conv_direct_input_gradient``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 from kernels import median_ms  # benchmarks/kernels.py, beside this script
 from threadpoolctl import threadpool_limits
 
-from cnnlab.engine import kernels, tiles
+from cnnlab.engine import conv, kernels, tiles
 from cnnlab.memory import keep_freed_memory
 
 
@@ -82,8 +84,8 @@ def product_row(rng, m: int, k: int, n: int) -> list[float]:
 
 def convs_table(rng) -> None:
     print("\n| conv (16 images) | forward: im2col + tiles | direct | kernel gradient: im2col "
-          "+ tiles | direct |")  # fmt: skip
-    print("|---|---:|---:|---:|---:|")
+          "+ tiles | direct | input gradient: tiles + col2im | direct |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for h, c, f, s, pads in CONVS:
         oh = (h + sum(pads) - 3) // s + 1
         times = conv_row(rng, h, c, f, s, pads)
@@ -93,7 +95,8 @@ def convs_table(rng) -> None:
 
 def conv_row(rng, h: int, c: int, f: int, s: int, pads: tuple[int, int]) -> list[float]:
     """Microseconds of a 3x3 convolution of 16 images, forward and kernel gradient, by im2col
-    and the tiles, and straight from the input."""
+    and the tiles, and straight from the input; the input gradient by the tiles and col2im,
+    and straight from the output gradient."""
     top, bottom = pads
     x = rng.standard_normal((16, h, h, c), dtype=np.float32)
     kmat = rng.standard_normal((9 * c, f), dtype=np.float32) * 0.1
@@ -121,11 +124,25 @@ def conv_row(rng, h: int, c: int, f: int, s: int, pads: tuple[int, int]) -> list
 
     def gradient_direct():
         kernels.conv_direct_backward_images(
-            x, (top, top), (s, s), (3, 3), 0, 16, dy, kmat_t, xp, None, dkernel, None
+            x, (top, top), (s, s), (3, 3), 0, 16, dy, by_phase, xp, None, dkernel, None
         )
 
+    dcols, dx = np.empty_like(cols), np.empty_like(x)
+    by_phase = conv._by_phase(kmat.reshape(3, 3, c, f), (s, s))
+    border = kernels.input_gradient_padding((3, 3), (s, s))
+    shape = kernels.padded_gradient_shape((h, h), (oh, oh), (top, top), (s, s), (3, 3))
+    dyp = np.zeros((16, *shape, f), np.float32)
+
+    def input_col2im():
+        tile_product(flat_dy, kmat_t, dcols.reshape(-1, 9 * c))
+        kernels.col2im(dcols, s, s, top, top, dx)
+
+    def input_direct():
+        kernels._pad_chunk(dy, 0, 16, border[0], border[1], dyp)
+        kernels.conv_direct_input_gradient(dyp, (top, top), (s, s), (3, 3), by_phase, dx)
+
     return [median_us(fn) for fn in (forward_im2col, forward_direct, gradient_im2col,
-                                     gradient_direct)]  # fmt: skip
+                                     gradient_direct, input_col2im, input_direct)]  # fmt: skip
 
 
 def main() -> None:

@@ -78,6 +78,48 @@ def test_fast_conv_in_many_chunks_matches_reference(
         parallel.set_num_threads(before)
 
 
+DIRECT_INPUT_GRADIENT_CASES = [
+    # (h, w, c, filters, kernel, strides, padding): each phase's taps, of 2x2 down to 1x1 (and
+    # none: a 1x1 kernel with strides 2); "valid" leaving rows and columns no window holds;
+    # 16 channels (one vector of the tiles), 40 (a masked one after), 8 (through the columns)
+    (9, 10, 16, 6, (3, 3), (2, 2), "same"),
+    (11, 10, 16, 5, (3, 3), (2, 2), "valid"),
+    (8, 7, 40, 3, (3, 3), (1, 1), "same"),
+    (7, 9, 16, 4, (5, 5), (3, 3), "same"),
+    (9, 6, 16, 7, (2, 3), (1, 2), "valid"),
+    (6, 5, 16, 2, (1, 1), (2, 2), "valid"),
+    (10, 8, 40, 3, (3, 1), (3, 1), "same"),
+    (9, 10, 8, 6, (3, 3), (2, 2), "same"),
+]
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 1 << 20])
+@pytest.mark.parametrize("h,w,c,f,kernel,strides,padding", DIRECT_INPUT_GRADIENT_CASES)
+def test_the_direct_input_gradient_gives_the_plain_numbers(
+    monkeypatch, chunk_bytes, h, w, c, f, kernel, strides, padding
+):
+    """The input gradient straight from the output gradient, each phase of the input's pixels
+    (which taps meet them) a convolution of its own (kernels.conv_direct_input_gradient), for
+    16 channels or more; for fewer, through im2col's columns: the float64 numbers to
+    float32 rounding, in chunks of one image and of all."""
+    plan = ConvPlan(winograd=False, chunk_bytes=chunk_bytes, products="direct")
+    monkeypatch.setattr(conv.tuning, "conv_plan", lambda *shapes: plan)
+    phased = []
+    by_phase = conv._by_phase
+    monkeypatch.setattr(conv, "_by_phase", lambda *a: phased.append(a) or by_phase(*a))
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(3, h, w, c)).astype(np.float32)
+    k = (rng.normal(size=(*kernel, c, f)) / 4).astype(np.float32)
+    y, cache = conv.conv2d_forward(x, k, None, strides, padding)
+    dy = rng.normal(size=y.shape).astype(np.float32)
+    dx, _, _ = conv.conv2d_backward(dy, cache)
+    _, cache_ref = nn.conv2d_forward(x.astype(np.float64), k.astype(np.float64), None, strides,
+                                     padding)  # fmt: skip
+    dx_ref, _, _ = nn.conv2d_backward(dy.astype(np.float64), cache_ref)
+    assert bool(phased) == (c >= 16)
+    assert np.abs(dx - dx_ref).max() <= 2e-5 * np.abs(dx_ref).max()
+
+
 def _check_conv_in_chunks(monkeypatch, strides, padding):
     rng = np.random.default_rng(4)
     x = rng.normal(size=(7, 6, 5, 3))

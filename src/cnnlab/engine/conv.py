@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from cnnlab.engine import blas, kernels, parallel, parts, scratch, tuning, winograd
+from cnnlab.engine import blas, kernels, parallel, parts, scratch, tiles, tuning, winograd
 from cnnlab.engine.sums import column_sums
 from cnnlab.engine.tuning import ConvPlan
 from cnnlab.nn.conv import ConvCache
@@ -86,6 +86,17 @@ def _direct(x: np.ndarray, kernel: np.ndarray, plan: ConvPlan) -> bool:
     input, without im2col (:func:`cnnlab.engine.kernels.conv_direct_forward_images`): the
     plan says so, and they can (float32)."""
     return plan.products == "direct" and _by_tiles(x, kernel, plan)
+
+
+def _direct_input_gradient(x: np.ndarray, kernel: np.ndarray, plan: ConvPlan) -> bool:
+    """Whether the input gradient too is read straight from the output gradient
+    (:func:`cnnlab.engine.kernels.conv_direct_input_gradient`): the convolution is
+    :func:`_direct`, and its input has a whole vector of the tiles' channels or more. Each of
+    that way's products makes a pixel's ``C`` channels of ``dx``, in vectors of
+    :data:`cnnlab.engine.tiles.WIDTH` lanes, so that its time stays the same from 1 channel
+    to 16; through im2col's columns (``dy @ kmat.T``, then col2im) it grows with ``C``, and
+    stays below it for a few channels (benchmarks/README.md)."""
+    return _direct(x, kernel, plan) and kernel.shape[2] >= tiles.WIDTH
 
 
 def _gemm(x: np.ndarray, kernel: np.ndarray, plan: ConvPlan):
@@ -228,6 +239,27 @@ def _chunk_buffer(x: np.ndarray, pads: Pads, step: int) -> np.ndarray:
     return scratch.buffer(("conv direct input", pads), shape, x.dtype, zeros=True)
 
 
+def _gradient_buffer(x_shape, dy_shape, window, strides, pads: Pads, step: int, dtype, name=()):
+    """This thread's buffer for ``step`` images of the output gradient with the zeros around it
+    that :func:`cnnlab.engine.kernels.conv_direct_input_gradient` reads (written only
+    inside); ``name`` tells apart several threads' buffers made on one thread."""
+    corner = (pads[0][0], pads[1][0])
+    rows, cols = kernels.padded_gradient_shape(x_shape[1:3], dy_shape[1:3], corner, strides,
+                                               window)  # fmt: skip
+    border = kernels.input_gradient_padding(window, strides)
+    key = ("conv direct output gradient", border, tuple(dy_shape[1:3]), *name)
+    return scratch.buffer(key, (step, rows, cols, dy_shape[3]), dtype, zeros=True)
+
+
+def _by_phase(kernel: np.ndarray, strides) -> np.ndarray:
+    """The taps of ``kernel: (kh, kw, C, F)``, each ``kernel[i, j].T``, in the order of
+    :func:`cnnlab.engine.kernels.taps_by_phase`: ``(kh*kw*F, C)``."""
+    kh, kw, c, _ = kernel.shape
+    order = kernels.taps_by_phase((kh, kw), tuple(strides))
+    taps = kernel[order[:, 0], order[:, 1]]  # (kh*kw, C, F)
+    return np.ascontiguousarray(taps.transpose(0, 2, 1)).reshape(-1, c)
+
+
 def _padded(x: np.ndarray, pads: Pads) -> np.ndarray:
     """The buffer for ``x`` with its padding (``x`` itself without any); its border is zeroed
     once, and its inside is left for the caller to fill, a slice of the batch at a time."""
@@ -297,7 +329,8 @@ def conv2d_backward_plan(
     dx = np.empty(x.shape, dtype=np.result_type(dy, kernel)) if input_gradient else None
     sums = column_sums if bias_gradient else _no_sums
     if _direct(x, kernel, plan) and dy.dtype == x.dtype:
-        return dx, _direct_backward(x, kernel, dy, strides, pads, step, dx, sums)
+        by_phase = _direct_input_gradient(x, kernel, plan)
+        return dx, _direct_backward(x, kernel, dy, strides, pads, step, dx, sums, by_phase)
     if _compiled_products(x, kernel) and dy.dtype == x.dtype:
         return dx, _compiled_backward(x, kernel, dy, strides, (top, left), step, plan, dx, sums)
     return dx, _numpy_backward(x, kernel, dy, strides, pads, step, dx, sums)
@@ -332,24 +365,30 @@ def _compiled_backward(x, kernel, dy, strides, corner, step, plan, dx, sums) -> 
     return images
 
 
-def _direct_backward(x, kernel, dy, strides, pads, step, dx, sums) -> Callable:
+def _direct_backward(x, kernel, dy, strides, pads, step, dx, sums, by_phase) -> Callable:
     """``images(start, stop)`` of :func:`conv2d_backward` straight from the input
-    (:func:`cnnlab.engine.kernels.conv_direct_backward_images`): ``(kernel gradient, bias
-    gradient)`` of the slice."""
+    (:func:`cnnlab.engine.kernels.conv_direct_backward_images`), and ``dx`` straight from
+    ``dy`` where ``by_phase`` (:func:`_direct_input_gradient`), else through im2col's columns:
+    ``(kernel gradient, bias gradient)`` of the slice."""
     x = np.ascontiguousarray(x)
     kh, kw, c, f = kernel.shape
-    kmat_t = np.ascontiguousarray(kernel.reshape(-1, f).T)
     _, oh, ow, _ = dy.shape
+    if by_phase:
+        weights = _by_phase(kernel, strides)
+    else:
+        weights = np.ascontiguousarray(kernel.reshape(-1, f).T)
     corner = (pads[0][0], pads[1][0])
 
     def images(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         xp = _chunk_buffer(x, pads, step)
-        dcols = None
-        if dx is not None:
+        dyp = dcols = None
+        if dx is not None and by_phase:
+            dyp = _gradient_buffer(x.shape, dy.shape, (kh, kw), strides, pads, step, x.dtype)
+        elif dx is not None:
             dcols = scratch.buffer("conv dcols", (step, oh, ow, kh, kw, c), x.dtype)
         dkernel = np.empty((kh * kw * c, f), x.dtype)
         kernels.conv_direct_backward_images(
-            x, corner, tuple(strides), (kh, kw), start, stop, dy, kmat_t, xp, dcols,
+            x, corner, tuple(strides), (kh, kw), start, stop, dy, weights, xp, dyp, dcols,
             dkernel, dx,
         )  # fmt: skip
         return dkernel, sums(dy[start:stop].reshape(-1, f))
@@ -548,12 +587,15 @@ def backward_table(cache: ConvCache, input_gradient: bool, threads: int):
            input_gradient)  # fmt: skip
     t = _template(key, lambda: _backward_template(cache, input_gradient, threads))
     kh, kw, c, f = kernel.shape
-    kmat_t = np.ascontiguousarray(kernel.reshape(-1, f).T)
+    if t[parts.DX_WAY] == parts.DIRECT:
+        weights = _by_phase(kernel, strides)
+    else:
+        weights = np.ascontiguousarray(kernel.reshape(-1, f).T)
     dkernels = np.empty((threads, kh * kw * c, f), x.dtype)
-    keep = [x, kmat_t, dkernels]
+    keep = [x, weights, dkernels]
     for index, row in enumerate(_rows(t)):
         row[parts.DKERNEL] = dkernels[index].ctypes.data
-    t[parts.X], t[parts.KMAT_T] = x.ctypes.data, kmat_t.ctypes.data
+    t[parts.X], t[parts.KMAT_T] = x.ctypes.data, weights.ctypes.data
     dx = np.empty(x.shape, x.dtype) if input_gradient else None
     if dx is not None:
         t[parts.DX] = dx.ctypes.data
@@ -584,8 +626,15 @@ def _backward_template(cache: ConvCache, input_gradient: bool, threads: int):
                          buffers)  # fmt: skip
     elif input_gradient:
         shape = (t[parts.STEP], t[parts.OH], t[parts.OW], kh, kw, c)
+        dy_shape = (len(x), t[parts.OH], t[parts.OW], f)
+        if _direct_input_gradient(x, kernel, plan):
+            t[parts.DX_WAY] = parts.DIRECT
         for index, row in enumerate(_rows(t)):
-            dcols = scratch.buffer(("conv dcols", index), shape, x.dtype)
-            row[parts.DCOLS] = dcols.ctypes.data
-            buffers.append(dcols)
+            if t[parts.DX_WAY] == parts.DIRECT:
+                chunk = _gradient_buffer(x.shape, dy_shape, (kh, kw), strides, pads,
+                                         t[parts.STEP], x.dtype, (index,))  # fmt: skip
+            else:
+                chunk = scratch.buffer(("conv dcols", index), shape, x.dtype)
+            row[parts.DX_CHUNK] = chunk.ctypes.data
+            buffers.append(chunk)
     return t, buffers

@@ -423,13 +423,23 @@ def conv_backward_images(gemm, x, pads, strides, start, stop, dy, kmat_t, cols, 
             _products_t(gemm, rows, m, f, k, cols.ctypes.data, g.ctypes.data, add,
                         dkernel.ctypes.data, size)  # fmt: skip
         if dx is not None:
-            if gemm is None:
-                tiles.product(g.ctypes.data, f, 1, kmat_t.ctypes.data, k, dcols.ctypes.data, k,
-                              m, k, f, 0)  # fmt: skip
-            else:
-                _products(gemm, rows, m, k, f, g.ctypes.data, kmat_t.ctypes.data,
-                          dcols.ctypes.data, size)  # fmt: skip
-            col2im(dcols[: b - a], strides[0], strides[1], pads[0], pads[1], dx[a:b])
+            _gradient_by_columns(gemm, rows, g, kmat_t, dcols, strides, pads, dx[a:b])
+
+
+@_compiled
+def _gradient_by_columns(gemm, rows, dy, kmat_t, dcols, strides, pads, dx):
+    """The input gradient ``dx`` of a chunk of images through im2col's columns: ``dcols = dy
+    @ kmat.T`` by ``gemm``, ``rows`` rows a call (by the tiles for ``gemm`` None), which
+    :func:`col2im` adds into ``dx``; ``dy: (len(dx) * oh * ow, F)``."""
+    m, f = dy.shape
+    k = kmat_t.shape[1]
+    if gemm is None:
+        tiles.product(dy.ctypes.data, f, 1, kmat_t.ctypes.data, k, dcols.ctypes.data, k, m, k, f,
+                      0)  # fmt: skip
+    else:
+        _products(gemm, rows, m, k, f, dy.ctypes.data, kmat_t.ctypes.data, dcols.ctypes.data,
+                  dy.itemsize)  # fmt: skip
+    col2im(dcols[: len(dx)], strides[0], strides[1], pads[0], pads[1], dx)
 
 
 @_compiled
@@ -485,7 +495,7 @@ def conv_direct_forward_images(x, pads, strides, window, start, stop, kmat, xp, 
 
 
 @_compiled
-def conv_direct_backward_images(x, pads, strides, window, start, stop, dy, kmat_t, xp,
+def conv_direct_backward_images(x, pads, strides, window, start, stop, dy, weights, xp, dyp,
                                 dcols, dkernel, dx, accumulate=False):  # fmt: skip
     """The kernel gradient of images ``start:stop`` of a convolution straight from the input,
     without im2col, and with ``dx`` (not None) their input gradient, a chunk of ``len(xp)``
@@ -496,17 +506,19 @@ def conv_direct_backward_images(x, pads, strides, window, start, stop, dy, kmat_
     :func:`cnnlab.engine.tiles.product_in_runs`, the windows read in place as in
     :func:`conv_direct_forward_images`, a row of them a run: one sum over the image's output.
     ``dkernel: (kh*kw*C, F)`` is overwritten with the sum (added to, with ``accumulate``). With
-    ``dx``: ``dcols = dy @ kmat.T`` for the chunk by the tiles too (``kmat_t: (F,
-    kh*kw*C)``), which :func:`col2im` adds into ``dx``. float32; shapes as in
-    :func:`conv_direct_forward_images`, ``dcols: (step, oh, ow, kh, kw, C)``."""
+    ``dx`` and ``dyp``: the chunk's ``dy`` copied into ``dyp`` with its border, and
+    :func:`conv_direct_input_gradient` from it (``weights``: the kernel's taps in the order of
+    :func:`taps_by_phase`, ``(kh*kw*F, C)``); with ``dx`` and ``dcols`` instead, through
+    im2col's columns by the tiles (:func:`_gradient_by_columns`, ``weights`` the kernel matrix
+    transposed, ``(F, kh*kw*C)``). float32; shapes as in :func:`conv_direct_forward_images`,
+    ``dyp`` as :func:`padded_gradient_shape` gives, ``dcols: (step, oh, ow, kh, kw, C)``."""
     c = x.shape[3]
     step, wp = xp.shape[0], xp.shape[2]
     _, oh, ow, f = dy.shape
     kh, kw = window
     sh, sw = strides
     span = kw * c
-    k = kh * span
-    dy2 = dy.reshape(-1, f)
+    border = input_gradient_padding(window, strides)
     for a in range(start, stop, step):
         b = min(a + step, stop)
         _pad_chunk(x, a, b, pads[0], pads[1], xp)
@@ -518,12 +530,113 @@ def conv_direct_backward_images(x, pads, strides, window, start, stop, dy, kmat_
                 out = np.int64(dkernel[i * span].ctypes.data)
                 tiles.product_in_runs(windows, 1, sw * c, ow, sh * wp * c - ow * sw * c, g, f,
                                       out, f, span, f, oh * ow, add)  # fmt: skip
-        if dx is not None:
-            m = (b - a) * oh * ow
-            tiles.product(np.int64(dy2[a * oh * ow].ctypes.data), f, 1,
-                          np.int64(kmat_t.ctypes.data), k, np.int64(dcols.ctypes.data), k, m, k,
-                          f, 0)  # fmt: skip
-            col2im(dcols[: b - a], sh, sw, pads[0], pads[1], dx[a:b])
+        if dx is None:
+            continue
+        if dyp is not None:  # (two ifs: numba compiles only the one whose buffer is given)
+            _pad_chunk(dy, a, b, border[0], border[1], dyp)
+            conv_direct_input_gradient(dyp[: b - a], pads, strides, window, weights, dx[a:b])
+        if dcols is not None:
+            g = dy.reshape(-1, f)[a * oh * ow : b * oh * ow]
+            _gradient_by_columns(None, 0, g, weights, dcols, strides, pads, dx[a:b])
+
+
+@_compiled
+def _taps(size, stride, phase):
+    """How many of a window's ``size`` taps along one axis (of ``stride``) have the phase
+    ``phase``: the taps ``phase``, ``phase + stride``, ... below ``size``."""
+    return max(0, (size - phase + stride - 1) // stride)
+
+
+@_compiled
+def taps_by_phase(window, strides):
+    """The taps ``(i, j)`` of a ``window = (kh, kw)`` kernel in the order of
+    :func:`conv_direct_input_gradient`'s weights, ``(kh*kw, 2)``: phase by phase (``i % sh``,
+    then ``j % sw``), and within a phase the last tap first (it meets the first row of the
+    output gradient a pixel of that phase reads)."""
+    kh, kw = window
+    sh, sw = strides
+    order = np.empty((kh * kw, 2), np.int64)
+    n = 0
+    for ry in range(sh):
+        ty = _taps(kh, sh, ry)
+        for rx in range(sw):
+            tx = _taps(kw, sw, rx)
+            for ey in range(ty):
+                for ex in range(tx):
+                    order[n, 0], order[n, 1] = ry + (ty - 1 - ey) * sh, rx + (tx - 1 - ex) * sw
+                    n += 1
+    return order
+
+
+@_compiled
+def input_gradient_padding(window, strides):
+    """The zero rows above and columns left of the output gradient that
+    :func:`conv_direct_input_gradient` reads: one fewer than a phase's most taps."""
+    return _taps(window[0], strides[0], 0) - 1, _taps(window[1], strides[1], 0) - 1
+
+
+@_compiled
+def padded_gradient_shape(x_hw, out_hw, pads, strides, window):
+    """The rows and columns of the output gradient with the zeros around it that
+    :func:`conv_direct_input_gradient` reads: :func:`input_gradient_padding` before it, and
+    after it as many as the windows of the input's last row and column reach (more than the
+    output's where "valid" padding leaves input pixels that no window holds)."""
+    border = input_gradient_padding(window, strides)
+    rows = border[0] + max(out_hw[0], (x_hw[0] - 1 + pads[0]) // strides[0] + 1)
+    return rows, border[1] + max(out_hw[1], (x_hw[1] - 1 + pads[1]) // strides[1] + 1)
+
+
+@_compiled
+def conv_direct_input_gradient(dyp, pads, strides, window, by_phase, dx):
+    """The input gradient of a convolution, each input pixel's sum over the output pixels whose
+    windows hold it, straight from the output gradient, without im2col or col2im::
+
+        dx[n, y, x, :] = sum over i, j, with (y + top - i) = oy * sh, (x + left - j) = ox * sw,
+                         of dy[n, oy, ox, :] @ kernel[i, j].T
+
+    The taps that meet a pixel depend only on its phase, ``((y + top) % sh, (x + left) % sw)``,
+    and are ``ty x tx`` of them, the output pixels they meet a ``ty x tx`` window of ``dy``: so
+    each phase is a convolution with strides 1 of ``dy`` with its own taps, turned, whose
+    outputs are every ``sh``-th row and ``sw``-th pixel of ``dx`` (one phase for strides 1; four
+    of 2x2, 2x1, 1x2 and 1x1 taps for a 3x3 kernel with strides 2, none of them zero). Each row
+    of a phase is one :func:`cnnlab.engine.tiles.product_in_runs` reading its windows in place
+    in ``dyp``, as :func:`conv_direct_forward_images` does, and writing to ``dx`` a pixel in
+    ``sw``: every value of ``dx`` is written once, with no scatter and no sums added in memory.
+
+    float32; ``dyp: (N, border[0] + rows, border[1] + columns, F)`` the output gradient with
+    zeros around it (``border`` of :func:`input_gradient_padding`, and enough rows and columns
+    after it for every pixel's window), ``by_phase: (kh*kw*F, C)``, the kernel's taps
+    ``kernel[i, j].T`` in the order of :func:`taps_by_phase`; ``dx: (N, H, W, C)`` is
+    overwritten (its pixels that no window holds with zeros)."""
+    n, h, w, c = dx.shape
+    f, wp = dyp.shape[3], dyp.shape[2]
+    kh, kw = window
+    sh, sw = strides
+    top, left = pads
+    border = input_gradient_padding(window, strides)
+    following = np.int64(by_phase.ctypes.data)  # the next phase's taps
+    for ry in range(sh):
+        ty = _taps(kh, sh, ry)
+        y0 = (ry - top) % sh  # the phase's first row of dx
+        for rx in range(sw):
+            tx = _taps(kw, sw, rx)
+            x0 = (rx - left) % sw
+            k = ty * tx * f
+            weights, following = following, following + 4 * k * c
+            pixels = (w - x0 + sw - 1) // sw  # of the phase in a row of dx
+            if pixels <= 0:
+                continue
+            ox = (x0 + left - rx) // sw - tx + 1 + border[1]  # its first window's column
+            for img in range(n):
+                for y in range(y0, h, sh):
+                    if k == 0:  # no tap has this phase (a kernel narrower than its strides)
+                        dx[img, y, x0::sw] = 0
+                        continue
+                    oy = (y + top - ry) // sh - ty + 1 + border[0]
+                    tiles.product_in_runs(np.int64(dyp[img, oy, ox].ctypes.data), f, 1, tx * f,
+                                          (wp - tx) * f, weights, c,
+                                          np.int64(dx[img, y, x0].ctypes.data), sw * c, pixels,
+                                          c, k, 0)  # fmt: skip
 
 
 @_compiled

@@ -44,8 +44,9 @@ TILES, TURNED_TILES = 18, 19
 # Forward: the weights (kmat: (KH*KW*C, F); Winograd's u: (36, C, F)), the output z, the bias
 # (0: none), and with Winograd the bias as its epilogue, (3, F): -bias, ones, zeros.
 WEIGHTS, Z, BIAS, EPILOGUE = 20, 21, 22, 23
-# Backward: kmat.T: (F, KH*KW*C), dx (0: none) and how it is made (DX_WAY), Winograd's turned
-# filters (36, F, C).
+# Backward: kmat.T: (F, KH*KW*C) for im2col's input gradient, or the taps by phase (KH*KW*F,
+# C) for the direct one; dx (0: none) and how it is made (DX_WAY: 0, through im2col's columns;
+# DIRECT, straight from dz; WINOGRAD), Winograd's turned filters (36, F, C).
 KMAT_T, DX, DX_WAY, TURNED = 24, 25, 26, 27
 # Batch norm: gamma, beta, epsilon and the activation's slope (float64 bits), the flags of
 # the meetings (meetings x threads), the slices' sums (threads, 2, F) float64, and forward
@@ -62,9 +63,10 @@ GEMM, GEMM_WIDE, GEMM_ROWS = 42, 43, 44
 KERNEL = 45
 SHARED_FIELDS = 46
 # A thread's row, after them: its images [START, STOP), its kernel gradient (KH*KW*C, F),
-# its chunk buffer (im2col's columns, or the padded images read in place), im2col's columns
-# of the input gradient, Winograd's buffers V and M, and a chunk of dz (STEP, OH, OW, F).
-START, STOP, DKERNEL, CHUNK, DCOLS, V, M, DZ_CHUNK = range(8)
+# its chunk buffer (im2col's columns, or the padded images read in place), the input
+# gradient's buffer (im2col's columns, or the direct way's chunk of dz with zeros around it),
+# Winograd's buffers V and M, and a chunk of dz (STEP, OH, OW, F).
+START, STOP, DKERNEL, CHUNK, DX_CHUNK, V, M, DZ_CHUNK = range(8)
 THREAD_FIELDS = 8
 
 
@@ -274,36 +276,44 @@ def _backward_chunks_by(gemm, t, thread, x, dy, z, dkernel, dx):
                                    stats[2], stats[3], beta, slope, grads[2], grads[3],
                                    dz.reshape((-1, f)), totals)  # fmt: skip
         if dx is None:
-            _backward_ways(gemm, t, row, x[a:b], dz, dkernel, None, None, a != start)
+            _backward_ways(gemm, t, row, x[a:b], dz, dkernel, None, a != start)
         elif t[DX_WAY] == WINOGRAD:  # dz convolved with the turned filters
             u = _array3(t[TURNED], 36, f, t[C])
             v = _array3(row[V], 36, t[TURNED_TILES], f)
             w = _array3(row[M], 36, t[TURNED_TILES], t[C])
             winograd.forward_images(gemm, dz, 2 - t[TOP], 2 - t[LEFT], 0, b - a, u, v, w, None,
                                     dx[a:b])  # fmt: skip
-            _backward_ways(gemm, t, row, x[a:b], dz, dkernel, None, None, a != start)
+            _backward_ways(gemm, t, row, x[a:b], dz, dkernel, None, a != start)
         else:
-            size = step * rows * t[KH] * t[KW] * t[C]
-            dcols = floats(row[DCOLS], size).reshape((step, t[OH], t[OW], t[KH], t[KW], t[C]))
-            _backward_ways(gemm, t, row, x[a:b], dz, dkernel, dcols, dx[a:b], a != start)
+            _backward_ways(gemm, t, row, x[a:b], dz, dkernel, dx[a:b], a != start)
 
 
 @_compiled
-def _backward_ways(gemm, t, row, x, dz, dkernel, dcols, dx, accumulate):
+def _backward_ways(gemm, t, row, x, dz, dkernel, dx, accumulate):
     """The convolution's backward pass of the images ``x`` (a chunk) whose output gradient is
     ``dz``: its kernel gradient added to ``dkernel`` (or written there, but for
-    ``accumulate``) by im2col and ``gemm`` (None: the tiles), or straight from the input
-    (:func:`cnnlab.engine.kernels.conv_direct_backward_images`), and with ``dx`` (not None)
-    their input gradient, through the columns ``dcols``."""
-    kmat_t = _array2(t[KMAT_T], t[F], t[KH] * t[KW] * t[C])
+    ``accumulate``), and with ``dx`` (not None) their input gradient: by im2col and ``gemm``
+    (None: the tiles), through im2col's columns of the input gradient, or straight from the
+    input and from ``dz`` (:func:`cnnlab.engine.kernels.conv_direct_backward_images`)."""
     pads, strides, window = (t[TOP], t[LEFT]), (t[SH], t[SW]), (t[KH], t[KW])
-    n = len(x)
-    if t[WAY] == DIRECT:
-        xp = _array4(row[CHUNK], t[STEP], t[HP], t[WP], t[C])
-        kernels.conv_direct_backward_images(x, pads, strides, window, 0, n, dz, kmat_t, xp,
+    n, k, step = len(x), t[KH] * t[KW] * t[C], t[STEP]
+    shape = (step, t[OH], t[OW], t[KH], t[KW], t[C])
+    dcols = floats(row[DX_CHUNK], step * t[OH] * t[OW] * k).reshape(shape)  # (unread but dx)
+    if t[WAY] == DIRECT and t[DX_WAY] == DIRECT:
+        by_phase = _array2(t[KMAT_T], t[KH] * t[KW] * t[F], t[C])
+        rows, cols = kernels.padded_gradient_shape((t[H], t[W]), (t[OH], t[OW]), pads, strides,
+                                                   window)  # fmt: skip
+        dzp = _array4(row[DX_CHUNK], step, rows, cols, t[F])
+        kernels.conv_direct_backward_images(x, pads, strides, window, 0, n, dz, by_phase,
+                                            _array4(row[CHUNK], step, t[HP], t[WP], t[C]), dzp,
+                                            None, dkernel, dx, accumulate)  # fmt: skip
+    elif t[WAY] == DIRECT:
+        kernels.conv_direct_backward_images(x, pads, strides, window, 0, n, dz,
+                                            _array2(t[KMAT_T], t[F], k),
+                                            _array4(row[CHUNK], step, t[HP], t[WP], t[C]), None,
                                             dcols, dkernel, dx, accumulate)  # fmt: skip
     else:
-        size = t[STEP] * t[OH] * t[OW] * t[KH] * t[KW] * t[C]
-        cols = floats(row[CHUNK], size).reshape((t[STEP], t[OH], t[OW], t[KH], t[KW], t[C]))
+        cols = floats(row[CHUNK], step * t[OH] * t[OW] * k).reshape(shape)
+        kmat_t = _array2(t[KMAT_T], t[F], k)
         kernels.conv_backward_images(gemm, x, pads, strides, 0, n, dz, kmat_t, cols, dcols,
                                      t[GEMM_ROWS], dkernel, dx, accumulate)  # fmt: skip
