@@ -124,7 +124,7 @@ def conv_row(rng, h: int, c: int, f: int, s: int, pads: tuple[int, int]) -> list
 
     def gradient_direct():
         kernels.conv_direct_backward_images(
-            x, (top, top), (s, s), (3, 3), 0, 16, dy, by_phase, xp, None, dkernel, None
+            x, (top, top), (s, s), (3, 3), 0, 16, dy, by_phase, xp, None, None, dkernel, None
         )
 
     dcols, dx = np.empty_like(cols), np.empty_like(x)
