@@ -12,6 +12,9 @@ Two tables, each figure the median of 30 calls after a warm-up, with BLAS held t
    by the tiles, forward and for the kernel gradient, in microseconds; and its input gradient
    by the tiles' ``dcols = dy @ kmat.T`` and col2im, against the direct one (``dy`` padded,
    then one product per row of each phase: ``kernels.conv_direct_input_gradient``).
+3. The two ways of the input gradient again, for 16 images of 32x32 pixels and 32 filters,
+   by the input's channels: the direct way's time stays the same up to 16 channels (a vector
+   of the tiles), the columns' grows with them (``conv._direct_input_gradient``).
 """
 
 from __future__ import annotations
@@ -124,25 +127,48 @@ def conv_row(rng, h: int, c: int, f: int, s: int, pads: tuple[int, int]) -> list
 
     def gradient_direct():
         kernels.conv_direct_backward_images(
-            x, (top, top), (s, s), (3, 3), 0, 16, dy, by_phase, xp, None, None, dkernel, None
+            x, (top, top), (s, s), (3, 3), 0, 16, dy, kmat_t, xp, None, None, dkernel, None
         )
 
-    dcols, dx = np.empty_like(cols), np.empty_like(x)
+    times = [median_us(fn) for fn in (forward_im2col, forward_direct, gradient_im2col,
+                                      gradient_direct)]  # fmt: skip
+    return times + input_gradient_row(dy, kmat, (h, h), s, pads)
+
+
+def input_gradient_row(dy, kmat, hw, s: int, pads: tuple[int, int]) -> list[float]:
+    """Microseconds of the input gradient of a 3x3 convolution of ``len(dy)`` images (``kmat:
+    (9*C, F)``), by the tiles' ``dcols = dy @ kmat.T`` and col2im, and straight from ``dy``."""
+    n, oh, ow, f = dy.shape
+    c, top = kmat.shape[0] // 9, pads[0]
+    kmat_t = np.ascontiguousarray(kmat.T)
+    dcols, dx = np.empty((n, oh, ow, 3, 3, c), np.float32), np.empty((n, *hw, c), np.float32)
     by_phase = conv._by_phase(kmat.reshape(3, 3, c, f), (s, s))
     border = kernels.input_gradient_padding((3, 3), (s, s))
-    shape = kernels.padded_gradient_shape((h, h), (oh, oh), (top, top), (s, s), (3, 3))
-    dyp = np.zeros((16, *shape, f), np.float32)
+    shape = kernels.padded_gradient_shape(hw, (oh, ow), (top, top), (s, s), (3, 3))
+    dyp = np.zeros((n, *shape, f), np.float32)
 
-    def input_col2im():
-        tile_product(flat_dy, kmat_t, dcols.reshape(-1, 9 * c))
+    def by_columns():
+        tile_product(dy.reshape(-1, f), kmat_t, dcols.reshape(-1, 9 * c))
         kernels.col2im(dcols, s, s, top, top, dx)
 
-    def input_direct():
-        kernels._pad_chunk(dy, 0, 16, border[0], border[1], dyp)
+    def direct():
+        kernels._pad_chunk(dy, 0, n, border[0], border[1], dyp)
         kernels.conv_direct_input_gradient(dyp, (top, top), (s, s), (3, 3), by_phase, dx)
 
-    return [median_us(fn) for fn in (forward_im2col, forward_direct, gradient_im2col,
-                                     gradient_direct, input_col2im, input_direct)]  # fmt: skip
+    return [median_us(by_columns), median_us(direct)]
+
+
+def channels_table(rng) -> None:
+    print("\n| input gradient, 16 images 32x32, 32 filters | channels | through the columns "
+          "| direct |")  # fmt: skip
+    print("|---|---:|---:|---:|")
+    for s, pads in ((1, (1, 1)), (2, (0, 1))):
+        oh = (32 + sum(pads) - 3) // s + 1
+        dy = rng.standard_normal((16, oh, oh, 32), dtype=np.float32)
+        for c in (3, 8, 12, 16, 32):
+            kmat = rng.standard_normal((9 * c, 32), dtype=np.float32) * 0.1
+            times = input_gradient_row(dy, kmat, (32, 32), s, pads)
+            print(f"| strides {s} | {c} | " + " | ".join(f"{t:.0f} us" for t in times) + " |")
 
 
 def main() -> None:
@@ -151,6 +177,7 @@ def main() -> None:
     print(f"tiles of {tiles.ROWS} rows x {tiles.VECTORS * tiles.WIDTH} columns; GFLOP/s, one core")
     products_table(rng)
     convs_table(rng)
+    channels_table(rng)
 
 
 if __name__ == "__main__":
