@@ -12,7 +12,9 @@ found, as NumPy calls on a padded copy. In float32 the
 products can go to cnnlab's own register tiles instead (:mod:`cnnlab.engine.tiles`), which
 can also read each output row's windows straight from a padded chunk of the input, with no
 im2col at all, forward and for the kernel gradient
-(:func:`cnnlab.engine.kernels.conv_direct_forward_images`). 3x3 convolutions with strides 1
+(:func:`cnnlab.engine.kernels.conv_direct_forward_images`), and make the input gradient
+straight from the output gradient (:func:`cnnlab.engine.kernels.conv_direct_input_gradient`).
+3x3 convolutions with strides 1
 can run by Winograd's minimal filtering instead, forward and for the input gradient
 (:mod:`cnnlab.engine.winograd`). How many images a chunk holds, what multiplies, and whether a
 convolution goes by Winograd, is its shape's :class:`~cnnlab.engine.tuning.ConvPlan`, measured

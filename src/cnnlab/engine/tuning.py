@@ -92,7 +92,8 @@ class ConvPlan(NamedTuple):
     gemm_macs: int = 0
     # What multiplies (:data:`PRODUCTS`): "blas"; "tiles", cnnlab's own register tiles
     # (:mod:`cnnlab.engine.tiles`); "direct", the tiles reading the windows straight from the
-    # input, without im2col (forward and kernel gradient). The tiles take float32 only.
+    # input, without im2col (forward and kernel gradient), and the input gradient's from the
+    # output gradient (for 16 channels or more). The tiles take float32 only.
     products: str = "blas"
 
     def __str__(self) -> str:
