@@ -137,7 +137,7 @@ _PLANS = {
 @pytest.mark.parametrize(
     "batch,strides,padding,bias,input_gradient",
     [(7, 1, "same", True, True), (5, 2, "same", False, True), (2, 1, "valid", True, False),
-     (1, 2, "same", True, True)],
+     (1, 2, "same", True, True), (3, 2, "valid", False, True)],
 )  # fmt: skip
 def test_the_ops_compiled_parts_give_the_numbers_of_its_slices_in_python(
     monkeypatch, n_threads, way, batch, strides, padding, bias, input_gradient
