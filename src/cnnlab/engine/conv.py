@@ -241,15 +241,15 @@ def _chunk_buffer(x: np.ndarray, pads: Pads, step: int) -> np.ndarray:
     return scratch.buffer(("conv direct input", pads), shape, x.dtype, zeros=True)
 
 
-def _gradient_buffer(x_shape, dy_shape, window, strides, pads: Pads, step: int, dtype, name=()):
+def _gradient_buffer(x_shape, dy_shape, window, strides, pads: Pads, step: int, dtype, index=None):
     """This thread's buffer for ``step`` images of the output gradient with the zeros around it
     that :func:`cnnlab.engine.kernels.conv_direct_input_gradient` reads (written only
-    inside); ``name`` tells apart several threads' buffers made on one thread."""
+    inside); ``index`` tells apart the buffers of several threads made on one thread."""
     corner = (pads[0][0], pads[1][0])
     rows, cols = kernels.padded_gradient_shape(x_shape[1:3], dy_shape[1:3], corner, strides,
                                                window)  # fmt: skip
     border = kernels.input_gradient_padding(window, strides)
-    key = ("conv direct output gradient", border, tuple(dy_shape[1:3]), *name)
+    key = ("conv direct output gradient", border, tuple(dy_shape[1:3]), index)
     return scratch.buffer(key, (step, rows, cols, dy_shape[3]), dtype, zeros=True)
 
 
@@ -331,8 +331,8 @@ def conv2d_backward_plan(
     dx = np.empty(x.shape, dtype=np.result_type(dy, kernel)) if input_gradient else None
     sums = column_sums if bias_gradient else _no_sums
     if _direct(x, kernel, plan) and dy.dtype == x.dtype:
-        by_phase = _direct_input_gradient(x, kernel, plan)
-        return dx, _direct_backward(x, kernel, dy, strides, pads, step, dx, sums, by_phase)
+        direct_dx = _direct_input_gradient(x, kernel, plan)
+        return dx, _direct_backward(x, kernel, dy, strides, pads, step, dx, sums, direct_dx)
     if _compiled_products(x, kernel) and dy.dtype == x.dtype:
         return dx, _compiled_backward(x, kernel, dy, strides, (top, left), step, plan, dx, sums)
     return dx, _numpy_backward(x, kernel, dy, strides, pads, step, dx, sums)
@@ -367,15 +367,15 @@ def _compiled_backward(x, kernel, dy, strides, corner, step, plan, dx, sums) -> 
     return images
 
 
-def _direct_backward(x, kernel, dy, strides, pads, step, dx, sums, by_phase) -> Callable:
+def _direct_backward(x, kernel, dy, strides, pads, step, dx, sums, direct_dx) -> Callable:
     """``images(start, stop)`` of :func:`conv2d_backward` straight from the input
     (:func:`cnnlab.engine.kernels.conv_direct_backward_images`), and ``dx`` straight from
-    ``dy`` where ``by_phase`` (:func:`_direct_input_gradient`), else through im2col's columns:
+    ``dy`` where ``direct_dx`` (:func:`_direct_input_gradient`), else through im2col's columns:
     ``(kernel gradient, bias gradient)`` of the slice."""
     x = np.ascontiguousarray(x)
     kh, kw, c, f = kernel.shape
     _, oh, ow, _ = dy.shape
-    if by_phase:
+    if direct_dx:
         weights = _by_phase(kernel, strides)
     else:
         weights = np.ascontiguousarray(kernel.reshape(-1, f).T)
@@ -384,7 +384,7 @@ def _direct_backward(x, kernel, dy, strides, pads, step, dx, sums, by_phase) -> 
     def images(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         xp = _chunk_buffer(x, pads, step)
         dyp = dcols = None
-        if dx is not None and by_phase:
+        if dx is not None and direct_dx:
             dyp = _gradient_buffer(x.shape, dy.shape, (kh, kw), strides, pads, step, x.dtype)
         elif dx is not None:
             dcols = scratch.buffer("conv dcols", (step, oh, ow, kh, kw, c), x.dtype)
@@ -634,7 +634,7 @@ def _backward_template(cache: ConvCache, input_gradient: bool, threads: int):
         for index, row in enumerate(_rows(t)):
             if t[parts.DX_WAY] == parts.DIRECT:
                 chunk = _gradient_buffer(x.shape, dy_shape, (kh, kw), strides, pads,
-                                         t[parts.STEP], x.dtype, (index,))  # fmt: skip
+                                         t[parts.STEP], x.dtype, index)  # fmt: skip
             else:
                 chunk = scratch.buffer(("conv dcols", index), shape, x.dtype)
             row[parts.DX_CHUNK] = chunk.ctypes.data
