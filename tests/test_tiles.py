@@ -52,6 +52,26 @@ def test_each_value_is_the_same_sum_whatever_its_tile():
         np.testing.assert_array_equal(part, whole[:, lo:hi])
 
 
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_the_rows_left_at_the_bottom_are_the_same_sums_and_nothing_below_is_written(accumulate):
+    """The rows below the last whole band go in one band of fewer live rows (a third of a band
+    or more) or one at a time: each row's values are the same sums, bit for bit, as in a whole
+    band, and the rows after ``c``'s last (a band's rows that are not live) are left alone."""
+    rng = np.random.default_rng(3)
+    rows = tiles.ROWS
+    a = rng.standard_normal((3 * rows, 70), dtype=np.float32)
+    b = rng.standard_normal((70, 40), dtype=np.float32)
+    start = rng.standard_normal((3 * rows, 40), dtype=np.float32)
+    whole = start.copy()
+    tile_product(a, b, whole, accumulate)
+    for m in range(1, 2 * rows + 1):
+        guarded = np.full((m + rows, 40), 7.0, np.float32)  # rows after c's last
+        guarded[:m] = start[:m]
+        tile_product(a[:m], b, guarded[:m], accumulate)
+        np.testing.assert_array_equal(guarded[:m], whole[:m])
+        assert (guarded[m:] == 7.0).all(), m
+
+
 def test_a_transposed_a_summed_in_short_blocks_gives_the_same_sums():
     """``a.T`` read in place is summed over ``k`` in blocks short enough for the cache, each
     tile going on from ``c`` after each block: the same values in the same order as from a

@@ -108,7 +108,7 @@ class _Vectors:
 
 def _emit(builder: ir.IRBuilder, rows: int, vectors: int, masked: bool, args) -> None:
     """The IR of one tile of ``rows x vectors * 16`` values (see :func:`_tile`)."""
-    a, a_rows, a_cols, b, ldb, c, ldc, k, accumulate, last, first, run, gap = args
+    a, a_rows, a_cols, b, ldb, c, ldc, k, accumulate, last, first, run, gap, live = args
     a, b, c = (builder.inttoptr(p, _FLOAT.as_pointer()) for p in (a, b, c))
     fma = _declared(builder.module, "llvm.fma.v16f32", _VECTOR, _VECTOR, _VECTOR, _VECTOR)
     whole, edge = _Vectors(builder), _Vectors(builder, last if masked else None)
@@ -117,8 +117,14 @@ def _emit(builder: ir.IRBuilder, rows: int, vectors: int, masked: bool, args) ->
     def const(n: int):
         return ir.Constant(_INT, n)
 
+    # Rows from ``live`` on are the last live row again, read from its rows of ``a`` and ``c``
+    # and stored there, the same sums: a band of fewer rows than the tile's.
+    row = [builder.select(builder.icmp_signed("<", const(r), live), const(r),
+                          builder.sub(live, const(1))) for r in range(rows)]  # fmt: skip
+    a_at = [builder.mul(a_rows, row[r]) for r in range(rows)]
+
     def c_at(r: int, v: int):
-        return builder.add(builder.mul(ldc, const(r)), const(v * WIDTH))
+        return builder.add(builder.mul(ldc, row[r]), const(v * WIDTH))
 
     def phis(incoming: list) -> list:
         """A phi of 16 floats for each sum, from each ``(sums, block)`` of ``incoming``."""
@@ -164,7 +170,7 @@ def _emit(builder: ir.IRBuilder, rows: int, vectors: int, masked: bool, args) ->
     splat = ir.Constant(ir.VectorType(_I32, WIDTH), [0] * WIDTH)
     new = []
     for r in range(rows):
-        at = builder.add(builder.mul(a_rows, const(r)), a_col)
+        at = builder.add(a_at[r], a_col)
         one = builder.insert_element(undefined, builder.load(builder.gep(a_run, [at])),
                                      ir.Constant(_I32, 0))  # fmt: skip
         broadcast = builder.shuffle_vector(one, undefined, splat)
@@ -200,20 +206,22 @@ def _emit(builder: ir.IRBuilder, rows: int, vectors: int, masked: bool, args) ->
 
 def _tile(rows: int, vectors: int, masked: bool = False):
     """The intrinsic ``tile(a, a_rows, a_cols, b, ldb, c, ldc, k, accumulate, last, first, run,
-    gap)``: ``c[r, q] = (c[r, q] if accumulate else 0) + sum_p a[r * a_rows + at(p)] * b[p *
-    ldb + q]`` for ``r < rows``, ``q < 16 * vectors`` (``q < 16 * (vectors - 1) + last`` if
-    ``masked``: the last vector's first ``last`` lanes), where ``a``, ``b``, ``c`` are the
-    addresses of float32 values and the strides count values. ``at(p) = p * a_cols + gap *
-    runs(p)``, ``runs(p)`` the runs of ``a``'s values before step ``p``: the first of ``first``
-    steps, the others of ``run`` each."""
+    gap, live)``: ``c[r, q] = (c[r, q] if accumulate else 0) + sum_p a[r * a_rows + at(p)] *
+    b[p * ldb + q]`` for ``r < min(rows, live)``, ``q < 16 * vectors`` (``q < 16 * (vectors -
+    1) + last`` if ``masked``: the last vector's first ``last`` lanes), where ``a``, ``b``,
+    ``c`` are the addresses of float32 values and the strides count values. ``at(p) = p *
+    a_cols + gap * runs(p)``, ``runs(p)`` the runs of ``a``'s values before step ``p``: the
+    first of ``first`` steps, the others of ``run`` each. ``live``, 1 to ``rows``: the rows
+    of ``c`` read and written; the tile's others repeat the last of them."""
 
     @intrinsic
-    def tile(typingctx, a, a_rows, a_cols, b, ldb, c, ldc, k, accumulate, last, first, run, gap):
+    def tile(typingctx, a, a_rows, a_cols, b, ldb, c, ldc, k, accumulate, last, first, run, gap,
+             live):  # fmt: skip
         def codegen(context, builder, signature, args):
             _emit(builder, rows, vectors, masked, args)
             return context.get_dummy_value()
 
-        return types.void(*[types.int64] * 13), codegen
+        return types.void(*[types.int64] * 14), codegen
 
     return tile
 
@@ -278,42 +286,50 @@ def product_in_runs(a, a_rows, a_cols, run, gap, b, ldb, c, ldc, m, n, k, accumu
 @numba.njit(cache=True, nogil=True)
 def _block(a, a_rows, a_cols, b, ldb, c, ldc, m, n, k, accumulate, runs):
     """:func:`product_in_runs` for one block of the sum, a band of :data:`ROWS` rows of ``c``
-    at a time, and the last rows one at a time; ``runs``: the tiles' ``(first, run, gap)``."""
+    at a time; the rows left at the bottom in one band of that many live rows where they are
+    a third of a band or more, else one at a time. A row alone keeps only its vectors' sums
+    going, each multiply-add waiting on the last: about a third of a band's time a row on
+    AVX-512, two thirds on AVX2 (benchmarks/README.md), where a band of fewer rows takes a
+    whole band's time. ``runs``: the tiles' ``(first, run, gap)``."""
     wide, vectors, lanes = _edge(n)
-    whole = m - m % ROWS
     i = 0
     while i < m:
-        single = i >= whole
-        _band(single, a + _ITEM * i * a_rows, a_rows, a_cols, b, ldb, c + _ITEM * i * ldc, ldc,
+        left = m - i
+        live = ROWS if left >= ROWS else (left if 3 * left >= ROWS else 1)
+        _band(live, a + _ITEM * i * a_rows, a_rows, a_cols, b, ldb, c + _ITEM * i * ldc, ldc,
               k, accumulate, wide, vectors, lanes, runs)  # fmt: skip
-        i += 1 if single else ROWS
+        i += live
 
 
 @numba.njit(cache=True, nogil=True)
-def _band(single, a, a_rows, a_cols, b, ldb, c, ldc, k, accumulate, wide, vectors, lanes, runs):
-    """One band of ``c``'s rows (:data:`ROWS`, or one where ``single``) tile by tile: the whole
-    tiles up to column ``wide``, then the edge tile of :func:`_edge`'s ``vectors`` and
-    ``lanes``."""
+def _band(live, a, a_rows, a_cols, b, ldb, c, ldc, k, accumulate, wide, vectors, lanes, runs):
+    """One band of ``live`` rows of ``c`` (by the tiles of one row where ``live`` is 1, else
+    of :data:`ROWS`) tile by tile: the whole tiles up to column ``wide``, then the edge tile of
+    :func:`_edge`'s ``vectors`` and ``lanes``."""
     first, run, gap = runs
+    single = live == 1
     for j in range(0, wide, STEP):
         b_j, c_j = b + _ITEM * j, c + _ITEM * j
         if single:
-            _row_full(a, a_rows, a_cols, b_j, ldb, c_j, ldc, k, accumulate, 0, first, run, gap)
+            _row_full(a, a_rows, a_cols, b_j, ldb, c_j, ldc, k, accumulate, 0, first, run, gap, 1)
         else:
-            _full(a, a_rows, a_cols, b_j, ldb, c_j, ldc, k, accumulate, 0, first, run, gap)
+            _full(a, a_rows, a_cols, b_j, ldb, c_j, ldc, k, accumulate, 0, first, run, gap, live)
     b, c = b + _ITEM * wide, c + _ITEM * wide
     if vectors == 1:
         if single:
-            _row_edge1(a, a_rows, a_cols, b, ldb, c, ldc, k, accumulate, lanes, first, run, gap)
+            _row_edge1(a, a_rows, a_cols, b, ldb, c, ldc, k, accumulate, lanes, first, run, gap,
+                       1)  # fmt: skip
         else:
-            _edge1(a, a_rows, a_cols, b, ldb, c, ldc, k, accumulate, lanes, first, run, gap)
+            _edge1(a, a_rows, a_cols, b, ldb, c, ldc, k, accumulate, lanes, first, run, gap, live)
     elif vectors == 2:
         if single:
-            _row_edge2(a, a_rows, a_cols, b, ldb, c, ldc, k, accumulate, lanes, first, run, gap)
+            _row_edge2(a, a_rows, a_cols, b, ldb, c, ldc, k, accumulate, lanes, first, run, gap,
+                       1)  # fmt: skip
         else:
-            _edge2(a, a_rows, a_cols, b, ldb, c, ldc, k, accumulate, lanes, first, run, gap)
+            _edge2(a, a_rows, a_cols, b, ldb, c, ldc, k, accumulate, lanes, first, run, gap, live)
     elif vectors == 3:
         if single:
-            _row_edge3(a, a_rows, a_cols, b, ldb, c, ldc, k, accumulate, lanes, first, run, gap)
+            _row_edge3(a, a_rows, a_cols, b, ldb, c, ldc, k, accumulate, lanes, first, run, gap,
+                       1)  # fmt: skip
         else:
-            _edge3(a, a_rows, a_cols, b, ldb, c, ldc, k, accumulate, lanes, first, run, gap)
+            _edge3(a, a_rows, a_cols, b, ldb, c, ldc, k, accumulate, lanes, first, run, gap, live)
