@@ -18,17 +18,21 @@ the tests check that they give the same numbers. What makes them fast lives besi
 :mod:`cnnlab.nn` that have no fast form here run as they are.
 """
 
-from cnnlab.engine.activations import leaky_relu, leaky_relu_backward, relu, relu_backward
-from cnnlab.engine.batchnorm import (
-    batchnorm_inference_forward,
-    batchnorm_train_backward,
-    batchnorm_train_forward,
-)
-from cnnlab.engine.conv import conv2d_backward, conv2d_forward
-from cnnlab.engine.dense import dense_backward, dense_forward
-from cnnlab.engine.losses import crossentropy_from_logits
-from cnnlab.engine.optimizers import adam_update
-from cnnlab.engine.parallel import one_blas_thread
+from cnnlab.engine.compiled import own_folder
+
+with own_folder():  # the compiled loops' cache: a folder for these sources (compiled.py)
+    from cnnlab.engine import kernels, parallel, parts, shared, subnormals, tiles, winograd  # noqa: F401
+    from cnnlab.engine.activations import leaky_relu, leaky_relu_backward, relu, relu_backward
+    from cnnlab.engine.batchnorm import (
+        batchnorm_inference_forward,
+        batchnorm_train_backward,
+        batchnorm_train_forward,
+    )
+    from cnnlab.engine.conv import conv2d_backward, conv2d_forward
+    from cnnlab.engine.dense import dense_backward, dense_forward
+    from cnnlab.engine.losses import crossentropy_from_logits
+    from cnnlab.engine.optimizers import adam_update
+    from cnnlab.engine.parallel import one_blas_thread
 
 # The functions that replace those of cnnlab.nn with the same names.
 FAST = (
