@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numba
+import platformdirs
 
 KEEP = 3  # folders kept: the one in use, and those of the versions used just before it
 PREFIX = "engine-"
@@ -39,9 +40,7 @@ def cache_root() -> Path:
     folder's ``numba``."""
     if os.environ.get("NUMBA_CACHE_DIR"):
         return Path(os.environ["NUMBA_CACHE_DIR"]).expanduser()
-    import pooch
-
-    return Path(pooch.os_cache("cnnlab")) / "numba"
+    return Path(platformdirs.user_cache_dir("cnnlab")) / "numba"  # as pooch's, for the data
 
 
 @contextlib.contextmanager
