@@ -2,8 +2,9 @@
 conv layer (32 or 64 filters), which BLAS libraries run well below the machine's peak.
 
 ``c = a @ b``, or ``c += a @ b``, for ``a: (m, k)``, ``b: (k, n)``, ``c: (m, n)``. ``c`` is cut
-into tiles of 8 rows and 32 columns (6 rows and 16 columns without AVX-512; one row at a time
-at the bottom), and each tile's sums stay in vector registers for the whole sum over ``k``::
+into tiles of 8 rows and 32 columns (6 rows and 16 columns without AVX-512; the rows left at
+the bottom in a band of fewer rows, or one at a time), and each tile's sums stay in vector
+registers for the whole sum over ``k``::
 
     for p in range(k):
         c[i : i + 8, j : j + 32] += a[i : i + 8, p, None] * b[p, j : j + 32]
@@ -288,8 +289,8 @@ def _block(a, a_rows, a_cols, b, ldb, c, ldc, m, n, k, accumulate, runs):
     """:func:`product_in_runs` for one block of the sum, a band of :data:`ROWS` rows of ``c``
     at a time; the rows left at the bottom in one band of that many live rows where they are
     a third of a band or more, else one at a time. A row alone keeps only its vectors' sums
-    going, each multiply-add waiting on the last: about a third of a band's time a row on
-    AVX-512, two thirds on AVX2 (benchmarks/README.md), where a band of fewer rows takes a
+    going, each multiply-add waiting on the last: about a third of a band's time on AVX-512
+    (benchmarks/README.md), more against AVX2's bands of 6 rows; a band of fewer rows takes a
     whole band's time. ``runs``: the tiles' ``(first, run, gap)``."""
     wide, vectors, lanes = _edge(n)
     i = 0
