@@ -262,6 +262,15 @@ def _by_phase(kernel: np.ndarray, strides) -> np.ndarray:
     return np.ascontiguousarray(taps.transpose(0, 2, 1)).reshape(-1, c)
 
 
+def _input_gradient_weights(kernel: np.ndarray, strides, direct_dx: bool) -> np.ndarray:
+    """The weights the direct way's backward pass takes for ``dx``: the taps by phase
+    (:func:`_by_phase`) where ``direct_dx``, else the kernel matrix transposed, ``(F,
+    kh*kw*C)``, for im2col's columns."""
+    if direct_dx:
+        return _by_phase(kernel, strides)
+    return np.ascontiguousarray(kernel.reshape(-1, kernel.shape[3]).T)
+
+
 def _padded(x: np.ndarray, pads: Pads) -> np.ndarray:
     """The buffer for ``x`` with its padding (``x`` itself without any); its border is zeroed
     once, and its inside is left for the caller to fill, a slice of the batch at a time."""
@@ -375,10 +384,7 @@ def _direct_backward(x, kernel, dy, strides, pads, step, dx, sums, direct_dx) ->
     x = np.ascontiguousarray(x)
     kh, kw, c, f = kernel.shape
     _, oh, ow, _ = dy.shape
-    if direct_dx:
-        weights = _by_phase(kernel, strides)
-    else:
-        weights = np.ascontiguousarray(kernel.reshape(-1, f).T)
+    weights = _input_gradient_weights(kernel, strides, direct_dx)
     corner = (pads[0][0], pads[1][0])
 
     def images(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
@@ -589,10 +595,7 @@ def backward_table(cache: ConvCache, input_gradient: bool, threads: int):
            input_gradient)  # fmt: skip
     t = _template(key, lambda: _backward_template(cache, input_gradient, threads))
     kh, kw, c, f = kernel.shape
-    if t[parts.DX_WAY] == parts.DIRECT:
-        weights = _by_phase(kernel, strides)
-    else:
-        weights = np.ascontiguousarray(kernel.reshape(-1, f).T)
+    weights = _input_gradient_weights(kernel, strides, t[parts.DX_WAY] == parts.DIRECT)
     dkernels = np.empty((threads, kh * kw * c, f), x.dtype)
     keep = [x, weights, dkernels]
     for index, row in enumerate(_rows(t)):

@@ -299,19 +299,19 @@ def _backward_ways(gemm, t, row, x, dz, dkernel, dx, accumulate):
     n, k, step = len(x), t[KH] * t[KW] * t[C], t[STEP]
     shape = (step, t[OH], t[OW], t[KH], t[KW], t[C])
     dcols = floats(row[DX_CHUNK], step * t[OH] * t[OW] * k).reshape(shape)  # (unread but dx)
-    if t[WAY] == DIRECT and t[DX_WAY] == DIRECT:
-        by_phase = _array2(t[KMAT_T], t[KH] * t[KW] * t[F], t[C])
-        rows, cols = kernels.padded_gradient_shape((t[H], t[W]), (t[OH], t[OW]), pads, strides,
-                                                   window)  # fmt: skip
-        dzp = _array4(row[DX_CHUNK], step, rows, cols, t[F])
-        kernels.conv_direct_backward_images(x, pads, strides, window, 0, n, dz, by_phase,
-                                            _array4(row[CHUNK], step, t[HP], t[WP], t[C]), dzp,
-                                            None, dkernel, dx, accumulate)  # fmt: skip
-    elif t[WAY] == DIRECT:
-        kernels.conv_direct_backward_images(x, pads, strides, window, 0, n, dz,
-                                            _array2(t[KMAT_T], t[F], k),
-                                            _array4(row[CHUNK], step, t[HP], t[WP], t[C]), None,
-                                            dcols, dkernel, dx, accumulate)  # fmt: skip
+    if t[WAY] == DIRECT:
+        xp = _array4(row[CHUNK], step, t[HP], t[WP], t[C])
+        if t[DX_WAY] == DIRECT:
+            by_phase = _array2(t[KMAT_T], t[KH] * t[KW] * t[F], t[C])
+            rows, cols = kernels.padded_gradient_shape((t[H], t[W]), (t[OH], t[OW]), pads,
+                                                       strides, window)  # fmt: skip
+            dzp = _array4(row[DX_CHUNK], step, rows, cols, t[F])
+            kernels.conv_direct_backward_images(x, pads, strides, window, 0, n, dz, by_phase, xp,
+                                                dzp, None, dkernel, dx, accumulate)  # fmt: skip
+        else:
+            kmat_t = _array2(t[KMAT_T], t[F], k)
+            kernels.conv_direct_backward_images(x, pads, strides, window, 0, n, dz, kmat_t, xp,
+                                                None, dcols, dkernel, dx, accumulate)  # fmt: skip
     else:
         cols = floats(row[CHUNK], step * t[OH] * t[OW] * k).reshape(shape)
         kmat_t = _array2(t[KMAT_T], t[F], k)
