@@ -257,6 +257,39 @@ def test_column_sums_are_the_sums_over_rows(dtype):
     assert np.max(np.abs(s - exact)) <= max(2 * numpy_error, 1e-9)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batchnorm_sums_by_chunks_of_whole_groups_are_the_sums_of_all(dtype):
+    # A slice of a convolution's op adds up its rows' sums a chunk of images at a time, the
+    # slice in Python all at once: blocks of rows counted from each image's first row give
+    # both the same bits. 45 rows an image: two blocks and 13 rows left.
+    from cnnlab.engine import kernels
+
+    rng = np.random.default_rng(12)
+    group, images, c = 45, 6, 37
+    x = (3 + rng.normal(size=(images * group, c))).astype(dtype)
+    dy = rng.normal(size=x.shape).astype(dtype)
+    shift = x[0].astype(np.float64)
+    total, squares = kernels.shifted_sums(x, shift, group)
+    by_chunks = np.zeros(c), np.zeros(c)
+    for a, b in ((0, 1), (1, 4), (4, 6)):
+        kernels.add_shifted_sums(x[a * group : b * group], shift, group, *by_chunks)
+    np.testing.assert_array_equal(by_chunks[0], total)
+    np.testing.assert_array_equal(by_chunks[1], squares)
+    d = x.astype(np.float64) - shift  # and the float64 sums, to the dtype's rounding
+    eps = np.finfo(dtype).eps
+    assert np.all(np.abs(total - d.sum(axis=0)) <= 8 * eps * np.abs(d).sum(axis=0))
+    np.testing.assert_allclose(squares, (d * d).sum(axis=0), rtol=8 * eps)
+    # batch norm's backward sums: the same float64 sums of g and g * x_hat
+    mean, inv_std = x.mean(axis=0).astype(dtype), (1 / x.std(axis=0)).astype(dtype)
+    scale, beta, slope = (inv_std * 0.7).astype(dtype), np.full(c, 0.1, dtype), dtype(0.3)
+    dbeta, dgamma = kernels.normalize_backward_sums(dy, x, mean, inv_std, scale, beta, slope)
+    v = (x - mean) * scale + beta
+    g = np.where(v > 0, dy, slope * dy).astype(np.float64)
+    gx = g * ((x - mean) * inv_std)
+    assert np.all(np.abs(dbeta - g.sum(axis=0)) <= 8 * eps * np.abs(g).sum(axis=0))
+    assert np.all(np.abs(dgamma - gx.sum(axis=0)) <= 8 * eps * np.abs(gx).sum(axis=0))
+
+
 def test_batchnorm_statistics_keep_their_precision_under_a_large_mean():
     # float32 values 1000 + N(0, 0.01): a one-pass E[x^2] - E[x]^2 would lose the variance.
     rng = np.random.default_rng(6)

@@ -84,7 +84,7 @@ def batchnorm_train_forward(
 
     def rows(a: int, b: int, index: int, flags: np.ndarray) -> None:
         if not kernels.batchnorm_rows_forward(
-            x2, a, b, gamma, beta, dtype(epsilon), slope, flags, index, sums, stats, y
+            x2, a, b, len(x2), gamma, beta, dtype(epsilon), slope, flags, index, sums, stats, y
         ):
             raise RuntimeError("another slice of the op failed")
 

@@ -73,7 +73,7 @@ def conv_batchnorm_train_forward(
     def slice_(start: int, stop: int, index: int, flags: np.ndarray) -> None:
         images(start, stop)
         if not kernels.batchnorm_rows_forward(
-            z2, start * rows, stop * rows, gamma, beta, dtype(epsilon), slope, flags, index,
+            z2, start * rows, stop * rows, rows, gamma, beta, dtype(epsilon), slope, flags, index,
             sums, stats, y2,
         ):  # fmt: skip
             raise RuntimeError("another slice of the op failed")

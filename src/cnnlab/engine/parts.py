@@ -154,7 +154,7 @@ def conv_bn_forward(t, thread):
             while load_acquire(flags[0], 0) == 0:
                 pass
             shift[:] = flat[0]
-        kernels.add_shifted_sums(flat[a * rows : b * rows], shift, sums[thread, 0],
+        kernels.add_shifted_sums(flat[a * rows : b * rows], shift, rows, sums[thread, 0],
                                  sums[thread, 1])  # fmt: skip
     stats = _array3(t[STATS], threads, 4, f)
     kernels.batchnorm_statistics(flat, floats(t[GAMMA], f), _float(t, EPSILON), flags[1], thread,
