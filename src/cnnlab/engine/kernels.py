@@ -72,19 +72,22 @@ def add_shifted_sums(x, shift, group, total, squares):
     m, c = x.shape
     h, block = np.empty(c, x.dtype), np.empty((2, c), x.dtype)
     h[:] = shift  # a row of x: exact in its dtype
+    sums = np.empty((2, c))  # written back once (a thread's rows of an array of all threads')
+    sums[0], sums[1] = total, squares
     for start in range(0, m, group):
         stop = min(start + group, m)
         whole = stop - (stop - start) % BLOCK
         for i in range(start, whole, BLOCK):
             _shifted_block(x, i, h, block)
             for j in range(c):
-                total[j] += block[0, j]
-                squares[j] += block[1, j]
+                sums[0, j] += block[0, j]
+                sums[1, j] += block[1, j]
         for i in range(whole, stop):
             for j in range(c):
                 d = x[i, j] - h[j]
-                total[j] += d
-                squares[j] += d * d
+                sums[0, j] += d
+                sums[1, j] += d * d
+    total[:], squares[:] = sums[0], sums[1]
 
 
 @_compiled
@@ -174,7 +177,21 @@ def normalize_backward(dy, x, mean, inv_std, scale, beta, slope, dbeta_m, dgamma
                        totals=None):  # fmt: skip
     """``out = scale * (g - dbeta/m - x_hat * dgamma/m)``, ``scale = gamma * inv_std``, with
     ``g`` as in :func:`normalize_backward_sums`; and, given ``totals`` (float64, ``(C,)``),
-    ``out``'s column sums added to it: the bias gradient of a convolution before batch norm."""
+    ``out``'s column sums added to it: the bias gradient of a convolution before batch norm.
+    They are added in an array of the call's own and written once: ``totals`` is a thread's
+    row in an array of all the threads', whose neighbours' lines the others write."""
+    if totals is None:
+        _normalize_backward(dy, x, mean, inv_std, scale, beta, slope, dbeta_m, dgamma_m, out,
+                            None)  # fmt: skip
+    else:
+        sums = totals.copy()
+        _normalize_backward(dy, x, mean, inv_std, scale, beta, slope, dbeta_m, dgamma_m, out,
+                            sums)  # fmt: skip
+        totals[:] = sums
+
+
+@_compiled
+def _normalize_backward(dy, x, mean, inv_std, scale, beta, slope, dbeta_m, dgamma_m, out, sums):
     m, c = x.shape
     for i in range(m):
         for j in range(c):
@@ -182,8 +199,8 @@ def normalize_backward(dy, x, mean, inv_std, scale, beta, slope, dbeta_m, dgamma
             g = dy[i, j] if v > 0 else slope * dy[i, j]
             x_hat = (x[i, j] - mean[j]) * inv_std[j]
             out[i, j] = scale[j] * (g - dbeta_m[j] - x_hat * dgamma_m[j])
-            if totals is not None:
-                totals[j] += out[i, j]
+            if sums is not None:
+                sums[j] += out[i, j]
 
 
 @_compiled
