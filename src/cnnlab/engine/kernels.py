@@ -848,9 +848,11 @@ def dense_backward_rows(part):
     if dx != 0:
         tiles.product(kernel + 4 * lo * n, n, 1, dy_t, m, buffer, m, rows, m, n, 0)
         block, out = floats(buffer, rows * m), floats(dx, m * d)
-        for r in range(m):
-            for i in range(rows):
-                out[r * d + lo + i] = block[i * m + r]
+        for i0 in range(0, rows, 16):  # 16 rows of the block at a time, which stay in L1
+            i1 = min(i0 + 16, rows)
+            for r in range(m):
+                for i in range(i0, i1):
+                    out[r * d + lo + i] = block[i * m + r]
     if part[13] != 0:
         constants = part.view(np.float64)[15:19]
         start, size = 4 * lo * n, rows * n
