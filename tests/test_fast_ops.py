@@ -290,6 +290,15 @@ def test_batchnorm_sums_by_chunks_of_whole_groups_are_the_sums_of_all(dtype):
     assert np.all(np.abs(dgamma - gx.sum(axis=0)) <= 8 * eps * np.abs(gx).sum(axis=0))
 
 
+def test_fast_batchnorm_of_no_rows_gives_the_plain_forms_nan_statistics():
+    x, ones = np.zeros((0, 4), np.float32), np.ones(4, np.float32)
+    with np.errstate(invalid="ignore", divide="ignore"), pytest.warns(RuntimeWarning):
+        _, mean_ref, var_ref, _ = nn.batchnorm_train_forward(x, ones, ones * 0, 1e-3)
+    y, mean, var, _ = batchnorm.batchnorm_train_forward(x, ones, ones * 0, 1e-3)
+    assert y.shape == (0, 4)
+    assert np.isnan(mean_ref).all() and np.isnan(mean).all() and np.isnan(var).all()
+
+
 def test_batchnorm_statistics_keep_their_precision_under_a_large_mean():
     # float32 values 1000 + N(0, 0.01): a one-pass E[x^2] - E[x]^2 would lose the variance.
     rng = np.random.default_rng(6)

@@ -74,6 +74,7 @@ def add_shifted_sums(x, shift, group, total, squares):
     h[:] = shift  # a row of x: exact in its dtype
     sums = np.empty((2, c))  # written back once (a thread's rows of an array of all threads')
     sums[0], sums[1] = total, squares
+    group = max(group, 1)  # (no rows: no groups)
     for start in range(0, m, group):
         stop = min(start + group, m)
         whole = stop - (stop - start) % BLOCK
