@@ -88,6 +88,41 @@ def test_blas_is_held_to_one_thread_inside_and_given_back_after(threads):
     assert blas_threads() == before
 
 
+def test_blas_thread_counts_go_through_openblas_own_functions_where_it_has_its_own_threads():
+    class Controller:  # threadpoolctl's controller, as far as cnnlab reads it
+        def __init__(self, internal_api, threading_layer, symbols):
+            self.internal_api, self.threading_layer, self.symbols = (
+                internal_api, threading_layer, symbols,
+            )  # fmt: skip
+
+        def _get_symbol(self, name):
+            return self.symbols.get(name)
+
+        def get_num_threads(self):
+            return 2
+
+        def set_num_threads(self, n):
+            pass
+
+    def get():
+        return 3
+
+    def set_threads(n):
+        pass
+
+    own = {"openblas_get_num_threads": get, "openblas_set_num_threads": set_threads}
+    assert parallel._thread_count_functions(Controller("openblas", "pthreads", own)) == (
+        get, set_threads,
+    )  # fmt: skip
+    for controller in (
+        Controller("openblas", "openmp", own),  # a count per thread: threadpoolctl's OpenMP calls
+        Controller("openblas", "pthreads", {}),  # names it cannot find
+        Controller("mkl", "intel", own),
+    ):
+        found = parallel._thread_count_functions(controller)
+        assert found == (controller.get_num_threads, controller.set_num_threads)
+
+
 SUBNORMAL = np.float32(1e-38)  # below float32's smallest normal, 1.18e-38
 
 

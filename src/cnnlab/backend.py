@@ -138,13 +138,28 @@ def running(threads: str = "cnnlab") -> contextlib.AbstractContextManager:
     :func:`cnnlab.engine.tuning.threads_mode` chose for the model; and subnormal floats read
     and written as zeros on the calling thread, as on cnnlab's own
     (:mod:`cnnlab.engine.subnormals`)."""
-    return _fast_running(threads) if get_engine() == "fast" else contextlib.nullcontext()
+    return _FastRunning(threads) if get_engine() == "fast" else contextlib.nullcontext()
 
 
-@contextlib.contextmanager
-def _fast_running(threads: str) -> Iterator[None]:
-    from cnnlab.engine.parallel import blas_threads, one_blas_thread
-    from cnnlab.engine.subnormals import flushed
+class _FastRunning:
+    """:func:`running` on "fast": BLAS held (or let go) and subnormals flushed, entered and
+    left at every step of a model, in as few lines of Python as it takes."""
 
-    with blas_threads() if threads == "blas" else one_blas_thread(), flushed():
-        yield
+    __slots__ = ("_threads", "_flushed")
+
+    def __init__(self, threads: str):
+        from cnnlab.engine.parallel import blas_threads, one_blas_thread
+        from cnnlab.engine.subnormals import flushed
+
+        self._threads = blas_threads() if threads == "blas" else one_blas_thread()
+        self._flushed = flushed()
+
+    def __enter__(self) -> None:
+        self._threads.__enter__()
+        self._flushed.__enter__()
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self._flushed.__exit__(*exc)
+        finally:
+            self._threads.__exit__(*exc)

@@ -65,7 +65,7 @@ _state = threading.local()
 _workers: list[_Worker] = []
 _using_workers = threading.Lock()  # one caller at a time hands slices to the workers
 _num_threads: int | None = None
-_blas: list | None = None  # threadpoolctl's controllers of the BLAS libraries (NumPy's)
+_blas: list | None = None  # (get, set) of each BLAS library's thread count
 
 # How long a thread spins for the next slice, or for a slice to finish, before it sleeps:
 # about 3 ms of rounds here. Waking a sleeping thread took 30-80 us on the 2-core machine, as
@@ -116,50 +116,75 @@ def batch_slices(n: int, parts: int) -> list[tuple[int, int]]:
     return list(zip(bounds[:-1], bounds[1:], strict=True))
 
 
-@contextmanager
-def one_blas_thread() -> Iterator[None]:
+class one_blas_thread:  # noqa: N801 (a context manager, named as the functions around it)
     """Hold NumPy's BLAS to one thread inside the block, while cnnlab's threads split each
-    op's batch; nothing changes with one thread. Re-entrant: an inner block does nothing."""
-    if num_threads() == 1 or getattr(_state, "held", False):
-        yield
-        return
-    libraries = _blas_libraries()
-    before = [library.get_num_threads() for library in libraries]
-    for library in libraries:
-        library.set_num_threads(1)
-    _state.held = True
-    try:
-        yield
-    finally:
+    op's batch; nothing changes with one thread. Re-entrant: an inner block does nothing.
+    A class, not a generator: a model enters it at every step, where each line of Python
+    counts (see :func:`_blas_controls`)."""
+
+    __slots__ = ("_before",)
+
+    def __enter__(self) -> None:
+        self._before = None
+        if num_threads() == 1 or getattr(_state, "held", False):
+            return
+        controls = _blas_controls()
+        self._before = [get() for get, _ in controls]
+        for _, set_threads in controls:
+            set_threads(1)
+        _state.held = True
+
+    def __exit__(self, *exc) -> None:
+        if self._before is None:
+            return
         _state.held = False
-        for library, count in zip(libraries, before, strict=True):
-            library.set_num_threads(count)
+        for (_, set_threads), count in zip(_blas_controls(), self._before, strict=True):
+            set_threads(count)
 
 
-def _blas_libraries() -> list:
-    """threadpoolctl's controllers of the BLAS libraries loaded now, found once: a model
-    holds them to one thread at every step, where threadpoolctl's ``limit``, which looks the
-    libraries up and reads their versions each time, cost 20-40 us after a step."""
+def _blas_controls() -> list[tuple[Callable[[], int], Callable[[int], object]]]:
+    """``(get, set)`` of the thread count of each BLAS library loaded, found once: a model
+    holds them to one thread at every step. threadpoolctl's ``limit`` looks the libraries up
+    and reads their versions each time (20-40 us after a step), and its controllers' methods
+    run tens of lines of Python a call (20-30 us of a 400 us ``predict`` of the book's MLP
+    at batch 32, 2026-12-06, Intel Xeon): for OpenBLAS on threads of its own (NumPy's
+    wheels), the library's C functions themselves, under the names threadpoolctl finds,
+    else the controllers' methods."""
     global _blas
     if _blas is None:
         from threadpoolctl import ThreadpoolController
 
-        _blas = ThreadpoolController().select(user_api="blas").lib_controllers
+        found = ThreadpoolController().select(user_api="blas").lib_controllers
+        _blas = [_thread_count_functions(controller) for controller in found]
     return _blas
 
 
-@contextmanager
-def blas_threads() -> Iterator[None]:
+def _thread_count_functions(controller) -> tuple[Callable[[], int], Callable[[int], object]]:
+    """``(get, set)`` of one threadpoolctl controller: OpenBLAS's own where it runs on its
+    own threads (with OpenMP the count is per thread, and threadpoolctl calls OpenMP's)."""
+    symbol = getattr(controller, "_get_symbol", None)  # threadpoolctl >= 3.2
+    if controller.internal_api == "openblas" and symbol is not None:
+        if getattr(controller, "threading_layer", None) != "openmp":
+            get, set_threads = (symbol(f"openblas_{way}_num_threads") for way in ("get", "set"))
+            if get is not None and set_threads is not None:
+                return get, set_threads
+    return controller.get_num_threads, controller.set_num_threads
+
+
+class blas_threads:  # noqa: N801 (a context manager, as one_blas_thread)
     """Inside the block every op runs whole on the calling thread, and NumPy's BLAS spreads
     each matrix product over the cores with threads of its own: the other way to use the
     cores, faster for a model of few, large matrix products (the book's MLP) than cnnlab's
     slices, which pay for a hand-over to the threads at every op. Re-entrant."""
-    before = whole()
-    _state.whole = True
-    try:
-        yield
-    finally:
-        _state.whole = before
+
+    __slots__ = ("_before",)
+
+    def __enter__(self) -> None:
+        self._before = whole()
+        _state.whole = True
+
+    def __exit__(self, *exc) -> None:
+        _state.whole = self._before
 
 
 def whole() -> bool:

@@ -18,9 +18,7 @@ Elsewhere (ARM's FPCR has such a bit too) nothing changes.
 
 from __future__ import annotations
 
-import contextlib
 import platform
-from collections.abc import Iterator
 
 import numba
 from llvmlite import ir
@@ -85,15 +83,15 @@ def flush_here() -> None:
         _flush()
 
 
-@contextlib.contextmanager
-def flushed() -> Iterator[None]:
+class flushed:  # noqa: N801 (a context manager, named as flush_here)
     """Subnormal floats as zeros on this thread inside the block, and this thread's setting
     as it was after it (x86; elsewhere nothing)."""
-    if not X86:
-        yield
-        return
-    before = _flush()
-    try:
-        yield
-    finally:
-        _restore(before)
+
+    __slots__ = ("_before",)
+
+    def __enter__(self) -> None:
+        self._before = _flush() if X86 else None
+
+    def __exit__(self, *exc) -> None:
+        if self._before is not None:
+            _restore(self._before)
