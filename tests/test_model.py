@@ -190,6 +190,24 @@ def test_compile_defaults_are_adam_and_categorical_crossentropy():
     assert model.loss.from_logits is False
 
 
+def test_predict_on_batch_is_inference_on_the_whole_batch_in_an_array_of_its_own():
+    x, y = bars(10, seed=0)
+    model = small_cnn()
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=2, batch_size=4, verbose=0)  # batch norm's averages move from 0, 1
+    out = model.predict_on_batch(x)
+    assert out.shape == (10, 2)
+    # inference: batch norm by its moving averages, as the model's own call (not training=True)
+    np.testing.assert_allclose(out, model(x), rtol=1e-5, atol=1e-7)
+    assert np.abs(out - model(x, training=True)).max() > 1e-3
+    flatten = Sequential([layers.Input(shape=(8, 8, 1)), layers.Flatten()])
+    flat = flatten.predict_on_batch(x)
+    np.testing.assert_array_equal(flat, x.reshape(10, 64))
+    assert not np.shares_memory(flat, x)  # the caller's input is not handed back as a view
+    with pytest.raises(ValueError, match=r"predict_on_batch expects at least one example"):
+        model.predict_on_batch(x[:0])
+
+
 def test_labels_of_the_wrong_kind_are_explained():
     model = small_cnn()
     model.compile(loss="categorical_crossentropy")

@@ -242,10 +242,19 @@ class Model:
     def predict(self, x, batch_size: int = 32, verbose="auto"):
         """Outputs for ``x`` in inference mode, computed ``batch_size`` examples at a time."""
         checks.positive_int("batch_size", batch_size)
+        return self._predicted(self._as_inputs(x), batch_size, "predict")
+
+    def predict_on_batch(self, x):
+        """Outputs for ``x`` in inference mode, as one batch (Keras)."""
         xs = self._as_inputs(x)
+        return self._predicted(xs, len(xs[0]), "predict_on_batch")
+
+    def _predicted(self, xs: list[np.ndarray], batch_size: int, what: str):
+        """The outputs for checked inputs ``xs``, ``batch_size`` examples at a time, in
+        arrays of their own."""
         n = len(xs[0])
         if n == 0:
-            raise ValueError(f"predict expects at least one example, got shape {xs[0].shape}")
+            raise ValueError(f"{what} expects at least one example, got shape {xs[0].shape}")
         parts = [
             self._run_steps([v[i : i + batch_size] for v in xs]) for i in range(0, n, batch_size)
         ]
