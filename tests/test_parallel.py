@@ -88,6 +88,38 @@ def test_blas_is_held_to_one_thread_inside_and_given_back_after(threads):
     assert blas_threads() == before
 
 
+def test_blas_held_by_two_threads_at_once_is_given_back_by_the_last_to_leave(threads):
+    """BLAS's thread count is the process's: a model run on another thread while this one
+    holds BLAS must neither see 1 as the count to give back nor give it back early."""
+    threads(2)
+
+    def blas_threads():
+        return [
+            lib["num_threads"]
+            for lib in threadpool_info()
+            if lib["user_api"] == "blas" and "numpy" in lib["filepath"]
+        ]
+
+    before = blas_threads()
+    entered, first_left, seen = threading.Event(), threading.Event(), []
+
+    def other() -> None:
+        entered.wait()
+        with parallel.one_blas_thread():
+            first_left.wait()  # enters while this thread holds, leaves after it
+            seen.append(blas_threads())
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    with parallel.one_blas_thread():
+        entered.set()
+        time.sleep(0.05)  # the other thread is inside its block by now
+    first_left.set()
+    thread.join()
+    assert seen == [[1] * len(before)]  # still held after this thread left
+    assert blas_threads() == before
+
+
 def test_blas_thread_counts_go_through_openblas_own_functions_where_it_has_its_own_threads():
     class Controller:  # threadpoolctl's controller, as far as cnnlab reads it
         def __init__(self, internal_api, threading_layer, symbols):

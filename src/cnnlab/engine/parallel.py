@@ -66,6 +66,8 @@ _workers: list[_Worker] = []
 _using_workers = threading.Lock()  # one caller at a time hands slices to the workers
 _num_threads: int | None = None
 _blas: list | None = None  # (get, set) of each BLAS library's thread count
+_hold = threading.Lock()  # over the holders of one_blas_thread, on any thread
+_holders, _counts = 0, []  # how many hold BLAS to one thread; its counts before
 
 # How long a thread spins for the next slice, or for a slice to finish, before it sleeps:
 # about 3 ms of rounds here. Waking a sleeping thread took 30-80 us on the 2-core machine, as
@@ -119,27 +121,36 @@ def batch_slices(n: int, parts: int) -> list[tuple[int, int]]:
 class one_blas_thread:  # noqa: N801 (a context manager, named as the functions around it)
     """Hold NumPy's BLAS to one thread inside the block, while cnnlab's threads split each
     op's batch; nothing changes with one thread. Re-entrant: an inner block does nothing.
-    A class, not a generator: a model enters it at every step, where each line of Python
-    counts (see :func:`_blas_controls`)."""
+    BLAS's thread count is the process's: the first block entered (on any thread) keeps the
+    counts and sets 1, the last one left gives them back. A class, not a generator: a model
+    enters it at every step, where each line of Python counts (see :func:`_blas_controls`)."""
 
-    __slots__ = ("_before",)
+    __slots__ = ("_holding",)
 
     def __enter__(self) -> None:
-        self._before = None
+        global _holders, _counts
+        self._holding = False
         if num_threads() == 1 or getattr(_state, "held", False):
             return
-        controls = _blas_controls()
-        self._before = [get() for get, _ in controls]
-        for _, set_threads in controls:
-            set_threads(1)
-        _state.held = True
+        with _hold:
+            if _holders == 0:
+                controls = _blas_controls()
+                _counts = [get() for get, _ in controls]
+                for _, set_threads in controls:
+                    set_threads(1)
+            _holders += 1
+        _state.held = self._holding = True
 
     def __exit__(self, *exc) -> None:
-        if self._before is None:
+        global _holders
+        if not self._holding:
             return
         _state.held = False
-        for (_, set_threads), count in zip(_blas_controls(), self._before, strict=True):
-            set_threads(count)
+        with _hold:
+            _holders -= 1
+            if _holders == 0:
+                for (_, set_threads), count in zip(_blas_controls(), _counts, strict=True):
+                    set_threads(count)
 
 
 def _blas_controls() -> list[tuple[Callable[[], int], Callable[[int], object]]]:
@@ -529,10 +540,11 @@ class _Worker:
 
 
 def _forget_workers() -> None:
-    """In a forked child the workers' threads are gone: start new ones when needed."""
-    global _using_workers
+    """In a forked child the workers' threads are gone: start new ones when needed (and the
+    locks are new, in case another thread held one at the fork)."""
+    global _using_workers, _hold
     _workers.clear()
-    _using_workers = threading.Lock()
+    _using_workers, _hold = threading.Lock(), threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
