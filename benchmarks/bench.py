@@ -213,16 +213,17 @@ def measure(framework, name, batch, size, steps, options) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def paired(name, batch, size, steps, options) -> tuple[dict, dict, dict, list]:
+def paired(name, batch, size, steps, options, peaks=False) -> tuple[dict, dict, dict, list]:
     """``options.repeats`` rounds of one cnnlab and one torch worker, cnnlab first in the even
     rounds: each framework's medians over the rounds, the median of the rounds' ratios
     cnnlab / torch for training, inference and peak memory (None where torch has no figure),
-    and the rounds' figures."""
+    and the rounds' figures (with ``peaks``, each round's matrix-product peak as ``peak``)."""
     rounds = []
     for r in range(options.repeats):
         order = ("cnnlab", "torch") if r % 2 == 0 else ("torch", "cnnlab")
         rounds.append({fw: measure(fw, name, batch, size, steps, options) for fw in order})
-        rounds[-1]["peak"] = sgemm_peak(threads=options.threads)
+        if peaks:  # the matrix-product peak right after the round's workers
+            rounds[-1]["peak"] = sgemm_peak(threads=options.threads)
 
     def median(values):
         values = [v for v in values if v is not None]
@@ -313,7 +314,7 @@ def main_table(args) -> list[dict]:
         flops = flops_per_image(name, 32)
         for batch in args.batch_sizes:
             steps = max(2, (args.images // batch))
-            ours, theirs, ratio, rounds = paired(name, batch, 32, steps, args)
+            ours, theirs, ratio, rounds = paired(name, batch, 32, steps, args, peaks=True)
             row = {"model": name, "batch": batch, "cnnlab": ours, "torch": theirs, "ratio": ratio}
             row["rounds"] = rounds
             row["gflops"] = 3 * flops * ours["train"] / 1e9

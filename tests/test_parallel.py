@@ -72,20 +72,23 @@ def test_splits_are_recorded_with_their_slices_times_only_when_asked(threads):
         assert end - start >= 0.002 * (k + 1)
 
 
+def numpy_blas_threads() -> list[int]:
+    """The thread counts of NumPy's own BLAS (SciPy may bring another, which cnnlab leaves
+    be)."""
+    return [
+        lib["num_threads"]
+        for lib in threadpool_info()
+        if lib["user_api"] == "blas" and "numpy" in lib["filepath"]
+    ]
+
+
 def test_blas_is_held_to_one_thread_inside_and_given_back_after(threads):
     threads(2)
 
-    def blas_threads():  # NumPy's own BLAS (SciPy may bring another, which cnnlab leaves be)
-        return [
-            lib["num_threads"]
-            for lib in threadpool_info()
-            if lib["user_api"] == "blas" and "numpy" in lib["filepath"]
-        ]
-
-    before = blas_threads()
-    inside = parallel.over_batch(lambda a, b: blas_threads(), 4)
+    before = numpy_blas_threads()
+    inside = parallel.over_batch(lambda a, b: numpy_blas_threads(), 4)
     assert all(counts == [1] * len(before) for counts in inside)
-    assert blas_threads() == before
+    assert numpy_blas_threads() == before
 
 
 def test_blas_held_by_two_threads_at_once_is_given_back_by_the_last_to_leave(threads):
@@ -93,31 +96,26 @@ def test_blas_held_by_two_threads_at_once_is_given_back_by_the_last_to_leave(thr
     holds BLAS must neither see 1 as the count to give back nor give it back early."""
     threads(2)
 
-    def blas_threads():
-        return [
-            lib["num_threads"]
-            for lib in threadpool_info()
-            if lib["user_api"] == "blas" and "numpy" in lib["filepath"]
-        ]
-
-    before = blas_threads()
-    entered, first_left, seen = threading.Event(), threading.Event(), []
+    before = numpy_blas_threads()
+    entered, inside, first_left = threading.Event(), threading.Event(), threading.Event()
+    seen = []
 
     def other() -> None:
         entered.wait()
-        with parallel.one_blas_thread():
-            first_left.wait()  # enters while this thread holds, leaves after it
-            seen.append(blas_threads())
+        with parallel.one_blas_thread():  # enters while this thread holds, leaves after it
+            inside.set()
+            first_left.wait()
+            seen.append(numpy_blas_threads())
 
     thread = threading.Thread(target=other)
     thread.start()
     with parallel.one_blas_thread():
         entered.set()
-        time.sleep(0.05)  # the other thread is inside its block by now
+        inside.wait()
     first_left.set()
     thread.join()
     assert seen == [[1] * len(before)]  # still held after this thread left
-    assert blas_threads() == before
+    assert numpy_blas_threads() == before
 
 
 def test_blas_thread_counts_go_through_openblas_own_functions_where_it_has_its_own_threads():
