@@ -109,9 +109,14 @@ def _copies(model_name: str, dtype: str, optimizer):
             if layer.rng is not None:
                 layer.rng = np.random.default_rng(3)
         model.compile(optimizer(), "sparse_categorical_crossentropy")
+    return (models, *_images_and_labels(dtype))
+
+
+def _images_and_labels(dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """40 random images of CIFAR-10's shape and their labels, the same every call."""
     rng = np.random.default_rng(1)
     x = rng.uniform(-1, 1, (40, 32, 32, 3)).astype(dtype)
-    return models, x, rng.integers(0, 10, 40)
+    return x, rng.integers(0, 10, 40)
 
 
 @pytest.fixture(params=["float32", "float64"])
@@ -166,8 +171,9 @@ def _one_step_gradients(model_name: str, dtype: str, engine_name: str) -> list:
     """Each layer's gradients after one step of the book's Adam, from float32 weights and
     images, with the dropout masks of a float32 run."""
     cnnlab.set_floatx("float32")
-    models, x, y = _copies(model_name, "float32", lambda: cnnlab.optimizers.Adam(1e-3))
-    weights = models[0].get_weights()
+    cnnlab.set_random_seed(0)
+    weights = zoo.get(model_name).get_weights()  # the first of _copies' twins
+    x, y = _images_and_labels("float32")
     cnnlab.set_floatx(dtype)
     try:
         model = zoo.get(model_name)
