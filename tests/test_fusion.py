@@ -505,6 +505,8 @@ def test_dense_kernels_updated_in_the_backward_pass_get_the_numbers_of_the_updat
         fast = _model_with_dense_layers(dtype=dtype)
         after = _model_with_dense_layers(dtype=dtype)
         after.set_weights(fast.get_weights())
+        chains = [s.op for s in fast._plan(True, True).steps if isinstance(s.op, fusion.DenseChain)]
+        assert [len(chain.layers) for chain in chains] == [3]  # the dense layers' backward pass
         given = _train_three_steps(fast, make(), True, monkeypatch)
         assert _train_three_steps(after, make(), False, monkeypatch) == [frozenset()] * 3
         for a, b in zip(fast.get_weights(), after.get_weights(), strict=True):
@@ -618,15 +620,17 @@ def test_inference_takes_each_dense_layer_with_its_own_activation(n_threads):
         assert steps[-1].softmax and steps[-1].negative_slope is None
         assert [type(s).__name__ for s in steps[1].steps] == ["DenseActivate"] * 3
         assert [s.negative_slope for s in steps[1].steps] == [0.0, 0.2, None]
-        assert not any(isinstance(s, fusion.DenseActivate) for s in model._steps(training=True))
+        trained = model._steps(training=True)  # the same layers chained, none on its own
+        assert [type(s).__name__ for s in trained] == [
+            "Flatten", "DenseChain", "BatchNormalization", "Dense", "Dense",
+        ]  # fmt: skip
+        assert trained[1].layers == steps[1].layers
         rng = np.random.default_rng(9)
         for layer in model.layers:  # biases away from zero, so that each is seen added
             if isinstance(layer, layers.Dense):
                 layer.weights["bias"][...] = rng.normal(size=layer.units)
         x = rng.normal(size=(40, 16, 16, 8)).astype(np.float32)
         np.testing.assert_allclose(model.predict(x, batch_size=40), model(x), rtol=1e-5, atol=1e-5)
-        with pytest.raises(ValueError, match="runs at inference only"):
-            steps[1](x.reshape(40, -1), training=True)
         with pytest.raises(ValueError, match="runs at inference only"):
             steps[1].steps[0](x.reshape(40, -1), training=True)
     finally:
@@ -680,6 +684,91 @@ def test_a_dense_chain_gives_the_numbers_of_its_layers_one_by_one(n_threads):
             np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
     finally:
         parallel.set_num_threads(before)
+
+
+def _layer_by_layer(layers_, x, dz, input_gradient=True, from_logits=True):
+    """The output, the input gradient and each layer's gradients of ``layers_`` called one by
+    one in training, backward from ``dz`` (at the last layer's logits, or its output)."""
+    for layer in layers_:
+        x = layer(x, training=True)
+    if from_logits:
+        dy = layers_[-1].backward_from_logits(dz)
+    else:
+        dy = layers_[-1].backward(dz)
+    for layer in reversed(layers_[1:-1]):
+        dy = layer.backward(dy)
+    dx = layers_[0].backward(dy, input_gradient) if len(layers_) > 1 else dy
+    grads = [{name: g.copy() for name, g in layer.grads.items()} for layer in layers_]
+    return x, dx, grads
+
+
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
+def test_a_dense_chain_in_training_gives_the_numbers_of_its_layers_one_by_one(n_threads):
+    """Forward and backward through the chain (one hand-over each way) against its layers
+    one by one: the output, the logits the loss reads, every weight gradient, the input
+    gradient (none when not wanted); from the logits' gradient (a softmax output) and from
+    the output's (the last layer's own activation taken back through)."""
+    before = parallel.num_threads()
+    parallel.set_num_threads(n_threads)
+    try:
+        model, _ = _dense_chain()
+        chain = model._steps(training=True)[0]
+        assert isinstance(chain, fusion.DenseChain) and chain.layers == model.layers
+        relu_last = Sequential([layers.Input((40,)), layers.Dense(30, activation="relu"),
+                                layers.Dense(7, activation="leaky_relu")])  # fmt: skip
+        relu_chain = relu_last._steps(training=True)[0]
+        rng = np.random.default_rng(18)
+        for rows in (1, 7, 32):
+            for step, logits, width in ((chain, True, 3000), (relu_chain, False, 40)):
+                x = rng.normal(size=(rows, width)).astype(np.float32)
+                dz = rng.normal(size=(rows, step.layers[-1].units)).astype(np.float32)
+                y, dx, grads = _layer_by_layer(step.layers, x, dz, from_logits=logits)
+                expected_logits = step.layers[-1].logits.copy()
+                np.testing.assert_allclose(step(x, training=True), y, rtol=1e-5, atol=1e-5)
+                np.testing.assert_allclose(step.layers[-1].logits, expected_logits, rtol=1e-5,
+                                           atol=1e-5)  # fmt: skip
+                backward = step.backward_from_logits if logits else step.backward
+                np.testing.assert_allclose(backward(dz), dx, rtol=1e-5, atol=1e-5)
+                for layer, expected in zip(step.layers, grads, strict=True):
+                    assert sorted(layer.grads) == sorted(expected)
+                    for name, g in expected.items():
+                        scale = max(1.0, np.abs(g).max())
+                        np.testing.assert_allclose(layer.grads[name], g, rtol=0, atol=1e-5 * scale)
+                step(x, training=True)
+                assert backward(dz, input_gradient=False) is None
+    finally:
+        parallel.set_num_threads(before)
+
+
+def test_a_dense_chain_backward_needs_a_training_call_first():
+    model, _ = _dense_chain()
+    chain = model._steps(training=True)[0]
+    x = np.ones((2, 3000), np.float32)
+    dz = np.ones((2, 2), np.float32)
+    with pytest.raises(RuntimeError, match="backward needs a training call first"):
+        chain.backward_from_logits(dz)
+    chain(x, training=True)
+    chain.backward_from_logits(dz)
+    chain(x)  # inference
+    with pytest.raises(RuntimeError, match="backward needs a training call first"):
+        chain.backward(dz)
+
+
+def test_a_dense_chain_in_training_on_other_dtypes_or_blas_threads_runs_its_layers():
+    """Where the chain cannot run its parts (float64; each op whole on BLAS's threads), it
+    trains its layers one by one, with their own backward passes."""
+    for dtype, whole in ((np.float64, False), (np.float32, True)):
+        model, _ = _dense_chain(dtype)
+        chain = model._steps(training=True)[0]
+        rng = np.random.default_rng(19)
+        x, dz = rng.normal(size=(6, 3000)).astype(dtype), rng.normal(size=(6, 2)).astype(dtype)
+        with parallel.blas_threads() if whole else contextlib.nullcontext():
+            y, dx, grads = _layer_by_layer(chain.layers, x, dz)
+            np.testing.assert_array_equal(chain(x, training=True), y)
+            np.testing.assert_array_equal(chain.backward_from_logits(dz), dx)
+        for layer, expected in zip(chain.layers, grads, strict=True):
+            for name, g in expected.items():
+                np.testing.assert_array_equal(layer.grads[name], g)
 
 
 def test_a_dense_chain_of_other_dtypes_runs_its_steps_and_follows_new_weights():

@@ -13,8 +13,9 @@ sums, one hand-over to the threads each way (:mod:`cnnlab.engine.conv_batchnorm`
 inference batch norm's statistics are fixed, and the convolution applies both to each chunk of
 its output while that is in the cache, and consecutive ones run as one step, each core taking
 its slice of the batch through all of them (:class:`ConvChain`); a Dense layer's own
-activation is applied in the pass that adds up its product's parts (:class:`DenseActivate`),
-and consecutive ones run as one step, the cores meeting between layers (:class:`DenseChain`).
+activation is applied in the pass that adds up its product's parts (:class:`DenseActivate`).
+Consecutive Dense layers run as one step, in training too, the cores meeting between layers
+in compiled code, forward and backward (:class:`DenseChain`).
 ``Sequential.train_step``, ``predict`` and ``evaluate`` run these steps when the engine is
 "fast" (:func:`cnnlab.backend.fuses`); calling the model, or a layer, still runs each layer on
 its own, keeping what its ``backward`` needs. The steps group layers, so they live above
@@ -31,7 +32,9 @@ import numpy as np
 
 from cnnlab.engine import batchnorm, conv_batchnorm, dense, kernels, parallel
 from cnnlab.engine.conv import conv2d_forward_plan
-from cnnlab.engine.parts import DENSE_CHAIN
+from cnnlab.engine.optimizers import AdamRows
+from cnnlab.engine.parts import DENSE_CHAIN, DENSE_CHAIN_BACKWARD
+from cnnlab.engine.sums import column_sums
 from cnnlab.layers import BatchNormalization, Conv2D, Dense, Layer
 from cnnlab.layers.core import Activation
 
@@ -232,16 +235,23 @@ class DenseActivate:
 
 
 class DenseChain:
-    """Inference: consecutive :class:`DenseActivate` steps as one. Each core multiplies its
-    block of a large layer's inputs, the cores meet in compiled code, each adds up the parts,
-    the bias and the activation for its block of the output's rows; a small layer
-    (:func:`cnnlab.engine.dense.by_rows`) each core takes through for its rows alone, with no
-    meeting (:func:`cnnlab.engine.kernels.dense_chain_part`): one hand-over for all the
-    layers, and no Python between them. In float32 on cnnlab's threads; else the steps one by
-    one. The parts' table is kept for each batch size, set of weights and number of threads,
-    by each calling thread: a call writes only its input's and its output's addresses."""
+    """Consecutive Dense layers as one step, each with a ReLU, LeakyReLU or no activation of
+    its own, the last also a softmax. Each core multiplies its block of a large layer's inputs,
+    the cores meet in compiled code, each adds up the parts, the bias and the activation for
+    its block of the output's rows; a small layer (:func:`cnnlab.engine.dense.by_rows`) each
+    core takes through for its rows alone, with no meeting
+    (:func:`cnnlab.engine.kernels.dense_chain_part`): one hand-over for all the layers, and no
+    Python between them. In training, the backward pass is one hand-over too
+    (:func:`cnnlab.engine.kernels.dense_chain_backward_part`): each core a block of each
+    layer's inputs, from the last layer to the first, Adam's update of its rows of each kernel
+    included (where the model's training step gives the layers one:
+    :attr:`cnnlab.layers.Dense.kernel_update`). In float32 on cnnlab's threads; else the
+    layers one by one. The forward parts' table is kept for each batch size, set of weights
+    and number of threads, by each calling thread: a call writes only its input's and its
+    output's addresses. A training call leaves the last layer's logits and output in its
+    activation, as the layer's own call does (the loss reads them), and at inference a
+    softmax's."""
 
-    trainable_names: list[str] = []
     _KEPT = 8  # tables kept for each calling thread, at most
 
     def __init__(self, steps: list[DenseActivate]):
@@ -250,43 +260,111 @@ class DenseChain:
         self.name = f"{steps[0].name} .. {steps[-1].name}"
         self.output_shape = steps[-1].output_shape
         self._tables = threading.local()
+        self._trained = None  # what the backward pass needs from the last training call
+
+    @property
+    def trainable_names(self) -> list[str]:
+        return [f"{layer.name}/{name}" for layer in self.layers for name in layer.trainable_names]
 
     def __getstate__(self) -> dict:  # a copy (copy.deepcopy, pickle) makes its own tables
-        return {key: value for key, value in self.__dict__.items() if key != "_tables"}
+        state = {key: value for key, value in self.__dict__.items() if key != "_tables"}
+        return {**state, "_trained": None}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._tables = threading.local()
 
     def __call__(self, x: np.ndarray, training: bool = False) -> np.ndarray:
-        if training:
-            raise ValueError(f"{self.name} runs at inference only, got training=True")
         first = self.layers[0]
         first._check_input(x)
         x = x.astype(first.dtype, copy=False)
         weights = [(layer.weights["kernel"], layer.weights.get("bias")) for layer in self.layers]
         arrays = [x] + [w for pair in weights for w in pair if w is not None]
+        self._trained = None
         if parallel.whole() or not all(_flat_float32(a) for a in arrays):
+            if training:  # each layer keeps what its own backward pass needs
+                for layer in self.layers:
+                    x = layer(x, training=True)
+                self._trained = "layers"
+                return x
             for step in self.steps:
                 x = step(x)
             return x
         x2 = x.reshape(-1, x.shape[-1])
         out = np.empty((len(x2), self.layers[-1].units), np.float32)
         last = self.steps[-1]
-        logits = np.empty_like(out) if last.softmax else None
+        logits = np.empty_like(out) if last.softmax or training else None
+        used = []
 
         def parts(threads: int) -> list[tuple[int, ...]]:
             table, flags, parts = self._table(threads, len(x2), weights)
             table[0, 0], table[-1, 3] = x2.ctypes.data, out.ctypes.data
             table[-1, 9] = 0 if logits is None else logits.ctypes.data
             flags[...] = 0
+            used.append(table)
             return parts
 
         parallel.over_meeting_parts(parts)
         shape = (*x.shape[:-1], self.layers[-1].units)
         if logits is not None:
             last.keep_logits(logits.reshape(shape), out.reshape(shape))
+        if training:
+            self._trained = (x.shape, x2, used[0], weights)
         return out.reshape(shape)
+
+    def backward(self, dy: np.ndarray, input_gradient: bool = True) -> np.ndarray | None:
+        """The gradient at the chain's input from the one at its output ``dy`` (None without
+        ``input_gradient``), each layer's weight gradients left in its ``grads``."""
+        if self._trained == "layers":
+            for layer in reversed(self.layers[1:]):
+                dy = layer.backward(dy)
+            return self.layers[0].backward(dy, input_gradient)
+        self._check_trained()
+        return self.backward_from_logits(self.layers[-1].activation.backward(dy), input_gradient)
+
+    def backward_from_logits(self, dz: np.ndarray, input_gradient: bool = True):
+        """:meth:`backward` from the gradient at the last layer's logits (before its
+        activation), as :meth:`cnnlab.layers.Dense.backward_from_logits` takes it."""
+        if self._trained == "layers":
+            dy = self.layers[-1].backward_from_logits(dz)
+            for layer in reversed(self.layers[1:-1]):
+                dy = layer.backward(dy)
+            return self.layers[0].backward(dy, input_gradient)
+        self._check_trained()
+        shape, x2, forward, weights = self._trained
+        m = len(x2)
+        dz = np.ascontiguousarray(dz.reshape(m, -1), np.float32)
+        grads = [(np.empty_like(k), None if b is None else np.empty_like(b)) for k, b in weights]
+        if weights[-1][1] is not None:
+            grads[-1] = (grads[-1][0], column_sums(dz))
+        dx = np.empty((m, shape[-1]), np.float32) if input_gradient else None
+        updates = [layer.kernel_update for layer in self.layers]
+        adam = [
+            isinstance(u, AdamRows) and u.weight is k
+            for u, (k, _) in zip(updates, weights, strict=True)
+        ]
+        table, arrays = self._backward_table(m, forward, weights, grads, dz, dx, updates, adam)
+        flags = []
+
+        def parts(threads: int) -> list[tuple[int, ...]]:
+            flags.append(np.zeros((len(table), threads), np.int64))
+            return [
+                (DENSE_CHAIN_BACKWARD, table.ctypes.data, len(table), index, threads,
+                 flags[0].ctypes.data, m)
+                for index in range(threads)
+            ]  # fmt: skip
+
+        parallel.over_meeting_parts(parts)
+        del arrays  # alive until the parts are done
+        for layer, update, done, (dkernel, dbias) in zip(
+            self.layers, updates, adam, grads, strict=True
+        ):
+            if done:
+                update.blocks.append(len(dkernel))
+            elif update is not None:  # an update Python runs: after every input gradient
+                update(dkernel, slice(None))
+            layer.grads.update({"kernel": dkernel, **({} if dbias is None else {"bias": dbias})})
+        return None if dx is None else dx.reshape(shape)
 
     def _table(self, threads: int, m: int, weights: list) -> tuple:
         """``(table, flags, parts)`` of :func:`cnnlab.engine.kernels.dense_chain_part` for
@@ -326,6 +404,50 @@ class DenseChain:
             kept[key] = (table, flags, parts, arrays)
         return kept[key][:3]
 
+    def _check_trained(self) -> None:
+        if self._trained is None:
+            raise RuntimeError(f"{self.name}: backward needs a training call first")
+
+    def _backward_table(self, m, forward, weights, grads, dz, dx, updates, adam) -> tuple:
+        """``(table, arrays)``: the table of
+        :func:`cnnlab.engine.kernels.dense_chain_backward_part`, each layer's input (the
+        forward table's), kernel and gradients; between layers, the gradient at each layer's
+        input (``dy`` of the layer after, and its transpose) in ``arrays``, made for this
+        call, which the caller keeps until the parts are done."""
+        table = np.zeros((len(self.layers), kernels.CHAIN_BACKWARD_FIELDS), np.int64)
+        keep = [dz]
+        dy, dy_t = dz, np.ascontiguousarray(dz.T)
+        keep.append(dy_t)
+        for i in range(len(self.layers) - 1, -1, -1):
+            (kernel, _), (dkernel, _), row = weights[i], grads[i], table[i]
+            d, n = kernel.shape
+            if i > 0:
+                below, below_t = np.empty((m, d), np.float32), np.empty((d, m), np.float32)
+                before = self.steps[i - 1]
+                if before.negative_slope is not None:
+                    row[kernels.CHAIN_KIND] = 1
+                    slope = np.float64(before.negative_slope)
+                    row[kernels.CHAIN_SLOPE] = slope.view(np.int64)
+                dbias = grads[i - 1][1]
+                if dbias is not None:
+                    row[kernels.CHAIN_DBIAS] = dbias.ctypes.data
+            else:
+                below = dx
+                below_t = None if dx is None else np.empty((d, m), np.float32)
+            keep += [below, below_t]
+            row[: kernels.CHAIN_DX_T + 1] = [
+                forward[i, 0], kernel.ctypes.data, dkernel.ctypes.data, dy.ctypes.data,
+                dy_t.ctypes.data, d, n, 0 if below is None else below.ctypes.data,
+                0 if below_t is None else below_t.ctypes.data,
+            ]  # fmt: skip
+            if adam[i]:
+                update = updates[i]
+                row[kernels.CHAIN_M] = update.m.ctypes.data
+                row[kernels.CHAIN_V] = update.v.ctypes.data
+                row[kernels.CHAIN_ADAM :] = update.bits
+            dy, dy_t = below, below_t
+        return table, keep
+
 
 def _flat_float32(array: np.ndarray) -> bool:
     return array.dtype == np.float32 and array.flags.c_contiguous
@@ -350,9 +472,24 @@ def _dense_activate(layer: Layer) -> bool:
     return isinstance(layer, Dense) and layer.activation.name in names
 
 
-def joins_at_inference(layer: Layer) -> bool:
-    """Whether a model's output layer joins the fused steps at inference: a Dense layer that
-    :class:`DenseActivate` takes, which leaves a softmax's logits where the loss reads them."""
+def _dense_run(layers: list[Layer]) -> int:
+    """How many of ``layers``, from the first, a :class:`DenseChain` takes in training: Dense
+    layers with a ReLU, LeakyReLU or no activation of their own, and the last also a softmax
+    (whose backward pass starts from its logits' gradient, or its own)."""
+    count = 0
+    for layer in layers:
+        if not _dense_activate(layer):
+            break
+        count += 1
+        if layer.activation.name == "softmax":
+            break
+    return count
+
+
+def joins(layer: Layer) -> bool:
+    """Whether a model's output layer joins the fused steps: a Dense layer that
+    :class:`DenseActivate` and :class:`DenseChain` take, which leave its logits where the
+    loss reads them."""
     return _dense_activate(layer)
 
 
@@ -372,7 +509,9 @@ def steps(layers: list[Layer], training: bool = True) -> list:
     other batch norm and the activation right after it by one :class:`NormalizeActivate`; for
     inference (``training=False``), two or more ConvNormalizeActivate steps in a row in one
     :class:`ConvChain`, and each Dense layer with a ReLU, LeakyReLU, softmax or no activation
-    of its own as a :class:`DenseActivate`, two or more in a row in one :class:`DenseChain`."""
+    of its own as a :class:`DenseActivate`, two or more in a row in one :class:`DenseChain`;
+    in training, two or more such Dense layers in a row, a softmax only the last, in one
+    :class:`DenseChain`."""
     out: list = []
     i = 0
     while i < len(layers):
@@ -386,6 +525,8 @@ def steps(layers: list[Layer], training: bool = True) -> list:
         elif not training and _dense_activate(layers[i]):
             take = 1
             out.append(DenseActivate(layers[i]))
+        elif training and (take := _dense_run(layers[i:])) >= 2:
+            out.append(DenseChain([DenseActivate(layer) for layer in layers[i : i + take]]))
         else:
             take = 1
             out.append(layers[i])

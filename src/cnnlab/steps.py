@@ -3,10 +3,10 @@ backward from the loss's gradients.
 
 On the fast engine, each run of consecutive layers that only feed one another (one input,
 one consumer, called once in the graph) is handed to :func:`cnnlab.fusion.steps`, which runs
-a convolution, its batch norm and activation as one op, and batch norm and its activation as
-one op elsewhere.
-The layer that gives a model output stays on its own in training, where the loss reads its
-logits (at inference a Dense output joins the fused steps, which leave them in the layer). A
+a convolution, its batch norm and activation as one op, batch norm and its activation as
+one op elsewhere, and dense layers in a row as one op.
+The layer that gives a model output stays on its own unless it is a Dense layer, which joins
+the fused steps (they leave its logits in the layer, where the loss reads them). A
 model's call (``model(x)``) and its :meth:`~cnnlab.model.Model.backward` run every layer on its own.
 
 Backward, from the last step to the first, each tensor's gradient is the sum of what its
@@ -103,12 +103,10 @@ class Plan:
     def _add(self, run: list[Node], fuse: bool, training: bool, calls: Counter) -> None:
         layers = [node.layer for node in run]
         if fuse:
-            # A model's output stays on its own in training, where the loss reads its logits;
-            # at inference a Dense output joins, its fused step leaving them in the layer.
+            # A model's output joins only as a Dense layer, whose fused steps leave its logits
+            # in the layer, where the loss reads them.
             output = id(run[-1].output) in self.output_keys
-            body = len(layers) - (
-                output and (training or not fusion.joins_at_inference(layers[-1]))
-            )
+            body = len(layers) - (output and not fusion.joins(layers[-1]))
             ops = fusion.steps(layers[:body], training) + layers[body:]
         else:
             ops = layers
@@ -167,7 +165,7 @@ class Plan:
             if dz is not None:
                 dx = step.op.backward_from_logits(dz, wanted)
             elif not wanted and isinstance(
-                step.op, (ActivationLayer, fusion.ConvNormalizeActivate)
+                step.op, (ActivationLayer, fusion.ConvNormalizeActivate, fusion.DenseChain)
             ):
                 dx = step.op.backward(dy, input_gradient=False)
             else:

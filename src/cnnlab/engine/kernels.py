@@ -841,30 +841,103 @@ def dense_backward_rows(part):
     ``part``: kind, then the addresses of ``x``, ``dy``, ``dy.T`` (contiguous), ``kernel``,
     ``dkernel``, ``dx`` and of this block's ``(hi - lo, M)`` buffer, then ``M, D, N, lo, hi``,
     the addresses of Adam's ``m`` and ``v``, and its four constants (:func:`adam_update`) as
-    float64 bits. The products are :mod:`cnnlab.engine.tiles`'; ``dx`` reads each row of the
-    kernel before Adam changes it."""
-    x, dy, dy_t, kernel = part[1], part[2], part[3], part[4]
-    dkernel, dx, buffer = part[5], part[6], part[7]
-    m, d, n, lo, hi = part[8], part[9], part[10], part[11], part[12]
+    float64 bits (:func:`_dense_backward_block`)."""
+    constants, dx = part.view(np.float64)[15:19], part[6]
+    block = part[7] if dx != 0 else 0
+    _dense_backward_block(part[1], part[2], part[3], part[4], part[5], dx, block, part[8],
+                          part[9], part[10], part[11], part[12], 0, np.float32(0), 0, part[13],
+                          part[14], constants)  # fmt: skip
+
+
+@_compiled
+def _dense_backward_block(x, dy, dy_t, kernel, dkernel, dx, block, m, d, n, lo, hi, kind, slope,
+                    dbias, adam_m, adam_v, constants):  # fmt: skip
+    """A block of inputs ``[lo, hi)`` of a float32 dense layer's backward pass, the arrays
+    given by their addresses (``x: (M, D)``, ``dy, kernel: (D, N)``, ``dy.T`` contiguous)::
+
+        dkernel[lo:hi] = x[:, lo:hi].T @ dy
+        g = kernel[lo:hi] @ dy.T                 into ``block``, (hi - lo, M) (0: none)
+        g = g if x.T[lo:hi] > 0 else slope * g  (kind 1: x the output of a (leaky) ReLU)
+        dx[:, lo:hi] = g.T;  dbias[lo:hi] = g.sum(axis=1)   (where given: not 0)
+        kernel[lo:hi], m[lo:hi], v[lo:hi] = Adam's step    (where m is given)
+
+    ``g`` is the gradient at ``x``, and with ``kind`` 1 at the values before the activation
+    whose output ``x`` is (a (leaky) ReLU's output is above 0 exactly where its input is):
+    the gradient ``dy`` and the bias gradient of the layer before. The products are
+    :mod:`cnnlab.engine.tiles`'; ``g`` reads each row of the kernel before Adam changes it
+    (with ``constants``, float64: :func:`adam_update`'s four, after ``v``)."""
     rows = hi - lo
     tiles.product(x + 4 * lo, 1, d, dy, n, dkernel + 4 * lo * n, n, rows, n, m, 0)
-    if dx != 0:
-        tiles.product(kernel + 4 * lo * n, n, 1, dy_t, m, buffer, m, rows, m, n, 0)
-        block, out = floats(buffer, rows * m), floats(dx, m * d)
+    if block != 0:
+        tiles.product(kernel + 4 * lo * n, n, 1, dy_t, m, block, m, rows, m, n, 0)
+        g, inputs = floats(block, rows * m), floats(x, m * d)
+        out, sums = floats(dx, m * d if dx != 0 else 0), floats(dbias, d if dbias != 0 else 0)
         for i0 in range(0, rows, 16):  # 16 rows of the block at a time, which stay in L1
             i1 = min(i0 + 16, rows)
             for r in range(m):
                 for i in range(i0, i1):
-                    out[r * d + lo + i] = block[i * m + r]
-    if part[13] != 0:
-        constants = part.view(np.float64)[15:19]
+                    value = g[i * m + r]
+                    if kind == 1 and not inputs[r * d + lo + i] > 0:
+                        value = slope * value
+                        g[i * m + r] = value
+                    if dx != 0:
+                        out[r * d + lo + i] = value
+            if dbias != 0:
+                for i in range(i0, i1):
+                    total = np.float32(0)
+                    for r in range(m):
+                        total += g[i * m + r]
+                    sums[lo + i] = total
+    if adam_m != 0:
         start, size = 4 * lo * n, rows * n
         adam_update(
             floats(kernel + start, size), floats(dkernel + start, size),
-            floats(part[13] + start, size), floats(part[14] + start, size),
+            floats(adam_m + start, size), floats(adam_v + start, size),
             np.float32(constants[0]), np.float32(constants[1]), np.float32(constants[2]),
             np.float32(constants[3]),
         )  # fmt: skip
+
+
+# The fields of a layer's row in dense_chain_backward_part's table
+CHAIN_X, CHAIN_KERNEL, CHAIN_DKERNEL, CHAIN_DY, CHAIN_DY_T, CHAIN_D, CHAIN_N = range(7)
+CHAIN_DX, CHAIN_DX_T, CHAIN_KIND, CHAIN_SLOPE, CHAIN_DBIAS, CHAIN_M, CHAIN_V = range(7, 14)
+CHAIN_ADAM, CHAIN_BACKWARD_FIELDS = 14, 18  # Adam's four constants from CHAIN_ADAM
+
+
+@_compiled
+def dense_chain_backward_part(part):
+    """Part ``index`` of ``threads`` of the backward pass of float32 dense layers one after
+    the other (:func:`dense_chain_part`'s, in training), from the last layer to the first,
+    each part a block of each layer's inputs (:func:`_dense_backward_block`): the rows of the
+    kernel gradient and of Adam's update, and the columns of the gradient at the layer's
+    input, which is the next layer's ``dy`` once the activation of the layer before is taken
+    back through, with that layer's bias gradient. The parts meet between layers, each
+    layer's ``dy`` being every part's.
+
+    ``part``: kind, the address of the table, its layers, ``index``, ``threads``, the address
+    of the flags (int64, a row of ``threads`` for each layer, zeros), and ``M``, the rows. The
+    table has a row of :data:`CHAIN_BACKWARD_FIELDS` for each layer: the addresses of ``x:
+    (M, D)``, ``kernel``, ``dkernel: (D, N)``, ``dy: (M, N)`` and ``dy.T``, then ``D``,
+    ``N``, the addresses of ``dx: (M, D)`` and ``dx.T`` (0: none; the layer before's ``dy``
+    and ``dy.T``), the activation that gave ``x`` (1: a (leaky) ReLU, else 0), its slope as
+    float64 bits, the address of the layer before's bias gradient (0: none), of Adam's ``m``
+    and ``v`` (0: no update) and its four constants as float64 bits."""
+    layers, index, threads, m = part[2], part[3], part[4], part[6]
+    table = ints(part[1], layers, CHAIN_BACKWARD_FIELDS)
+    bits = table.view(np.float64)
+    flags = ints(part[5], layers, threads)
+    for layer in range(layers - 1, -1, -1):
+        t = table[layer]
+        d = t[CHAIN_D]
+        lo, hi = d * index // threads, d * (index + 1) // threads
+        block = 0 if t[CHAIN_DX_T] == 0 else t[CHAIN_DX_T] + 4 * lo * m
+        slope, adam = np.float32(bits[layer, CHAIN_SLOPE]), bits[layer, CHAIN_ADAM:]
+        _dense_backward_block(t[CHAIN_X], t[CHAIN_DY], t[CHAIN_DY_T], t[CHAIN_KERNEL],
+                              t[CHAIN_DKERNEL], t[CHAIN_DX], block, m, d, t[CHAIN_N], lo, hi,
+                              t[CHAIN_KIND], slope, t[CHAIN_DBIAS], t[CHAIN_M], t[CHAIN_V],
+                              adam)  # fmt: skip
+        if layer > 0:
+            meet(flags[layer], index)
 
 
 @_compiled

@@ -6,7 +6,8 @@ slice in Python first waits for the GIL (:mod:`cnnlab.engine.parallel`).
 
 The kinds: one product by :mod:`cnnlab.engine.tiles` (:data:`PRODUCT`), a block of a dense
 layer's backward pass (:func:`cnnlab.engine.kernels.dense_backward_rows`), a thread's part of
-dense layers in a row at inference (:func:`cnnlab.engine.kernels.dense_chain_part`), and a
+dense layers in a row, forward (:func:`cnnlab.engine.kernels.dense_chain_part`) and backward
+in training (:func:`~cnnlab.engine.kernels.dense_chain_backward_part`), and a
 thread's slice of the batch of a convolution with its batch norm and activation in training,
 forward (:func:`conv_bn_forward`) and backward (:func:`conv_bn_backward`), in each way
 :mod:`cnnlab.engine.conv` runs a float32 convolution: im2col, straight from the input, or by
@@ -31,6 +32,7 @@ DENSE_BACKWARD = 2  # kernels.dense_backward_rows(row)
 DENSE_CHAIN = 3  # kernels.dense_chain_part(row)
 CONV_BN_FORWARD = 4  # conv_bn_forward(table at row[1], thread row[2])
 CONV_BN_BACKWARD = 5  # conv_bn_backward(table at row[1], thread row[2])
+DENSE_CHAIN_BACKWARD = 6  # kernels.dense_chain_backward_part(row)
 PART_LENGTH = 19
 
 # The ways a convolution runs (the table's WAY; DX_WAY backward)
@@ -81,6 +83,8 @@ def run_part(part):
         kernels.dense_backward_rows(part)
     elif kind == DENSE_CHAIN:
         kernels.dense_chain_part(part)
+    elif kind == DENSE_CHAIN_BACKWARD:
+        kernels.dense_chain_backward_part(part)
     elif kind == CONV_BN_FORWARD:
         conv_bn_forward(ints(part[1], 1, part[3])[0], part[2])
     elif kind == CONV_BN_BACKWARD:
