@@ -2,10 +2,11 @@
 
 Runs the training step of a zoo model (the plan ``train_step`` runs, each of its steps timed
 on its own) on random data, and prints one row per step: forward ms, backward ms,
-their sum, and the share of the whole step. A step is a layer, or a batch norm and the
-activation after it, which the model runs as one op (``cnnlab.fusion``). The loss and the
-optimizer update get their own rows; as in ``train_step``, each dense layer's kernel is
-updated inside that layer's backward pass. Medians over the timed steps.
+their sum, and the share of the whole step. A step is a layer, or layers the model runs as
+one op (``cnnlab.fusion``): a convolution with its batch norm and activation, a batch norm
+and the activation after it, dense layers in a row. The loss and the optimizer update get
+their own rows; as in ``train_step``, each dense layer's kernel is updated inside its backward
+pass. Medians over the timed steps.
 
     python benchmarks/profile_layers.py                      # the book's CNN, batch 128
     python benchmarks/profile_layers.py --model mlp --batch-size 32

@@ -851,9 +851,10 @@ def dense_backward_rows(part):
 
 @_compiled
 def _dense_backward_block(x, dy, dy_t, kernel, dkernel, dx, block, m, d, n, lo, hi, kind, slope,
-                    dbias, adam_m, adam_v, constants):  # fmt: skip
+                          dbias, adam_m, adam_v, constants):  # fmt: skip
     """A block of inputs ``[lo, hi)`` of a float32 dense layer's backward pass, the arrays
-    given by their addresses (``x: (M, D)``, ``dy, kernel: (D, N)``, ``dy.T`` contiguous)::
+    given by their addresses (``x: (M, D)``, ``kernel: (D, N)``, ``dy: (M, N)`` and ``dy.T``
+    contiguous)::
 
         dkernel[lo:hi] = x[:, lo:hi].T @ dy
         g = kernel[lo:hi] @ dy.T                 into ``block``, (hi - lo, M) (0: none)
