@@ -16,6 +16,7 @@ from cnnlab.engine import (
     blas,
     conv,
     conv_batchnorm,
+    kernels,
     parallel,
     scratch,
     tuning,
@@ -658,8 +659,20 @@ def _dense_chain(dtype=np.float32):
     return model, chain
 
 
+def _products(by_blas: bool):
+    """Dense chains multiplying by BLAS (NumPy's held to one thread, as a model's steps hold
+    it), or as they are, by the tiles."""
+    if not by_blas:
+        return contextlib.nullcontext()
+    stack = contextlib.ExitStack()
+    stack.enter_context(parallel.one_blas_thread())
+    stack.enter_context(parallel.blas_products())
+    return stack
+
+
+@pytest.mark.parametrize("by_blas", [False, True], ids=["tiles", "blas"])
 @pytest.mark.parametrize("n_threads", [1, 2, 3])
-def test_a_dense_chain_gives_the_numbers_of_its_layers_one_by_one(n_threads):
+def test_a_dense_chain_gives_the_numbers_of_its_layers_one_by_one(n_threads, by_blas):
     before = parallel.num_threads()
     parallel.set_num_threads(n_threads)
     try:
@@ -671,8 +684,11 @@ def test_a_dense_chain_gives_the_numbers_of_its_layers_one_by_one(n_threads):
             for layer in chain.layers:
                 expected = layer(expected)
             for _ in range(2):
-                np.testing.assert_allclose(chain(x), expected, rtol=1e-5, atol=1e-5)
+                with _products(by_blas):
+                    np.testing.assert_allclose(chain(x), expected, rtol=1e-5, atol=1e-5)
         assert len(chain._tables.kept) == 3
+        gemm = {tuple(table[:, 11]) for table, *_ in chain._tables.kept.values()}
+        assert gemm == ({(blas.sgemm_address()[0],) * 4} if by_blas else {(0,) * 4})
         # Both ways of splitting a layer ran: the first (3000 inputs, 840 KB of kernel) by
         # blocks of its inputs on more than one thread, the small ones by rows.
         split = {key[0]: table[:, 10].tolist() for key, (table, *_) in chain._tables.kept.items()}
@@ -702,8 +718,9 @@ def _layer_by_layer(layers_, x, dz, input_gradient=True, from_logits=True):
     return x, dx, grads
 
 
+@pytest.mark.parametrize("by_blas", [False, True], ids=["tiles", "blas"])
 @pytest.mark.parametrize("n_threads", [1, 2, 3])
-def test_a_dense_chain_in_training_gives_the_numbers_of_its_layers_one_by_one(n_threads):
+def test_a_dense_chain_in_training_gives_the_numbers_of_its_layers_one_by_one(n_threads, by_blas):
     """Forward and backward through the chain (one hand-over each way) against its layers
     one by one: the output, the logits the loss reads, every weight gradient, the input
     gradient (none when not wanted); from the logits' gradient (a softmax output) and from
@@ -724,11 +741,12 @@ def test_a_dense_chain_in_training_gives_the_numbers_of_its_layers_one_by_one(n_
                 dz = rng.normal(size=(rows, step.layers[-1].units)).astype(np.float32)
                 y, dx, grads = _layer_by_layer(step.layers, x, dz, from_logits=logits)
                 expected_logits = step.layers[-1].logits.copy()
-                np.testing.assert_allclose(step(x, training=True), y, rtol=1e-5, atol=1e-5)
-                np.testing.assert_allclose(step.layers[-1].logits, expected_logits, rtol=1e-5,
-                                           atol=1e-5)  # fmt: skip
                 backward = step.backward_from_logits if logits else step.backward
-                np.testing.assert_allclose(backward(dz), dx, rtol=1e-5, atol=1e-5)
+                with _products(by_blas):
+                    np.testing.assert_allclose(step(x, training=True), y, rtol=1e-5, atol=1e-5)
+                    np.testing.assert_allclose(step.layers[-1].logits, expected_logits,
+                                               rtol=1e-5, atol=1e-5)  # fmt: skip
+                    np.testing.assert_allclose(backward(dz), dx, rtol=1e-5, atol=1e-5)
                 for layer, expected in zip(step.layers, grads, strict=True):
                     assert sorted(layer.grads) == sorted(expected)
                     for name, g in expected.items():
@@ -738,6 +756,32 @@ def test_a_dense_chain_in_training_gives_the_numbers_of_its_layers_one_by_one(n_
                 assert backward(dz, input_gradient=False) is None
     finally:
         parallel.set_num_threads(before)
+
+
+def test_a_dense_chain_multiplies_by_blas_inside_blas_products():
+    """Forward, BLAS sums the first layer's 3,000 inputs in blocks of its own (not the tiles'
+    bits); backward, its address is in every layer's row of the parts' table."""
+    model, _ = _dense_chain()
+    chain = model._steps(training=True)[0]
+    rng = np.random.default_rng(20)
+    x = rng.normal(size=(32, 3000)).astype(np.float32)
+    made, tables = chain._backward_table, []
+
+    def recording(*args):
+        table, arrays = made(*args)
+        tables.append(table.copy())
+        return table, arrays
+
+    chain._backward_table = recording
+    logits = []
+    for by_blas in (False, True):
+        with _products(by_blas):
+            chain(x, training=True)
+            chain.backward_from_logits(rng.normal(size=(32, 2)).astype(np.float32))
+        logits.append(chain.layers[-1].logits)
+    assert not np.array_equal(*logits)
+    address = blas.sgemm_address()[0]
+    assert [t[:, kernels.CHAIN_GEMM].tolist() for t in tables] == [[0] * 4, [address] * 4]
 
 
 def test_a_dense_chain_backward_needs_a_training_call_first():

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cnnlab import nn, zoo
+from cnnlab import fusion, layers, nn, zoo
 from cnnlab.cli import main
 from cnnlab.engine import blas, conv, machine, parallel, tuning
 from cnnlab.engine.tuning import ConvPlan
+from cnnlab.model import Sequential
 
 needs_blas = pytest.mark.skipif(
     blas.gemm(np.float32) is None, reason="NumPy's BLAS is not OpenBLAS: no Winograd path"
@@ -504,6 +505,37 @@ def test_a_model_threads_mode_is_measured_once_kept_and_used(tuned, timed, monke
     assert len(tuning.measurements) == 1 and other._modes[(32, np.dtype("float32"))] == "blas"
 
 
+@pytest.mark.usefixtures("two_threads")
+def test_a_model_with_dense_layers_in_a_row_may_multiply_them_by_blas(tuned, timed, monkeypatch):
+    """A model with a DenseChain also measures "cnnlab-blas" (cnnlab's threads, the chain's
+    products by BLAS); a model without one does not. The choice is kept and read back, and
+    the model's steps run inside parallel.blas_products()."""
+    measured = []
+    real = tuning._measure_modes
+    monkeypatch.setattr(
+        tuning, "_measure_modes", lambda modes, trial: measured.append(modes) or real(modes, trial)
+    )
+    timed.modes = {"cnnlab-blas": 0.5}
+    model = _mlp()
+    x = np.random.default_rng(0).uniform(-1, 1, (16, 8, 8, 3)).astype(np.float32)
+    seen, call = [], fusion.DenseChain.__call__
+
+    def noting(self, *args, **kwargs):
+        seen.append(parallel.by_blas())
+        return call(self, *args, **kwargs)
+
+    monkeypatch.setattr(fusion.DenseChain, "__call__", noting)
+    model.predict(x, batch_size=16, verbose=0)
+    assert measured == [["cnnlab", "blas", "cnnlab-blas"]] and seen == [True]
+    [m] = tuning.measurements
+    assert m.chosen == "cnnlab-blas" and not parallel.by_blas()
+    assert tuning._read(tuning.cache_file())["threads"] == {m.shape: "cnnlab-blas"}
+    conv = Sequential([layers.Input((8, 8, 3)), layers.Conv2D(4, 3), layers.Flatten(),
+                       layers.Dense(3)])  # fmt: skip
+    conv.predict(x, batch_size=16, verbose=0)
+    assert measured[-1] == ["cnnlab", "blas"]
+
+
 def test_a_tie_keeps_cnnlab_threads_and_one_thread_measures_nothing(tuned, timed, two_threads):
     model = _mlp()
     x = np.zeros((16, 8, 8, 3), np.float32)
@@ -517,8 +549,9 @@ def test_a_tie_keeps_cnnlab_threads_and_one_thread_measures_nothing(tuned, timed
 
 
 def test_the_threads_modes_give_the_same_numbers(two_threads):
-    """A training step and a prediction of the book's MLP and CNN in either mode: the same
-    numbers to rounding (each op splits its work, or not; the sums are the same)."""
+    """A training step and a prediction of the book's MLP and CNN in every mode: the same
+    numbers to rounding (each op splits its work, or not, and multiplies by the tiles or by
+    BLAS; the sums are the same)."""
     import cnnlab
     from cnnlab import backend
 
@@ -532,12 +565,14 @@ def test_the_threads_modes_give_the_same_numbers(two_threads):
         model.train_on_batch(x, rng.integers(0, 10, 32))
         return model.get_weights(), model.predict(x, verbose=0)
 
-    assert backend.fuses()
+    assert backend.fuses() and tuning.MODES[0] == "cnnlab"
     for name in ("mlp", "cnn"):
-        (w1, p1), (w2, p2) = step(name, "cnnlab"), step(name, "blas")
-        for a, b in zip(w1, w2, strict=True):
-            assert np.abs(a - b).max() <= 1e-5 * max(1.0, np.abs(b).max())
-        assert np.abs(p1 - p2).max() <= 1e-5
+        w1, p1 = step(name, "cnnlab")
+        for mode in tuning.MODES[1:]:
+            w2, p2 = step(name, mode)
+            for a, b in zip(w1, w2, strict=True):
+                assert np.abs(a - b).max() <= 1e-5 * max(1.0, np.abs(b).max())
+            assert np.abs(p1 - p2).max() <= 1e-5
 
 
 @pytest.mark.usefixtures("two_threads")

@@ -133,8 +133,10 @@ def fuses() -> bool:
 def running(threads: str = "cnnlab") -> contextlib.AbstractContextManager:
     """What a model holds while it runs on "fast": with ``threads="cnnlab"``, NumPy's BLAS
     held to one thread while cnnlab's threads split each op
-    (:func:`cnnlab.engine.parallel.one_blas_thread`); with "blas", every op whole and BLAS on
-    threads of its own (:func:`cnnlab.engine.parallel.blas_threads`), as
+    (:func:`cnnlab.engine.parallel.one_blas_thread`), and with "cnnlab-blas" the same with
+    dense layers in a row multiplying by BLAS (:func:`cnnlab.engine.parallel.blas_products`);
+    with "blas", every op whole and BLAS on threads of its own
+    (:func:`cnnlab.engine.parallel.blas_threads`), as
     :func:`cnnlab.engine.tuning.threads_mode` chose for the model; and subnormal floats read
     and written as zeros on the calling thread, as on cnnlab's own
     (:mod:`cnnlab.engine.subnormals`)."""
@@ -145,21 +147,26 @@ class _FastRunning:
     """:func:`running` on "fast": BLAS held (or let go) and subnormals flushed, entered and
     left at every step of a model, in as few lines of Python as it takes."""
 
-    __slots__ = ("_threads", "_flushed")
+    __slots__ = ("_threads", "_flushed", "_products")
 
     def __init__(self, threads: str):
-        from cnnlab.engine.parallel import blas_threads, one_blas_thread
+        from cnnlab.engine.parallel import blas_products, blas_threads, one_blas_thread
         from cnnlab.engine.subnormals import flushed
 
         self._threads = blas_threads() if threads == "blas" else one_blas_thread()
         self._flushed = flushed()
+        self._products = blas_products() if threads == "cnnlab-blas" else None
 
     def __enter__(self) -> None:
         self._threads.__enter__()
         self._flushed.__enter__()
+        if self._products is not None:
+            self._products.__enter__()
 
     def __exit__(self, *exc) -> None:
         try:
+            if self._products is not None:
+                self._products.__exit__(*exc)
             self._flushed.__exit__(*exc)
         finally:
             self._threads.__exit__(*exc)

@@ -30,7 +30,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from cnnlab.engine import batchnorm, conv_batchnorm, dense, kernels, parallel
+from cnnlab.engine import batchnorm, blas, conv_batchnorm, dense, kernels, parallel
 from cnnlab.engine.conv import conv2d_forward_plan
 from cnnlab.engine.optimizers import AdamRows
 from cnnlab.engine.parts import DENSE_CHAIN, DENSE_CHAIN_BACKWARD
@@ -373,7 +373,8 @@ class DenseChain:
         kept = getattr(self._tables, "kept", None)
         if kept is None:
             kept = self._tables.kept = {}
-        key = (threads, m, *(id(w) for pair in weights for w in pair))
+        gemm = _gemm()
+        key = (threads, m, gemm, *(id(w) for pair in weights for w in pair))
         if key not in kept:
             if len(kept) >= self._KEPT:
                 kept.clear()
@@ -394,6 +395,7 @@ class DenseChain:
                            d, n, dense.activation_kind(slope, step.softmax)]  # fmt: skip
                 row[8] = np.array([slope or 0.0]).view(np.int64)[0]  # row[9]: the logits
                 row[10] = by_rows
+                row[11:13] = gemm
             table[1:, 0] = table[:-1, 3]  # each layer reads the one before
             flags = np.zeros((2 * len(self.layers), threads), np.int64)
             parts = [
@@ -415,6 +417,7 @@ class DenseChain:
         input (``dy`` of the layer after, and its transpose) in ``arrays``, made for this
         call, which the caller keeps until the parts are done."""
         table = np.zeros((len(self.layers), kernels.CHAIN_BACKWARD_FIELDS), np.int64)
+        table[:, kernels.CHAIN_GEMM :] = _gemm()
         keep = [dz]
         dy, dy_t = dz, np.ascontiguousarray(dz.T)
         keep.append(dy_t)
@@ -444,9 +447,18 @@ class DenseChain:
                 update = updates[i]
                 row[kernels.CHAIN_M] = update.m.ctypes.data
                 row[kernels.CHAIN_V] = update.v.ctypes.data
-                row[kernels.CHAIN_ADAM :] = update.bits
+                row[kernels.CHAIN_ADAM : kernels.CHAIN_GEMM] = update.bits
             dy, dy_t = below, below_t
         return table, keep
+
+
+def _gemm() -> tuple[int, int]:
+    """What the dense chains' parts multiply by: ``(address, wide)`` of NumPy's
+    ``cblas_sgemm`` inside :func:`cnnlab.engine.parallel.blas_products`, else ``(0, 0)``, the
+    tiles."""
+    if parallel.by_blas():
+        return blas.sgemm_address() or (0, 0)
+    return 0, 0
 
 
 def _flat_float32(array: np.ndarray) -> bool:

@@ -25,6 +25,7 @@ import numpy as np
 
 from cnnlab import arrays, backend, checks, losses, modelfile, optimizers
 from cnnlab import metrics as metrics_lib
+from cnnlab.fusion import DenseChain
 from cnnlab.layers import InputLayer, Layer, deserialize, serialize
 from cnnlab.layers.base import auto_name
 from cnnlab.layers.core import ActivationLayer, Dense
@@ -205,7 +206,9 @@ class Model:
             digest = hashlib.sha256(layers.encode()).hexdigest()[:8]
             inputs = " ".join("x".join(map(str, shape)) for shape in shapes)
             key = f"{dtype.name} {inputs}: {self.count_params():,} weights (layers {digest})"
-            self._modes[(n, dtype)] = tuning.threads_mode(key, self._threads_trial(shapes, dtype))
+            chains = any(isinstance(op, DenseChain) for op in self._steps(training=False))
+            trial = self._threads_trial(shapes, dtype)
+            self._modes[(n, dtype)] = tuning.threads_mode(key, trial, dense_chains=chains)
         return self._modes[(n, dtype)]
 
     def _threads_trial(self, shapes: list[tuple], dtype):

@@ -203,6 +203,28 @@ def whole() -> bool:
     return getattr(_state, "whole", False)
 
 
+class blas_products:  # noqa: N801 (a context manager, as one_blas_thread)
+    """Inside the block, dense layers in a row (:class:`cnnlab.fusion.DenseChain`) multiply
+    by NumPy's BLAS, called at its address from the threads' compiled parts, instead of by
+    cnnlab's tiles: faster on some machines (the book's MLP on an Intel Xeon without
+    AVX-512), slower on others, which the tuner measures (``"cnnlab-blas"``,
+    :func:`cnnlab.engine.tuning.threads_mode`). Re-entrant."""
+
+    __slots__ = ("_before",)
+
+    def __enter__(self) -> None:
+        self._before = by_blas()
+        _state.by_blas = True
+
+    def __exit__(self, *exc) -> None:
+        _state.by_blas = self._before
+
+
+def by_blas() -> bool:
+    """Whether this thread is inside :func:`blas_products`."""
+    return getattr(_state, "by_blas", False)
+
+
 def inside_slice() -> bool:
     """Whether this thread is running a slice of an op (where nothing may wait for the
     threads)."""

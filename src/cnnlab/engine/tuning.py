@@ -28,10 +28,12 @@ this version did not write for this machine, or cannot read, is ignored and writ
 
 A model's batches also choose how they use the cores (:func:`threads_mode`): cnnlab's
 threads splitting every op with NumPy's BLAS on one thread (the default, faster where the ops
-are many and small, as the CNN's), or every op whole with BLAS's own threads (faster where a
-few large matrix products are all there is, as in the MLP). It is timed on the model's
-inference pass, in blocks of each mode, and kept in the same file. So is the size from which
-batch norm's passes split over the threads (:func:`batchnorm_grain`), measured once.
+are many and small, as the CNN's), the same with dense layers in a row multiplying by BLAS
+instead of cnnlab's tiles (faster on some machines, slower on others), or every op whole with
+BLAS's own threads (faster where a few large matrix products are all there is, as in the
+MLP). It is timed on the model's inference pass, in blocks of each mode, and kept in the same
+file. So is the size from which batch norm's passes split over the threads
+(:func:`batchnorm_grain`), measured once.
 
 Shapes too small for the choice to matter (the im2col matrix of the images measured fits in
 the smallest chunk) keep the defaults unmeasured. ``CNNLAB_TUNE=off`` keeps the defaults for
@@ -60,7 +62,7 @@ import numpy as np
 from cnnlab import files
 from cnnlab.engine import machine, parallel, winograd
 
-FORMAT = 4  # bump when a kernel changes what a choice means (4: dense layers by the tiles)
+FORMAT = 5  # bump when a kernel changes what a choice means (5: the mode "cnnlab-blas")
 DEFAULT_CHUNK_BYTES = 1 << 20
 CHUNK_BYTES = (1 << 18, 1 << 19, 1 << 20, 1 << 21, 1 << 22)
 GEMM_MACS = (1 << 18, 1 << 19, 1 << 20)  # multiply-adds per BLAS call, beside 0 (one call)
@@ -244,20 +246,24 @@ def _tuned(section: str, key: str, default, measure: Callable[[], tuple | None])
 
 
 # -- how a model's ops use the cores ----------------------------------------------------------
-MODES = ("cnnlab", "blas")
+MODES = ("cnnlab", "blas", "cnnlab-blas")
 DEFAULT_MODE = "cnnlab"
 
 
-def threads_mode(key: str, trial: Callable[[str], None]) -> str:
+def threads_mode(key: str, trial: Callable[[str], None], dense_chains: bool = False) -> str:
     """How the fast engine uses the cores for a model's batches, ``key`` naming the model and
     its batch (see :func:`batch_key`): "cnnlab", each op's batch split over cnnlab's threads
     with NumPy's BLAS on one (:func:`cnnlab.engine.parallel.one_blas_thread`: the default),
     or "blas", each op whole, BLAS on threads of its own
-    (:func:`cnnlab.engine.parallel.blas_threads`). ``trial(mode)`` runs the model's inference
-    pass in that mode; it is timed as a conv shape's candidates are, once per machine."""
+    (:func:`cnnlab.engine.parallel.blas_threads`); for a model with ``dense_chains`` (dense
+    layers in a row) also "cnnlab-blas", cnnlab's threads with those layers multiplying by
+    BLAS instead of the tiles (:func:`cnnlab.engine.parallel.blas_products`). ``trial(mode)``
+    runs the model's inference pass in that mode; it is timed as a conv shape's candidates
+    are, once per machine."""
     if not enabled() or parallel.num_threads() == 1 or parallel.inside_slice():
         return DEFAULT_MODE
-    mode = _tuned("threads", key, DEFAULT_MODE, lambda: _measure_modes(list(MODES), trial))
+    modes = list(MODES if dense_chains else MODES[:2])
+    mode = _tuned("threads", key, DEFAULT_MODE, lambda: _measure_modes(modes, trial))
     return DEFAULT_MODE if mode is None else mode
 
 
