@@ -16,7 +16,6 @@ from cnnlab.engine import (
     blas,
     conv,
     conv_batchnorm,
-    kernels,
     parallel,
     scratch,
     tuning,
@@ -687,8 +686,8 @@ def test_a_dense_chain_gives_the_numbers_of_its_layers_one_by_one(n_threads, by_
                 with _products(by_blas):
                     np.testing.assert_allclose(chain(x), expected, rtol=1e-5, atol=1e-5)
         assert len(chain._tables.kept) == 3
-        gemm = {tuple(table[:, 11]) for table, *_ in chain._tables.kept.values()}
-        assert gemm == ({(blas.sgemm_address()[0],) * 4} if by_blas else {(0,) * 4})
+        gemm = {key[2] for key in chain._tables.kept}  # what each table's parts multiply by
+        assert gemm == ({blas.sgemm_address()} if by_blas else {(0, 0)})
         # Both ways of splitting a layer ran: the first (3000 inputs, 840 KB of kernel) by
         # blocks of its inputs on more than one thread, the small ones by rows.
         split = {key[0]: table[:, 10].tolist() for key, (table, *_) in chain._tables.kept.items()}
@@ -758,21 +757,26 @@ def test_a_dense_chain_in_training_gives_the_numbers_of_its_layers_one_by_one(n_
         parallel.set_num_threads(before)
 
 
-def test_a_dense_chain_multiplies_by_blas_inside_blas_products():
+def test_a_dense_chain_multiplies_by_blas_inside_blas_products(monkeypatch):
     """Forward, BLAS sums the first layer's 3,000 inputs in blocks of its own (not the tiles'
-    bits); backward, its address is in every layer's row of the parts' table."""
+    bits); its address goes with the parts posted each way."""
+    from cnnlab.engine.parts import DENSE_CHAIN, DENSE_CHAIN_BACKWARD
+
     model, _ = _dense_chain()
     chain = model._steps(training=True)[0]
     rng = np.random.default_rng(20)
     x = rng.normal(size=(32, 3000)).astype(np.float32)
-    made, tables = chain._backward_table, []
+    posted, run = [], parallel.over_meeting_parts
 
-    def recording(*args):
-        table, arrays = made(*args)
-        tables.append(table.copy())
-        return table, arrays
+    def recording(make):
+        def made(threads):
+            parts = make(threads)
+            posted.append(parts[0])
+            return parts
 
-    chain._backward_table = recording
+        run(made)
+
+    monkeypatch.setattr(parallel, "over_meeting_parts", recording)
     logits = []
     for by_blas in (False, True):
         with _products(by_blas):
@@ -780,8 +784,11 @@ def test_a_dense_chain_multiplies_by_blas_inside_blas_products():
             chain.backward_from_logits(rng.normal(size=(32, 2)).astype(np.float32))
         logits.append(chain.layers[-1].logits)
     assert not np.array_equal(*logits)
-    address = blas.sgemm_address()[0]
-    assert [t[:, kernels.CHAIN_GEMM].tolist() for t in tables] == [[0] * 4, [address] * 4]
+    address = blas.sgemm_address()
+    assert [(part[0], part[7:9]) for part in posted] == [
+        (DENSE_CHAIN, (0, 0)), (DENSE_CHAIN_BACKWARD, (0, 0)),
+        (DENSE_CHAIN, address), (DENSE_CHAIN_BACKWARD, address),
+    ]  # fmt: skip
 
 
 def test_a_dense_chain_backward_needs_a_training_call_first():

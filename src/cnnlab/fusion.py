@@ -344,13 +344,13 @@ class DenseChain:
             for u, (k, _) in zip(updates, weights, strict=True)
         ]
         table, arrays = self._backward_table(m, forward, weights, grads, dz, dx, updates, adam)
-        flags = []
+        flags, gemm = [], _gemm()
 
         def parts(threads: int) -> list[tuple[int, ...]]:
             flags.append(np.zeros((len(table), threads), np.int64))
             return [
                 (DENSE_CHAIN_BACKWARD, table.ctypes.data, len(table), index, threads,
-                 flags[0].ctypes.data, m)
+                 flags[0].ctypes.data, m, *gemm)
                 for index in range(threads)
             ]  # fmt: skip
 
@@ -395,12 +395,11 @@ class DenseChain:
                            d, n, dense.activation_kind(slope, step.softmax)]  # fmt: skip
                 row[8] = np.array([slope or 0.0]).view(np.int64)[0]  # row[9]: the logits
                 row[10] = by_rows
-                row[11:13] = gemm
             table[1:, 0] = table[:-1, 3]  # each layer reads the one before
             flags = np.zeros((2 * len(self.layers), threads), np.int64)
             parts = [
                 (DENSE_CHAIN, table.ctypes.data, len(table), index, threads,
-                 flags.ctypes.data, m)
+                 flags.ctypes.data, m, *gemm)
                 for index in range(threads)
             ]  # fmt: skip
             kept[key] = (table, flags, parts, arrays)
@@ -417,7 +416,6 @@ class DenseChain:
         input (``dy`` of the layer after, and its transpose) in ``arrays``, made for this
         call, which the caller keeps until the parts are done."""
         table = np.zeros((len(self.layers), kernels.CHAIN_BACKWARD_FIELDS), np.int64)
-        table[:, kernels.CHAIN_GEMM :] = _gemm()
         keep = [dz]
         dy, dy_t = dz, np.ascontiguousarray(dz.T)
         keep.append(dy_t)
@@ -447,7 +445,7 @@ class DenseChain:
                 update = updates[i]
                 row[kernels.CHAIN_M] = update.m.ctypes.data
                 row[kernels.CHAIN_V] = update.v.ctypes.data
-                row[kernels.CHAIN_ADAM : kernels.CHAIN_GEMM] = update.bits
+                row[kernels.CHAIN_ADAM :] = update.bits
             dy, dy_t = below, below_t
         return table, keep
 

@@ -825,21 +825,18 @@ def zeros_if_finite(values):
     return total
 
 
-CHAIN_FIELDS = 13  # a layer's row in dense_chain_part's table
+CHAIN_FIELDS = 11  # a layer's row in dense_chain_part's table
 
 
 @_compiled
-def _product(gemm, wide, a, a_rows, a_cols, b, ldb, c, ldc, m, n, k):
-    """``c = a @ b`` as :func:`cnnlab.engine.tiles.product` takes it (``a`` read through its
-    strides ``a_rows`` and ``a_cols``, one of them 1), by the tiles, or where ``gemm`` is the
-    address of NumPy's ``cblas_sgemm`` (:func:`cnnlab.engine.blas.sgemm_address`, ``wide`` its
-    size of integers) by BLAS."""
-    if gemm == 0:
-        tiles.product(a, a_rows, a_cols, b, ldb, c, ldc, m, n, k, 0)
-    elif m > 0:
-        trans, lda = (blas.NO_TRANS, a_rows) if a_cols == 1 else (blas.TRANS, a_cols)
-        blas.call_gemm((gemm, wide), blas.ROW_MAJOR, trans, blas.NO_TRANS, m, n, k, 1.0, a, lda,
-                       b, ldb, 0.0, c, ldc)  # fmt: skip
+def _by_blas(gemm, trans, a, lda, b, ldb, c, ldc, m, n, k):
+    """``c = op(a) @ b`` by NumPy's ``cblas_sgemm``, ``gemm`` its ``(address, wide)``
+    (:func:`cnnlab.engine.blas.sgemm_address`), for row-major float32 at these addresses,
+    ``op(a)`` ``a`` or, with ``trans``, its transpose: where the dense chains multiply by BLAS
+    instead of the tiles (:func:`cnnlab.engine.parallel.blas_products`)."""
+    if m > 0:
+        blas.call_gemm(gemm, blas.ROW_MAJOR, trans, blas.NO_TRANS, m, n, k, 1.0, a, lda, b, ldb,
+                       0.0, c, ldc)  # fmt: skip
 
 
 @_compiled
@@ -860,12 +857,12 @@ def dense_backward_rows(part):
     block = part[7] if dx != 0 else 0
     _dense_backward_block(part[1], part[2], part[3], part[4], part[5], dx, block, part[8],
                           part[9], part[10], part[11], part[12], 0, np.float32(0), 0, part[13],
-                          part[14], constants, 0, 0)  # fmt: skip
+                          part[14], constants, None)  # fmt: skip
 
 
 @_compiled
 def _dense_backward_block(x, dy, dy_t, kernel, dkernel, dx, block, m, d, n, lo, hi, kind, slope,
-                          dbias, adam_m, adam_v, constants, gemm, wide):  # fmt: skip
+                          dbias, adam_m, adam_v, constants, gemm):  # fmt: skip
     """A block of inputs ``[lo, hi)`` of a float32 dense layer's backward pass, the arrays
     given by their addresses (``x: (M, D)``, ``kernel: (D, N)``, ``dy: (M, N)`` and ``dy.T``
     contiguous)::
@@ -879,13 +876,19 @@ def _dense_backward_block(x, dy, dy_t, kernel, dkernel, dx, block, m, d, n, lo, 
     ``g`` is the gradient at ``x``, and with ``kind`` 1 at the values before the activation
     whose output ``x`` is (a (leaky) ReLU's output is above 0 exactly where its input is):
     the gradient ``dy`` and the bias gradient of the layer before. The products are
-    :mod:`cnnlab.engine.tiles`', or BLAS's (``gemm``, ``wide``: :func:`_product`); ``g`` reads
+    :mod:`cnnlab.engine.tiles`' (``gemm`` None), or BLAS's (:func:`_by_blas`); ``g`` reads
     each row of the kernel before Adam changes it (with ``constants``, float64:
     :func:`adam_update`'s four, after ``v``)."""
     rows = hi - lo
-    _product(gemm, wide, x + 4 * lo, 1, d, dy, n, dkernel + 4 * lo * n, n, rows, n, m)
+    if gemm is None:
+        tiles.product(x + 4 * lo, 1, d, dy, n, dkernel + 4 * lo * n, n, rows, n, m, 0)
+    else:
+        _by_blas(gemm, blas.TRANS, x + 4 * lo, d, dy, n, dkernel + 4 * lo * n, n, rows, n, m)
     if block != 0:
-        _product(gemm, wide, kernel + 4 * lo * n, n, 1, dy_t, m, block, m, rows, m, n)
+        if gemm is None:
+            tiles.product(kernel + 4 * lo * n, n, 1, dy_t, m, block, m, rows, m, n, 0)
+        else:
+            _by_blas(gemm, blas.NO_TRANS, kernel + 4 * lo * n, n, dy_t, m, block, m, rows, m, n)
         g, inputs = floats(block, rows * m), floats(x, m * d)
         out, sums = floats(dx, m * d if dx != 0 else 0), floats(dbias, d if dbias != 0 else 0)
         for i0 in range(0, rows, 16):  # 16 rows of the block at a time, which stay in L1
@@ -917,11 +920,11 @@ def _dense_backward_block(x, dy, dy_t, kernel, dkernel, dx, block, m, d, n, lo, 
 # The fields of a layer's row in dense_chain_backward_part's table
 CHAIN_X, CHAIN_KERNEL, CHAIN_DKERNEL, CHAIN_DY, CHAIN_DY_T, CHAIN_D, CHAIN_N = range(7)
 CHAIN_DX, CHAIN_DX_T, CHAIN_KIND, CHAIN_SLOPE, CHAIN_DBIAS, CHAIN_M, CHAIN_V = range(7, 14)
-CHAIN_ADAM, CHAIN_GEMM, CHAIN_BACKWARD_FIELDS = 14, 18, 20  # Adam's four constants, BLAS's two
+CHAIN_ADAM, CHAIN_BACKWARD_FIELDS = 14, 18  # Adam's four constants from CHAIN_ADAM
 
 
 @_compiled
-def dense_chain_backward_part(part):
+def dense_chain_backward_part(part, gemm):
     """Part ``index`` of ``threads`` of the backward pass of float32 dense layers one after
     the other (:func:`dense_chain_part`'s, in training), from the last layer to the first,
     each part a block of each layer's inputs (:func:`_dense_backward_block`): the rows of the
@@ -937,8 +940,8 @@ def dense_chain_backward_part(part):
     ``N``, the addresses of ``dx: (M, D)`` and ``dx.T`` (0: none; the layer before's ``dy``
     and ``dy.T``), the activation that gave ``x`` (1: a (leaky) ReLU, else 0), its slope as
     float64 bits, the address of the layer before's bias gradient (0: none), of Adam's ``m``
-    and ``v`` (0: no update), its four constants as float64 bits, and the address of BLAS's
-    ``cblas_sgemm`` and its size of integers (0: the tiles multiply; :func:`_product`)."""
+    and ``v`` (0: no update) and its four constants as float64 bits. ``gemm``: None, the tiles
+    multiply, or BLAS's ``(address, wide)`` (:func:`_by_blas`)."""
     layers, index, threads, m = part[2], part[3], part[4], part[6]
     table = ints(part[1], layers, CHAIN_BACKWARD_FIELDS)
     bits = table.view(np.float64)
@@ -948,17 +951,17 @@ def dense_chain_backward_part(part):
         d = t[CHAIN_D]
         lo, hi = d * index // threads, d * (index + 1) // threads
         block = 0 if t[CHAIN_DX_T] == 0 else t[CHAIN_DX_T] + 4 * lo * m
-        slope, adam = np.float32(bits[layer, CHAIN_SLOPE]), bits[layer, CHAIN_ADAM:CHAIN_GEMM]
+        slope, adam = np.float32(bits[layer, CHAIN_SLOPE]), bits[layer, CHAIN_ADAM:]
         _dense_backward_block(t[CHAIN_X], t[CHAIN_DY], t[CHAIN_DY_T], t[CHAIN_KERNEL],
                               t[CHAIN_DKERNEL], t[CHAIN_DX], block, m, d, t[CHAIN_N], lo, hi,
                               t[CHAIN_KIND], slope, t[CHAIN_DBIAS], t[CHAIN_M], t[CHAIN_V],
-                              adam, t[CHAIN_GEMM], t[CHAIN_GEMM + 1])  # fmt: skip
+                              adam, gemm)  # fmt: skip
         if layer > 0:
             meet(flags[layer], index)
 
 
 @_compiled
-def dense_chain_part(part):
+def dense_chain_part(part, gemm):
     """Part ``index`` of ``threads`` of float32 dense layers one after the other at inference,
     each ``y = activation(x @ kernel + bias)`` as :func:`dense_finish` finishes it, the threads
     meeting in compiled code (:func:`cnnlab.engine.shared.meet`) instead of returning to
@@ -976,9 +979,8 @@ def dense_chain_part(part):
     D)``, ``kernel: (D, N)``, ``bias: (N,)`` (0: none), ``y: (M, N)`` and ``parts: (threads,
     M, N)`` (0 for a layer split by rows), then ``D``, ``N``, the activation's kind
     (:func:`activate_row`), its slope as float64 bits, the address of an ``(M, N)`` array for
-    the values before the activation (0: none), 1 for a layer split by rows, else 0, and the
-    address of BLAS's ``cblas_sgemm`` and its size of integers (0: the tiles multiply;
-    :func:`_product`)."""
+    the values before the activation (0: none), and 1 for a layer split by rows, else 0.
+    ``gemm``: None, the tiles multiply, or BLAS's ``(address, wide)`` (:func:`_by_blas`)."""
     layers, index, threads, m = part[2], part[3], part[4], part[6]
     table = ints(part[1], layers, CHAIN_FIELDS)
     slopes = table.view(np.float64)
@@ -991,15 +993,22 @@ def dense_chain_part(part):
         kept = floats(logits, m * n if logits != 0 else 0).reshape((m if logits != 0 else 0, n))
         kind, slope = table[layer, 7], np.float32(slopes[layer, 8])
         biases = floats(bias, n if bias != 0 else 0)
-        gemm, wide = table[layer, 11], table[layer, 12]
         if table[layer, 10] != 0:
-            _product(gemm, wide, x + 4 * first * d, d, 1, kernel, n, y + 4 * first * n, n,
-                     last - first, n, d)  # fmt: skip
+            if gemm is None:
+                tiles.product(x + 4 * first * d, d, 1, kernel, n, y + 4 * first * n, n,
+                              last - first, n, d, 0)  # fmt: skip
+            else:
+                _by_blas(gemm, blas.NO_TRANS, x + 4 * first * d, d, kernel, n, y + 4 * first * n,
+                         n, last - first, n, d)  # fmt: skip
             partial = out[:0].reshape((0, m, n))
         else:
             lo, hi = d * index // threads, d * (index + 1) // threads
-            _product(gemm, wide, x + 4 * lo, d, 1, kernel + 4 * lo * n, n,
-                     sums + 4 * index * m * n, n, m, n, hi - lo)  # fmt: skip
+            if gemm is None:
+                tiles.product(x + 4 * lo, d, 1, kernel + 4 * lo * n, n, sums + 4 * index * m * n,
+                              n, m, n, hi - lo, 0)  # fmt: skip
+            else:
+                _by_blas(gemm, blas.NO_TRANS, x + 4 * lo, d, kernel + 4 * lo * n, n,
+                         sums + 4 * index * m * n, n, m, n, hi - lo)  # fmt: skip
             meet(flags[2 * layer], index)
             partial = floats(sums, threads * m * n).reshape((threads, m, n))
             out[first:last] = partial[0, first:last]

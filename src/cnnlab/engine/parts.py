@@ -29,10 +29,10 @@ _compiled = numba.njit(cache=True, nogil=True, error_model="numpy")
 
 PRODUCT = 1  # tiles.product(*row[1:12])
 DENSE_BACKWARD = 2  # kernels.dense_backward_rows(row)
-DENSE_CHAIN = 3  # kernels.dense_chain_part(row)
+DENSE_CHAIN = 3  # kernels.dense_chain_part(row, gemm): row[7:9] BLAS's (address, wide), or 0
 CONV_BN_FORWARD = 4  # conv_bn_forward(table at row[1], thread row[2])
 CONV_BN_BACKWARD = 5  # conv_bn_backward(table at row[1], thread row[2])
-DENSE_CHAIN_BACKWARD = 6  # kernels.dense_chain_backward_part(row)
+DENSE_CHAIN_BACKWARD = 6  # kernels.dense_chain_backward_part(row, gemm), as DENSE_CHAIN
 PART_LENGTH = 19
 
 # The ways a convolution runs (the table's WAY; DX_WAY backward)
@@ -81,14 +81,26 @@ def run_part(part):
                       part[9], part[10], part[11])  # fmt: skip
     elif kind == DENSE_BACKWARD:
         kernels.dense_backward_rows(part)
-    elif kind == DENSE_CHAIN:
-        kernels.dense_chain_part(part)
+    elif kind == DENSE_CHAIN:  # a specialization for each way to multiply (_gemm)
+        if part[7] == 0:
+            kernels.dense_chain_part(part, None)
+        else:
+            kernels.dense_chain_part(part, _gemm(part))
     elif kind == DENSE_CHAIN_BACKWARD:
-        kernels.dense_chain_backward_part(part)
+        if part[7] == 0:
+            kernels.dense_chain_backward_part(part, None)
+        else:
+            kernels.dense_chain_backward_part(part, _gemm(part))
     elif kind == CONV_BN_FORWARD:
         conv_bn_forward(ints(part[1], 1, part[3])[0], part[2])
     elif kind == CONV_BN_BACKWARD:
         conv_bn_backward(ints(part[1], 1, part[3])[0], part[2])
+
+
+@_compiled
+def _gemm(part):
+    """BLAS's ``(address, wide)`` in a dense chain's part, ``part[7:9]``."""
+    return part[7], part[8]
 
 
 @_compiled
