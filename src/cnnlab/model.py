@@ -191,10 +191,10 @@ class Model:
         return outputs
 
     def _threads(self, xs: list[np.ndarray]) -> str:
-        """How the fast engine uses the cores for batches like ``xs``: "cnnlab" or "blas", as
-        :func:`cnnlab.engine.tuning.threads_mode` measured on this model's inference pass
-        (training takes the same: its matrix products are the forward's and their
-        transposes)."""
+        """How the fast engine uses the cores for batches like ``xs``: "cnnlab", "cnnlab-blas"
+        or "blas", as :func:`cnnlab.engine.tuning.threads_mode` measured on this model's
+        inference pass (training takes the same: its matrix products are the forward's and
+        their transposes)."""
         if not backend.fuses():
             return "cnnlab"
         from cnnlab.engine import tuning
