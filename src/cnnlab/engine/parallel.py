@@ -182,20 +182,29 @@ def _thread_count_functions(controller) -> tuple[Callable[[], int], Callable[[in
     return controller.get_num_threads, controller.set_num_threads
 
 
-class blas_threads:  # noqa: N801 (a context manager, as one_blas_thread)
+class _ThreadFlag:
+    """A context manager that sets this thread's flag :attr:`name` inside the block and puts
+    back what it was after: re-entrant."""
+
+    __slots__ = ("_before",)
+    name = ""
+
+    def __enter__(self) -> None:
+        self._before = getattr(_state, self.name, False)
+        setattr(_state, self.name, True)
+
+    def __exit__(self, *exc) -> None:
+        setattr(_state, self.name, self._before)
+
+
+class blas_threads(_ThreadFlag):  # noqa: N801 (a context manager, as one_blas_thread)
     """Inside the block every op runs whole on the calling thread, and NumPy's BLAS spreads
     each matrix product over the cores with threads of its own: the other way to use the
     cores, faster for a model of few, large matrix products (the book's MLP) than cnnlab's
     slices, which pay for a hand-over to the threads at every op. Re-entrant."""
 
-    __slots__ = ("_before",)
-
-    def __enter__(self) -> None:
-        self._before = whole()
-        _state.whole = True
-
-    def __exit__(self, *exc) -> None:
-        _state.whole = self._before
+    __slots__ = ()
+    name = "whole"
 
 
 def whole() -> bool:
@@ -203,21 +212,15 @@ def whole() -> bool:
     return getattr(_state, "whole", False)
 
 
-class blas_products:  # noqa: N801 (a context manager, as one_blas_thread)
+class blas_products(_ThreadFlag):  # noqa: N801 (a context manager, as one_blas_thread)
     """Inside the block, dense layers in a row (:class:`cnnlab.fusion.DenseChain`) multiply
     by NumPy's BLAS, called at its address from the threads' compiled parts, instead of by
     cnnlab's tiles: faster on some machines (the book's MLP on an Intel Xeon without
     AVX-512), slower on others, which the tuner measures (``"cnnlab-blas"``,
     :func:`cnnlab.engine.tuning.threads_mode`). Re-entrant."""
 
-    __slots__ = ("_before",)
-
-    def __enter__(self) -> None:
-        self._before = by_blas()
-        _state.by_blas = True
-
-    def __exit__(self, *exc) -> None:
-        _state.by_blas = self._before
+    __slots__ = ()
+    name = "by_blas"
 
 
 def by_blas() -> bool:
