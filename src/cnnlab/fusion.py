@@ -246,11 +246,12 @@ class DenseChain:
     layer's inputs, from the last layer to the first, Adam's update of its rows of each kernel
     included (where the model's training step gives the layers one:
     :attr:`cnnlab.layers.Dense.kernel_update`). In float32 on cnnlab's threads; else the
-    layers one by one. The forward parts' table is kept for each batch size, set of weights
-    and number of threads, by each calling thread: a call writes only its input's and its
-    output's addresses. A training call leaves the last layer's logits and output in its
-    activation, as the layer's own call does (the loss reads them), and at inference a
-    softmax's."""
+    layers one by one. The tiles multiply, or NumPy's BLAS where the tuner found it faster
+    (:func:`cnnlab.engine.parallel.blas_products`). The forward parts' table is kept for each
+    batch size, set of weights, way to multiply and number of threads, by each calling
+    thread: a call writes only its input's and its output's addresses. A training call leaves
+    the last layer's logits and output in its activation, as the layer's own call does (the
+    loss reads them), and at inference a softmax's."""
 
     _KEPT = 8  # tables kept for each calling thread, at most
 
