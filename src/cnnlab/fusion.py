@@ -315,11 +315,9 @@ class DenseChain:
 
     def backward(self, dy: np.ndarray, input_gradient: bool = True) -> np.ndarray | None:
         """The gradient at the chain's input from the one at its output ``dy`` (None without
-        ``input_gradient``), each layer's weight gradients left in its ``grads``."""
-        if self._trained == "layers":
-            for layer in reversed(self.layers[1:]):
-                dy = layer.backward(dy)
-            return self.layers[0].backward(dy, input_gradient)
+        ``input_gradient``), each layer's weight gradients left in its ``grads``: from the
+        last layer's logits, once its activation is taken back through, as its own backward
+        pass does."""
         self._check_trained()
         return self.backward_from_logits(self.layers[-1].activation.backward(dy), input_gradient)
 
